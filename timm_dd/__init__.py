@@ -1,0 +1,7 @@
+"""timm_dd: timm models, training and trajectory matching for dataset distillation across architectures.
+
+``import timm_dd`` registers the models with timm (``timm.create_model('resnet18_dd', ...)``).
+"""
+from .version import __version__
+from .layers import get_keep_rate, get_keep_rates, keep_rate_units, set_drop_generator, set_keep_rate
+from . import models

@@ -1,0 +1,107 @@
+"""Small helpers shared by the timm_dd model files."""
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+__all__ = ['CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR100_MEAN', 'CIFAR100_STD', 'IMAGENET_MEAN', 'IMAGENET_STD',
+           'create_act', 'conv_norm_act', 'conv_dp_block', 'factory_kwargs', 'check_img_size', 'check_in_chans', 'reject_drop_path']
+
+# the statistics used by the DC/DSA/MTT code bases
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2023, 0.1994, 0.2010)
+CIFAR100_MEAN = (0.5071, 0.4866, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_ACTS = {'relu': nn.ReLU, 'leakyrelu': lambda: nn.LeakyReLU(0.01), 'sigmoid': nn.Sigmoid, 'gelu': nn.GELU}
+
+
+def create_act(act: str) -> nn.Module:
+    """Activation by name; never in-place, so models work under ``torch.func`` and double backward."""
+    if act not in _ACTS:
+        raise ValueError(f'act must be one of {tuple(_ACTS)}, got {act!r}')
+    return _ACTS[act]()
+
+
+def check_img_size(img_size: Union[int, Sequence[int]], min_size: int, multiple: int = 1) -> Tuple[int, int]:
+    """Validate ``img_size`` (int or (H, W)) against the smallest size and the divisor a model needs."""
+    if isinstance(img_size, int):
+        img_size = (img_size, img_size)
+    img_size = tuple(int(s) for s in img_size)
+    if len(img_size) != 2 or any(s < min_size or s % multiple for s in img_size):
+        raise ValueError(
+            f'img_size must be at least {min_size} and a multiple of {multiple} on each side, got {img_size}')
+    return img_size
+
+
+def check_in_chans(in_chans: int) -> int:
+    if not isinstance(in_chans, int) or in_chans < 1:
+        raise ValueError(f'in_chans must be a positive int, got {in_chans!r}')
+    return in_chans
+
+
+def reject_drop_path(drop_path_rate: Optional[float], model_name: str) -> None:
+    """Plain single-branch networks have nothing to fall back on when a path is dropped."""
+    if drop_path_rate:
+        raise ValueError(
+            f'{model_name} has no droppable units, so drop_path_rate must be 0 (got {drop_path_rate}); '
+            f'use a *_dd model (residual DropPath or virtual shortcut) to train with DropPath')
+
+
+def conv_norm_act(in_chs: int, out_chs: int, kernel_size: int, norm: str, act: str = 'relu',
+                  dd: Optional[dict] = None) -> List[nn.Module]:
+    """``[conv, norm, act]`` with 'same' padding; the norm is left out (not an Identity) for ``norm='none'`` so
+    module indices match the reference code of networks without normalization."""
+    from ..layers import create_norm2d
+    dd = dd or {}
+    layers = [nn.Conv2d(in_chs, out_chs, kernel_size, padding=(kernel_size - 1) // 2, **dd)]
+    if norm != 'none':
+        layers += [create_norm2d(norm, out_chs, **dd)]
+    return layers + [create_act(act)]
+
+
+def factory_kwargs(device: Optional[torch.device], dtype: Optional[torch.dtype]) -> dict:
+    return dict(device=device, dtype=dtype)
+
+
+def conv_dp_block(
+        in_chs: int,
+        hidden_chs: int,
+        out_chs: int,
+        kernel_sizes: Tuple[int, int],
+        norm: str,
+        pool_between: bool = False,
+        keep_rate: float = 1.0,
+        keep_unused_norm: bool = True,
+        dd: Optional[dict] = None,
+) -> nn.Module:
+    """Two convs grouped into one droppable block with a "virtual shortcut" (DP+KD ``ConvDP``).
+
+    main: ``conv(k1) -> norm -> relu [-> maxpool 2x2] -> conv(k2) -> norm -> relu``;
+    shortcut: identity when ``in_chs == out_chs``, else ``[maxpool 2x2 ->] conv1x1 (bias) -> norm``.
+    The reference builds the shortcut norm even when the shortcut is the identity; with ``keep_unused_norm``
+    that norm is kept (frozen, never called) so parameter counts and state dicts match the reference.
+    """
+    from ..layers import VirtualShortcut, create_norm2d  # local: layers imports nothing from models
+    dd = dd or {}
+    k1, k2 = kernel_sizes
+    main = [nn.Conv2d(in_chs, hidden_chs, k1, padding=(k1 - 1) // 2, **dd), create_norm2d(norm, hidden_chs, **dd),
+            nn.ReLU()]
+    if pool_between:
+        main += [nn.MaxPool2d(2, 2)]
+    main += [nn.Conv2d(hidden_chs, out_chs, k2, padding=(k2 - 1) // 2, **dd), create_norm2d(norm, out_chs, **dd),
+             nn.ReLU()]
+    if in_chs == out_chs and not pool_between:
+        shortcut = nn.Identity()
+    else:
+        shortcut = nn.Sequential(
+            nn.MaxPool2d(2, 2) if pool_between else nn.Identity(),
+            nn.Conv2d(in_chs, out_chs, 1, **dd),
+            create_norm2d(norm, out_chs, **dd),
+        )
+    block = VirtualShortcut(nn.Sequential(*main), shortcut, keep_rate=keep_rate)
+    if isinstance(shortcut, nn.Identity) and keep_unused_norm:
+        block.unused_norm = create_norm2d(norm, out_chs, **dd).requires_grad_(False)
+    return block
