@@ -1,0 +1,144 @@
+"""Schedules, KD and ELF losses, and ELF split points."""
+import math
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+import timm_dd  # noqa: F401
+from timm_dd.train.elf import elf_split
+from timm_dd.train.losses import feature_loss, kd_loss, label_loss
+from timm_dd.train.schedules import KeepRateSchedule, LRSchedule
+
+KEEP_RATE_TABLE = [
+    # (p_min, epoch, expected keep rate): the spec's table (architectures-and-droppath.md section 6.1)
+    (0.5, 0, 1.0), (0.5, 499, 1.0), (0.5, 500, 0.9), (0.5, 999, 0.9), (0.5, 1000, 0.8), (0.5, 1500, 0.7),
+    (0.5, 2000, 0.6), (0.5, 2500, 0.5), (0.5, 2999, 0.5), (0.5, 3000, 0.8), (0.5, 3999, 0.8),
+    (0.35, 0, 1.0), (0.35, 500, 0.87), (0.35, 1000, 0.74), (0.35, 1500, 0.61), (0.35, 2000, 0.48),
+    (0.35, 2500, 0.35), (0.35, 3000, 0.8),
+]
+
+
+@pytest.mark.parametrize('p_min,epoch,expected', KEEP_RATE_TABLE)
+def test_keep_rate_schedule_table(p_min, epoch, expected):
+    assert KeepRateSchedule(p_min=p_min)(epoch) == pytest.approx(expected)
+
+
+def test_keep_rate_schedule_shortened_and_disabled():
+    s = KeepRateSchedule(epochs=400, final_epochs=100, period=50)
+    assert [s(e) for e in (0, 49, 50, 100, 250, 299, 300, 399)] == pytest.approx([1, 1, .9, .8, .5, .5, .8, .8])
+    assert s.changes() == pytest.approx({0: 1.0, 50: 0.9, 100: 0.8, 150: 0.7, 200: 0.6, 250: 0.5, 300: 0.8})
+    assert KeepRateSchedule(enabled=False)(2500) == 1.0
+    with pytest.raises(ValueError, match='p_min'):
+        KeepRateSchedule(p_min=0.0)
+
+
+LR_TABLE = [
+    # (epoch, expected factor) for `periodic` with one iteration per epoch (training-recipes.md section 3.4c)
+    (0, 0.0), (1, 0.01), (100, 1.0), (499, 0.588), (500, 0.0), (501, 0.01), (600, 1.0), (3000, 0.0),
+    (3100, 1.0), (3500, 0.587), (3999, 0.0),
+]
+
+
+@pytest.mark.parametrize('epoch,expected', LR_TABLE)
+def test_periodic_lr_table(epoch, expected):
+    assert LRSchedule('periodic').factor(epoch, 0, 1) == pytest.approx(expected, abs=1.5e-3)
+
+
+def test_other_lr_schedules():
+    decay = LRSchedule('periodic_decay')
+    assert decay.factor(100, 0, 1) == pytest.approx(1.0)
+    assert decay.factor(600, 0, 1) == pytest.approx(0.8)
+    assert decay.factor(2600, 0, 1) == pytest.approx(0.8 ** 5)
+    cos = LRSchedule('cosine', epochs=1000)
+    assert cos.factor(0, 0, 1) == 0 and cos.factor(100, 0, 1) == pytest.approx(1.0)
+    assert cos.factor(550, 0, 1) == pytest.approx(0.5) and cos.factor(999, 0, 1) < 1e-4
+    # two iterations per epoch: the warmup counts iterations
+    assert LRSchedule('periodic').factor(0, 1, 2) == pytest.approx(1 / 200)
+    ms = LRSchedule('multistep', epochs=1000, milestones=(500,))
+    assert ms.factor(499, 0, 4) == 1.0 and ms.factor(500, 0, 4) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match='lr schedule'):
+        LRSchedule('bogus')
+
+
+def test_kd_loss_equals_hand_computation():
+    s = torch.tensor([[1.0, 2.0, 0.5], [0.1, -1.0, 2.0]])
+    t = torch.tensor([[2.0, 0.0, 1.0], [0.0, 0.5, 1.5]])
+    y = torch.tensor([1, 2])
+    T, alpha = 1.5, 0.5
+    out = kd_loss(s, t, y, alpha=alpha, temperature=T)
+    kl = 0.0
+    for i in range(2):
+        p_t = [math.exp(v / T) for v in t[i].tolist()]
+        p_s = [math.exp(v / T) for v in s[i].tolist()]
+        p_t = [v / sum(p_t) for v in p_t]
+        p_s = [v / sum(p_s) for v in p_s]
+        kl += sum(a * math.log(a / b) for a, b in zip(p_t, p_s))
+    kl /= 2
+    ce = 0.0
+    for i in range(2):
+        ce += -s[i, y[i]].item() + math.log(sum(math.exp(v) for v in s[i].tolist()))
+    ce /= 2
+    assert out['kd_loss'].item() == pytest.approx(T * T * kl, rel=1e-5)
+    assert out['task_loss'].item() == pytest.approx(ce, rel=1e-5)
+    assert out['loss'].item() == pytest.approx(alpha * T * T * kl + (1 - alpha) * ce, rel=1e-5)
+
+
+def test_kd_loss_no_gradient_to_teacher_and_soft_labels():
+    s = torch.randn(4, 5, requires_grad=True)
+    t = torch.randn(4, 5, requires_grad=True)
+    soft = torch.randn(4, 5)
+    soft_copy = soft.clone()
+    out = kd_loss(s, t, soft, soft_label_temperature=0.3)
+    out['loss'].backward()
+    assert t.grad is None and s.grad is not None
+    assert torch.equal(soft, soft_copy), 'labels must not be modified in place'
+    expected = F.cross_entropy(s, F.softmax(soft_copy / 0.3, dim=1))
+    assert out['task_loss'].item() == pytest.approx(expected.item())
+    with pytest.raises(ValueError, match='soft labels'):
+        label_loss(torch.randn(4, 5), torch.randn(4, 6))
+
+
+def test_elf_front_loss_values():
+    s = torch.randn(2, 3, 2, 2)
+    t = torch.rand(2, 3, 2, 2)
+    # per-pixel softmax over channels with raw non-negative target weights, averaged over N*H*W
+    manual = -(t * F.log_softmax(s, dim=1)).sum(1).mean()
+    assert feature_loss(s, t, 'ce').item() == pytest.approx(manual.item(), rel=1e-6)
+    assert feature_loss(s, t, 'l2').item() == pytest.approx(((s - t) ** 2).mean().item(), rel=1e-6)
+    cos = 1 - (s.flatten() @ t.flatten()) / (s.norm() * t.norm())
+    assert feature_loss(s, t, 'cos').item() == pytest.approx(cos.item(), rel=1e-5)
+    with pytest.raises(ValueError, match='does not match'):
+        feature_loss(s, t[:, :2])
+
+
+@pytest.mark.parametrize('name,kwargs,shape', [
+    ('resnet18_mtt', dict(widths=(8, 16, 32, 512)), (512, 4, 4)),
+    ('resnet18_dd', dict(widths=(8, 16, 32, 512)), (512, 4, 4)),
+    ('vgg11_mtt', {}, (512, 4, 4)),
+    ('vgg11_dd', {}, (512, 4, 4)),
+    ('convnet3', dict(width=16), (16, 4, 4)),
+])
+def test_elf_split_points(name, kwargs, shape):
+    model = timm.create_model(name, num_classes=5, **kwargs).eval()
+    split = elf_split(model)
+    assert split.feature_shape == shape
+    x = torch.randn(2, 3, 32, 32)
+    feat = split.front(x)
+    assert tuple(feat.shape[1:]) == shape and (feat >= 0).all()  # post-activation, like the ConvNet feature
+    torch.testing.assert_close(split.rear(feat), model(x))
+    if name.startswith('vgg'):
+        convs_run = []
+        hooks = [m.register_forward_hook(lambda *_: convs_run.append(1))
+                 for m in model.features.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+        split.front(x)
+        for h in hooks:
+            h.remove()
+        # ELF's VGG11_L5 has five convs in the front; vgg11_dd's second droppable block holds convs 5 and 6
+        assert len(convs_run) == (5 if name == 'vgg11_mtt' else 6)
+
+
+def test_elf_split_alexnet_is_an_error():
+    with pytest.raises(ValueError, match='AlexNet'):
+        elf_split(timm.create_model('alexnet_dd'))
