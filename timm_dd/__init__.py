@@ -5,3 +5,6 @@
 from .version import __version__
 from .layers import get_keep_rate, get_keep_rates, keep_rate_units, set_drop_generator, set_keep_rate
 from . import models
+from .data import ImageDataset, load_dataset, select_ipc
+from .distilled import DistilledSet, DistilledSetError, save_grid
+from .hub import HubError, load_distilled, push_distilled

@@ -1,0 +1,468 @@
+"""In-memory image datasets for distillation: CIFAR-10/100, image folders and zip archives, scikit-learn digits.
+
+Everything is loaded into one float32 tensor ``[N, C, H, W]`` of pixels in [0, 1] (distillation touches every
+image many times, so a per-item ``Dataset`` would only add overhead). Sources:
+
+* ``'cifar10'`` / ``'cifar100'``: torchvision's python-pickle copies under ``root``. Nothing is downloaded
+  unless ``download=True``.
+* A directory in torchvision ``ImageFolder`` layout (``<class>/**/<image>``), or the same layout inside a
+  ``.zip`` archive (class folders at the top, or inside one top-level folder). Given a parent folder holding
+  ``<split>/`` or ``<split>.zip``, ``split`` picks one. Classes sort like ``ImageFolder`` (plain string sort);
+  hidden entries (``.*``, ``__MACOSX``) are skipped. Images are decoded with PIL: to 1 channel when every image
+  is greyscale, else RGB (alpha dropped). Decoded tensors are cached on disk (see :mod:`timm_dd.data.cache`).
+* ``'digits'``: scikit-learn's bundled 8x8 digits (1,797 images, values 0..16), works offline.
+
+Normalization statistics (``ImageDataset.mean`` / ``std``): the values researchers use for CIFAR-10/100; for
+folders and archives CIFAR-10's when the class names are exactly the 10 CIFAR-10 classes in order and the
+images are RGB, ImageNet's for other RGB data, and the mean of ImageNet's three channels for greyscale data;
+for digits the statistics of its train split (see :data:`DIGITS_MEAN`).
+"""
+import io
+import logging
+import os
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .cache import cache_key, default_cache_dir, file_sha256, load_cached, save_cached, tree_fingerprint
+
+__all__ = [
+    'ImageDataset', 'load_dataset', 'select_ipc', 'BUILTIN_DATASETS', 'CIFAR10_CLASSES', 'CIFAR10_MEAN',
+    'CIFAR10_STD', 'CIFAR100_MEAN', 'CIFAR100_STD', 'IMAGENET_MEAN', 'IMAGENET_STD', 'DIGITS_MEAN', 'DIGITS_STD',
+    'IMG_EXTENSIONS',
+]
+
+_logger = logging.getLogger(__name__)
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2023, 0.1994, 0.2010)
+CIFAR100_MEAN = (0.5071, 0.4866, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# greyscale folders: the mean of ImageNet's channel statistics
+GREY_MEAN = (0.449,)
+GREY_STD = (0.226,)
+# mean / population std of all pixels of the digits train split after the 32x32 resize (tests recompute them)
+DIGITS_MEAN = (0.3053,)
+DIGITS_STD = (0.3228,)
+
+CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
+BUILTIN_DATASETS = ('cifar10', 'cifar100', 'digits')
+IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
+_SPLIT_NAMES = ('train', 'test', 'val', 'valid', 'validation')
+_GREY_MODES = ('1', 'L', 'LA', 'I', 'I;16', 'I;16B', 'I;16L', 'F')
+
+DIGITS_SIZE = 32
+DIGITS_TRAIN_FRACTION = 0.8
+
+ImageSize = Union[int, Tuple[int, int]]
+
+
+@dataclass
+class ImageDataset:
+    """A whole labelled image set in memory.
+
+    Attributes:
+        images: float32 ``[N, C, H, W]``, pixel values in [0, 1].
+        labels: int64 ``[N]`` in ``[0, num_classes)``.
+        class_names: name of each class, indexed by label.
+        mean: per-channel normalization mean (see the module docstring for how it is chosen).
+        std: per-channel normalization std.
+        name: short name of the source (``'cifar10'``, ``'digits'``, a folder or archive name).
+        split: the split that was loaded (``'train'``, ``'test'``, ...).
+    """
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: List[str]
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    name: str = ''
+    split: str = ''
+
+    def __post_init__(self):
+        if self.images.ndim != 4 or not self.images.is_floating_point():
+            raise ValueError(f'images must be a float [N, C, H, W] tensor, got {self.images.dtype} '
+                             f'{tuple(self.images.shape)}')
+        if self.labels.shape != (self.images.shape[0],) or self.labels.dtype != torch.int64:
+            raise ValueError(f'labels must be int64 [{self.images.shape[0]}], got {self.labels.dtype} '
+                             f'{tuple(self.labels.shape)}')
+        self.class_names = list(self.class_names)
+        self.mean, self.std = tuple(float(m) for m in self.mean), tuple(float(s) for s in self.std)
+        c = self.images.shape[1]
+        if len(self.mean) != c or len(self.std) != c:
+            raise ValueError(f'mean/std need {c} values, got {self.mean} / {self.std}')
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_size(self) -> Tuple[int, int]:
+        return tuple(self.images.shape[-2:])
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def normalized(self) -> torch.Tensor:
+        """``(images - mean) / std`` per channel (a new tensor)."""
+        shape = (1, -1, 1, 1)
+        mean = torch.tensor(self.mean, dtype=self.images.dtype, device=self.images.device).view(shape)
+        std = torch.tensor(self.std, dtype=self.images.dtype, device=self.images.device).view(shape)
+        return (self.images - mean) / std
+
+    def subset(self, indices: Union[torch.Tensor, Sequence[int]]) -> 'ImageDataset':
+        """A new dataset holding the images at ``indices`` (in that order), with the same metadata."""
+        idx = torch.as_tensor(indices, dtype=torch.long, device=self.images.device)
+        return ImageDataset(self.images[idx], self.labels[idx.to(self.labels.device)], list(self.class_names),
+                            self.mean, self.std, self.name, self.split)
+
+    def to(self, device: Union[str, torch.device]) -> 'ImageDataset':
+        """A copy with images and labels on ``device``."""
+        return ImageDataset(self.images.to(device), self.labels.to(device), list(self.class_names), self.mean,
+                            self.std, self.name, self.split)
+
+    def __repr__(self) -> str:
+        return (f'ImageDataset(name={self.name!r}, split={self.split!r}, images={tuple(self.images.shape)}, '
+                f'num_classes={self.num_classes})')
+
+
+def load_dataset(
+        name_or_path: str,
+        split: str = 'train',
+        root: Optional[Union[str, os.PathLike]] = None,
+        download: bool = False,
+        cache_dir: Optional[Union[str, os.PathLike]] = None,
+        image_size: Optional[ImageSize] = None,
+        use_cache: bool = True,
+) -> ImageDataset:
+    """Load a whole dataset split into memory.
+
+    Args:
+        name_or_path: ``'cifar10'``, ``'cifar100'``, ``'digits'`` (case-insensitive), or the path of an
+            ``ImageFolder``-layout directory, a ``.zip`` of one, or a folder holding ``<split>/`` or
+            ``<split>.zip``.
+        split: ``'train'`` or ``'test'`` (any name for folders: picks ``<split>/`` or ``<split>.zip``; a bare
+            class-folder tree or an archive given directly is used as the requested split, except that an
+            archive named after a split, such as ``test.zip``, is recorded as that split).
+        root: torchvision data folder for CIFAR (default ``$TIMM_DD_DATA`` or ``~/.cache/timm_dd/data``).
+        download: let torchvision download CIFAR into ``root`` when missing.
+        cache_dir: where decoded folder/zip images are cached (default :func:`default_cache_dir`).
+        image_size: resize every image to ``(size, size)`` or ``(height, width)`` (bilinear, aspect ratio not
+            kept). Without it, the images of a folder/zip must all share one size.
+        use_cache: read/write the decode cache (folders and archives only; CIFAR and digits need no decoding).
+
+    Returns:
+        The :class:`ImageDataset`.
+
+    Raises:
+        FileNotFoundError: missing CIFAR files (with how to get them), missing path or split, empty classes.
+        ValueError: unknown split, undecodable image (naming the file), images of different sizes.
+    """
+    size = _check_size(image_size)
+    key = name_or_path.lower()
+    if key in BUILTIN_DATASETS and os.path.sep not in name_or_path:
+        if key == 'digits':
+            return _load_digits(split, size)
+        return _load_cifar(key, split, root, download, size)
+    return _load_image_tree(Path(name_or_path).expanduser(), split, cache_dir, size, use_cache)
+
+
+def select_ipc(
+        labels: torch.Tensor,
+        ipc: int,
+        generator: Optional[torch.Generator] = None,
+        num_classes: Optional[int] = None,
+) -> torch.Tensor:
+    """Pick ``ipc`` random images per class.
+
+    Args:
+        labels: int labels ``[N]``.
+        ipc: images per class (>= 1).
+        generator: CPU generator for the draw (``None`` = global RNG).
+        num_classes: classes ``0..num_classes-1`` to select from (default ``labels.max() + 1``).
+
+    Returns:
+        int64 indices ``[num_classes * ipc]`` on the CPU: class 0's first, then class 1's, ...; ascending within
+        a class.
+
+    Raises:
+        ValueError: ``ipc < 1`` or a class with fewer than ``ipc`` images.
+    """
+    labels = torch.as_tensor(labels).detach().cpu().long()
+    if labels.ndim != 1:
+        raise ValueError(f'labels must be 1-D, got shape {tuple(labels.shape)}')
+    if int(ipc) != ipc or ipc < 1:
+        raise ValueError(f'ipc must be a positive integer, got {ipc!r}')
+    ipc = int(ipc)
+    if num_classes is None:
+        num_classes = int(labels.max()) + 1 if labels.numel() else 0
+    out = []
+    for c in range(num_classes):
+        idx = (labels == c).nonzero().flatten()
+        if idx.numel() < ipc:
+            raise ValueError(f'class {c} has {idx.numel()} images, fewer than ipc={ipc}')
+        pick = torch.randperm(idx.numel(), generator=generator)[:ipc]
+        out.append(idx[pick].sort().values)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# builtin datasets
+
+def _check_size(image_size: Optional[ImageSize]) -> Optional[Tuple[int, int]]:
+    if image_size is None:
+        return None
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+        raise ValueError(f'image_size must be a positive int or (height, width), got {image_size!r}')
+    return size
+
+
+def _resize_float(images: torch.Tensor, size: Optional[Tuple[int, int]]) -> torch.Tensor:
+    if size is None or tuple(images.shape[-2:]) == size:
+        return images
+    return F.interpolate(images, size=size, mode='bilinear', align_corners=False, antialias=True).clamp_(0, 1)
+
+
+def _default_root() -> Path:
+    env = os.environ.get('TIMM_DD_DATA')
+    return Path(env).expanduser() if env else Path.home() / '.cache' / 'timm_dd' / 'data'
+
+
+def _load_cifar(
+        name: str,
+        split: str,
+        root: Optional[Union[str, os.PathLike]],
+        download: bool,
+        size: Optional[Tuple[int, int]],
+) -> ImageDataset:
+    if split not in ('train', 'test'):
+        raise ValueError(f"{name} has splits 'train' and 'test', got {split!r}")
+    from torchvision import datasets as tvd
+
+    root = Path(root).expanduser() if root is not None else _default_root()
+    cls = tvd.CIFAR10 if name == 'cifar10' else tvd.CIFAR100
+    try:
+        ds = cls(str(root), train=split == 'train', download=download)
+    except RuntimeError as e:
+        if download:
+            raise
+        raise FileNotFoundError(
+            f'{name} not found under {root} ({e}). Pass download=True to let torchvision download it there, '
+            f'or root=<folder> pointing at a folder that holds {cls.base_folder}/.') from None
+    images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).float().div_(255)
+    mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == 'cifar10' else (CIFAR100_MEAN, CIFAR100_STD)
+    return ImageDataset(_resize_float(images, size), torch.as_tensor(ds.targets, dtype=torch.int64),
+                        list(ds.classes), mean, std, name, split)
+
+
+def _digits_split_indices(targets: torch.Tensor, split: str) -> torch.Tensor:
+    # fixed forever: per class, the first floor(80 %) of its images in scikit-learn's order are train
+    keep = torch.zeros(targets.numel(), dtype=torch.bool)
+    for c in range(10):
+        idx = (targets == c).nonzero().flatten()
+        keep[idx[:int(idx.numel() * DIGITS_TRAIN_FRACTION)]] = True
+    return (keep if split == 'train' else ~keep).nonzero().flatten()
+
+
+def _load_digits(split: str, size: Optional[Tuple[int, int]]) -> ImageDataset:
+    """scikit-learn's digits as 1x32x32 images in [0, 1].
+
+    Pixels are divided by 16 and upsampled from 8x8 with bilinear interpolation (``align_corners=False``, to
+    ``image_size`` if given, else 32x32). Split (fixed): per class, the first 80 % (rounded down) of the images
+    in scikit-learn's order form ``'train'`` (1,433 images), the rest ``'test'`` (364); order is ascending
+    original index. Normalization: :data:`DIGITS_MEAN` / :data:`DIGITS_STD` (train split statistics at 32x32).
+    """
+    if split not in ('train', 'test'):
+        raise ValueError(f"digits has splits 'train' and 'test', got {split!r}")
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    targets = torch.as_tensor(bunch.target, dtype=torch.int64)
+    idx = _digits_split_indices(targets, split)
+    x = torch.as_tensor(bunch.images, dtype=torch.float32)[idx].unsqueeze(1) / 16.0
+    x = F.interpolate(x, size=size or (DIGITS_SIZE, DIGITS_SIZE), mode='bilinear', align_corners=False)
+    return ImageDataset(x.contiguous(), targets[idx].contiguous(), [str(i) for i in range(10)], DIGITS_MEAN,
+                        DIGITS_STD, 'digits', split)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# image folders and zip archives
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def _hidden(part: str) -> bool:
+    return part.startswith('.') or part == '__MACOSX'
+
+
+def _resolve_tree(path: Path, split: str) -> Tuple[str, Path, str]:
+    """``(kind, path, name)`` with kind ``'zip'`` or ``'dir'``."""
+    if path.is_file():
+        if not zipfile.is_zipfile(path):
+            raise ValueError(f'{path} is not a zip archive (expected a dataset name {BUILTIN_DATASETS}, a folder '
+                             f'or a .zip)')
+        name = path.parent.name if path.stem in _SPLIT_NAMES else path.stem
+        return 'zip', path, name
+    if not path.is_dir():
+        raise FileNotFoundError(f'no dataset {str(path)!r}: not one of {BUILTIN_DATASETS} and no such file or '
+                                f'folder')
+    if (path / split).is_dir():
+        return 'dir', path / split, path.name
+    if (path / f'{split}.zip').is_file():
+        return 'zip', path / f'{split}.zip', path.name
+    found = [s for s in _SPLIT_NAMES if (path / s).is_dir() or (path / f'{s}.zip').is_file()]
+    if found:
+        raise FileNotFoundError(f'no split {split!r} in {path} (neither {split}/ nor {split}.zip); found {found}')
+    return 'dir', path, path.name
+
+
+def _list_zip(zf: zipfile.ZipFile, source: Path) -> Tuple[List[str], List[Tuple[str, int]]]:
+    """Class names (sorted) and, per image in label-then-path order, ``(member name, label)``."""
+    members = [m.filename for m in zf.infolist() if not m.is_dir()]
+    rel = [PurePosixPath(m) for m in members]
+    visible = [p for p in rel if not any(_hidden(s) for s in p.parts)]
+    tops = {p.parts[0] for p in visible}
+    # class folders wrapped in one top-level folder: strip it
+    if len(tops) == 1 and visible and all(len(p.parts) >= 3 for p in visible):
+        rel = [PurePosixPath(*p.parts[1:]) if p.parts[0] in tops else p for p in rel]
+    return _class_entries(rel, members, source)
+
+
+def _list_dir(root: Path) -> Tuple[List[str], List[Tuple[str, int]]]:
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not _hidden(e.name))
+    rel, full = [], []
+    for c in classes:
+        for dirpath, _, filenames in sorted(os.walk(root / c, followlinks=True)):
+            for fn in sorted(filenames):
+                p = Path(dirpath) / fn
+                rel.append(PurePosixPath(p.relative_to(root).as_posix()))
+                full.append(str(p))
+    return _class_entries(rel, full, root, classes)
+
+
+def _class_entries(
+        rel: List[PurePosixPath],
+        keys: List[str],
+        source: Path,
+        all_classes: Optional[List[str]] = None,
+) -> Tuple[List[str], List[Tuple[str, int]]]:
+    by_class = {}
+    for p, k in zip(rel, keys):
+        if len(p.parts) >= 2 and not any(_hidden(s) for s in p.parts) and _is_image(p.name):
+            by_class.setdefault(p.parts[0], []).append((p, k))
+    classes = sorted(set(by_class) | set(all_classes or ()))
+    empty = [c for c in classes if c not in by_class]
+    if empty or not classes:
+        raise FileNotFoundError(f'no image files ({", ".join(IMG_EXTENSIONS)}) for the classes {empty} in '
+                                f'{source}' if classes else f'no class folders with images in {source}')
+    entries = []
+    for label, c in enumerate(classes):
+        entries.extend((k, label) for _, k in sorted(by_class[c], key=lambda e: e[0].parts))
+    return classes, entries
+
+
+def _decode_image(fp, size: Optional[Tuple[int, int]]) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(fp) as im:
+        im.load()  # decode now so truncated files fail here
+        im = im.convert('L' if im.mode in _GREY_MODES else 'RGB')
+        if size is not None and im.size != (size[1], size[0]):
+            im = im.resize((size[1], size[0]), Image.BILINEAR)
+        arr = np.asarray(im, dtype=np.uint8)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def _decode_all(
+        entries: List[Tuple[str, int]],
+        read: Callable[[str], object],
+        source: Path,
+        size: Optional[Tuple[int, int]],
+) -> torch.Tensor:
+    """uint8 ``[N, C, H, W]`` from the images named in ``entries``; ``read(key)`` gives a file object/path."""
+    arrays = []
+    first = None
+    for key, _ in entries:
+        try:
+            arr = _decode_image(read(key), size)
+        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+            raise ValueError(f'cannot decode image {key!r} in {source}: {type(e).__name__}: {e}') from e
+        if first is None:
+            first = (key, arr.shape[:2])
+        elif arr.shape[:2] != first[1]:
+            raise ValueError(
+                f'images differ in size: {first[0]!r} is {first[1][1]}x{first[1][0]} but {key!r} is '
+                f'{arr.shape[1]}x{arr.shape[0]} (width x height) in {source}; pass image_size= to resize all')
+        arrays.append(arr)
+    if any(a.shape[2] == 3 for a in arrays):
+        arrays = [np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a for a in arrays]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def _tree_stats(class_names: List[str], channels: int) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    if channels == 1:
+        return GREY_MEAN, GREY_STD
+    if tuple(class_names) == CIFAR10_CLASSES:
+        return CIFAR10_MEAN, CIFAR10_STD
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def _load_image_tree(
+        path: Path,
+        split: str,
+        cache_dir: Optional[Union[str, os.PathLike]],
+        size: Optional[Tuple[int, int]],
+        use_cache: bool,
+) -> ImageDataset:
+    kind, src, name = _resolve_tree(path, split)
+    if kind == 'zip' and src == path and src.stem in _SPLIT_NAMES:
+        split = src.stem  # an archive named after its split ('test.zip') is that split
+    cache_file = None
+    if use_cache:
+        checksum = file_sha256(src) if kind == 'zip' else tree_fingerprint(src)
+        key = cache_key(kind=kind, checksum=checksum, image_size=size)
+        safe = ''.join(ch if ch.isalnum() or ch in '-_.' else '_' for ch in f'{name}-{split}')
+        cache_file = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        cache_file = cache_file / f'{safe}-{key[:24]}.safetensors'
+        cached = load_cached(cache_file)
+        if cached is not None:
+            images_u8, labels, class_names, _ = cached
+            _logger.debug('loaded %s from cache %s', src, cache_file)
+            return _tree_dataset(images_u8, labels, class_names, name, split)
+
+    t0 = time.perf_counter()
+    if kind == 'zip':
+        with zipfile.ZipFile(src) as zf:
+            class_names, entries = _list_zip(zf, src)
+            images_u8 = _decode_all(entries, lambda k: io.BytesIO(zf.read(k)), src, size)
+    else:
+        class_names, entries = _list_dir(src)
+        images_u8 = _decode_all(entries, lambda k: k, src, size)
+    labels = torch.tensor([label for _, label in entries], dtype=torch.int64)
+    _logger.info('decoded %d images from %s in %.1f s', len(entries), src, time.perf_counter() - t0)
+    if cache_file is not None:
+        try:
+            save_cached(cache_file, images_u8, labels, class_names, {'source': str(src)})
+        except OSError as e:  # a read-only cache must not stop loading
+            _logger.warning('could not write cache file %s: %s', cache_file, e)
+    return _tree_dataset(images_u8, labels, class_names, name, split)
+
+
+def _tree_dataset(
+        images_u8: torch.Tensor,
+        labels: torch.Tensor,
+        class_names: List[str],
+        name: str,
+        split: str,
+) -> ImageDataset:
+    mean, std = _tree_stats(class_names, images_u8.shape[1])
+    return ImageDataset(images_u8.float().div_(255), labels, class_names, mean, std, name, split)

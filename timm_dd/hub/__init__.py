@@ -1,0 +1,19 @@
+""" Hugging Face Hub publishing for timm_dd: distilled datasets, teachers and expert trajectory buffers
+
+* distilled sets -> dataset repos (``push_distilled`` / ``load_distilled``), layout of ``DistilledSet.save``;
+* teachers -> timm model repos (``push_teacher`` / ``load_teacher`` / ``save_teacher``), loadable with
+  ``import timm, timm_dd; timm.create_model('hf-hub:<org>/<arch>.<tag>', pretrained=True)``;
+* expert buffers -> dataset repos (``push_expert_buffers`` / ``pull_expert_buffers``).
+
+Every Hub failure is raised as one ``HubError`` naming the repo, revision and file. ``huggingface_hub`` is imported
+lazily, on first use.
+"""
+from ._errors import HubError
+from .buffers import pull_expert_buffers, push_expert_buffers
+from .distilled import load_distilled, push_distilled
+from .teacher import load_teacher, push_teacher, save_teacher, teacher_model_card
+
+__all__ = [
+    'HubError', 'push_distilled', 'load_distilled', 'push_teacher', 'load_teacher', 'save_teacher',
+    'teacher_model_card', 'push_expert_buffers', 'pull_expert_buffers',
+]

@@ -1,0 +1,140 @@
+""" One clear error for everything that goes wrong talking to the Hugging Face Hub
+
+``huggingface_hub`` raises a family of exceptions (``RepositoryNotFoundError``, ``RevisionNotFoundError``,
+``EntryNotFoundError``, ``LocalEntryNotFoundError``, ``HfHubHTTPError``, ``OfflineModeIsEnabled``, raw transport
+errors) whose messages name URLs rather than what the user asked for. ``hub_error`` maps them to a single
+``HubError`` naming the repo, revision and file and saying what to do; callers raise it ``from None`` so the
+traceback stops at the ``timm_dd`` call.
+"""
+import re
+from pathlib import Path
+from typing import Optional
+from urllib.parse import unquote
+
+__all__ = ['HubError', 'hub_error']
+
+_TRANSPORT_MODULES = ('httpx', 'httpx2', 'httpcore', 'httpcore2', 'requests', 'urllib3')
+_TOKEN_HINT = 'pass `token=...`, set HF_TOKEN or run `hf auth login`'
+
+
+class HubError(RuntimeError):
+    """An error from the Hugging Face Hub (or its local cache), with a message saying what to do.
+
+    Attributes:
+        repo_id: the repo the call was about.
+        repo_type: ``'model'`` or ``'dataset'``.
+        revision: the revision asked for (None = default branch).
+        filename: the file asked for, when the error is about one file.
+    """
+
+    def __init__(
+            self,
+            message: str,
+            repo_id: Optional[str] = None,
+            repo_type: Optional[str] = None,
+            revision: Optional[str] = None,
+            filename: Optional[str] = None,
+    ):
+        super().__init__(message)
+        self.repo_id = repo_id
+        self.repo_type = repo_type
+        self.revision = revision
+        self.filename = filename
+
+
+def _filename_from(err: BaseException) -> Optional[str]:
+    # resolve urls are <endpoint>/[datasets/]<org>/<name>/resolve/<rev>/<path>
+    response = getattr(err, 'response', None)
+    url = str(getattr(response, 'url', '') or '') if response is not None else ''
+    m = re.search(r'/resolve/[^/]+/([^?#]+)', url)
+    return unquote(m.group(1)) if m else None
+
+
+def _is_transport_error(err: BaseException) -> bool:
+    if isinstance(err, (ConnectionError, TimeoutError)):
+        return True
+    return any(type(e).__module__.split('.')[0] in _TRANSPORT_MODULES for e in (err, err.__cause__) if e is not None)
+
+
+def hub_error(
+        err: BaseException,
+        action: str,
+        repo_id: str,
+        repo_type: str = 'model',
+        revision: Optional[str] = None,
+        filename: Optional[str] = None,
+        write: bool = False,
+) -> Optional[HubError]:
+    """Translate an exception raised by ``huggingface_hub`` into a ``HubError``.
+
+    Args:
+        err: the exception caught.
+        action: what was being done, e.g. ``'download'``, ``'push to'``.
+        repo_id: the repo.
+        repo_type: ``'model'`` or ``'dataset'``.
+        revision: the revision asked for.
+        filename: the file asked for, if any (else read from the failed request when possible).
+        write: whether the call writes (changes the permission hint).
+
+    Returns:
+        A ``HubError`` to raise ``from None``, or None if ``err`` does not come from the Hub client.
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.utils import (
+        EntryNotFoundError, GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled,
+        RepositoryNotFoundError, RevisionNotFoundError,
+    )
+
+    endpoint = constants.ENDPOINT
+    rev = revision or 'main'
+    filename = filename or _filename_from(err)
+    repo = f"{repo_type} repo '{repo_id}'"
+    where = f"{repo} at revision '{rev}'"
+    what = f"file '{filename}' of {where}" if filename else where
+    offline = bool(getattr(constants, 'HF_HUB_OFFLINE', False))
+
+    def make(message: str) -> HubError:
+        return HubError(f'Cannot {action} {repo_id!r}: {message}', repo_id, repo_type, revision, filename)
+
+    if write and isinstance(err, OfflineModeIsEnabled):
+        return make('HF_HUB_OFFLINE=1 is set, so nothing can be uploaded. Unset it (or set it to 0) to push.')
+    if isinstance(err, GatedRepoError):
+        return make(
+            f'{repo} on {endpoint} is gated. Request access on its page, then authenticate ({_TOKEN_HINT}).')
+    if isinstance(err, RepositoryNotFoundError):
+        status = getattr(getattr(err, 'response', None), 'status_code', None)
+        hint = 'a token with write access' if write else 'a token with read access'
+        return make(
+            f'{repo} was not found on {endpoint}'
+            f'{" (HTTP 401: not authenticated)" if status == 401 else ""}. Check the repo id and that it is a '
+            f'{repo_type} repo; if it is private, authenticate with {hint} ({_TOKEN_HINT}).')
+    if isinstance(err, RevisionNotFoundError):
+        return make(
+            f"revision '{rev}' does not exist in {repo} on {endpoint}. Use an existing branch, tag or full "
+            f'commit sha (list them with `HfApi().list_repo_refs({repo_id!r}, repo_type={repo_type!r})`).')
+    if isinstance(err, LocalEntryNotFoundError) or isinstance(err, OfflineModeIsEnabled):
+        cache = Path(constants.HF_HUB_CACHE)
+        if offline:
+            return make(
+                f'{what} is not in the local cache ({cache}) and HF_HUB_OFFLINE=1 forbids downloading it. '
+                f'Download it once with network access (unset HF_HUB_OFFLINE), or pass a local folder.')
+        return make(
+            f'could not reach the Hub at {endpoint} and {what} is not in the local cache ({cache}). '
+            f'Check the network connection and HF_ENDPOINT, or pass a local folder.')
+    if isinstance(err, EntryNotFoundError):
+        return make(f'{what} does not exist on {endpoint}. Check the file name and the revision.')
+    if isinstance(err, HfHubHTTPError):
+        status = getattr(getattr(err, 'response', None), 'status_code', None)
+        server = getattr(err, 'server_message', None) or ''
+        detail = f' (server said: {server.strip()})' if server.strip() else ''
+        if status in (401, 403):
+            verb = 'write to' if write else 'read'
+            return make(
+                f'no permission to {verb} {repo} on {endpoint} (HTTP {status}){detail}. '
+                f'Use a token with {"write" if write else "read"} access to that namespace ({_TOKEN_HINT}).')
+        return make(f'the Hub at {endpoint} answered HTTP {status} for {what}{detail}.')
+    if _is_transport_error(err):
+        return make(
+            f'could not connect to the Hub at {endpoint} ({type(err).__name__}: {err}). Check the network '
+            f'connection and HF_ENDPOINT; set HF_HUB_OFFLINE=1 to use cached files only.')
+    return None

@@ -1,0 +1,52 @@
+""" Small helpers shared by the distilled-set, teacher and expert-buffer Hub functions """
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Optional, Tuple, Union
+
+__all__ = ['prepare_repo', 'split_source']
+
+_logger = logging.getLogger(__name__)
+
+_SHA_RE = re.compile(r'^[0-9a-f]{40}$')
+LOCAL_PREFIX = 'local-dir:'
+HUB_PREFIX = 'hf-hub:'
+
+
+def split_source(repo_id_or_path: Union[str, os.PathLike]) -> Tuple[Optional[Path], Optional[str]]:
+    """``(folder, None)`` for a local folder or ``local-dir:<folder>``, ``(None, repo_id)`` for a Hub repo.
+
+    An existing folder wins over a Hub repo of the same name (like ``from_pretrained`` in transformers);
+    ``hf-hub:<repo_id>`` forces the Hub.
+    """
+    if isinstance(repo_id_or_path, os.PathLike):
+        return Path(repo_id_or_path), None
+    name = str(repo_id_or_path)
+    if name.startswith(LOCAL_PREFIX):
+        return Path(name[len(LOCAL_PREFIX):]), None
+    if name.startswith(HUB_PREFIX):
+        return None, name[len(HUB_PREFIX):]
+    if os.path.isdir(name):
+        return Path(name), None
+    return None, name
+
+
+def prepare_repo(api, repo_id: str, repo_type: str, private: bool, revision: Optional[str]) -> str:
+    """Create the repo (no-op if it exists) and, for a new branch name, the branch; returns the repo id.
+
+    Args:
+        api: a ``huggingface_hub.HfApi``.
+        repo_id: ``<org>/<name>``.
+        repo_type: ``'model'`` or ``'dataset'``.
+        private: visibility of a newly created repo (an existing repo keeps its visibility).
+        revision: branch to push to; created from the default branch if missing. A commit sha is rejected.
+    """
+    url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+    repo_id = getattr(url, 'repo_id', None) or repo_id
+    if revision is not None and revision != 'main':
+        if _SHA_RE.match(revision):
+            raise ValueError(f'Cannot push to commit {revision}: pass a branch name as revision.')
+        api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
+        _logger.debug(f'Pushing to branch {revision!r} of {repo_type} repo {repo_id!r}.')
+    return repo_id

@@ -1,0 +1,115 @@
+""" Distilled datasets on the Hugging Face Hub (dataset repos)
+
+A distilled set is published as a dataset repo holding exactly what ``DistilledSet.save`` writes
+(``distilled.safetensors``, ``distill_config.json``, ``README.md`` and optionally ``zca.safetensors``), see
+``ecosystem.md`` §3.3. Downloads go through the standard Hub cache, so a set loaded once also loads with
+``HF_HUB_OFFLINE=1``.
+"""
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional, Union
+
+from ._errors import hub_error
+from ._repo import prepare_repo, split_source
+
+__all__ = ['push_distilled', 'load_distilled']
+
+_logger = logging.getLogger(__name__)
+
+
+def push_distilled(
+        dset,
+        repo_id: str,
+        private: bool = False,
+        revision: Optional[str] = None,
+        token: Optional[str] = None,
+        commit_message: Optional[str] = None,
+) -> str:
+    """Upload a distilled set to a Hub dataset repo (created if missing).
+
+    Files already on the Hub with identical content are not re-uploaded; pushing an unchanged set makes no commit.
+
+    Args:
+        dset: the ``DistilledSet`` to publish.
+        repo_id: ``<org>/<name>``, e.g. ``'dd-org/cifar10-dm-ipc10'``.
+        private: create the repo private (an existing repo keeps its visibility).
+        revision: branch to push to (created if missing); default branch if None.
+        token: Hub token; defaults to ``HF_TOKEN`` / the stored login.
+        commit_message: defaults to ``'Upload <method> distilled <source> (IPC <n>)'``.
+
+    Returns:
+        The commit: a ``CommitInfo``, i.e. a ``str`` holding the commit url, whose ``.oid`` is the commit sha to pin
+        downloads with ``load_distilled(repo_id, revision=sha)``.
+
+    Raises:
+        HubError: the Hub refused or could not be reached.
+    """
+    from huggingface_hub import HfApi
+
+    if commit_message is None:
+        method, source = getattr(dset, 'method', None), getattr(dset, 'source_dataset', None)
+        commit_message = f'Upload {method} distilled {source} (IPC {getattr(dset, "ipc", "?")})'
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory(prefix='timm_dd_push_') as tmp:
+        # repo_id: the card's usage snippet then shows the Hub name instead of the temp folder
+        folder = Path(dset.save(Path(tmp) / 'distilled', repo_id=repo_id))
+        try:
+            repo_id = prepare_repo(api, repo_id, 'dataset', private, revision)
+            commit = api.upload_folder(
+                repo_id=repo_id,
+                folder_path=str(folder),
+                repo_type='dataset',
+                revision=revision,
+                commit_message=commit_message,
+            )
+        except Exception as e:
+            err = hub_error(e, 'push distilled set to', repo_id, 'dataset', revision, write=True)
+            if err is None:
+                raise
+            raise err from None
+    _logger.info(f'Pushed distilled set to dataset repo {repo_id!r}: {commit}')
+    return commit
+
+
+def load_distilled(
+        repo_id_or_path: Union[str, os.PathLike],
+        revision: Optional[str] = None,
+        cache_dir: Optional[Union[str, os.PathLike]] = None,
+        token: Optional[str] = None,
+):
+    """Load a distilled set from a local folder or a Hub dataset repo.
+
+    Args:
+        repo_id_or_path: a folder written by ``DistilledSet.save`` (or ``local-dir:<folder>``), or a dataset repo
+            id ``<org>/<name>`` (or ``hf-hub:<org>/<name>``). An existing folder wins over a repo of the same name.
+        revision: branch, tag or commit sha; pin a sha for reproducible experiments.
+        cache_dir: Hub cache folder; defaults to ``HF_HUB_CACHE``.
+        token: Hub token for private repos; defaults to ``HF_TOKEN`` / the stored login.
+
+    Returns:
+        The ``DistilledSet``.
+
+    Raises:
+        HubError: repo, revision or files not found, no permission, or offline with nothing cached.
+    """
+    from timm_dd.distilled import DistilledSet
+
+    folder, repo_id = split_source(repo_id_or_path)
+    if folder is None:
+        from huggingface_hub import snapshot_download
+        try:
+            folder = Path(snapshot_download(
+                repo_id,
+                repo_type='dataset',
+                revision=revision,
+                cache_dir=None if cache_dir is None else str(cache_dir),
+                token=token,
+            ))
+        except Exception as e:
+            err = hub_error(e, 'load distilled set from', repo_id, 'dataset', revision)
+            if err is None:
+                raise
+            raise err from None
+    return DistilledSet.load(folder)

@@ -1,0 +1,241 @@
+""" Teacher models on the Hugging Face Hub, through timm's own mechanism
+
+Teachers are ordinary timm model repos (``config.json`` + ``model.safetensors`` + ``README.md``) written by
+``timm.models.push_to_hf_hub`` / ``save_for_hf``, so they load with plain timm::
+
+    import timm, timm_dd  # the timm_dd import registers its architectures with timm
+    model = timm.create_model('hf-hub:dd-org/convnet3.dm_cifar10', pretrained=True)
+
+``config.json`` stores the architecture name and the creation kwargs (``model_args``); loading without
+``import timm_dd`` fails with ``RuntimeError: Unknown model``. Repo naming follows timm: ``<org>/<arch>.<tag>``.
+"""
+import logging
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Union
+
+import torch.nn as nn
+
+from ._errors import HubError, hub_error
+from ._repo import prepare_repo, split_source
+
+__all__ = ['push_teacher', 'load_teacher', 'save_teacher', 'teacher_model_card']
+
+_logger = logging.getLogger(__name__)
+
+
+def _architecture(model: nn.Module) -> str:
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    arch = cfg.get('architecture')
+    if not arch:
+        raise ValueError('The model has no pretrained_cfg["architecture"]: create it with timm.create_model().')
+    return arch
+
+
+def teacher_model_card(
+        model: nn.Module,
+        repo_id: Optional[str] = None,
+        dataset: Optional[str] = None,
+        folder: Optional[Union[str, os.PathLike]] = None,
+) -> Dict[str, Any]:
+    """The ``model_card`` dict for timm's ``push_to_hf_hub``/``generate_readme``.
+
+    Args:
+        model: the teacher.
+        repo_id: Hub repo the card describes (the usage snippet loads ``hf-hub:<repo_id>``).
+        dataset: training dataset, e.g. ``'cifar10'`` (becomes the card's ``datasets:`` entry).
+        folder: local folder used in the usage snippet when there is no ``repo_id``.
+    """
+    arch = _architecture(model)
+    source = f'hf-hub:{repo_id}' if repo_id else f'local-dir:{folder or "path/to/folder"}'
+    num_params = sum(p.numel() for p in model.parameters())
+    details: Dict[str, Any] = {
+        'Model Type': 'Image classification / dataset distillation teacher',
+        'Architecture': f'`{arch}` (registered by `timm_dd`)',
+        'Params (M)': f'{num_params / 1e6:.3f}',
+        'Input size': 'x'.join(str(s) for s in model.pretrained_cfg.get('input_size', ())),
+        'Num classes': getattr(model, 'num_classes', None),
+    }
+    if dataset:
+        details['Dataset'] = dataset
+    usage = (
+        '```python\n'
+        'import timm, timm_dd  # the timm_dd import registers its architectures with timm\n\n'
+        f"model = timm.create_model('{source}', pretrained=True).eval()\n"
+        '```\n\n'
+        f'`{arch}` is not a timm architecture: it is registered with timm by `import timm_dd`. Without that import '
+        f'`timm.create_model` fails with `RuntimeError: Unknown model ({arch})`. '
+        'Equivalently: `timm_dd.hub.load_teacher(...)`.\n'
+    )
+    return dict(
+        tags=['image-classification', 'timm', 'timm_dd', 'dataset-distillation'],
+        license='apache-2.0',
+        description=(
+            f'A `{arch}` classifier{f" trained on {dataset}" if dataset else ""}, published with `timm_dd` as a '
+            'teacher / evaluation model for dataset distillation.'),
+        details=details,
+        usage=usage,
+    )
+
+
+def _model_config(class_names: Optional[Sequence[str]]) -> Optional[Dict[str, Any]]:
+    return {'label_names': list(class_names)} if class_names else None
+
+
+def _check_model_args(model: nn.Module, model_args: Optional[Dict[str, Any]]) -> None:
+    if model_args is None and not getattr(model, '_model_args', None):
+        # timm < 1.0.30 does not record creation kwargs: config.json would rebuild the default architecture
+        _logger.warning(
+            'No model_args given and this timm version does not record them: pass the creation kwargs '
+            '(e.g. num_classes, width, norm, img_size) so that the same architecture is rebuilt on load.')
+
+
+def save_teacher(
+        model: nn.Module,
+        folder: Union[str, os.PathLike],
+        class_names: Optional[Sequence[str]] = None,
+        dataset: Optional[str] = None,
+        model_args: Optional[Dict[str, Any]] = None,
+        repo_id: Optional[str] = None,
+) -> Path:
+    """Write a teacher in timm's Hub layout to a local folder (offline; load with ``load_teacher(folder)``).
+
+    Args:
+        model: a model created with ``timm.create_model``.
+        folder: output folder (created).
+        class_names: class names, stored as ``label_names`` in ``config.json``.
+        dataset: training dataset name, for the model card.
+        model_args: creation kwargs needed to rebuild the architecture (e.g. ``num_classes``, ``width``).
+        repo_id: repo the folder will be uploaded to, for the card's usage snippet.
+
+    Returns:
+        The folder (``config.json``, ``model.safetensors``, ``README.md``).
+    """
+    from timm.models import save_for_hf
+    from timm.models._hub import generate_readme
+
+    folder = Path(folder)
+    _check_model_args(model, model_args)
+    save_for_hf(model, str(folder), model_config=_model_config(class_names), model_args=model_args,
+                safe_serialization=True)
+    card = teacher_model_card(model, repo_id=repo_id, dataset=dataset, folder=folder)
+    name = repo_id.split('/')[-1] if repo_id else folder.name
+    (folder / 'README.md').write_text(generate_readme(card, name), encoding='utf-8')
+    return folder
+
+
+def push_teacher(
+        model: nn.Module,
+        repo_id: str,
+        class_names: Optional[Sequence[str]] = None,
+        dataset: Optional[str] = None,
+        private: bool = False,
+        revision: Optional[str] = None,
+        token: Optional[str] = None,
+        model_args: Optional[Dict[str, Any]] = None,
+        commit_message: str = 'Add model',
+) -> str:
+    """Publish a teacher with ``timm.models.push_to_hf_hub`` (safetensors only, timm_dd model card).
+
+    The model card is written only if the repo has no ``README.md`` yet (timm's behaviour); weights and
+    ``config.json`` are replaced.
+
+    Args:
+        model: a model created with ``timm.create_model``.
+        repo_id: ``<org>/<arch>.<tag>``, e.g. ``'dd-org/convnet3.dm_cifar10'``.
+        class_names: class names, stored as ``label_names`` in ``config.json``.
+        dataset: training dataset name, for the model card.
+        private: create the repo private (an existing repo keeps its visibility).
+        revision: branch to push to (created if missing); default branch if None.
+        token: Hub token; defaults to ``HF_TOKEN`` / the stored login.
+        model_args: creation kwargs needed to rebuild the architecture (``num_classes``, ``in_chans``, ``img_size``,
+            ``norm``, ...). timm >= 1.0.30 records them itself; given values take precedence.
+        commit_message: commit summary.
+
+    Returns:
+        The commit (``CommitInfo``: a ``str`` holding the commit url, ``.oid`` is the sha).
+
+    Raises:
+        HubError: the Hub refused or could not be reached.
+    """
+    from huggingface_hub import HfApi
+    from timm.models import push_to_hf_hub
+
+    _check_model_args(model, model_args)
+    card = teacher_model_card(model, repo_id=repo_id, dataset=dataset)
+    try:
+        repo_id = prepare_repo(HfApi(token=token), repo_id, 'model', private, revision)
+        commit = push_to_hf_hub(
+            model,
+            repo_id,
+            commit_message=commit_message,
+            token=token,
+            revision=revision,
+            private=private,
+            model_config=_model_config(class_names),
+            model_card=card,
+            model_args=model_args,
+            safe_serialization=True,
+        )
+    except Exception as e:
+        err = hub_error(e, 'push teacher to', repo_id, 'model', revision, write=True)
+        if err is None:
+            raise
+        raise err from None
+    _logger.info(f'Pushed teacher {_architecture(model)!r} to model repo {repo_id!r}: {commit}')
+    return commit
+
+
+def load_teacher(
+        repo_or_path: Union[str, os.PathLike],
+        revision: Optional[str] = None,
+        pretrained: bool = True,
+        **kwargs,
+) -> nn.Module:
+    """Create a teacher from a Hub model repo or a local folder written by ``save_teacher``/``save_for_hf``.
+
+    Same as ``timm.create_model('hf-hub:<repo>[@<revision>]', pretrained=True, **kwargs)`` (or ``local-dir:``), with
+    Hub errors turned into ``HubError``. Private repos use ``HF_TOKEN`` / the stored login (timm takes no token).
+
+    Args:
+        repo_or_path: ``<org>/<name>`` (or ``hf-hub:<org>/<name>``), or a folder (or ``local-dir:<folder>``).
+        revision: branch, tag or commit sha of the Hub repo.
+        pretrained: load the weights (False: only the architecture and its config).
+        **kwargs: passed to ``timm.create_model`` (e.g. ``num_classes`` to re-head the teacher, ``device``).
+
+    Returns:
+        The model (in train mode, like ``timm.create_model``).
+
+    Raises:
+        HubError: repo, revision or weights not found, no permission, offline with nothing cached, or an
+            architecture that is not registered with timm.
+    """
+    import timm
+
+    folder, repo_id = split_source(repo_or_path)
+    if folder is not None:
+        if revision is not None:
+            raise ValueError('revision= only applies to Hub repos, not to local folders.')
+        if not (folder / 'config.json').is_file():
+            raise FileNotFoundError(
+                f'{str(folder)!r} is not a timm model folder (no config.json); write one with save_teacher().')
+        name, source = f'local-dir:{folder}', str(folder)
+    else:
+        name, source = f'hf-hub:{repo_id}' + (f'@{revision}' if revision else ''), repo_id
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except RuntimeError as e:
+        if not str(e).startswith('Unknown model'):
+            raise
+        arch = str(e)[len('Unknown model'):].strip(' ()')
+        raise HubError(
+            f'Cannot load teacher from {source!r}: its config.json names architecture {arch!r}, which is not '
+            'registered with timm. Import the package that defines it (timm_dd registers its own models on '
+            '`import timm_dd`) or upgrade timm.', repo_id, 'model', revision) from None
+    except Exception as e:
+        if repo_id is None:
+            raise
+        err = hub_error(e, 'load teacher from', repo_id, 'model', revision)
+        if err is None:
+            raise
+        raise err from None
