@@ -1,0 +1,199 @@
+"""The trainer on Accelerate: resume, KD plumbing, stock timm models, clear errors, two CPU processes, CLI."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader, TensorDataset
+
+import timm_dd
+from timm_dd.data import load_dataset, select_ipc
+from timm_dd.distilled import DistilledSet
+from timm_dd.train.config import load_config
+from timm_dd.train.experiment import create_student, prepare_data, run_experiment
+from timm_dd.train.trainer import TrainSet, train_model
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_RESNET = dict(widths=(4, 8, 8, 16))
+
+
+@pytest.fixture(scope='module')
+def accelerator():
+    return Accelerator(cpu=True)
+
+
+@pytest.fixture(scope='module')
+def digits():
+    train, test = load_dataset('digits', 'train'), load_dataset('digits', 'test')
+    idx = select_ipc(train.labels, 2, generator=torch.Generator().manual_seed(0))
+    sub = train.subset(idx)
+    return TrainSet(sub.normalized(), sub.labels, 10, list(sub.class_names)), test
+
+
+def _loader(accelerator, test, n=100):
+    return accelerator.prepare(DataLoader(TensorDataset(test.normalized()[:n], test.labels[:n]), batch_size=50))
+
+
+def _short_dpkd(**kw):
+    base = dict(epochs=6, final_epochs=2, period=1, batch_size=8, eval_every=3, checkpoint_every=2,
+                lr=1e-3, kd=False)
+    base.update(kw)
+    return load_config('dpkd', base)
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return timm.create_model('resnet18_dd', num_classes=10, in_chans=1, **TINY_RESNET)
+
+
+def test_resume_equals_uninterrupted(tmp_path, accelerator, digits):
+    train_set, test = digits
+    cfg = _short_dpkd()
+    full = _model()
+    res_full = train_model(full, train_set, _loader(accelerator, test), cfg, accelerator, 'resnet18_dd',
+                           out_dir=tmp_path / 'full')
+    part = _model()
+    train_model(part, train_set, _loader(accelerator, test), cfg, accelerator, 'resnet18_dd',
+                out_dir=tmp_path / 'part', stop_after_epoch=2)
+    assert json.loads((tmp_path / 'part' / 'checkpoint' / 'trainer_state.json').read_text())['epoch'] == 3
+    resumed = _model(seed=123)  # different init: everything must come from the checkpoint
+    res_resumed = train_model(resumed, train_set, _loader(accelerator, test), cfg, accelerator, 'resnet18_dd',
+                              out_dir=tmp_path / 'part', resume=True)
+    for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert res_full.final_acc == res_resumed.final_acc
+    # keep rates followed the schedule and were logged per epoch
+    lines = [json.loads(x) for x in (tmp_path / 'full' / 'metrics.jsonl').read_text().splitlines()]
+    assert [r['keep_rate'] for r in lines] == pytest.approx([cfg.keep_rate_schedule()(e) for e in range(6)])
+    assert min(r['keep_rate'] for r in lines) < 1.0
+
+
+class SpyTeacher(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = timm.create_model('convnet3', num_classes=10, in_chans=1, width=4)
+        self.inputs, self.modes = [], []
+
+    def forward(self, x):
+        self.inputs.append(x.detach().clone())
+        self.modes.append(self.training)
+        return self.net(x)
+
+
+def test_kd_teacher_eval_no_grad_same_batch(accelerator, digits):
+    train_set, test = digits
+    teacher = SpyTeacher()
+    teacher.train()
+    before = [p.detach().clone() for p in teacher.parameters()]
+    student = _model()
+    seen = []
+    student.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()) if m.training else None)
+    cfg = _short_dpkd(kd=True, epochs=2, eval_every=0, dsa_k=2)
+    train_model(student, train_set, _loader(accelerator, test), cfg, accelerator, 'resnet18_dd', teacher=teacher)
+    assert teacher.modes and not any(teacher.modes), 'the teacher must run in eval mode'
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters())), 'the teacher must not change'
+    assert len(teacher.inputs) == len(seen)
+    for t_in, s_in in zip(teacher.inputs, seen):
+        assert torch.equal(t_in, s_in), 'teacher and student must see the same augmented batch'
+    assert not torch.equal(seen[0], train_set.images[:seen[0].shape[0]])  # it was augmented
+
+
+def test_stock_timm_model_trains_with_dpkd(accelerator, digits, tmp_path):
+    train_set, test = digits
+    cfg = _short_dpkd(epochs=3, final_epochs=1, eval_every=0)
+    model = timm.create_model('resnet18', num_classes=10, in_chans=1, drop_path_rate=0.1, zero_init_last=False)
+    before = [p.detach().clone() for p in model.parameters()]
+    result = train_model(model, train_set, _loader(accelerator, test), cfg, accelerator, 'resnet18',
+                         out_dir=tmp_path)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert timm_dd.get_keep_rate(model) == pytest.approx(cfg.keep_rate_schedule()(2))
+    assert 0.0 <= result.final_acc <= 1.0 and result.num_test_evaluated == 100
+
+
+def _distilled(tmp_path, class_names=None, size=32, **kw):
+    gen = torch.Generator().manual_seed(0)
+    dset = DistilledSet(images=torch.randn(20, 1, size, size, generator=gen), labels=torch.arange(10).repeat(2),
+                        method='DM', source_dataset='digits', class_names=class_names or [str(i) for i in range(10)],
+                        ipc=2, image_space='normalized', normalization={'mean': [0.3053], 'std': [0.3228]}, **kw)
+    return dset.save(tmp_path / 'dset')
+
+
+def test_distilled_set_with_other_classes_is_a_clear_error(tmp_path):
+    path = _distilled(tmp_path, class_names=[f'c{i}' for i in range(10)])
+    with pytest.raises(ValueError, match='differ from the test set'):
+        prepare_data(str(path))
+
+
+def test_image_size_the_model_cannot_take(tmp_path):
+    bundle = prepare_data(dataset='digits', real_ipc=1)
+    bundle.train.images = torch.nn.functional.interpolate(bundle.train.images, size=20)
+    with pytest.raises(ValueError, match='cannot create alexnet_dd for 1x20x20'):
+        create_student('alexnet_dd', bundle, load_config('baseline'))
+    with pytest.raises(ValueError, match='unknown model'):
+        create_student('resnet19_dd', bundle, load_config('baseline'))
+
+
+def test_teacher_with_other_class_count_is_a_clear_error(tmp_path, accelerator):
+    from timm_dd.hub import save_teacher
+    teacher = timm.create_model('convnet3', num_classes=5, in_chans=1, width=4)
+    folder = save_teacher(teacher, tmp_path / 'teacher', model_args=dict(num_classes=5, in_chans=1, width=4))
+    bundle = prepare_data(dataset='digits', real_ipc=1)
+    cfg = load_config('dpkd', dict(epochs=1, teacher=str(folder)))
+    with pytest.raises(ValueError, match='teacher .* has 5 classes but the training set has 10'):
+        run_experiment(cfg, ['convnet3'], [0], bundle, tmp_path / 'out', accelerator)
+
+
+def test_learned_lr_and_soft_labels_from_distilled_set(tmp_path):
+    soft = torch.randn(20, 10)
+    path = _distilled(tmp_path, soft_labels=soft, lr=0.02)
+    bundle = prepare_data(str(path))
+    assert bundle.train.learned_lr == pytest.approx(0.02)
+    assert torch.equal(bundle.train.labels, soft)
+    assert bundle.test_images.shape == (364, 1, 32, 32)
+
+
+def _run_cli(args, tmp_path, launcher=None, timeout=600):
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS='1', ACCELERATE_USE_CPU='1',
+               TIMM_DD_CACHE=str(tmp_path / 'cache'))
+    cmd = (launcher or [sys.executable]) + [str(REPO / 'train.py')] + args
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_two_cpu_processes_count_each_test_image_once(tmp_path):
+    accelerate_bin = Path(sys.executable).with_name('accelerate')
+    launcher = [str(accelerate_bin), 'launch', '--multi_gpu', '--num_processes', '2', '--num_machines', '1',
+                '--mixed_precision', 'no', '--dynamo_backend', 'no']
+    out = tmp_path / 'out'
+    proc = _run_cli(['-c', 'baseline', '--dataset', 'digits', '--real-ipc', '2', '--model', 'convnet3',
+                     '--model-kwargs', 'width=4', '--epochs', '2', '--eval-every', '1', '--output', str(out),
+                     '--no-plots', '--set', 'test_batch_size=100'], tmp_path, launcher)
+    assert '2 process(es)' in proc.stdout
+    result = json.loads((out / 'results.json').read_text())
+    # 364 digits test images, sharded over 2 processes in batches of 100: the last batch is padded by Accelerate;
+    # gather_for_metrics must drop the duplicates so every image is counted exactly once
+    assert [r['test_count'] for r in result['runs']] == [364]
+    history = [json.loads(x) for x in (out / 'runs' / 'convnet3' / 'seed0' / 'metrics.jsonl').read_text().splitlines()]
+    assert len(history) == 2, 'only the main process writes the metrics log'
+    assert all(h['test_count'] == 364 for h in history)
+
+
+def test_cli_cross_architecture_table_and_plots(tmp_path):
+    out = tmp_path / 'out'
+    proc = _run_cli(['-c', 'dpkd', '--dataset', 'digits', '--real-ipc', '2', '--models', 'convnet3', 'resnet18_dd',
+                     '--model-kwargs', 'widths=[4,4,8,8]', '--seeds', '0', '1', '--epochs', '3', '--final-epochs', '1',
+                     '--period', '1', '--teacher-epochs', '2', '--output', str(out), '--cpu'], tmp_path)
+    assert '| resnet18_dd | 2 |' in proc.stdout and '| teacher convnet3 | 2 |' in proc.stdout
+    result = json.loads((out / 'results.json').read_text())
+    assert {r['model'] for r in result['runs']} == {'convnet3', 'resnet18_dd'}
+    assert result['config']['recipe'] == 'dpkd' and result['config']['kd'] is True
+    for name in ('results.md', 'results.png', 'schedules.png', 'args.yaml'):
+        assert (out / name).is_file(), name
+    assert (out / 'teachers' / 'seed0' / 'model' / 'model.safetensors').is_file()

@@ -1,0 +1,145 @@
+"""Training recipes as dataclasses, loadable from YAML (``configs/<recipe>.yaml``) and overridable field by field."""
+import dataclasses
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import yaml
+
+from .schedules import LR_SCHEDULES, KeepRateSchedule, LRSchedule
+
+__all__ = ['TrainConfig', 'load_config', 'OPTIMIZERS']
+
+OPTIMIZERS = ('sgd', 'lion', 'adamw')
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines how one network is trained on a (distilled or real) training set.
+
+    Defaults are the trajectory-matching evaluation protocol (``configs/baseline.yaml``).
+    """
+    recipe: str = 'baseline'
+    epochs: int = 1000
+    batch_size: int = 256
+    # optimizer
+    opt: str = 'sgd'
+    lr: Optional[float] = None  # None: the distilled set's learned lr when it has one, else `lr_fallback`
+    lr_fallback: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    betas: Tuple[float, float] = (0.95, 0.98)
+    # learning-rate schedule (see timm_dd.train.schedules.LRSchedule)
+    lr_schedule: str = 'multistep'
+    lr_milestones: Optional[List[int]] = None  # None: [epochs // 2]
+    lr_gamma: float = 0.1
+    lr_period_decay: float = 0.8
+    # keep-rate (DropPath) schedule; `period` and `final_epochs` also drive the periodic lr restarts
+    drop_path: bool = False
+    period: int = 500
+    final_epochs: int = 1000
+    p_min: Optional[float] = None  # None: 0.35 for ResNet50 networks, else 0.5
+    p_final: float = 0.8
+    # augmentation
+    dsa: bool = True
+    dsa_k: int = 1
+    dsa_strategy: str = 'color_crop_cutout_flip_scale_rotate'
+    # labels
+    soft_label_temperature: Optional[float] = None  # tau: soft labels are softmax(y / tau); None: used as given
+    # knowledge distillation from a teacher
+    kd: bool = False
+    kd_alpha: float = 0.5
+    kd_temperature: float = 1.5
+    teacher: Optional[str] = None  # None: train `teacher_model` on the same data in the run; else path / hf-hub:
+    teacher_model: str = 'convnet3'
+    teacher_recipe: str = 'baseline'
+    teacher_epochs: Optional[int] = None  # None: the teacher recipe's own epochs
+    # ELF feature supervision
+    elf: bool = False
+    elf_lambda_front: float = 1.0
+    elf_lambda_rear: float = 1.0
+    elf_feature_loss: str = 'ce'
+    elf_feature_model: Optional[str] = None  # path / hf-hub: of a ConvNet trained on real data
+    # bookkeeping
+    eval_every: int = 100  # 0: evaluate only after the last epoch
+    checkpoint_every: int = 100
+    test_batch_size: int = 500
+    seed: int = 0
+    mixed_precision: str = 'no'
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.opt not in OPTIMIZERS:
+            raise ValueError(f'opt must be one of {OPTIMIZERS}, got {self.opt!r}')
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f'lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}')
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f'epochs and batch_size must be positive, got {self.epochs}, {self.batch_size}')
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f'lr must be positive, got {self.lr}')
+        if self.dsa and not 1 <= self.dsa_k <= 6:
+            raise ValueError(f'dsa_k must be in 1..6, got {self.dsa_k}')
+        if not 0.0 <= self.kd_alpha <= 1.0:
+            raise ValueError(f'kd_alpha must be in [0, 1], got {self.kd_alpha}')
+        self.betas = tuple(self.betas)
+        self.final_epochs = min(self.final_epochs, self.epochs)
+
+    def keep_rate_schedule(self, model_name: str = '') -> KeepRateSchedule:
+        p_min = self.p_min if self.p_min is not None else (0.35 if 'resnet50' in model_name else 0.5)
+        return KeepRateSchedule(epochs=self.epochs, final_epochs=self.final_epochs, period=self.period,
+                                p_min=p_min, p_final=self.p_final, enabled=self.drop_path)
+
+    def lr_schedule_fn(self) -> LRSchedule:
+        milestones = tuple(self.lr_milestones) if self.lr_milestones is not None else (self.epochs // 2,)
+        return LRSchedule(name=self.lr_schedule, epochs=self.epochs, final_epochs=self.final_epochs,
+                          period=self.period, decay=self.lr_period_decay, milestones=milestones,
+                          gamma=self.lr_gamma)
+
+    def replace(self, **changes: Any) -> 'TrainConfig':
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d['betas'] = list(self.betas)
+        return d
+
+
+def load_config(recipe: Union[str, Path], overrides: Optional[Dict[str, Any]] = None,
+                config_dir: Optional[Union[str, Path]] = None) -> TrainConfig:
+    """Load a recipe by YAML path or by name (``configs/<name>.yaml``) and apply ``overrides``.
+
+    A recipe may name a ``base`` recipe whose values it updates (the ablations switch parts of ``dpkd``).
+    Unknown keys are an error, so a typo never silently falls back to a default.
+    """
+    values = _read_recipe(recipe, config_dir)
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f'unknown training config keys {unknown}; known keys: {sorted(known)}')
+    return TrainConfig(**values)
+
+
+def _default_config_dir() -> Path:
+    return Path(__file__).resolve().parents[2] / 'configs'
+
+
+def _read_recipe(recipe: Union[str, Path], config_dir: Optional[Union[str, Path]], depth: int = 0) -> Dict[str, Any]:
+    if depth > 8:
+        raise ValueError(f'recipe base chain too deep at {recipe!r}')
+    path = Path(recipe)
+    if path.suffix not in ('.yaml', '.yml'):
+        path = Path(config_dir or _default_config_dir()) / f'{recipe}.yaml'
+    if not path.is_file():
+        raise FileNotFoundError(f'training recipe {str(recipe)!r} not found (looked for {path})')
+    with open(path) as f:
+        values = yaml.safe_load(f) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f'{path} must hold a mapping of config keys')
+    base = values.pop('base', None)
+    if base is not None:
+        merged = _read_recipe(base, config_dir or path.parent, depth + 1)
+        merged.update(values)
+        values = merged
+    values.setdefault('recipe', path.stem)
+    return values

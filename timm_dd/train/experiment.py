@@ -1,0 +1,337 @@
+"""Cross-architecture experiments: data preparation, teachers, several networks x seeds, one results table.
+
+``train.py`` is a thin command line over :func:`prepare_data` and :func:`run_experiment`.
+"""
+import json
+import logging
+import math
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import timm
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from ..data import load_dataset, select_ipc
+from ..distilled import DistilledSet
+from ..layers import keep_rate_units
+from ..models import is_timm_dd_model
+from .config import TrainConfig, load_config
+from .elf import elf_split
+from .trainer import RunResult, TrainSet, train_model
+
+__all__ = ['DataBundle', 'prepare_data', 'create_student', 'run_experiment', 'ExperimentResult', 'format_table']
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DataBundle:
+    """A training set and the test set, both in the space the networks see (normalized or ZCA)."""
+    train: TrainSet
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    class_names: List[str]
+    description: str
+    source: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def in_chans(self) -> int:
+        return self.train.images.shape[1]
+
+    @property
+    def img_size(self) -> int:
+        return self.train.images.shape[-1]
+
+
+def _to_space(pixels: torch.Tensor, dset: DistilledSet) -> torch.Tensor:
+    """Map [0, 1] test pixels into the distilled set's image space."""
+    x = pixels
+    if dset.normalization:
+        mean = torch.tensor(dset.normalization['mean']).view(1, -1, 1, 1)
+        std = torch.tensor(dset.normalization['std']).view(1, -1, 1, 1)
+        x = (x - mean) / std
+    if dset.image_space == 'zca':
+        x = dset.zca.transform(x)
+    return x
+
+
+def prepare_data(
+        data: Optional[str] = None,
+        real_ipc: Optional[int] = None,
+        dataset: Optional[str] = None,
+        data_root: Optional[str] = None,
+        seed: int = 0,
+        cache_dir: Optional[str] = None,
+) -> DataBundle:
+    """Load a distilled set (folder or Hub id) or draw ``real_ipc`` real images per class from ``dataset``
+    (``real_ipc=-1``: all of them).
+
+    The test set is ``dataset`` (or the distilled set's ``source_dataset``), mapped into the training set's
+    image space. Class names of the two must agree.
+    """
+    from ..hub import load_distilled  # imported here: only this path needs huggingface_hub
+    if (data is None) == (real_ipc is None):
+        raise ValueError('give either a distilled set (data) or real_ipc, not both and not neither')
+    if data is not None:
+        dset = load_distilled(data)
+        source = dataset or dset.source_dataset
+        test = load_dataset(source, 'test', root=data_root, cache_dir=cache_dir, image_size=dset.image_size[-1])
+        _check_classes(dset.class_names, test.class_names, dset.num_classes, test.num_classes, data, source)
+        labels = dset.soft_labels if dset.soft_labels is not None else dset.labels
+        learned_lr = float(dset.lr) if dset.lr is not None else None
+        train = TrainSet(dset.images.float(), labels, dset.num_classes, list(dset.class_names or []), learned_lr)
+        return DataBundle(train, _to_space(test.images, dset), test.labels, list(test.class_names),
+                          f'{dset.method} {dset.source_dataset} ipc {dset.ipc} ({data})',
+                          dict(kind='distilled', path=str(data), method=dset.method, ipc=dset.ipc,
+                               image_space=dset.image_space, source_dataset=dset.source_dataset))
+    if dataset is None:
+        raise ValueError('real_ipc needs a dataset (e.g. digits, cifar10, or a folder/zip)')
+    train_full = load_dataset(dataset, 'train', root=data_root, cache_dir=cache_dir)
+    test = load_dataset(dataset, 'test', root=data_root, cache_dir=cache_dir)
+    _check_classes(train_full.class_names, test.class_names, train_full.num_classes, test.num_classes, dataset, dataset)
+    if real_ipc < 0:  # the whole training set (e.g. for the ELF feature model)
+        sub = train_full
+    else:
+        idx = select_ipc(train_full.labels, real_ipc, generator=torch.Generator().manual_seed(seed),
+                         num_classes=train_full.num_classes)
+        sub = train_full.subset(idx)
+    train = TrainSet(sub.normalized(), sub.labels, sub.num_classes, list(sub.class_names))
+    return DataBundle(train, test.normalized(), test.labels, list(test.class_names),
+                      f'{real_ipc} real images per class of {dataset} (seed {seed})',
+                      dict(kind='real', dataset=dataset, ipc=real_ipc, seed=seed, image_space='normalized'))
+
+
+def _check_classes(train_names, test_names, train_k: int, test_k: int, train_src: str, test_src: str) -> None:
+    if train_k != test_k:
+        raise ValueError(f'the training set ({train_src}) has {train_k} classes but the test set ({test_src}) has '
+                         f'{test_k}; evaluate on the dataset the set was distilled from')
+    if train_names and test_names and list(train_names) != list(test_names):
+        raise ValueError(f'the classes of the training set ({train_src}) {list(train_names)} differ from the test '
+                         f'set ({test_src}) classes {list(test_names)}')
+
+
+def create_student(name: str, bundle: DataBundle, cfg: TrainConfig, **model_kwargs: Any) -> nn.Module:
+    """Create a timm_dd or stock timm model for the bundle's classes, channels and image size."""
+    kwargs = dict(num_classes=bundle.train.num_classes, in_chans=bundle.in_chans, **model_kwargs)
+    if is_timm_dd_model(name):
+        kwargs.setdefault('img_size', bundle.img_size)
+    elif cfg.drop_path:
+        # stock timm models only hold DropPath modules when built with a rate > 0; the schedule then drives them
+        kwargs.setdefault('drop_path_rate', 0.1)
+    try:
+        model = timm.create_model(name, **kwargs)
+    except ValueError as e:
+        raise ValueError(f'cannot create {name} for {bundle.in_chans}x{bundle.img_size}x{bundle.img_size} images '
+                         f'and {bundle.train.num_classes} classes: {e}') from e
+    except RuntimeError as e:
+        if 'Unknown model' in str(e):
+            raise ValueError(f'unknown model {name!r}; see timm.list_models() (timm_dd adds *_dd, *_mtt, convnet*)') from e
+        raise
+    if cfg.drop_path and not keep_rate_units(model):
+        _logger.warning('%s has no droppable units; the keep-rate schedule does nothing for it', name)
+    return model
+
+
+@dataclass
+class ExperimentResult:
+    runs: List[Dict[str, Any]]
+    teacher_runs: List[Dict[str, Any]]
+    table: List[Dict[str, Any]]
+    config: Dict[str, Any]
+    data: Dict[str, Any]
+
+
+def _test_loader(bundle: DataBundle, cfg: TrainConfig, accelerator: Accelerator) -> DataLoader:
+    ds = TensorDataset(bundle.test_images, bundle.test_labels)
+    return accelerator.prepare(DataLoader(ds, batch_size=cfg.test_batch_size, shuffle=False))
+
+
+def _result_record(model: str, seed: int, result: RunResult) -> Dict[str, Any]:
+    return dict(model=model, seed=seed, final_acc=result.final_acc, best_acc=result.best_acc,
+                best_epoch=result.best_epoch, test_count=result.num_test_evaluated,
+                train_seconds=result.train_seconds, images_per_second=result.images_per_second)
+
+
+def _train_or_load_teacher(cfg: TrainConfig, bundle: DataBundle, seed: int, accelerator: Accelerator,
+                           test_loader: DataLoader, out_dir: Path, resume: bool) -> Tuple[nn.Module, Dict[str, Any]]:
+    from ..hub import load_teacher
+    from .trainer import evaluate
+    if cfg.teacher:
+        teacher = load_teacher(cfg.teacher)
+        if teacher.num_classes != bundle.train.num_classes:
+            raise ValueError(f'the teacher {cfg.teacher} has {teacher.num_classes} classes but the training set has '
+                             f'{bundle.train.num_classes}')
+        acc = evaluate(teacher.to(accelerator.device), test_loader, accelerator)
+        return teacher, dict(model=cfg.teacher, seed=seed, final_acc=acc['acc'], best_acc=acc['acc'], loaded=True)
+    overrides = {'seed': seed, 'eval_every': 0}
+    if cfg.teacher_epochs is not None:
+        overrides['epochs'] = cfg.teacher_epochs
+    teacher_cfg = load_config(cfg.teacher_recipe, overrides)
+    set_seed(seed)
+    teacher = create_student(cfg.teacher_model, bundle, teacher_cfg)
+    run_dir = out_dir / 'teachers' / f'seed{seed}'
+    record = _load_done(run_dir)
+    if record is not None and resume:
+        teacher.load_state_dict(_load_weights(run_dir / 'model'))
+        return teacher, record
+    result = train_model(teacher, bundle.train, test_loader, teacher_cfg, accelerator, cfg.teacher_model,
+                         out_dir=run_dir, resume=resume, desc=f'teacher {cfg.teacher_model} seed {seed}')
+    record = _result_record(cfg.teacher_model, seed, result)
+    if accelerator.is_main_process:
+        _save_model(teacher, run_dir / 'model', bundle, None)
+        _save_done(run_dir, record)
+    accelerator.wait_for_everyone()
+    return teacher, record
+
+
+def _save_model(model: nn.Module, folder: Path, bundle: DataBundle, model_kwargs: Optional[Dict[str, Any]]) -> None:
+    from ..hub import save_teacher
+    args = dict(num_classes=bundle.train.num_classes, in_chans=bundle.in_chans, **(model_kwargs or {}))
+    if is_timm_dd_model(model.pretrained_cfg.get('architecture', '')):
+        args.setdefault('img_size', bundle.img_size)
+    save_teacher(model, folder, class_names=bundle.class_names, model_args=args)
+
+
+def _load_weights(folder: Path) -> Dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+    return load_file(str(folder / 'model.safetensors'))
+
+
+def _load_done(run_dir: Path) -> Optional[Dict[str, Any]]:
+    path = run_dir / 'result.json'
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _save_done(run_dir: Path, record: Dict[str, Any]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / 'result.json.tmp'
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(run_dir / 'result.json')
+
+
+def _elf_targets(cfg: TrainConfig, student: nn.Module, bundle: DataBundle, device: torch.device) -> torch.Tensor:
+    from ..hub import load_teacher
+    if not cfg.elf_feature_model:
+        raise ValueError('ELF needs a feature model trained on real data (elf_feature_model); make one with '
+                         '`python train.py --dataset <data> --real-ipc -1 --model convnet3 --model-kwargs width=512 '
+                         '--config baseline --save-model <dir>` and pass --elf-feature-model <dir>')
+    phi = load_teacher(cfg.elf_feature_model).to(device).eval()
+    split = elf_split(student)
+    with torch.no_grad():
+        feats = torch.cat([phi.forward_features(chunk.to(device)) for chunk in bundle.train.images.split(256)])
+    if tuple(feats.shape[1:]) != tuple(split.feature_shape):
+        raise ValueError(f'the ELF feature model outputs {tuple(feats.shape[1:])} but the student\'s split expects '
+                         f'{split.feature_shape}; use a ConvNet of width {split.feature_shape[0]}')
+    return feats.cpu()
+
+
+def run_experiment(
+        cfg: TrainConfig,
+        models: Sequence[str],
+        seeds: Sequence[int],
+        bundle: DataBundle,
+        out_dir: Path,
+        accelerator: Accelerator,
+        model_kwargs: Optional[Dict[str, Any]] = None,
+        resume: bool = False,
+        save_models: bool = False,
+) -> ExperimentResult:
+    """Train every model with every seed; write ``results.json``, ``results.md`` and per-run logs to ``out_dir``.
+
+    ``save_models`` also writes each trained network to ``runs/<model>/seed<k>/model`` in timm's local-dir layout
+    (loadable with ``timm.create_model('local-dir:<folder>', pretrained=True)`` or ``timm_dd.hub.load_teacher``).
+    """
+    out_dir = Path(out_dir)
+    test_loader = _test_loader(bundle, cfg, accelerator)
+    runs, teacher_runs = [], []
+    teachers: Dict[int, nn.Module] = {}
+    if cfg.kd:
+        for seed in seeds:
+            teacher, record = _train_or_load_teacher(cfg, bundle, seed, accelerator, test_loader, out_dir, resume)
+            teachers[seed] = teacher
+            teacher_runs.append(record)
+            if cfg.teacher:  # one loaded teacher serves every seed
+                teachers = {s: teacher for s in seeds}
+                break
+    for name in models:
+        for seed in seeds:
+            run_dir = out_dir / 'runs' / name / f'seed{seed}'
+            done = _load_done(run_dir) if resume else None
+            if done is not None:
+                runs.append(done)
+                continue
+            set_seed(seed)
+            student = create_student(name, bundle, cfg, **(model_kwargs or {}))
+            feats = _elf_targets(cfg, student, bundle, accelerator.device) if cfg.elf else None
+            result = train_model(student, bundle.train, test_loader, cfg.replace(seed=seed), accelerator, name,
+                                 teacher=teachers.get(seed), elf_features=feats, out_dir=run_dir, resume=resume,
+                                 desc=f'{name} seed {seed}')
+            record = _result_record(name, seed, result)
+            runs.append(record)
+            if accelerator.is_main_process:
+                if save_models:
+                    _save_model(student, run_dir / 'model', bundle, model_kwargs)
+                _save_done(run_dir, record)
+    table = summarize(runs, teacher_runs)
+    result = ExperimentResult(runs, teacher_runs, table, cfg.to_dict(), dict(bundle.source, description=bundle.description))
+    if accelerator.is_main_process:
+        write_results(result, out_dir)
+    accelerator.wait_for_everyone()
+    return result
+
+
+def _mean_std(values: List[float]) -> Tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(runs: List[Dict[str, Any]], teacher_runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Per network: mean +- std of the final accuracy, the mean best-over-evaluations, gap to the teacher."""
+    teacher_mean = _mean_std([r['final_acc'] for r in teacher_runs])[0] if teacher_runs else None
+    table = []
+    for name in dict.fromkeys(r['model'] for r in runs):
+        rs = [r for r in runs if r['model'] == name]
+        final_mean, final_std = _mean_std([r['final_acc'] for r in rs])
+        best_mean, best_std = _mean_std([r['best_acc'] for r in rs])
+        ips = [r['images_per_second'] for r in rs if r.get('images_per_second') and math.isfinite(r['images_per_second'])]
+        table.append(dict(
+            model=name, runs=len(rs), final_mean=final_mean, final_std=final_std, best_mean=best_mean,
+            best_std=best_std, gap_to_teacher=(final_mean - teacher_mean) if teacher_mean is not None else None,
+            images_per_second=statistics.fmean(ips) if ips else None))
+    return table
+
+
+def format_table(result: ExperimentResult) -> str:
+    """Markdown table: final accuracy (primary), best over evaluations (labelled), gap to the ConvNet teacher."""
+    cfg = result.config
+    lines = [
+        f"Recipe `{cfg['recipe']}` on {result.data.get('description', '')}; {cfg['epochs']} epochs, opt {cfg['opt']}, "
+        f"lr schedule {cfg['lr_schedule']}, DropPath {'on' if cfg['drop_path'] else 'off'}, "
+        f"KD {'on' if cfg['kd'] else 'off'}, DSA k={cfg['dsa_k'] if cfg['dsa'] else 0}, ELF {'on' if cfg['elf'] else 'off'}.",
+        '',
+        '| network | runs | final top-1 (%) | best over evaluations (%) | gap to teacher (pts) | train img/s |',
+        '|---|---|---|---|---|---|',
+    ]
+    if result.teacher_runs:
+        m, s = _mean_std([r['final_acc'] for r in result.teacher_runs])
+        lines.append(f"| teacher {result.teacher_runs[0]['model']} | {len(result.teacher_runs)} | "
+                     f"{100 * m:.2f} ± {100 * s:.2f} | - | - | - |")
+    for row in result.table:
+        gap = f"{100 * row['gap_to_teacher']:+.2f}" if row['gap_to_teacher'] is not None else '-'
+        ips = f"{row['images_per_second']:.0f}" if row['images_per_second'] else '-'
+        lines.append(f"| {row['model']} | {row['runs']} | {100 * row['final_mean']:.2f} ± {100 * row['final_std']:.2f} "
+                     f"| {100 * row['best_mean']:.2f} ± {100 * row['best_std']:.2f} | {gap} | {ips} |")
+    return '\n'.join(lines) + '\n'
+
+
+def write_results(result: ExperimentResult, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in (('results.json', json.dumps(asdict(result), indent=2)), ('results.md', format_table(result))):
+        tmp = out_dir / (name + '.tmp')
+        tmp.write_text(text)
+        tmp.replace(out_dir / name)
