@@ -197,3 +197,31 @@ def test_cli_cross_architecture_table_and_plots(tmp_path):
     for name in ('results.md', 'results.png', 'schedules.png', 'args.yaml'):
         assert (out / name).is_file(), name
     assert (out / 'teachers' / 'seed0' / 'model' / 'model.safetensors').is_file()
+
+
+@pytest.mark.parametrize('student,kwargs,width,recipe', [
+    ('convnet3', dict(width=4), 4, 'elf'),
+    ('resnet18_dd', dict(TINY_RESNET), 16, 'dpkd'),  # ELF combined with DropPath + KD
+])
+def test_elf_end_to_end(tmp_path, accelerator, student, kwargs, width, recipe):
+    from timm_dd.hub import save_teacher
+    phi = timm.create_model('convnet3', num_classes=10, in_chans=1, width=width)
+    folder = save_teacher(phi, tmp_path / 'phi', model_args=dict(num_classes=10, in_chans=1, width=width))
+    bundle = prepare_data(dataset='digits', real_ipc=1)
+    cfg = load_config(recipe, dict(epochs=2, final_epochs=1, period=1, eval_every=0, elf=True, teacher_epochs=1,
+                                   elf_feature_model=str(folder)))
+    result = run_experiment(cfg, [student], [0], bundle, tmp_path / 'out', accelerator, model_kwargs=kwargs)
+    assert result.runs[0]['test_count'] == 364
+    losses = [json.loads(x)['loss'] for x in
+              (tmp_path / 'out' / 'runs' / student / 'seed0' / 'metrics.jsonl').read_text().splitlines()]
+    assert all(l > 0 and l == l for l in losses)
+
+
+def test_elf_feature_model_of_wrong_width_is_a_clear_error(tmp_path, accelerator):
+    from timm_dd.hub import save_teacher
+    phi = timm.create_model('convnet3', num_classes=10, in_chans=1, width=8)
+    folder = save_teacher(phi, tmp_path / 'phi', model_args=dict(num_classes=10, in_chans=1, width=8))
+    bundle = prepare_data(dataset='digits', real_ipc=1)
+    cfg = load_config('elf', dict(epochs=1, elf_feature_model=str(folder)))
+    with pytest.raises(ValueError, match='use a ConvNet of width 4'):
+        run_experiment(cfg, ['convnet3'], [0], bundle, tmp_path / 'out', accelerator, model_kwargs=dict(width=4))
