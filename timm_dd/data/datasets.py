@@ -40,12 +40,7 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2023, 0.1994, 0.2010)
-CIFAR100_MEAN = (0.5071, 0.4866, 0.4409)
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..constants import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD
 # greyscale folders: the mean of ImageNet's channel statistics
 GREY_MEAN = (0.449,)
 GREY_STD = (0.226,)

@@ -5,15 +5,9 @@ import torch
 from torch import nn
 
 __all__ = ['CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR100_MEAN', 'CIFAR100_STD', 'IMAGENET_MEAN', 'IMAGENET_STD',
-           'create_act', 'conv_norm_act', 'conv_dp_block', 'factory_kwargs', 'check_img_size', 'check_in_chans', 'reject_drop_path']
+           'cifar_cfg', 'create_act', 'conv_norm_act', 'conv_dp_block', 'factory_kwargs', 'check_img_size', 'check_in_chans', 'reject_drop_path']
 
-# the statistics used by the DC/DSA/MTT code bases
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2023, 0.1994, 0.2010)
-CIFAR100_MEAN = (0.5071, 0.4866, 0.4409)
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..constants import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD
 
 _ACTS = {'relu': nn.ReLU, 'leakyrelu': lambda: nn.LeakyReLU(0.01), 'sigmoid': nn.Sigmoid, 'gelu': nn.GELU}
 
@@ -60,6 +54,16 @@ def conv_norm_act(in_chs: int, out_chs: int, kernel_size: int, norm: str, act: s
     if norm != 'none':
         layers += [create_norm2d(norm, out_chs, **dd)]
     return layers + [create_act(act)]
+
+
+def cifar_cfg(first_conv: str, classifier: str, pool_size: Tuple[int, int], url: str = '', **kwargs) -> dict:
+    """A timm pretrained cfg for a 32 px, 10-class CIFAR model (override any field with ``kwargs``)."""
+    return {
+        'url': url, 'num_classes': 10, 'input_size': (3, 32, 32), 'pool_size': pool_size,
+        'crop_pct': 1.0, 'interpolation': 'bilinear', 'mean': CIFAR10_MEAN, 'std': CIFAR10_STD,
+        'first_conv': first_conv, 'classifier': classifier, 'license': 'apache-2.0',
+        **kwargs,
+    }
 
 
 def factory_kwargs(device: Optional[torch.device], dtype: Optional[torch.dtype]) -> dict:

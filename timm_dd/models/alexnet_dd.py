@@ -14,7 +14,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from ..layers import check_norm, keep_rates_from_drop_path_rate
 from ._common import (
-    CIFAR10_MEAN, CIFAR10_STD, check_img_size, check_in_chans, conv_dp_block, conv_norm_act, factory_kwargs,
+    cifar_cfg, check_img_size, check_in_chans, conv_dp_block, conv_norm_act, factory_kwargs,
     reject_drop_path,
 )
 from ._sequential import SequentialNet
@@ -92,12 +92,7 @@ def _create_alexnet(variant: str, pretrained: bool = False, **kwargs) -> AlexNet
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
-    return {
-        'url': url, 'num_classes': 10, 'input_size': (3, 32, 32), 'pool_size': (4, 4),
-        'crop_pct': 1.0, 'interpolation': 'bilinear', 'mean': CIFAR10_MEAN, 'std': CIFAR10_STD,
-        'first_conv': 'features.0', 'classifier': 'fc', 'license': 'apache-2.0',
-        **kwargs,
-    }
+    return cifar_cfg('features.0', 'fc', pool_size=(4, 4), url=url, **kwargs)
 
 
 default_cfgs = generate_default_cfgs({

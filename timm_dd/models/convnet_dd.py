@@ -16,7 +16,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from ..layers import check_norm
 from ._common import (
-    CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, check_in_chans, conv_norm_act, factory_kwargs,
+    IMAGENET_MEAN, IMAGENET_STD, check_in_chans, cifar_cfg, conv_norm_act, factory_kwargs,
     reject_drop_path,
 )
 from ._sequential import SequentialNet
@@ -109,12 +109,7 @@ def _create_convnet(variant: str, pretrained: bool = False, **kwargs) -> ConvNet
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
-    return {
-        'url': url, 'num_classes': 10, 'input_size': (3, 32, 32), 'pool_size': (4, 4),
-        'crop_pct': 1.0, 'interpolation': 'bilinear', 'mean': CIFAR10_MEAN, 'std': CIFAR10_STD,
-        'first_conv': 'features.0', 'classifier': 'classifier', 'license': 'apache-2.0',
-        **kwargs,
-    }
+    return cifar_cfg('features.0', 'classifier', pool_size=(4, 4), url=url, **kwargs)
 
 
 default_cfgs = generate_default_cfgs({

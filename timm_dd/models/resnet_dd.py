@@ -19,7 +19,7 @@ from timm.layers import create_classifier
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ..layers import DropPath, check_norm, create_norm2d, keep_rates_from_drop_path_rate
-from ._common import CIFAR10_MEAN, CIFAR10_STD, check_in_chans, factory_kwargs
+from ._common import check_in_chans, cifar_cfg, factory_kwargs
 
 __all__ = ['ResNet', 'BasicBlock', 'Bottleneck']
 
@@ -227,12 +227,7 @@ def _create_resnet(variant: str, pretrained: bool = False, **kwargs) -> ResNet:
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
-    return {
-        'url': url, 'num_classes': 10, 'input_size': (3, 32, 32), 'pool_size': (4, 4),
-        'crop_pct': 1.0, 'interpolation': 'bilinear', 'mean': CIFAR10_MEAN, 'std': CIFAR10_STD,
-        'first_conv': 'conv1', 'classifier': 'fc', 'license': 'apache-2.0',
-        **kwargs,
-    }
+    return cifar_cfg('conv1', 'fc', pool_size=(4, 4), url=url, **kwargs)
 
 
 default_cfgs = generate_default_cfgs({

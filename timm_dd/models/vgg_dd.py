@@ -15,7 +15,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from ..layers import check_norm, keep_rates_from_drop_path_rate
 from ._common import (
-    CIFAR10_MEAN, CIFAR10_STD, check_img_size, check_in_chans, conv_dp_block, conv_norm_act, factory_kwargs, reject_drop_path,
+    cifar_cfg, check_img_size, check_in_chans, conv_dp_block, conv_norm_act, factory_kwargs, reject_drop_path,
 )
 from ._sequential import SequentialNet
 
@@ -99,12 +99,7 @@ def _create_vgg(variant: str, pretrained: bool = False, **kwargs) -> VGG:
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
-    return {
-        'url': url, 'num_classes': 10, 'input_size': (3, 32, 32), 'pool_size': (1, 1),
-        'crop_pct': 1.0, 'interpolation': 'bilinear', 'mean': CIFAR10_MEAN, 'std': CIFAR10_STD,
-        'first_conv': 'features.0', 'classifier': 'classifier', 'license': 'apache-2.0',
-        **kwargs,
-    }
+    return cifar_cfg('features.0', 'classifier', pool_size=(1, 1), url=url, **kwargs)
 
 
 default_cfgs = generate_default_cfgs({
