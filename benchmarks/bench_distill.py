@@ -1,0 +1,172 @@
+"""Seconds per MTT distillation iteration and peak memory growth: ``unrolled`` vs ``recompute`` meta-gradients.
+
+ConvNet-3 (width 128) on 32x32 CIFAR-10 images (real-image init from the shared JPEG copy when present, else random
+data), whole synthetic set per inner step (``batch_syn`` = 10 x IPC), DSA on. Experts are not needed for the cost:
+the start point is a fresh initialization and the target a small perturbation of it.
+
+Method: every setting runs in a fresh subprocess. It first does a warm-up iteration with one inner step (allocator
+and oneDNN set-up), then resets the kernel's peak-RSS counter (``/proc/self/clear_refs`` = 5, Linux >= 4.0) and
+reads the current RSS, times ``--repeats`` full iterations and reads the peak RSS (``VmHWM``);
+``peak_rss_growth_mb`` is peak minus baseline: the memory one N-step iteration needs (activations kept by the
+graph, stored parameter vectors, allocator caching). Where the reset is unavailable it falls back to the
+``ru_maxrss`` delta, which under-reports when the warm-up peak was higher.
+
+Usage: python benchmarks/bench_distill.py [--ipc 1 10] [--steps 10 20 50] [--skip 10:50:unrolled] [--threads N]
+       [--out FILE]
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DEFAULT_DATA = REPO.parent / 'shared' / 'data' / 'cifar10-jpeg'
+
+
+def _child(args) -> None:
+    import timm
+    import timm_dd  # noqa: F401
+    from timm_dd.augment import DSA
+    from timm_dd.distill import FlatModel, plan_steps, trajectory_match
+
+    torch.set_num_threads(args.threads)
+    images = torch.load(args.images)
+    labels = torch.arange(10).repeat_interleave(images.shape[0] // 10)
+    torch.manual_seed(0)
+    model = timm.create_model('convnet3', num_classes=10, in_chans=3, img_size=32, width=128)
+    fm = FlatModel(model)
+    th0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    target = th0 + 1e-3 * torch.randn(th0.shape, generator=torch.Generator().manual_seed(1))
+    dsa = DSA()
+    lr = torch.tensor(0.01)
+
+    def iteration(steps: int, seed: int) -> None:
+        plan = plan_steps(images.shape[0], steps, None, 32, dsa, torch.Generator().manual_seed(seed))
+        trajectory_match(args.mode, fm, images, labels, lr, th0, target, plan, dsa, 'mtt')
+
+    iteration(1, 0)
+    reset = _reset_peak()
+    rss0 = _status_mb('VmRSS') if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    times = []
+    for r in range(args.repeats):
+        t0 = time.perf_counter()
+        iteration(args.steps, r + 1)
+        times.append(time.perf_counter() - t0)
+    rss1 = _status_mb('VmHWM') if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({'seconds': min(times), 'all_seconds': times, 'peak_rss_growth_mb': rss1 - rss0,
+                      'peak_rss_mb': rss1, 'baseline_rss_mb': rss0,
+                      'peak_method': 'VmHWM after clear_refs reset' if reset else 'ru_maxrss delta'}))
+
+
+def _status_mb(key: str) -> float:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(key + ':'):
+                return int(line.split()[1]) / 1024
+    raise KeyError(key)
+
+
+def _reset_peak() -> bool:
+    # Linux >= 4.0: writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+        return True
+    except OSError:
+        return False
+
+
+def _images(ipc: int, folder: Path, data: Path) -> tuple:
+    path = folder / f'ipc{ipc}.pt'
+    if (data / 'train.zip').is_file():
+        from timm_dd.data import load_dataset, select_ipc
+        ds = load_dataset(str(data), 'train')
+        idx = select_ipc(ds.labels, ipc, torch.Generator().manual_seed(0), num_classes=10)
+        x, source = ds.subset(idx).normalized(), f'real CIFAR-10 images from {data}'
+    else:
+        x, source = torch.randn(10 * ipc, 3, 32, 32, generator=torch.Generator().manual_seed(0)), 'random data'
+    torch.save(x.contiguous(), path)
+    return path, source
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--ipc', type=int, nargs='+', default=[1, 10])
+    parser.add_argument('--steps', type=int, nargs='+', default=[10, 20, 50])
+    parser.add_argument('--modes', nargs='+', default=['unrolled', 'recompute'])
+    parser.add_argument('--skip', nargs='*', default=[], help='settings to skip, as IPC:STEPS or IPC:STEPS:MODE')
+    parser.add_argument('--repeats', type=int, default=1)
+    parser.add_argument('--threads', type=int, default=1,
+                        help='torch threads (1: on a shared, loaded 2-core box 2 threads were ~7x slower)')
+    parser.add_argument('--data', type=Path, default=DEFAULT_DATA)
+    parser.add_argument('--out', type=Path, default=REPO / 'benchmarks' / 'results' / 'distill.json')
+    # child mode
+    parser.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
+    parser.add_argument('--images', default=None, help=argparse.SUPPRESS)
+    parser.add_argument('--mode', default='unrolled', help=argparse.SUPPRESS)
+    parser.add_argument('--steps1', type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        args.steps = args.steps1
+        _child(args)
+        return 0
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix='bench_distill_') as tmp:
+        for ipc in args.ipc:
+            path, source = _images(ipc, Path(tmp), args.data)
+            for steps in args.steps:
+                if f'{ipc}:{steps}' in args.skip:
+                    continue
+                for mode in args.modes:
+                    if f'{ipc}:{steps}:{mode}' in args.skip:
+                        continue
+                    cmd = [sys.executable, __file__, '--child', '--images', str(path), '--mode', mode, '--steps1',
+                           str(steps), '--repeats', str(args.repeats), '--threads', str(args.threads)]
+                    out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+                    if out.returncode != 0:
+                        print(out.stderr[-3000:], file=sys.stderr)
+                        return 1
+                    res = json.loads(out.stdout.strip().splitlines()[-1])
+                    row = dict(ipc=ipc, batch_syn=10 * ipc, syn_steps=steps, mode=mode, **res)
+                    rows.append(row)
+                    print(f'IPC {ipc:3d}  N {steps:3d}  {mode:9s}  {res["seconds"]:8.2f} s/it  '
+                          f'peak RSS growth {res["peak_rss_growth_mb"]:8.1f} MB', flush=True)
+    result = {
+        'benchmark': 'distill_iteration',
+        'model': 'convnet3 width 128, 32x32, 10 classes (320,010 parameters)',
+        'method': 'MTT, whole synthetic set per inner step, DSA on; fp32',
+        'data': source,
+        'memory_method': 'fresh subprocess per setting; after a 1-step warm-up iteration the peak RSS (VmHWM) is '
+                         'reset via /proc/self/clear_refs; growth = VmHWM after the timed iterations - RSS at reset',
+        'time_method': f'best of {args.repeats} iteration(s) after the warm-up',
+        'threads': args.threads,
+        'machine': f'{platform.machine()} {os.cpu_count()} cores (shared, loaded), torch {torch.__version__}',
+        'skipped': args.skip,
+        'rows': rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + '\n')
+    print(f'\n{"IPC":>4} {"N":>4} {"unrolled s":>11} {"recompute s":>12} {"unrolled MB":>12} {"recompute MB":>13}')
+    for ipc in args.ipc:
+        for steps in args.steps:
+            r = {x['mode']: x for x in rows if x['ipc'] == ipc and x['syn_steps'] == steps}
+            if len(r) == 2:
+                u, c = r['unrolled'], r['recompute']
+                print(f'{ipc:4d} {steps:4d} {u["seconds"]:11.2f} {c["seconds"]:12.2f} '
+                      f'{u["peak_rss_growth_mb"]:12.1f} {c["peak_rss_growth_mb"]:13.1f}')
+    print(f'wrote {args.out}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

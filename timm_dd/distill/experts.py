@@ -1,0 +1,315 @@
+"""Expert trajectories for trajectory matching (MTT/ATT ``buffer.py``, ``trajectory-matching.md`` §1).
+
+One safetensors file per expert, ``expert_00000.safetensors``: tensor ``epoch_0000`` is the flat parameter vector at
+initialization and ``epoch_{k:04d}`` the one after ``k`` epochs (flat order = ``named_parameters()`` order). The header
+metadata key ``timm_dd_expert`` holds JSON with the architecture and its creation kwargs, the parameter names and
+shapes, dataset, zca flag, seed, epochs and training recipe. :class:`ExpertTrajectory` reads one epoch at a time
+with ``safe_open(...).get_tensor`` so a distillation iteration touches only the two epochs it needs.
+
+Files are written to a temporary sibling and renamed into place, so a file that exists is complete; a rerun of
+:func:`train_experts` skips finished experts. With several processes expert ``i`` is trained by process
+``i % num_processes``.
+"""
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..augment import DSA
+
+__all__ = [
+    'ExpertConfig', 'ExpertFileError', 'ExpertTrajectory', 'ExpertPool', 'train_experts', 'train_expert',
+    'save_trajectory', 'flat_params', 'param_spec', 'create_arch', 'expert_filename', 'EXPERT_META_KEY',
+]
+
+_logger = logging.getLogger(__name__)
+
+EXPERT_META_KEY = 'timm_dd_expert'
+EXPERT_FORMAT = 'timm_dd.expert'
+EXPERT_FORMAT_VERSION = 1
+
+
+class ExpertFileError(ValueError):
+    """A missing, truncated, corrupt or inconsistent expert trajectory file."""
+
+
+def expert_filename(index: int) -> str:
+    return f'expert_{index:05d}.safetensors'
+
+
+def _epoch_key(epoch: int) -> str:
+    return f'epoch_{epoch:04d}'
+
+
+def create_arch(arch: str, model_kwargs: Dict[str, Any]) -> nn.Module:
+    """``timm.create_model(arch, **model_kwargs)`` with timm_dd's models registered."""
+    import timm
+    import timm_dd  # noqa: F401  registers the models
+    return timm.create_model(arch, **model_kwargs)
+
+
+def param_spec(model: nn.Module) -> List[Tuple[str, List[int]]]:
+    """``(name, shape)`` of every parameter in ``named_parameters()`` order (the flat order)."""
+    return [(n, list(p.shape)) for n, p in model.named_parameters()]
+
+
+def flat_params(model: nn.Module) -> torch.Tensor:
+    """All parameters concatenated in ``named_parameters()`` order (a detached fp32 CPU copy)."""
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).float().cpu()
+
+
+def _seed_value(seed: int, *keys: int) -> int:
+    # a stable mix of the keys: the same (seed, keys) always gives the same random stream
+    value = int(seed)
+    for k in keys:
+        value = (value * 1_000_003 + int(k) + 1) % (2 ** 62)
+    return value
+
+
+def generator_for(seed: int, *keys: int) -> torch.Generator:
+    """A CPU generator seeded from ``seed`` and integer ``keys`` (one independent stream per key tuple)."""
+    return torch.Generator().manual_seed(_seed_value(seed, *keys))
+
+
+@dataclass
+class ExpertConfig:
+    """Expert training recipe; defaults are MTT's ``buffer.py`` (ATT uses ``batch_size=512``)."""
+    arch: str = 'convnet3'
+    model_kwargs: Dict[str, Any] = field(default_factory=dict)
+    num_experts: int = 100
+    epochs: int = 50
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    dsa: bool = True
+    dsa_strategy: str = 'color_crop_cutout_flip_scale_rotate'
+    seed: int = 0
+    dataset: str = 'unknown'
+    zca: bool = False
+
+
+def save_trajectory(path: Union[str, os.PathLike], trajectory: Sequence[torch.Tensor], meta: Dict[str, Any]) -> Path:
+    """Write one expert (flat vectors, epoch 0 first) atomically to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {_epoch_key(k): t.detach().float().cpu().contiguous() for k, t in enumerate(trajectory)}
+    meta = dict(meta, format=EXPERT_FORMAT, format_version=EXPERT_FORMAT_VERSION, num_checkpoints=len(trajectory))
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={EXPERT_META_KEY: json.dumps(meta)})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+class ExpertTrajectory:
+    """Read access to one expert file; epochs are read on demand (``get(epoch)``).
+
+    Raises:
+        ExpertFileError: the file is missing, not a readable safetensors file (truncated or corrupt), lacks the
+            metadata or an epoch tensor, or an epoch tensor has the wrong size.
+    """
+
+    def __init__(self, path: Union[str, os.PathLike]):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ExpertFileError(f'{self.path}: expert file not found')
+        try:
+            with safe_open(str(self.path), framework='pt') as f:
+                header = f.metadata() or {}
+                keys = set(f.keys())
+        except Exception as e:  # SafetensorError, OSError, ... for damaged files
+            raise ExpertFileError(f'{self.path}: cannot read expert file (truncated or corrupt?): {e}') from e
+        try:
+            self.meta: Dict[str, Any] = json.loads(header[EXPERT_META_KEY])
+        except (KeyError, json.JSONDecodeError) as e:
+            raise ExpertFileError(f'{self.path}: missing or unreadable {EXPERT_META_KEY!r} metadata') from e
+        if self.meta.get('format') != EXPERT_FORMAT:
+            raise ExpertFileError(f'{self.path}: format {self.meta.get("format")!r}, expected {EXPERT_FORMAT!r}')
+        self.num_checkpoints = int(self.meta['num_checkpoints'])
+        missing = [_epoch_key(k) for k in range(self.num_checkpoints) if _epoch_key(k) not in keys]
+        if missing:
+            raise ExpertFileError(f'{self.path}: missing epoch tensors {missing[:5]}')
+        self.num_params = sum(math.prod(s) for _, s in self.meta['params'])
+
+    @property
+    def num_epochs(self) -> int:
+        """Training epochs recorded (``num_checkpoints - 1``)."""
+        return self.num_checkpoints - 1
+
+    def get(self, epoch: int) -> torch.Tensor:
+        """Flat parameters after ``epoch`` epochs (0 = initialization), read from disk by key."""
+        if not 0 <= epoch < self.num_checkpoints:
+            raise ExpertFileError(f'{self.path}: epoch {epoch} out of range [0, {self.num_epochs}]')
+        try:
+            with safe_open(str(self.path), framework='pt') as f:
+                t = f.get_tensor(_epoch_key(epoch))
+        except Exception as e:
+            raise ExpertFileError(f'{self.path}: cannot read {_epoch_key(epoch)} (truncated or corrupt?): {e}') from e
+        if t.dim() != 1 or t.numel() != self.num_params:
+            raise ExpertFileError(f'{self.path}: {_epoch_key(epoch)} has shape {tuple(t.shape)}, '
+                                  f'expected [{self.num_params}]')
+        return t
+
+    def __repr__(self) -> str:
+        return f'ExpertTrajectory({str(self.path)!r}, arch={self.meta.get("arch")!r}, epochs={self.num_epochs})'
+
+
+class ExpertPool:
+    """The expert files of a buffer folder, validated against what a distillation run needs.
+
+    Args:
+        folder: Buffer folder holding ``expert_*.safetensors``.
+        min_epochs: Epochs every expert must have (``max_start_epoch - 1 + expert_epochs``).
+        arch: Expected architecture (checked when given).
+        zca: Expected ZCA flag (checked when given; ZCA and non-ZCA buffers are not interchangeable).
+        max_experts: Use only the first ``max_experts`` files.
+    """
+
+    def __init__(self, folder: Union[str, os.PathLike], min_epochs: int = 0, arch: Optional[str] = None,
+                 zca: Optional[bool] = None, max_experts: Optional[int] = None):
+        self.folder = Path(folder)
+        paths = sorted(self.folder.glob('expert_*.safetensors'))
+        if max_experts:
+            paths = paths[:max_experts]
+        if not paths:
+            raise ExpertFileError(f'{self.folder}: no expert_*.safetensors files (train them with '
+                                  f'`distill.py experts` or pull them from the Hub)')
+        self.experts = [ExpertTrajectory(p) for p in paths]
+        for e in self.experts:
+            if e.num_epochs < min_epochs:
+                raise ExpertFileError(f'{e.path}: has {e.num_epochs} epochs, the run needs at least {min_epochs} '
+                                      f'(max_start_epoch - 1 + expert_epochs)')
+            if arch is not None and e.meta.get('arch') != arch:
+                raise ExpertFileError(f'{e.path}: architecture {e.meta.get("arch")!r}, expected {arch!r}')
+            if zca is not None and bool(e.meta.get('zca')) != bool(zca):
+                raise ExpertFileError(f'{e.path}: zca={e.meta.get("zca")}, the run uses zca={zca}')
+
+    def __len__(self) -> int:
+        return len(self.experts)
+
+    def __getitem__(self, i: int) -> ExpertTrajectory:
+        return self.experts[i]
+
+
+def train_expert(
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        cfg: ExpertConfig,
+        index: int,
+        test: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+        device: Union[str, torch.device] = 'cpu',
+) -> List[torch.Tensor]:
+    """Train expert ``index`` with plain SGD on (already normalized / ZCA'd) ``images`` and return its trajectory.
+
+    The init, batch order and DSA draws come from generators seeded by ``(cfg.seed, index)``.
+    """
+    init_gen_state = torch.random.get_rng_state()
+    torch.manual_seed(_seed_value(cfg.seed, index, 0))  # timm initializes from the global RNG
+    try:
+        model = create_arch(cfg.arch, cfg.model_kwargs).to(device)
+    finally:
+        torch.random.set_rng_state(init_gen_state)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    dsa = DSA(cfg.dsa_strategy) if cfg.dsa else None
+    perm_gen, aug_gen = generator_for(cfg.seed, index, 1), generator_for(cfg.seed, index, 2)
+    images, labels = images.to(device), labels.to(device)
+    n = images.shape[0]
+    trajectory = [flat_params(model)]
+    model.train()
+    for epoch in range(cfg.epochs):
+        perm = torch.randperm(n, generator=perm_gen).to(device)
+        total = 0.0
+        for i in range(0, n, cfg.batch_size):
+            idx = perm[i:i + cfg.batch_size]
+            x = images[idx]
+            if dsa is not None:
+                x = dsa(x, generator=aug_gen)
+            loss = F.cross_entropy(model(x), labels[idx])
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f'expert {index}: loss became {loss.item()} in epoch {epoch}')
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * idx.numel()
+        trajectory.append(flat_params(model))
+        msg = f'expert {index} epoch {epoch + 1}/{cfg.epochs} train loss {total / n:.4f}'
+        if test is not None and (epoch + 1 == cfg.epochs):
+            msg += f' test acc {_accuracy(model, test[0].to(device), test[1].to(device)):.4f}'
+        _logger.info(msg)
+    return trajectory
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+    model.eval()
+    correct = sum(int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
+                  for i in range(0, x.shape[0], batch_size))
+    model.train()
+    return correct / max(1, x.shape[0])
+
+
+def train_experts(
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        out_dir: Union[str, os.PathLike],
+        cfg: ExpertConfig,
+        test: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+        process_index: int = 0,
+        num_processes: int = 1,
+        device: Union[str, torch.device] = 'cpu',
+) -> List[Path]:
+    """Train the experts this process owns (``i % num_processes == process_index``), skipping finished files.
+
+    Args:
+        images: Training images in the distillation space (normalized or ZCA), ``[N, C, H, W]``.
+        labels: ``[N]`` int64.
+        out_dir: Buffer folder.
+        cfg: Recipe, architecture and provenance.
+        test: Optional ``(images, labels)`` for a final accuracy log line per expert.
+        process_index: This process's rank (``accelerator.process_index``).
+        num_processes: World size (``accelerator.num_processes``).
+        device: Device to train on.
+
+    Returns:
+        Paths of the experts owned by this process (trained now or found finished).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = param_spec(create_arch(cfg.arch, cfg.model_kwargs))
+    paths = []
+    for i in range(cfg.num_experts):
+        if i % num_processes != process_index:
+            continue
+        path = out_dir / expert_filename(i)
+        paths.append(path)
+        if path.is_file():
+            try:
+                ExpertTrajectory(path)
+                _logger.info(f'expert {i}: {path} exists, skipped')
+                continue
+            except ExpertFileError as e:
+                _logger.warning(f'expert {i}: retraining, existing file is unusable: {e}')
+        traj = train_expert(images, labels, cfg, i, test=test, device=device)
+        meta = dict(asdict(cfg), index=i, params=spec, num_params=int(traj[0].numel()))
+        save_trajectory(path, traj, meta)
+        _logger.info(f'expert {i}: saved {path}')
+    return paths

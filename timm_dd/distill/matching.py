@@ -1,0 +1,226 @@
+"""The MTT / ATT inner loop and its meta-gradient (``trajectory-matching.md`` §4, §5, §10, §11).
+
+One outer iteration starts a student at an expert checkpoint ``θ_0 = θ*_t``, takes ``N`` plain SGD steps on the
+synthetic images ``θ_{k+1} = θ_k − α ∇θ CE(f(DSA_k(X[idx_k]); θ_k), y[idx_k])`` and matches
+``L = ‖θ_K − θ*‖² / ‖θ_0 − θ*‖²`` with ``θ* = θ*_{t+M}``; ``K = N`` (MTT) or the step closest to ``θ*`` in L1
+(ATT, ties to the later step). The gradient of ``L`` w.r.t. the images ``X`` and the step size ``α`` is computed
+
+* ``'unrolled'``: one autograd graph over all steps (memory grows with ``N``), or
+* ``'recompute'``: exact reverse accumulation (§10); the forward stores only ``θ_0..θ_K`` and the backward
+  rebuilds one step's graph at a time from ``θ_k`` and the recorded batch indices and DSA draws, so activation
+  memory is that of one step.
+
+Both modes take a :class:`StepPlan` (batch indices and DSA draws of every step, drawn up front from a generator)
+so they see the same stochastic steps and return the same gradient.
+"""
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from ..augment import DSA, DSADraw
+
+__all__ = ['FlatModel', 'StepPlan', 'MatchResult', 'plan_steps', 'match_unrolled', 'match_recompute',
+           'trajectory_match', 'GRAD_MODES', 'ATT_NORMS']
+
+GRAD_MODES = ('unrolled', 'recompute')
+ATT_NORMS = ('l1', 'l2')
+
+
+class FlatModel:
+    """Run a module on a flat parameter vector (``named_parameters()`` order) with ``functional_call``.
+
+    Buffers stay the module's own (none in the GroupNorm ConvNet).
+    """
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self.names = [n for n, _ in module.named_parameters()]
+        self.shapes = [p.shape for _, p in module.named_parameters()]
+        self.numels = [p.numel() for _, p in module.named_parameters()]
+        self.num_params = sum(self.numels)
+
+    def unflatten(self, flat: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return {n: t.view(s) for n, t, s in zip(self.names, flat.split(self.numels), self.shapes)}
+
+    def __call__(self, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.module, self.unflatten(flat), (x,))
+
+
+@dataclass
+class StepPlan:
+    """The stochastic choices of the ``N`` inner steps: batch indices and DSA draws (``None``: no augmentation)."""
+    indices: List[torch.Tensor]
+    draws: List[Optional[DSADraw]]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def plan_steps(
+        num_images: int,
+        syn_steps: int,
+        batch_syn: Optional[int],
+        image_size: int,
+        dsa: Optional[DSA],
+        generator: torch.Generator,
+        device: torch.device = torch.device('cpu'),
+) -> StepPlan:
+    """Draw every inner step's batch and DSA parameters from ``generator`` (reference order, §4.3).
+
+    Batches are chunks of a fresh ``randperm`` of size ``batch_syn`` (default: all images), popped from the end
+    (the possibly short chunk comes first), refilled when empty; not class-balanced.
+    """
+    batch_syn = num_images if not batch_syn else min(int(batch_syn), num_images)
+    queue: List[torch.Tensor] = []
+    indices, draws = [], []
+    for _ in range(syn_steps):
+        if not queue:
+            queue = list(torch.randperm(num_images, generator=generator).split(batch_syn))
+        idx = queue.pop().to(device)
+        indices.append(idx)
+        draws.append(dsa.sample(idx.numel(), image_size, device, generator) if dsa is not None else None)
+    return StepPlan(indices, draws)
+
+
+@dataclass
+class MatchResult:
+    """Outcome of one outer iteration's inner loop.
+
+    ``loss`` is detached; ``grad_images``/``grad_lr`` are ``dL/dX`` and ``dL/dα``; ``n_opt`` the matched step
+    (``N`` for MTT); ``distances`` the per-step distance to the target (ATT only, steps 1..N).
+    """
+    loss: torch.Tensor
+    grad_images: torch.Tensor
+    grad_lr: torch.Tensor
+    n_opt: int
+    distances: Optional[List[float]] = None
+
+
+def _batch(images: torch.Tensor, labels: torch.Tensor, plan: StepPlan, dsa: Optional[DSA], k: int):
+    x = images[plan.indices[k]]
+    if plan.draws[k] is not None:
+        x = dsa.apply(x, plan.draws[k])
+    return x, labels[plan.indices[k]]
+
+
+def _distance(theta: torch.Tensor, target: torch.Tensor, norm: str) -> float:
+    d = theta.detach() - target
+    return float(d.abs().sum()) if norm == 'l1' else float(d.pow(2).sum())
+
+
+def _select_step(distances: Sequence[float]) -> int:
+    # argmin over steps 1..N; best starts at +inf, `<=` sends ties to the later step (ATT's `best >= d`)
+    best, n_opt = math.inf, len(distances)
+    for k, d in enumerate(distances, start=1):
+        if d <= best:
+            best, n_opt = d, k
+    return n_opt
+
+
+def _check(method: str, norm: str) -> None:
+    if method not in ('mtt', 'att'):
+        raise ValueError(f"method must be 'mtt' or 'att', got {method!r}")
+    if norm not in ATT_NORMS:
+        raise ValueError(f'att_norm must be one of {ATT_NORMS}, got {norm!r}')
+
+
+def match_unrolled(
+        fmodel: FlatModel,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        syn_lr: torch.Tensor,
+        theta_start: torch.Tensor,
+        theta_target: torch.Tensor,
+        plan: StepPlan,
+        dsa: Optional[DSA] = None,
+        method: str = 'mtt',
+        att_norm: str = 'l1',
+) -> MatchResult:
+    """Reference meta-gradient: keep the whole ``N``-step graph and backpropagate once."""
+    _check(method, att_norm)
+    x_leaf = images.detach().requires_grad_(True)
+    lr_leaf = syn_lr.detach().requires_grad_(True)
+    theta = theta_start.detach().requires_grad_(True)
+    thetas, distances = [theta], []
+    for k in range(len(plan)):
+        x, y = _batch(x_leaf, labels, plan, dsa, k)
+        loss = F.cross_entropy(fmodel(thetas[-1], x), y)
+        g, = torch.autograd.grad(loss, thetas[-1], create_graph=True)
+        thetas.append(thetas[-1] - lr_leaf * g)
+        if method == 'att':
+            distances.append(_distance(thetas[-1], theta_target, att_norm))
+    n_opt = _select_step(distances) if method == 'att' else len(plan)
+    denom = (theta_start - theta_target).pow(2).sum()
+    loss = (thetas[n_opt] - theta_target).pow(2).sum() / denom
+    gx, glr = torch.autograd.grad(loss, (x_leaf, lr_leaf), allow_unused=True)
+    gx = torch.zeros_like(images) if gx is None else gx
+    glr = torch.zeros_like(syn_lr) if glr is None else glr
+    return MatchResult(loss.detach(), gx, glr, n_opt, distances or None)
+
+
+def match_recompute(
+        fmodel: FlatModel,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        syn_lr: torch.Tensor,
+        theta_start: torch.Tensor,
+        theta_target: torch.Tensor,
+        plan: StepPlan,
+        dsa: Optional[DSA] = None,
+        method: str = 'mtt',
+        att_norm: str = 'l1',
+) -> MatchResult:
+    """Exact meta-gradient by reverse accumulation with per-step recomputation (§10).
+
+    Adjoint ``λ_K = ∂L/∂θ_K``; for ``k = K-1..0``: rebuild step ``k``'s gradient ``g_k`` with ``create_graph`` from
+    the stored ``θ_k``, take ``(h, d) = ∇_(θ_k, X) ⟨λ, g_k⟩``, then ``dL/dX -= α d``, ``dL/dα -= ⟨λ, g_k⟩`` and
+    ``λ -= α h`` (``θ_{k+1} = θ_k − α g_k`` so ``∂θ_{k+1}/∂θ_k = I − α H_k``).
+    """
+    _check(method, att_norm)
+    images = images.detach()
+    alpha = syn_lr.detach()
+    theta_start, theta_target = theta_start.detach(), theta_target.detach()
+    thetas, distances = [theta_start], []
+    # forward: first order only, no graph kept between steps
+    for k in range(len(plan)):
+        theta = thetas[-1].requires_grad_(True)
+        x, y = _batch(images, labels, plan, dsa, k)
+        g, = torch.autograd.grad(F.cross_entropy(fmodel(theta, x), y), theta)
+        thetas[-1] = theta.detach()
+        thetas.append(thetas[-1] - alpha * g)
+        if method == 'att':
+            distances.append(_distance(thetas[-1], theta_target, att_norm))
+    n_opt = _select_step(distances) if method == 'att' else len(plan)
+    del thetas[n_opt + 1:]  # steps after N_opt do not reach the loss
+    denom = (theta_start - theta_target).pow(2).sum()
+    diff = thetas[n_opt] - theta_target
+    loss = diff.pow(2).sum() / denom
+    lam = 2.0 * diff / denom
+    grad_x = torch.zeros_like(images)
+    grad_lr = torch.zeros_like(alpha)
+    for k in range(n_opt - 1, -1, -1):
+        theta = thetas[k].requires_grad_(True)
+        x_leaf = images.detach().requires_grad_(True)
+        x, y = _batch(x_leaf, labels, plan, dsa, k)
+        g, = torch.autograd.grad(F.cross_entropy(fmodel(theta, x), y), theta, create_graph=True)
+        s = torch.dot(lam, g)
+        h, d = torch.autograd.grad(s, (theta, x_leaf))
+        grad_x -= alpha * d
+        grad_lr -= s.detach()
+        lam = lam - alpha * h
+        thetas[k] = None  # free the stored step as soon as it is used
+    return MatchResult(loss.detach(), grad_x, grad_lr.reshape(syn_lr.shape), n_opt, distances or None)
+
+
+def trajectory_match(grad_mode: str, *args, **kwargs) -> MatchResult:
+    """Dispatch to :func:`match_unrolled` or :func:`match_recompute` by ``grad_mode``."""
+    if grad_mode == 'unrolled':
+        return match_unrolled(*args, **kwargs)
+    if grad_mode == 'recompute':
+        return match_recompute(*args, **kwargs)
+    raise ValueError(f'grad_mode must be one of {GRAD_MODES}, got {grad_mode!r}')

@@ -1,0 +1,84 @@
+"""Checkpoints of a distillation run and the divergence guard.
+
+A checkpoint is one ``torch.save`` file (tensors, optimizer state dicts, plain Python values) written to a
+temporary sibling and renamed into place, so the file on disk is always the last complete, good state.
+"""
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import torch
+
+__all__ = ['DistillationDiverged', 'save_checkpoint', 'load_checkpoint', 'check_finite_state', 'CHECKPOINT_FILE']
+
+_logger = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = 'checkpoint.pt'
+
+
+class DistillationDiverged(RuntimeError):
+    """The run produced NaN/Inf images or loss, or a non-positive / non-finite learned step size.
+
+    ``iteration`` is the outer iteration that failed; ``checkpoint`` the last good checkpoint (if any), which is
+    left untouched.
+    """
+
+    def __init__(self, message: str, iteration: int, checkpoint: Optional[Path] = None):
+        hint = f'; last good checkpoint kept at {checkpoint}' if checkpoint is not None and checkpoint.exists() \
+            else '; no checkpoint was written yet'
+        super().__init__(f'iteration {iteration}: {message}{hint}. Lower lr_img / lr_lr (MTT issues #16, #20, #42).')
+        self.iteration = iteration
+        self.checkpoint = checkpoint
+
+
+def check_finite_state(
+        iteration: int,
+        images: torch.Tensor,
+        syn_lr: Optional[torch.Tensor] = None,
+        loss: Optional[torch.Tensor] = None,
+        checkpoint: Optional[Path] = None,
+) -> None:
+    """Raise :class:`DistillationDiverged` if ``loss``/``images`` are not finite or ``syn_lr`` is not > 0."""
+    if loss is not None and not bool(torch.isfinite(loss).all()):
+        raise DistillationDiverged(f'matching loss is {float(loss)}', iteration, checkpoint)
+    if not bool(torch.isfinite(images).all()):
+        bad = int((~torch.isfinite(images)).sum())
+        raise DistillationDiverged(f'synthetic images contain {bad} NaN/Inf values', iteration, checkpoint)
+    if syn_lr is not None:
+        lr = float(syn_lr.detach())
+        if not math.isfinite(lr) or lr <= 0:
+            raise DistillationDiverged(f'learned step size (syn_lr) is {lr}; it must stay positive', iteration,
+                                       checkpoint)
+
+
+def save_checkpoint(path: Union[str, os.PathLike], state: Dict[str, Any]) -> Path:
+    """Write ``state`` atomically (temporary file + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _logger.info(f'checkpoint at iteration {state.get("iteration")} saved to {path}')
+    return path
+
+
+def load_checkpoint(path: Union[str, os.PathLike]) -> Optional[Dict[str, Any]]:
+    """The state saved by :func:`save_checkpoint`, or ``None`` when ``path`` does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise RuntimeError(f'{path}: cannot read distillation checkpoint (truncated or corrupt?): {e}') from e
