@@ -8,11 +8,15 @@ PYTEST_ARGS ?=
 
 .PHONY: install test demo clean
 
-# the demo: offline, on the embedded `digits` data, 10 real images per class, a shortened schedule (DEMO_EPOCHS
-# instead of 1000 / 4000 epochs); ConvNet teacher + ResNet18 baseline vs ResNet18 DropPath+KD (dpkd)
+# the demo: offline, on the embedded `digits` data at 16 px, with schedules shortened to DEMO_EPOCHS (from 1000 /
+# 4000 epochs): (1) ConvNet teacher + ResNet18 baseline vs ResNet18 DropPath+KD (dpkd) on 10 real images per class;
+# (2) a few short expert trajectories and a short ATT distillation (10 images per class); (3) the same
+# cross-architecture comparison on the distilled set
 DEMO_EPOCHS ?= 40
 DEMO_OUT ?= output/demo
-DEMO_COMMON = --dataset digits --real-ipc 10 --seeds 0 --epochs $(DEMO_EPOCHS) --eval-every 10 --cpu
+DEMO_TRAIN = --seeds 0 --epochs $(DEMO_EPOCHS) --eval-every 10 --cpu --teacher-epochs $(DEMO_EPOCHS) \
+	--final-epochs $$(( $(DEMO_EPOCHS) / 4 )) --period $$(( $(DEMO_EPOCHS) / 8 ))
+DEMO_REAL = --dataset digits --real-ipc 10 --img-size 16
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,14 +30,20 @@ test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: install
-	@echo "== timm_dd demo: digits, 10 real images per class, $(DEMO_EPOCHS) epochs (shortened from 1000/4000) =="
-	$(BIN)/python train.py -c baseline --models convnet3 resnet18_dd --set lr_milestones=[$$(( $(DEMO_EPOCHS) / 2 ))] \
-		$(DEMO_COMMON) --output $(DEMO_OUT)/baseline
-	$(BIN)/python train.py -c dpkd --models resnet18_dd --teacher-epochs $(DEMO_EPOCHS) \
-		--final-epochs $$(( $(DEMO_EPOCHS) / 4 )) --period $$(( $(DEMO_EPOCHS) / 8 )) \
-		$(DEMO_COMMON) --output $(DEMO_OUT)/dpkd
-	@$(BIN)/python -c "from timm_dd.train.report import merge_results; \
-		print(merge_results(['$(DEMO_OUT)/baseline', '$(DEMO_OUT)/dpkd']))" | tee $(DEMO_OUT)/summary.md
+	@echo "== timm_dd demo: digits at 16 px, schedules shortened to $(DEMO_EPOCHS) epochs (from 1000/4000) =="
+	$(BIN)/python train.py -c baseline --models convnet3 resnet18_dd $(DEMO_REAL) $(DEMO_TRAIN) \
+		--set lr_milestones=[$$(( $(DEMO_EPOCHS) / 2 ))] --output $(DEMO_OUT)/real-baseline --no-plots
+	$(BIN)/python train.py -c dpkd --models resnet18_dd $(DEMO_REAL) $(DEMO_TRAIN) --output $(DEMO_OUT)/real-dpkd
+	$(BIN)/python distill.py experts --preset digits-ipc10-att --out $(DEMO_OUT)/experts --threads 1
+	$(BIN)/python distill.py distill --preset digits-ipc10-att --experts $(DEMO_OUT)/experts --out $(DEMO_OUT)/att \
+		--threads 1
+	$(BIN)/python train.py -c baseline --models convnet3 resnet18_dd --data $(DEMO_OUT)/att/distilled $(DEMO_TRAIN) \
+		--set lr_milestones=[$$(( $(DEMO_EPOCHS) / 2 ))] --output $(DEMO_OUT)/att-baseline --no-plots
+	$(BIN)/python train.py -c dpkd --models resnet18_dd --data $(DEMO_OUT)/att/distilled $(DEMO_TRAIN) \
+		--output $(DEMO_OUT)/att-dpkd
+	@$(BIN)/python -c "from timm_dd.train.report import merge_results as m; \
+		print(m(['$(DEMO_OUT)/real-baseline', '$(DEMO_OUT)/real-dpkd', '$(DEMO_OUT)/att-baseline', \
+		'$(DEMO_OUT)/att-dpkd']))" | tee $(DEMO_OUT)/summary.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

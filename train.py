@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--real-ipc', type=int, help='train on K real images per class of --dataset instead (-1: all)')
     g.add_argument('--dataset', help='digits, cifar10, cifar100, or an ImageFolder folder/zip; also the test set')
     g.add_argument('--data-root', help='where torchvision datasets live')
+    g.add_argument('--img-size', type=int, help='resize the real dataset (with --real-ipc) to this size')
     g.add_argument('--cache-dir', help='decoded-dataset cache (default $TIMM_DD_CACHE or ~/.cache/timm_dd)')
     g = p.add_argument_group('model')
     g.add_argument('--model', help='one network (timm_dd or stock timm model name)')
@@ -128,7 +129,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             yaml.safe_dump(dict(vars(args), config_resolved=cfg.to_dict(), models=models), f, sort_keys=False)
 
     bundle = prepare_data(args.data, args.real_ipc, args.dataset, args.data_root, seed=args.seeds[0],
-                          cache_dir=args.cache_dir)
+                          cache_dir=args.cache_dir, image_size=args.img_size)
     accelerator.print(f'training set: {bundle.description}: {len(bundle.train)} images, '
                       f'test set: {len(bundle.test_labels)} images; {accelerator.num_processes} process(es) on '
                       f'{accelerator.device}')

@@ -53,11 +53,14 @@ def main() -> int:
         ('dpkd', ['resnet18_dd'], load_config('dpkd', schedule)),
     ]
     t0 = time.perf_counter()
+    # seed by seed, so that an interrupted benchmark still has complete baseline/dpkd pairs (runs are resumable)
+    for seed in args.seeds:
+        for name, models, cfg in experiments:
+            run_experiment(cfg, models, [seed], bundle, args.workdir / name, accelerator, resume=True)
     results = {}
-    for name, models, cfg in experiments:
-        res = run_experiment(cfg, models, args.seeds, bundle, args.workdir / name, accelerator, resume=True)
-        results[name] = res
-        print(format_table(res))
+    for name, models, cfg in experiments:  # every run is done: this only collects them
+        results[name] = run_experiment(cfg, models, args.seeds, bundle, args.workdir / name, accelerator, resume=True)
+        print(format_table(results[name]))
     rows = []
     for name, res in results.items():
         for row in res.table:

@@ -68,12 +68,13 @@ def prepare_data(
         data_root: Optional[str] = None,
         seed: int = 0,
         cache_dir: Optional[str] = None,
+        image_size: Optional[int] = None,
 ) -> DataBundle:
     """Load a distilled set (folder or Hub id) or draw ``real_ipc`` real images per class from ``dataset``
     (``real_ipc=-1``: all of them).
 
     The test set is ``dataset`` (or the distilled set's ``source_dataset``), mapped into the training set's
-    image space. Class names of the two must agree.
+    image space and size. Class names of the two must agree. ``image_size`` resizes a real dataset.
     """
     from ..hub import load_distilled  # imported here: only this path needs huggingface_hub
     if (data is None) == (real_ipc is None):
@@ -92,8 +93,8 @@ def prepare_data(
                                image_space=dset.image_space, source_dataset=dset.source_dataset))
     if dataset is None:
         raise ValueError('real_ipc needs a dataset (e.g. digits, cifar10, or a folder/zip)')
-    train_full = load_dataset(dataset, 'train', root=data_root, cache_dir=cache_dir)
-    test = load_dataset(dataset, 'test', root=data_root, cache_dir=cache_dir)
+    train_full = load_dataset(dataset, 'train', root=data_root, cache_dir=cache_dir, image_size=image_size)
+    test = load_dataset(dataset, 'test', root=data_root, cache_dir=cache_dir, image_size=image_size)
     _check_classes(train_full.class_names, test.class_names, train_full.num_classes, test.num_classes, dataset, dataset)
     if real_ipc < 0:  # the whole training set (e.g. for the ELF feature model)
         sub = train_full
