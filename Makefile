@@ -32,13 +32,13 @@ test: install
 demo: install
 	@echo "== timm_dd demo: digits at 16 px, schedules shortened to $(DEMO_EPOCHS) epochs (from 1000/4000) =="
 	$(BIN)/python train.py -c baseline --models convnet3 resnet18_dd $(DEMO_REAL) $(DEMO_TRAIN) \
-		--set lr_milestones=[$$(( $(DEMO_EPOCHS) / 2 ))] --output $(DEMO_OUT)/real-baseline --no-plots
+		--output $(DEMO_OUT)/real-baseline --no-plots
 	$(BIN)/python train.py -c dpkd --models resnet18_dd $(DEMO_REAL) $(DEMO_TRAIN) --output $(DEMO_OUT)/real-dpkd
 	$(BIN)/python distill.py experts --preset digits-ipc10-att --out $(DEMO_OUT)/experts --threads 1
 	$(BIN)/python distill.py distill --preset digits-ipc10-att --experts $(DEMO_OUT)/experts --out $(DEMO_OUT)/att \
 		--threads 1
 	$(BIN)/python train.py -c baseline --models convnet3 resnet18_dd --data $(DEMO_OUT)/att/distilled $(DEMO_TRAIN) \
-		--set lr_milestones=[$$(( $(DEMO_EPOCHS) / 2 ))] --output $(DEMO_OUT)/att-baseline --no-plots
+		--output $(DEMO_OUT)/att-baseline --no-plots
 	$(BIN)/python train.py -c dpkd --models resnet18_dd --data $(DEMO_OUT)/att/distilled $(DEMO_TRAIN) \
 		--output $(DEMO_OUT)/att-dpkd
 	@$(BIN)/python -c "from timm_dd.train.report import merge_results as m; \

@@ -2,11 +2,11 @@
 
 The seed paper reports that with DropPath and KD, ResNet18 trained on 100 real CIFAR-10 images (10 per class)
 beats the 3-layer ConvNet. The full recipe is 4000 epochs; on a 2-core CPU we run a shortened schedule
-(``--epochs``, default 150) with the same shape (keep rate 1 for E/8 epochs, steps of 0.1 down to 0.5, 0.8 for
+(``--epochs``, default 80) with the same shape (keep rate 1 for E/8 epochs, steps of 0.1 down to 0.5, 0.8 for
 the last E/4; lr restarted with each period), which is stated in the output. Runs are resumable: rerunning with
 the same ``--workdir`` skips finished runs.
 
-Usage: python benchmarks/bench_train_cifar.py [--epochs 150] [--seeds 0 1 2] [--out benchmarks/results/...json]
+Usage: python benchmarks/bench_train_cifar.py [--epochs 80] [--seeds 0 1 2] [--out benchmarks/results/...json]
 """
 import argparse
 import json
@@ -25,7 +25,7 @@ DEFAULT_DATA = REPO.parent / 'shared' / 'data' / 'cifar10-jpeg'
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--data', type=Path, default=DEFAULT_DATA)
-    parser.add_argument('--epochs', type=int, default=150)
+    parser.add_argument('--epochs', type=int, default=80)
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     parser.add_argument('--real-ipc', type=int, default=10)
     parser.add_argument('--workdir', type=Path, default=REPO / 'output' / 'bench_train_cifar')
