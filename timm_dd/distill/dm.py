@@ -15,9 +15,9 @@ import torch
 import torch.nn as nn
 
 from ..augment import DSA
-from .experts import _seed_value, generator_for
 from .presets import DistillConfig
 from .state import CHECKPOINT_FILE, check_finite_state, load_checkpoint, save_checkpoint
+from ..seeding import derive_seed, generator_for
 
 __all__ = ['DistributionMatching']
 
@@ -77,7 +77,7 @@ class DistributionMatching:
     def loss(self, images: torch.Tensor, iteration: int) -> torch.Tensor:
         """The DM loss of ``images`` with iteration ``iteration``'s network, real batches and DSA draws."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_seed_value(self.cfg.seed, iteration, 31))
+            torch.manual_seed(derive_seed(self.cfg.seed, iteration, 31))
             model = self.make_model()
         model.train().requires_grad_(False)
         gen = generator_for(self.cfg.seed, iteration, 37)

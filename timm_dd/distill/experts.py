@@ -26,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..augment import DSA
+from ..seeding import derive_seed, generator_for
 
 __all__ = [
     'ExpertConfig', 'ExpertFileError', 'ExpertTrajectory', 'ExpertPool', 'train_experts', 'train_expert',
@@ -66,19 +67,6 @@ def param_spec(model: nn.Module) -> List[Tuple[str, List[int]]]:
 def flat_params(model: nn.Module) -> torch.Tensor:
     """All parameters concatenated in ``named_parameters()`` order (a detached fp32 CPU copy)."""
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).float().cpu()
-
-
-def _seed_value(seed: int, *keys: int) -> int:
-    # a stable mix of the keys: the same (seed, keys) always gives the same random stream
-    value = int(seed)
-    for k in keys:
-        value = (value * 1_000_003 + int(k) + 1) % (2 ** 62)
-    return value
-
-
-def generator_for(seed: int, *keys: int) -> torch.Generator:
-    """A CPU generator seeded from ``seed`` and integer ``keys`` (one independent stream per key tuple)."""
-    return torch.Generator().manual_seed(_seed_value(seed, *keys))
 
 
 @dataclass
@@ -223,7 +211,7 @@ def train_expert(
     The init, batch order and DSA draws come from generators seeded by ``(cfg.seed, index)``.
     """
     init_gen_state = torch.random.get_rng_state()
-    torch.manual_seed(_seed_value(cfg.seed, index, 0))  # timm initializes from the global RNG
+    torch.manual_seed(derive_seed(cfg.seed, index, 0))  # timm initializes from the global RNG
     try:
         model = create_arch(cfg.arch, cfg.model_kwargs).to(device)
     finally:

@@ -19,9 +19,10 @@ from ..data import load_dataset
 from ..data.zca import ZCA
 from ..distilled import DistilledSet, save_grid
 from .dm import DistributionMatching
-from .experts import ExpertConfig, ExpertPool, create_arch, train_experts, _seed_value, generator_for
+from .experts import ExpertConfig, ExpertPool, create_arch, train_experts
 from .presets import DistillConfig
 from .tm import TrajectoryMatching, init_synthetic
+from ..seeding import derive_seed, generator_for
 
 __all__ = ['DistillData', 'prepare_data', 'model_kwargs', 'make_evaluator', 'run_experts', 'run_distill',
            'expert_config']
@@ -123,7 +124,7 @@ def make_evaluator(cfg: DistillConfig, data: DistillData, out_dir: Optional[Path
         for s in range(cfg.eval_seeds):
             tcfg = load_config(cfg.eval_recipe, dict(epochs=cfg.eval_epochs, eval_every=0, lr=lr, seed=s))
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(_seed_value(cfg.seed, s, 53))
+                torch.manual_seed(derive_seed(cfg.seed, s, 53))
                 model = create_arch(cfg.arch, model_kwargs(cfg, data))
             res = train_model(model, TrainSet(images, labels, data.num_classes, learned_lr=lr), test_loader, tcfg,
                               accelerator, model_name=cfg.arch)

@@ -14,7 +14,8 @@ import torch
 import torch.nn as nn
 
 from ..augment import DSA
-from .experts import ExpertPool, generator_for
+from ..seeding import generator_for
+from .experts import ExpertPool
 from .matching import FlatModel, MatchResult, plan_steps, trajectory_match
 from .presets import DistillConfig
 from .state import CHECKPOINT_FILE, DistillationDiverged, check_finite_state, load_checkpoint, save_checkpoint

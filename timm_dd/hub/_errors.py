@@ -7,11 +7,12 @@ errors) whose messages name URLs rather than what the user asked for. ``hub_erro
 traceback stops at the ``timm_dd`` call.
 """
 import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 from urllib.parse import unquote
 
-__all__ = ['HubError', 'hub_error']
+__all__ = ['HubError', 'hub_error', 'hub_errors']
 
 _TRANSPORT_MODULES = ('httpx', 'httpx2', 'httpcore', 'httpcore2', 'requests', 'urllib3')
 _TOKEN_HINT = 'pass `token=...`, set HF_TOKEN or run `hf auth login`'
@@ -138,3 +139,17 @@ def hub_error(
             f'could not connect to the Hub at {endpoint} ({type(err).__name__}: {err}). Check the network '
             f'connection and HF_ENDPOINT; set HF_HUB_OFFLINE=1 to use cached files only.')
     return None
+
+
+@contextmanager
+def hub_errors(action: str, repo_id: str, repo_type: str = 'model', revision: Optional[str] = None,
+               write: bool = False) -> Iterator[None]:
+    """Re-raise what ``huggingface_hub`` raises inside the block as one clear :class:`HubError` (from None);
+    exceptions it does not recognise pass through unchanged."""
+    try:
+        yield
+    except Exception as e:
+        err = hub_error(e, action, repo_id, repo_type, revision, write=write)
+        if err is None:
+            raise
+        raise err from None

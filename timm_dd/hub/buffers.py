@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import List, Optional, Union
 
-from ._errors import hub_error
+from ._errors import hub_errors
 from ._repo import prepare_repo, split_source
 
 __all__ = ['push_expert_buffers', 'pull_expert_buffers']
@@ -55,7 +55,7 @@ def push_expert_buffers(
     if not folder.is_dir():
         raise FileNotFoundError(f'Expert buffer folder {str(folder)!r} does not exist or is not a directory.')
     api = HfApi(token=token)
-    try:
+    with hub_errors('push expert buffers to', repo_id, 'dataset', revision, write=True):
         repo_id = prepare_repo(api, repo_id, 'dataset', private, revision)
         commit = api.upload_folder(
             repo_id=repo_id,
@@ -65,11 +65,6 @@ def push_expert_buffers(
             revision=revision,
             commit_message=commit_message or f'Upload expert buffers from {folder.name}',
         )
-    except Exception as e:
-        err = hub_error(e, 'push expert buffers to', repo_id, 'dataset', revision, write=True)
-        if err is None:
-            raise
-        raise err from None
     _logger.info(f'Pushed expert buffers to dataset repo {repo_id!r}: {commit}')
     return commit
 
@@ -103,7 +98,7 @@ def pull_expert_buffers(
     folder, repo_id = split_source(repo_id)
     if folder is not None:
         return folder
-    try:
+    with hub_errors('pull expert buffers from', repo_id, 'dataset', revision):
         path = snapshot_download(
             repo_id,
             repo_type='dataset',
@@ -113,9 +108,4 @@ def pull_expert_buffers(
             cache_dir=None if cache_dir is None else str(cache_dir),
             token=token,
         )
-    except Exception as e:
-        err = hub_error(e, 'pull expert buffers from', repo_id, 'dataset', revision)
-        if err is None:
-            raise
-        raise err from None
     return Path(path)

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
-from ._errors import hub_error
+from ._errors import hub_errors
 from ._repo import prepare_repo, split_source
 
 __all__ = ['push_distilled', 'load_distilled']
@@ -55,7 +55,7 @@ def push_distilled(
     with tempfile.TemporaryDirectory(prefix='timm_dd_push_') as tmp:
         # repo_id: the card's usage snippet then shows the Hub name instead of the temp folder
         folder = Path(dset.save(Path(tmp) / 'distilled', repo_id=repo_id))
-        try:
+        with hub_errors('push distilled set to', repo_id, 'dataset', revision, write=True):
             repo_id = prepare_repo(api, repo_id, 'dataset', private, revision)
             commit = api.upload_folder(
                 repo_id=repo_id,
@@ -64,11 +64,6 @@ def push_distilled(
                 revision=revision,
                 commit_message=commit_message,
             )
-        except Exception as e:
-            err = hub_error(e, 'push distilled set to', repo_id, 'dataset', revision, write=True)
-            if err is None:
-                raise
-            raise err from None
     _logger.info(f'Pushed distilled set to dataset repo {repo_id!r}: {commit}')
     return commit
 
@@ -99,7 +94,7 @@ def load_distilled(
     folder, repo_id = split_source(repo_id_or_path)
     if folder is None:
         from huggingface_hub import snapshot_download
-        try:
+        with hub_errors('load distilled set from', repo_id, 'dataset', revision):
             folder = Path(snapshot_download(
                 repo_id,
                 repo_type='dataset',
@@ -107,9 +102,4 @@ def load_distilled(
                 cache_dir=None if cache_dir is None else str(cache_dir),
                 token=token,
             ))
-        except Exception as e:
-            err = hub_error(e, 'load distilled set from', repo_id, 'dataset', revision)
-            if err is None:
-                raise
-            raise err from None
     return DistilledSet.load(folder)

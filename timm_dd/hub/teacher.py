@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 
 import torch.nn as nn
 
-from ._errors import HubError, hub_error
+from ._errors import HubError, hub_error, hub_errors
 from ._repo import prepare_repo, split_source
 
 __all__ = ['push_teacher', 'load_teacher', 'save_teacher', 'teacher_model_card']
@@ -163,7 +163,7 @@ def push_teacher(
 
     _check_model_args(model, model_args)
     card = teacher_model_card(model, repo_id=repo_id, dataset=dataset)
-    try:
+    with hub_errors('push teacher to', repo_id, 'model', revision, write=True):
         repo_id = prepare_repo(HfApi(token=token), repo_id, 'model', private, revision)
         commit = push_to_hf_hub(
             model,
@@ -177,11 +177,6 @@ def push_teacher(
             model_args=model_args,
             safe_serialization=True,
         )
-    except Exception as e:
-        err = hub_error(e, 'push teacher to', repo_id, 'model', revision, write=True)
-        if err is None:
-            raise
-        raise err from None
     _logger.info(f'Pushed teacher {_architecture(model)!r} to model repo {repo_id!r}: {commit}')
     return commit
 

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..augment import DSA
 from ..layers import set_drop_generator, set_keep_rate
+from ..seeding import derive_seed, generator_for
 from .config import TrainConfig
 from .elf import FeatureSplit, elf_split
 from .losses import feature_loss, kd_loss, label_loss
@@ -97,18 +98,6 @@ def create_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.opt
         from timm.optim import Lion
         return Lion(params, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-
-
-def _seed_value(seed: int, *keys: int) -> int:
-    # a stable mix of the keys, so (seed, epoch, rank, stream) always gives the same random stream
-    value = seed
-    for k in keys:
-        value = (value * 1_000_003 + k + 1) % (2 ** 62)
-    return value
-
-
-def _generator(seed: int, *keys: int) -> torch.Generator:
-    return torch.Generator().manual_seed(_seed_value(seed, *keys))
 
 
 def resolve_lr(cfg: TrainConfig, learned_lr: Optional[float]) -> float:
@@ -236,9 +225,9 @@ def train_model(
         t0 = time.perf_counter()
         keep_rate = keep_schedule(epoch)
         set_keep_rate(accelerator.unwrap_model(task).model, keep_rate)
-        drop_gen.manual_seed(_seed_value(cfg.seed, epoch, rank, 1))
-        aug_gen = _generator(cfg.seed, epoch, rank, 2)
-        perm = torch.randperm(n, generator=_generator(cfg.seed, epoch, 0)).to(device)
+        drop_gen.manual_seed(derive_seed(cfg.seed, epoch, rank, 1))
+        aug_gen = generator_for(cfg.seed, epoch, rank, 2)
+        perm = torch.randperm(n, generator=generator_for(cfg.seed, epoch, 0)).to(device)
         epoch_loss = torch.zeros((), device=device)
         for it in range(iters_per_epoch):
             lr = base_lr * lr_schedule.factor(epoch, it, iters_per_epoch)
@@ -247,9 +236,10 @@ def train_model(
             idx = perm[it * cfg.batch_size:(it + 1) * cfg.batch_size][rank::world]
             x, y = images[idx], labels[idx]
             xa = dsa(x, generator=aug_gen) if dsa is not None else x
+            t = features[idx] if features is not None else None
             with accelerator.autocast():
-                out = task(xa, features[idx] if features is not None else None)
-                loss = _loss(out, y, cfg, teacher, xa, features[idx] if features is not None else None)
+                out = task(xa, t)
+                loss = _loss(out, y, cfg, teacher, xa, t)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f'{desc or model_name}: loss became {loss.item()} at epoch {epoch}')
             optimizer.zero_grad(set_to_none=True)
