@@ -225,3 +225,41 @@ def test_elf_feature_model_of_wrong_width_is_a_clear_error(tmp_path, accelerator
     cfg = load_config('elf', dict(epochs=1, elf_feature_model=str(folder)))
     with pytest.raises(ValueError, match='use a ConvNet of width 4'):
         run_experiment(cfg, ['convnet3'], [0], bundle, tmp_path / 'out', accelerator, model_kwargs=dict(width=4))
+
+
+_RANK1_DELAY = '''
+import os, runpy, sys, time
+import torch
+real_save = torch.save
+def slow_save(obj, f, *a, **k):
+    # widen rank 1's part of save_state so rank 0 finishes its part first (the checkpoint race, every time)
+    if 'random_states_1' in str(f):
+        time.sleep(0.5)
+    return real_save(obj, f, *a, **k)
+if os.environ.get('RANK') == '1':
+    torch.save = slow_save
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+'''
+
+
+def test_two_processes_checkpoint_when_one_rank_is_slow(tmp_path):
+    """Rank 1 is delayed inside ``save_state``: rank 0 must wait for it before marking the checkpoint complete."""
+    wrapper = tmp_path / 'slow_rank1.py'
+    wrapper.write_text(_RANK1_DELAY)
+    accelerate_bin = Path(sys.executable).with_name('accelerate')
+    out = tmp_path / 'out'
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS='1', ACCELERATE_USE_CPU='1',
+               TIMM_DD_CACHE=str(tmp_path / 'cache'))
+    cmd = [str(accelerate_bin), 'launch', '--multi_gpu', '--num_processes', '2', '--num_machines', '1',
+           '--mixed_precision', 'no', '--dynamo_backend', 'no', str(wrapper), str(REPO / 'train.py'),
+           '-c', 'baseline', '--dataset', 'digits', '--real-ipc', '1', '--model', 'convnet3', '--model-kwargs',
+           'width=4', '--epochs', '3', '--eval-every', '0', '--checkpoint-every', '1', '--output', str(out),
+           '--no-plots']
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_dir = out / 'runs' / 'convnet3' / 'seed0'
+    ckpts = sorted(p.name for p in run_dir.iterdir() if p.name.startswith('checkpoint'))
+    assert ckpts == ['checkpoint-000003'], ckpts
+    files = {p.name for p in (run_dir / ckpts[0]).iterdir()}
+    assert {'random_states_0.pkl', 'random_states_1.pkl', 'trainer_state.json'} <= files

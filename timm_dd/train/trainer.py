@@ -9,7 +9,6 @@ uninterrupted one.
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from ..augment import DSA
+from ..io import atomic_write, atomic_write_json
 from ..layers import set_drop_generator, set_keep_rate
 from ..seeding import derive_seed, generator_for
 from .config import TrainConfig
@@ -127,33 +127,67 @@ def evaluate(model: nn.Module, loader: DataLoader, accelerator: Accelerator) -> 
     return {'acc': (correct / total.clamp(min=1)).item(), 'count': int(total.item())}
 
 
-def _atomic_save_state(accelerator: Accelerator, out_dir: Path, state: Dict[str, Any]) -> None:
-    """``save_state`` into a temporary folder, then swap it in, so a crash never leaves half a checkpoint."""
-    final = out_dir / CHECKPOINT_DIR
-    tmp = out_dir / (CHECKPOINT_DIR + '.tmp')
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+def _checkpoint_dirs(out_dir: Path) -> List[Path]:
+    # `checkpoint-NNNNNN` folders; `checkpoint`, `.tmp`, `.old` are the names of older versions of this module
+    return sorted(p for p in out_dir.glob(CHECKPOINT_DIR + '*') if p.is_dir())
+
+
+def _read_state(ckpt: Path) -> Optional[Dict[str, Any]]:
+    """The state of a complete checkpoint folder, ``None`` for an incomplete one (no state file yet)."""
+    path = ckpt / STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise RuntimeError(f'{path}: cannot read the checkpoint state (corrupt?): {e}; delete {ckpt} to resume '
+                           f'from an earlier checkpoint') from e
+
+
+def _save_checkpoint(accelerator: Accelerator, out_dir: Path, state: Dict[str, Any]) -> Path:
+    """Save a resumable checkpoint of the prepared objects plus ``state`` (epoch, history, best).
+
+    Every checkpoint gets its own folder, ``checkpoint-{epoch:06d}``; the main process writes ``STATE_FILE`` into it
+    last, after every process has finished its part of ``save_state`` (a barrier), so a folder with a state file
+    is complete. Older checkpoints are deleted only then: a crash at any moment leaves the previous complete one.
+    """
+    ckpt = out_dir / f'{CHECKPOINT_DIR}-{state["epoch"]:06d}'
     if accelerator.is_main_process:
-        with open(tmp / STATE_FILE, 'w') as f:
-            json.dump(state, f)
-        old = out_dir / (CHECKPOINT_DIR + '.old')
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old.exists():
-            shutil.rmtree(old)
+        if ckpt.exists():  # a partial save of this epoch from a killed run
+            shutil.rmtree(ckpt)
+        ckpt.mkdir(parents=True)
     accelerator.wait_for_everyone()
+    accelerator.save_state(str(ckpt))
+    accelerator.wait_for_everyone()  # every rank's files are in `ckpt` before it is marked complete
+    if accelerator.is_main_process:
+        atomic_write_json(ckpt / STATE_FILE, state)
+        for other in _checkpoint_dirs(out_dir):
+            if other != ckpt:
+                shutil.rmtree(other, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return ckpt
 
 
 def _load_checkpoint(accelerator: Accelerator, out_dir: Path) -> Optional[Dict[str, Any]]:
-    ckpt = out_dir / CHECKPOINT_DIR
-    if not (ckpt / STATE_FILE).is_file():
+    """Load the newest complete checkpoint of ``out_dir`` into the prepared objects and return its state."""
+    complete = [(state['epoch'], ckpt) for ckpt in _checkpoint_dirs(out_dir)
+                for state in [_read_state(ckpt)] if state is not None]
+    if not complete:
         return None
+    _, ckpt = max(complete)
     accelerator.load_state(str(ckpt))
-    with open(ckpt / STATE_FILE) as f:
-        return json.load(f)
+    return _read_state(ckpt)
+
+
+def _truncate_metrics(path: Path, epoch: int) -> None:
+    """Keep the metric lines of epochs before ``epoch`` (a resumed run rewrites the later ones)."""
+    if not path.is_file():
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.strip() and json.loads(line)['epoch'] < epoch]
+    with atomic_write(path, 'w') as f:
+        f.writelines(lines)
 
 
 def train_model(
@@ -207,6 +241,8 @@ def train_model(
         if state is not None:
             start_epoch, history = state['epoch'], state['history']
             best = tuple(state['best'])
+            if metrics_path is not None and accelerator.is_main_process:
+                _truncate_metrics(metrics_path, start_epoch)
             _logger.info('resumed %s from epoch %d', desc or model_name, start_epoch)
     elif metrics_path is not None and accelerator.is_main_process and metrics_path.exists():
         metrics_path.unlink()
@@ -261,7 +297,7 @@ def train_model(
                 f.write(json.dumps(record) + '\n')
         done = epoch + 1
         if out_dir is not None and (done % cfg.checkpoint_every == 0 or epoch == last_epoch):
-            _atomic_save_state(accelerator, out_dir, {'epoch': done, 'history': history, 'best': list(best)})
+            _save_checkpoint(accelerator, out_dir, {'epoch': done, 'history': history, 'best': list(best)})
     pbar.close()
 
     if history and history[-1]['epoch'] == last_epoch:
