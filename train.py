@@ -28,6 +28,7 @@ _FLAG_FIELDS = {
     'kd_temperature': 'kd_temperature', 'distill_loss_weight': 'kd_alpha',
     'soft_label_temperature': 'soft_label_temperature', 'elf': 'elf', 'elf_feature_model': 'elf_feature_model',
     'eval_every': 'eval_every', 'checkpoint_every': 'checkpoint_every', 'mixed_precision': 'mixed_precision',
+    'parallel': 'parallel',
 }
 
 
@@ -93,7 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--output', default=None, help='output folder (default output/train/<recipe>)')
     g.add_argument('--resume', action='store_true', help='continue an interrupted run in --output')
     g.add_argument('--cpu', action='store_true', help='run on the CPU even if a GPU is present')
-    g.add_argument('--mixed-precision', choices=['no', 'fp16', 'bf16'])
+    g.add_argument('--mixed-precision', choices=['no', 'fp16', 'bf16'],
+                   help='default: what `accelerate config` / `accelerate launch --mixed_precision` set')
+    g.add_argument('--parallel', choices=['runs', 'ddp'],
+                   help='several processes: one (network, seed) run per process (default, for small training '
+                        'sets) or every run with DDP over all processes (large training sets)')
     g.add_argument('--save-models', action='store_true', help='save every trained network (timm local-dir layout)')
     g.add_argument('--push-teacher', metavar='REPO', help='push the first trained teacher to this Hub model repo')
     g.add_argument('--no-plots', action='store_true')

@@ -60,10 +60,18 @@ def test_resume_equals_uninterrupted(tmp_path, accelerator, digits):
     part = _model()
     train_model(part, train_set, _loader(accelerator, test), cfg, accelerator, 'resnet18_dd',
                 out_dir=tmp_path / 'part', stop_after_epoch=2)
-    assert json.loads((tmp_path / 'part' / 'checkpoint' / 'trainer_state.json').read_text())['epoch'] == 3
+    ckpt = tmp_path / 'part' / 'checkpoint.pt'
+    assert torch.load(ckpt, weights_only=True)['state']['epoch'] == 3
+    older = ckpt.read_bytes()
+    train_model(_model(seed=7), train_set, _loader(accelerator, test), cfg, accelerator, 'resnet18_dd',
+                out_dir=tmp_path / 'part', resume=True, stop_after_epoch=4)
+    ckpt.write_bytes(older)  # a checkpoint older than the last metrics line (killed between the two writes)
     resumed = _model(seed=123)  # different init: everything must come from the checkpoint
     res_resumed = train_model(resumed, train_set, _loader(accelerator, test), cfg, accelerator, 'resnet18_dd',
                               out_dir=tmp_path / 'part', resume=True)
+    epochs = [json.loads(x)['epoch'] for x in (tmp_path / 'part' / 'metrics.jsonl').read_text().splitlines()]
+    assert epochs == list(range(6)), 'a resumed run never repeats an epoch in metrics.jsonl'
+    assert sorted(p.name for p in (tmp_path / 'part').iterdir()) == ['checkpoint.pt', 'metrics.jsonl']
     for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), name
     assert res_full.final_acc == res_resumed.final_acc
@@ -174,7 +182,7 @@ def test_two_cpu_processes_count_each_test_image_once(tmp_path):
     out = tmp_path / 'out'
     proc = _run_cli(['-c', 'baseline', '--dataset', 'digits', '--real-ipc', '2', '--model', 'convnet3',
                      '--model-kwargs', 'width=4', '--epochs', '2', '--eval-every', '1', '--output', str(out),
-                     '--no-plots', '--set', 'test_batch_size=100'], tmp_path, launcher)
+                     '--no-plots', '--set', 'test_batch_size=100', 'parallel=ddp'], tmp_path, launcher)
     assert '2 process(es)' in proc.stdout
     result = json.loads((out / 'results.json').read_text())
     # 364 digits test images, sharded over 2 processes in batches of 100: the last batch is padded by Accelerate;
@@ -227,39 +235,65 @@ def test_elf_feature_model_of_wrong_width_is_a_clear_error(tmp_path, accelerator
         run_experiment(cfg, ['convnet3'], [0], bundle, tmp_path / 'out', accelerator, model_kwargs=dict(width=4))
 
 
-_RANK1_DELAY = '''
+_RANK1_WRITES = '''
 import os, runpy, sys, time
 import torch
 real_save = torch.save
-def slow_save(obj, f, *a, **k):
-    # widen rank 1's part of save_state so rank 0 finishes its part first (the checkpoint race, every time)
-    if 'random_states_1' in str(f):
-        time.sleep(0.5)
+def watched_save(obj, f, *a, **k):
+    # rank 1 is slow and records any attempt to write a file: only the main process may write a shared run file
+    time.sleep(0.3)
+    with open(os.environ['RANK1_LOG'], 'a') as log:
+        log.write(repr(f) + '\\n')
     return real_save(obj, f, *a, **k)
 if os.environ.get('RANK') == '1':
-    torch.save = slow_save
+    torch.save = watched_save
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name='__main__')
 '''
 
 
-def test_two_processes_checkpoint_when_one_rank_is_slow(tmp_path):
-    """Rank 1 is delayed inside ``save_state``: rank 0 must wait for it before marking the checkpoint complete."""
+def test_two_processes_checkpoint_with_a_slow_rank(tmp_path):
+    """DDP run under two processes, checkpointing every epoch while rank 1 is slow: one writer, no race."""
     wrapper = tmp_path / 'slow_rank1.py'
-    wrapper.write_text(_RANK1_DELAY)
+    wrapper.write_text(_RANK1_WRITES)
     accelerate_bin = Path(sys.executable).with_name('accelerate')
     out = tmp_path / 'out'
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS='1', ACCELERATE_USE_CPU='1',
-               TIMM_DD_CACHE=str(tmp_path / 'cache'))
+               TIMM_DD_CACHE=str(tmp_path / 'cache'), RANK1_LOG=str(tmp_path / 'rank1.log'))
     cmd = [str(accelerate_bin), 'launch', '--multi_gpu', '--num_processes', '2', '--num_machines', '1',
            '--mixed_precision', 'no', '--dynamo_backend', 'no', str(wrapper), str(REPO / 'train.py'),
            '-c', 'baseline', '--dataset', 'digits', '--real-ipc', '1', '--model', 'convnet3', '--model-kwargs',
            'width=4', '--epochs', '3', '--eval-every', '0', '--checkpoint-every', '1', '--output', str(out),
-           '--no-plots']
+           '--no-plots', '--set', 'parallel=ddp']
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dir = out / 'runs' / 'convnet3' / 'seed0'
-    ckpts = sorted(p.name for p in run_dir.iterdir() if p.name.startswith('checkpoint'))
-    assert ckpts == ['checkpoint-000003'], ckpts
-    files = {p.name for p in (run_dir / ckpts[0]).iterdir()}
-    assert {'random_states_0.pkl', 'random_states_1.pkl', 'trainer_state.json'} <= files
+    assert sorted(p.name for p in run_dir.iterdir()) == ['checkpoint.pt', 'metrics.jsonl', 'result.json']
+    assert torch.load(run_dir / 'checkpoint.pt', weights_only=True)['state']['epoch'] == 3
+    assert not (tmp_path / 'rank1.log').exists(), (tmp_path / 'rank1.log').read_text()
+
+
+def test_two_processes_share_the_runs_of_a_table(tmp_path):
+    """'runs' parallelism: 2 networks x 2 seeds (+ 2 teachers) over 2 processes, each run trained by one process;
+    the table equals the one-process table."""
+    args = ['-c', 'dpkd', '--dataset', 'digits', '--real-ipc', '1', '--models', 'convnet3', 'resnet18_dd',
+            '--model-kwargs', 'widths=[4,4,8,8]', '--seeds', '0', '1', '--epochs', '2', '--final-epochs', '1',
+            '--period', '1', '--teacher-epochs', '1', '--eval-every', '0', '--no-plots']
+    one = tmp_path / 'one'
+    _run_cli(args + ['--output', str(one)], tmp_path)
+    accelerate_bin = Path(sys.executable).with_name('accelerate')
+    launcher = [str(accelerate_bin), 'launch', '--multi_gpu', '--num_processes', '2', '--num_machines', '1',
+                '--mixed_precision', 'no', '--dynamo_backend', 'no']
+    two = tmp_path / 'two'
+    _run_cli(args + ['--output', str(two)], tmp_path, launcher)
+    r1, r2 = (json.loads((d / 'results.json').read_text()) for d in (one, two))
+    keys = ('model', 'seed', 'final_acc', 'best_acc', 'best_epoch', 'test_count')
+    assert [{k: r[k] for k in keys} for r in r2['runs']] == [{k: r[k] for k in keys} for r in r1['runs']]
+    assert [r['final_acc'] for r in r2['teacher_runs']] == [r['final_acc'] for r in r1['teacher_runs']]
+    assert [r['process'] for r in r2['runs']] == [0, 1, 0, 1]  # job j on process j % 2, each exactly once
+    def rows(d):  # the markdown table without its timing column
+        return [line.rsplit('|', 2)[0] for line in (d / 'results.md').read_text().splitlines() if line.startswith('|')]
+    assert rows(one) == rows(two) and len(rows(one)) == 5
+    for d in (one, two):
+        for run in (d / 'runs').glob('*/seed*'):
+            assert len((run / 'metrics.jsonl').read_text().splitlines()) == 2, run

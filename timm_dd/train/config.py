@@ -11,6 +11,7 @@ from .schedules import LR_SCHEDULES, KeepRateSchedule, LRSchedule
 __all__ = ['TrainConfig', 'load_config', 'OPTIMIZERS']
 
 OPTIMIZERS = ('sgd', 'lion', 'adamw')
+PARALLEL_MODES = ('runs', 'ddp')
 
 
 @dataclass
@@ -65,7 +66,11 @@ class TrainConfig:
     checkpoint_every: int = 100
     test_batch_size: int = 500
     seed: int = 0
-    mixed_precision: str = 'no'
+    # None: what `accelerate config` / `accelerate launch --mixed_precision` chose; else 'no', 'fp16' or 'bf16'
+    mixed_precision: Optional[str] = None
+    # several processes: 'runs' gives each (network, seed) run to one process (tiny training sets: no gradient
+    # traffic, K runs at once); 'ddp' trains every run with all processes (large training sets)
+    parallel: str = 'runs'
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -79,6 +84,10 @@ class TrainConfig:
             raise ValueError(f'lr must be positive, got {self.lr}')
         if self.dsa and not 1 <= self.dsa_k <= 6:
             raise ValueError(f'dsa_k must be in 1..6, got {self.dsa_k}')
+        if self.parallel not in PARALLEL_MODES:
+            raise ValueError(f'parallel must be one of {PARALLEL_MODES}, got {self.parallel!r}')
+        if self.mixed_precision not in (None, 'no', 'fp16', 'bf16'):
+            raise ValueError(f"mixed_precision must be 'no', 'fp16', 'bf16' or unset, got {self.mixed_precision!r}")
         if not 0.0 <= self.kd_alpha <= 1.0:
             raise ValueError(f'kd_alpha must be in [0, 1], got {self.kd_alpha}')
         self.betas = tuple(self.betas)

@@ -13,12 +13,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import timm
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..data import load_dataset, select_ipc
 from ..distilled import DistilledSet
+from ..io import atomic_write, atomic_write_json
 from ..layers import keep_rate_units
 from ..models import is_timm_dd_model
 from .config import TrainConfig, load_config
@@ -148,9 +149,12 @@ class ExperimentResult:
     data: Dict[str, Any]
 
 
-def _test_loader(bundle: DataBundle, cfg: TrainConfig, accelerator: Accelerator) -> DataLoader:
+def _test_loader(bundle: DataBundle, cfg: TrainConfig, accelerator: Accelerator, distributed: bool) -> DataLoader:
+    """Sharded over the processes for DDP runs; whole (and unprepared) when each process trains runs alone."""
     ds = TensorDataset(bundle.test_images, bundle.test_labels)
-    return accelerator.prepare(DataLoader(ds, batch_size=cfg.test_batch_size, shuffle=False))
+    loader = DataLoader(ds, batch_size=cfg.test_batch_size, shuffle=False,
+                        pin_memory=accelerator.device.type == 'cuda')
+    return accelerator.prepare(loader) if distributed else loader
 
 
 def _result_record(model: str, seed: int, result: RunResult) -> Dict[str, Any]:
@@ -160,7 +164,8 @@ def _result_record(model: str, seed: int, result: RunResult) -> Dict[str, Any]:
 
 
 def _train_or_load_teacher(cfg: TrainConfig, bundle: DataBundle, seed: int, accelerator: Accelerator,
-                           test_loader: DataLoader, out_dir: Path, resume: bool) -> Tuple[nn.Module, Dict[str, Any]]:
+                           test_loader: DataLoader, out_dir: Path, resume: bool,
+                           distributed: bool) -> Tuple[nn.Module, Dict[str, Any]]:
     from ..hub import load_teacher
     from .trainer import evaluate
     if cfg.teacher:
@@ -168,7 +173,7 @@ def _train_or_load_teacher(cfg: TrainConfig, bundle: DataBundle, seed: int, acce
         if teacher.num_classes != bundle.train.num_classes:
             raise ValueError(f'the teacher {cfg.teacher} has {teacher.num_classes} classes but the training set has '
                              f'{bundle.train.num_classes}')
-        acc = evaluate(teacher.to(accelerator.device), test_loader, accelerator)
+        acc = evaluate(teacher.to(accelerator.device), test_loader, accelerator, distributed)
         return teacher, dict(model=cfg.teacher, seed=seed, final_acc=acc['acc'], best_acc=acc['acc'], loaded=True)
     overrides = {'seed': seed, 'eval_every': 0}
     if cfg.teacher_epochs is not None:
@@ -182,12 +187,14 @@ def _train_or_load_teacher(cfg: TrainConfig, bundle: DataBundle, seed: int, acce
         teacher.load_state_dict(_load_weights(run_dir / 'model'))
         return teacher, record
     result = train_model(teacher, bundle.train, test_loader, teacher_cfg, accelerator, cfg.teacher_model,
-                         out_dir=run_dir, resume=resume, desc=f'teacher {cfg.teacher_model} seed {seed}')
+                         out_dir=run_dir, resume=resume, desc=f'teacher {cfg.teacher_model} seed {seed}',
+                         distributed=distributed)
     record = _result_record(cfg.teacher_model, seed, result)
-    if accelerator.is_main_process:
+    if accelerator.is_main_process or not distributed:
         _save_model(teacher, run_dir / 'model', bundle, None)
         _save_done(run_dir, record)
-    accelerator.wait_for_everyone()
+    if distributed:
+        accelerator.wait_for_everyone()
     return teacher, record
 
 
@@ -210,10 +217,7 @@ def _load_done(run_dir: Path) -> Optional[Dict[str, Any]]:
 
 
 def _save_done(run_dir: Path, record: Dict[str, Any]) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / 'result.json.tmp'
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(run_dir / 'result.json')
+    atomic_write_json(run_dir / 'result.json', record, indent=2)
 
 
 def _elf_targets(cfg: TrainConfig, student: nn.Module, bundle: DataBundle, device: torch.device) -> torch.Tensor:
@@ -249,42 +253,68 @@ def run_experiment(
     (loadable with ``timm.create_model('local-dir:<folder>', pretrained=True)`` or ``timm_dd.hub.load_teacher``).
     """
     out_dir = Path(out_dir)
-    test_loader = _test_loader(bundle, cfg, accelerator)
-    runs, teacher_runs = [], []
+    distributed = cfg.parallel == 'ddp' and accelerator.num_processes > 1
+    rank, world = accelerator.process_index, accelerator.num_processes
+
+    def owned(job: int) -> bool:  # 'runs': job j goes to process j % K; 'ddp': every process takes part in every run
+        return distributed or job % world == rank
+
+    test_loader = _test_loader(bundle, cfg, accelerator, distributed)
+    teacher_runs: List[Tuple[int, Dict[str, Any]]] = []
     teachers: Dict[int, nn.Module] = {}
     if cfg.kd:
-        for seed in seeds:
-            teacher, record = _train_or_load_teacher(cfg, bundle, seed, accelerator, test_loader, out_dir, resume)
-            teachers[seed] = teacher
-            teacher_runs.append(record)
-            if cfg.teacher:  # one loaded teacher serves every seed
-                teachers = {s: teacher for s in seeds}
-                break
-    for name in models:
-        for seed in seeds:
-            run_dir = out_dir / 'runs' / name / f'seed{seed}'
-            done = _load_done(run_dir) if resume else None
-            if done is not None:
-                runs.append(done)
-                continue
-            set_seed(seed)
-            student = create_student(name, bundle, cfg, **(model_kwargs or {}))
-            feats = _elf_targets(cfg, student, bundle, accelerator.device) if cfg.elf else None
-            result = train_model(student, bundle.train, test_loader, cfg.replace(seed=seed), accelerator, name,
-                                 teacher=teachers.get(seed), elf_features=feats, out_dir=run_dir, resume=resume,
-                                 desc=f'{name} seed {seed}')
-            record = _result_record(name, seed, result)
-            runs.append(record)
-            if accelerator.is_main_process:
-                if save_models:
-                    _save_model(student, run_dir / 'model', bundle, model_kwargs)
-                _save_done(run_dir, record)
+        teacher_seeds = seeds[:1] if cfg.teacher else seeds  # one loaded teacher serves every seed
+        for job, seed in enumerate(teacher_seeds):
+            if owned(job) or cfg.teacher:
+                teacher, record = _train_or_load_teacher(cfg, bundle, seed, accelerator, test_loader, out_dir, resume,
+                                                         distributed)
+                teachers[seed] = teacher
+                if owned(job):
+                    teacher_runs.append((job, record))
+        if not distributed and world > 1 and not cfg.teacher:
+            accelerator.wait_for_everyone()  # every teacher is on disk: load the ones other processes trained
+            for seed in teacher_seeds:
+                if seed not in teachers:
+                    teachers[seed] = _train_or_load_teacher(cfg, bundle, seed, accelerator, test_loader, out_dir,
+                                                            True, distributed)[0]
+        if cfg.teacher:
+            teachers = {s: teachers[teacher_seeds[0]] for s in seeds}
+    runs: List[Tuple[int, Dict[str, Any]]] = []
+    for job, (name, seed) in enumerate((name, seed) for name in models for seed in seeds):
+        if not owned(job):
+            continue
+        run_dir = out_dir / 'runs' / name / f'seed{seed}'
+        done = _load_done(run_dir) if resume else None
+        if done is not None:
+            runs.append((job, done))
+            continue
+        set_seed(seed)
+        student = create_student(name, bundle, cfg, **(model_kwargs or {}))
+        feats = _elf_targets(cfg, student, bundle, accelerator.device) if cfg.elf else None
+        result = train_model(student, bundle.train, test_loader, cfg.replace(seed=seed), accelerator, name,
+                             teacher=teachers.get(seed), elf_features=feats, out_dir=run_dir, resume=resume,
+                             desc=f'{name} seed {seed}', distributed=distributed)
+        record = dict(_result_record(name, seed, result), process=rank)
+        runs.append((job, record))
+        if accelerator.is_main_process or not distributed:
+            if save_models:
+                _save_model(student, run_dir / 'model', bundle, model_kwargs)
+            _save_done(run_dir, record)
+    runs, teacher_runs = _merge_jobs(runs, accelerator, distributed), _merge_jobs(teacher_runs, accelerator, distributed)
     table = summarize(runs, teacher_runs)
     result = ExperimentResult(runs, teacher_runs, table, cfg.to_dict(), dict(bundle.source, description=bundle.description))
     if accelerator.is_main_process:
         write_results(result, out_dir)
     accelerator.wait_for_everyone()
     return result
+
+
+def _merge_jobs(jobs: List[Tuple[int, Dict[str, Any]]], accelerator: Accelerator,
+                distributed: bool) -> List[Dict[str, Any]]:
+    """Every process's records, in job order: the same list on every process as in a one-process run."""
+    if not distributed and accelerator.num_processes > 1:
+        jobs = gather_object(jobs)
+    return [record for _, record in sorted(jobs, key=lambda job: job[0])]
 
 
 def _mean_std(values: List[float]) -> Tuple[float, float]:
@@ -333,6 +363,5 @@ def format_table(result: ExperimentResult) -> str:
 def write_results(result: ExperimentResult, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, text in (('results.json', json.dumps(asdict(result), indent=2)), ('results.md', format_table(result))):
-        tmp = out_dir / (name + '.tmp')
-        tmp.write_text(text)
-        tmp.replace(out_dir / name)
+        with atomic_write(out_dir / name, 'w') as f:
+            f.write(text)

@@ -9,7 +9,6 @@ uninterrupted one.
 import json
 import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from ..augment import DSA
-from ..io import atomic_write, atomic_write_json
+from ..io import atomic_write
 from ..layers import set_drop_generator, set_keep_rate
 from ..seeding import derive_seed, generator_for
 from .config import TrainConfig
@@ -33,8 +32,7 @@ __all__ = ['TrainSet', 'RunResult', 'TrainTask', 'train_model', 'evaluate', 'cre
 
 _logger = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = 'checkpoint'
-STATE_FILE = 'trainer_state.json'
+CHECKPOINT_FILE = 'checkpoint.pt'
 METRICS_FILE = 'metrics.jsonl'
 
 
@@ -111,73 +109,54 @@ def resolve_lr(cfg: TrainConfig, learned_lr: Optional[float]) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, accelerator: Accelerator) -> Dict[str, float]:
-    """Top-1 accuracy over the whole test set, each sample counted exactly once across processes."""
+def evaluate(model: nn.Module, loader: DataLoader, accelerator: Accelerator,
+             distributed: bool = True) -> Dict[str, float]:
+    """Top-1 accuracy over the whole test set.
+
+    ``distributed=True``: ``loader`` comes from ``accelerator.prepare`` (each process sees a shard) and every sample
+    is counted exactly once across processes. ``False``: this process evaluates the whole (unprepared) loader
+    on ``accelerator.device`` alone.
+    """
     was_training = model.training
     model.eval()
-    correct = torch.zeros((), device=accelerator.device)
-    total = torch.zeros((), device=accelerator.device)
+    device = accelerator.device
+    correct = torch.zeros((), device=device)
+    total = torch.zeros((), device=device)
     for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with accelerator.autocast():
             logits = model(x)
-        preds, refs = accelerator.gather_for_metrics((logits.argmax(1), y))
+        preds, refs = logits.argmax(1), y
+        if distributed:
+            preds, refs = accelerator.gather_for_metrics((preds, refs))
         correct += (preds == refs).sum()
         total += refs.numel()
     model.train(was_training)
     return {'acc': (correct / total.clamp(min=1)).item(), 'count': int(total.item())}
 
 
-def _checkpoint_dirs(out_dir: Path) -> List[Path]:
-    # `checkpoint-NNNNNN` folders; `checkpoint`, `.tmp`, `.old` are the names of older versions of this module
-    return sorted(p for p in out_dir.glob(CHECKPOINT_DIR + '*') if p.is_dir())
+def _save_checkpoint(path: Path, task: nn.Module, optimizer: torch.optim.Optimizer, state: Dict[str, Any]) -> None:
+    """One file, written atomically by one process: weights, optimizer state and the run state.
+
+    No RNG state is needed: every random draw comes from generators derived from ``(seed, epoch, rank)``.
+    """
+    payload = {'model': task.state_dict(), 'optimizer': optimizer.state_dict(), 'state': state}
+    with atomic_write(path) as f:
+        torch.save(payload, f)
 
 
-def _read_state(ckpt: Path) -> Optional[Dict[str, Any]]:
-    """The state of a complete checkpoint folder, ``None`` for an incomplete one (no state file yet)."""
-    path = ckpt / STATE_FILE
+def _load_checkpoint(path: Path, task: nn.Module, optimizer: torch.optim.Optimizer,
+                     device: torch.device) -> Optional[Dict[str, Any]]:
     if not path.is_file():
         return None
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise RuntimeError(f'{path}: cannot read the checkpoint state (corrupt?): {e}; delete {ckpt} to resume '
-                           f'from an earlier checkpoint') from e
-
-
-def _save_checkpoint(accelerator: Accelerator, out_dir: Path, state: Dict[str, Any]) -> Path:
-    """Save a resumable checkpoint of the prepared objects plus ``state`` (epoch, history, best).
-
-    Every checkpoint gets its own folder, ``checkpoint-{epoch:06d}``; the main process writes ``STATE_FILE`` into it
-    last, after every process has finished its part of ``save_state`` (a barrier), so a folder with a state file
-    is complete. Older checkpoints are deleted only then: a crash at any moment leaves the previous complete one.
-    """
-    ckpt = out_dir / f'{CHECKPOINT_DIR}-{state["epoch"]:06d}'
-    if accelerator.is_main_process:
-        if ckpt.exists():  # a partial save of this epoch from a killed run
-            shutil.rmtree(ckpt)
-        ckpt.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(ckpt))
-    accelerator.wait_for_everyone()  # every rank's files are in `ckpt` before it is marked complete
-    if accelerator.is_main_process:
-        atomic_write_json(ckpt / STATE_FILE, state)
-        for other in _checkpoint_dirs(out_dir):
-            if other != ckpt:
-                shutil.rmtree(other, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return ckpt
-
-
-def _load_checkpoint(accelerator: Accelerator, out_dir: Path) -> Optional[Dict[str, Any]]:
-    """Load the newest complete checkpoint of ``out_dir`` into the prepared objects and return its state."""
-    complete = [(state['epoch'], ckpt) for ckpt in _checkpoint_dirs(out_dir)
-                for state in [_read_state(ckpt)] if state is not None]
-    if not complete:
-        return None
-    _, ckpt = max(complete)
-    accelerator.load_state(str(ckpt))
-    return _read_state(ckpt)
+        payload = torch.load(path, map_location=device, weights_only=True)
+        task.load_state_dict(payload['model'])
+        optimizer.load_state_dict(payload['optimizer'])
+    except Exception as e:
+        raise RuntimeError(f'{path}: cannot resume from this checkpoint (truncated, corrupt or made by another '
+                           f'model or recipe): {e}; delete it to start the run again') from e
+    return payload['state']
 
 
 def _truncate_metrics(path: Path, epoch: int) -> None:
@@ -203,18 +182,28 @@ def train_model(
         resume: bool = False,
         stop_after_epoch: Optional[int] = None,
         desc: str = '',
+        distributed: bool = True,
 ) -> RunResult:
-    """Train ``model`` on ``train_set`` with recipe ``cfg``; ``test_loader`` must come from
-    ``accelerator.prepare``. With ``out_dir`` the run checkpoints every ``cfg.checkpoint_every`` epochs and
-    appends metrics to ``metrics.jsonl``; ``resume=True`` continues from the last checkpoint.
-    ``stop_after_epoch`` ends the run early after that epoch, checkpointed (used to test resuming).
+    """Train ``model`` on ``train_set`` with recipe ``cfg`` on ``accelerator.device``.
+
+    ``distributed=True``: every process of ``accelerator`` calls this together; the model is wrapped in DDP and each
+    process takes its slice of every batch (``test_loader`` must come from ``accelerator.prepare``).
+    ``distributed=False``: this process trains the run alone (several runs in parallel, one per process;
+    ``test_loader`` is a plain loader). With ``out_dir`` the run checkpoints every ``cfg.checkpoint_every`` epochs
+    (``checkpoint.pt``, written by one process) and appends metrics to ``metrics.jsonl``; ``resume=True``
+    continues from the checkpoint. ``stop_after_epoch`` ends the run early after that epoch, checkpointed (used to
+    test resuming).
     """
     device = accelerator.device
-    rank, world = accelerator.process_index, accelerator.num_processes
+    distributed = distributed and accelerator.num_processes > 1
+    rank, world = (accelerator.process_index, accelerator.num_processes) if distributed else (0, 1)
+    writer = accelerator.is_main_process or not distributed  # the one process that writes this run's files
     if cfg.kd and teacher is None:
         raise ValueError('the recipe uses knowledge distillation (kd: true) but no teacher was given')
     if cfg.elf and elf_features is None:
         raise ValueError('the recipe uses ELF (elf: true) but no feature targets were given')
+    if cfg.checkpoint_every < 1:
+        raise ValueError(f'checkpoint_every must be at least 1 epoch, got {cfg.checkpoint_every}')
     images = train_set.images.to(device)
     labels = train_set.labels.to(device)
     features = elf_features.to(device) if elf_features is not None else None
@@ -224,43 +213,47 @@ def train_model(
     lr_schedule = cfg.lr_schedule_fn()
     dsa = DSA(cfg.dsa_strategy, k=cfg.dsa_k) if cfg.dsa else None
 
-    task = TrainTask(model, elf=cfg.elf)
+    task = TrainTask(model, elf=cfg.elf).to(device)
     optimizer = create_optimizer(task, cfg, base_lr)
-    # forget objects prepared for earlier runs so save_state/load_state hold exactly this run's model and optimizer
-    accelerator.free_memory()
-    task, optimizer = accelerator.prepare(task, optimizer)
+    scaler = None
+    if distributed:
+        task, optimizer = accelerator.prepare(task, optimizer)
+    elif accelerator.mixed_precision == 'fp16':
+        scaler = torch.amp.GradScaler(device.type)
     if teacher is not None:
         teacher = teacher.to(device).eval().requires_grad_(False)  # never wrapped in DDP
+    inner = accelerator.unwrap_model(task) if distributed else task
 
     start_epoch, history, best = 0, [], (-1.0, -1)
     metrics_path = out_dir / METRICS_FILE if out_dir is not None else None
-    if out_dir is not None and accelerator.is_main_process:
+    ckpt_path = out_dir / CHECKPOINT_FILE if out_dir is not None else None
+    if out_dir is not None and writer:
         out_dir.mkdir(parents=True, exist_ok=True)
-    if resume and out_dir is not None:
-        state = _load_checkpoint(accelerator, out_dir)
+    if resume and ckpt_path is not None:
+        state = _load_checkpoint(ckpt_path, inner, optimizer, device)
         if state is not None:
             start_epoch, history = state['epoch'], state['history']
             best = tuple(state['best'])
-            if metrics_path is not None and accelerator.is_main_process:
-                _truncate_metrics(metrics_path, start_epoch)
             _logger.info('resumed %s from epoch %d', desc or model_name, start_epoch)
-    elif metrics_path is not None and accelerator.is_main_process and metrics_path.exists():
+        if metrics_path is not None and writer:
+            _truncate_metrics(metrics_path, start_epoch)
+    elif metrics_path is not None and writer and metrics_path.exists():
         metrics_path.unlink()
 
     n = len(train_set)
     iters_per_epoch = math.ceil(n / cfg.batch_size)
     drop_gen = torch.Generator(device=device)
-    set_drop_generator(accelerator.unwrap_model(task).model, drop_gen)
+    set_drop_generator(inner.model, drop_gen)
     eval_epochs = _eval_epochs(cfg)
     last_epoch = cfg.epochs - 1 if stop_after_epoch is None else min(stop_after_epoch, cfg.epochs - 1)
     train_time, images_seen = 0.0, 0
     pbar = tqdm(range(start_epoch, last_epoch + 1), desc=desc or model_name, leave=False,
-                disable=not accelerator.is_local_main_process)
+                disable=not (accelerator.is_local_main_process or not distributed))
     task.train()
     for epoch in pbar:
         t0 = time.perf_counter()
         keep_rate = keep_schedule(epoch)
-        set_keep_rate(accelerator.unwrap_model(task).model, keep_rate)
+        set_keep_rate(inner.model, keep_rate)
         drop_gen.manual_seed(derive_seed(cfg.seed, epoch, rank, 1))
         aug_gen = generator_for(cfg.seed, epoch, rank, 2)
         perm = torch.randperm(n, generator=generator_for(cfg.seed, epoch, 0)).to(device)
@@ -279,40 +272,50 @@ def train_model(
             if not torch.isfinite(loss):
                 raise FloatingPointError(f'{desc or model_name}: loss became {loss.item()} at epoch {epoch}')
             optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            optimizer.step()
+            if distributed:
+                accelerator.backward(loss)
+                optimizer.step()
+            elif scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
             epoch_loss += loss.detach()
             images_seen += x.shape[0]
         train_time += time.perf_counter() - t0
         record = {'epoch': epoch, 'keep_rate': keep_rate, 'lr': lr, 'loss': epoch_loss.item() / iters_per_epoch}
+        postfix = {'loss': f"{record['loss']:.3f}", 'p': f'{keep_rate:.2f}'}
         if epoch in eval_epochs or epoch == cfg.epochs - 1:
-            result = _eval_task(task, test_loader, accelerator)
+            result = evaluate(_LogitsOnly(task), test_loader, accelerator, distributed)
             record.update(test_acc=result['acc'], test_count=result['count'])
             if result['acc'] > best[0]:
                 best = (result['acc'], epoch)
             history.append(record)
-            pbar.set_postfix(acc=f"{result['acc']:.3f}", p=f'{keep_rate:.2f}')
-        if metrics_path is not None and accelerator.is_main_process:
+        if history:
+            postfix['acc'] = f"{history[-1]['test_acc']:.3f}"
+        pbar.set_postfix(postfix, refresh=False)
+        if metrics_path is not None and writer:
             with open(metrics_path, 'a') as f:
                 f.write(json.dumps(record) + '\n')
         done = epoch + 1
-        if out_dir is not None and (done % cfg.checkpoint_every == 0 or epoch == last_epoch):
-            _save_checkpoint(accelerator, out_dir, {'epoch': done, 'history': history, 'best': list(best)})
+        if ckpt_path is not None and (done % cfg.checkpoint_every == 0 or epoch == last_epoch):
+            if writer:
+                _save_checkpoint(ckpt_path, inner, optimizer, {'epoch': done, 'history': history, 'best': list(best)})
+            if distributed:
+                accelerator.wait_for_everyone()  # nobody reads or rewrites the file while it is written
     pbar.close()
 
     if history and history[-1]['epoch'] == last_epoch:
         final = {'acc': history[-1]['test_acc'], 'count': history[-1]['test_count']}
     else:
-        final = _eval_task(task, test_loader, accelerator)
+        final = evaluate(_LogitsOnly(task), test_loader, accelerator, distributed)
     images_seen_total = images_seen * world
     return RunResult(
         final_acc=final['acc'], best_acc=max(best[0], final['acc']), best_epoch=best[1], history=history,
         num_test_evaluated=final['count'], train_seconds=train_time,
         images_per_second=images_seen_total / train_time if train_time > 0 else float('nan'))
-
-
-def _eval_task(task: nn.Module, loader: DataLoader, accelerator: Accelerator) -> Dict[str, float]:
-    return evaluate(_LogitsOnly(task), loader, accelerator)
 
 
 class _LogitsOnly(nn.Module):
