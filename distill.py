@@ -9,7 +9,9 @@ Examples::
         --experts buffers/cifar10 --set grad_mode=recompute --set iterations=1000 --out runs/c10 --resume
 
 Any preset field can be overridden with ``--set key=value`` (YAML values) or the explicit flags below.
-Experts are split between Accelerate processes (``accelerate launch distill.py experts ...``).
+Everything runs on the device of the Accelerate set-up (a GPU when there is one; ``--cpu`` forces the CPU).
+Under ``accelerate launch --num_processes K``: experts are split between the processes, every trajectory-matching
+step's synthetic minibatch is split (the same gradient as one process), and evaluation seeds are split.
 """
 import argparse
 import json
@@ -37,9 +39,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--no-eval', action='store_true', help='skip periodic evaluation and grids')
     p.add_argument('--threads', type=int, default=None,
                    help='torch CPU threads (1 is much faster for tiny networks on a shared machine)')
+    p.add_argument('--cpu', action='store_true', help='run on the CPU even if a GPU is present')
+    p.add_argument('--deterministic', action='store_true',
+                   help='deterministic CUDA kernels where torch has them (slower); DSA scale/rotate backward '
+                        '(grid_sample) has none and stays nondeterministic on a GPU')
     p.add_argument('--push-to-hub', default=None, metavar='REPO', help='push the result (set or buffers) to the Hub')
     p.add_argument('-v', '--verbose', action='store_true')
     return p
+
+
+def _deterministic() -> None:
+    import os
+    os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # before the first cuBLAS call
+    import torch
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)  # warn (not fail) where no deterministic kernel exists
 
 
 def main(argv=None) -> int:
@@ -70,22 +85,27 @@ def main(argv=None) -> int:
     if args.out is None:
         print('error: --out is required', file=sys.stderr)
         return 2
+    if args.deterministic:
+        _deterministic()
+    import accelerate
+    acc = accelerate.Accelerator(cpu=args.cpu)
+    if not acc.is_main_process:
+        logging.getLogger().setLevel(logging.WARNING)
     data = prepare_data(cfg, args.data)
     try:
         if args.command == 'experts':
-            import accelerate
-            acc = accelerate.Accelerator(cpu=not __import__('torch').cuda.is_available())
             out = Path(args.experts or args.out)
-            run_experts(cfg, data, out, acc.process_index, acc.num_processes, acc.device)
-            acc.wait_for_everyone()
+            run_experts(cfg, data, out, acc)
             if args.push_to_hub and acc.is_main_process:
                 from timm_dd.hub import push_expert_buffers
                 push_expert_buffers(out, args.push_to_hub)
             return 0
-        dset = run_distill(cfg, data, args.experts, args.out, resume=args.resume, evaluate=not args.no_eval,
+        dset = run_distill(cfg, data, args.experts, args.out, acc, resume=args.resume, evaluate=not args.no_eval,
                            push_to_hub=args.push_to_hub)
-        print(json.dumps({'out': str(Path(args.out) / 'distilled'), 'images': list(dset.images.shape),
-                          'lr': float(dset.lr) if dset.lr is not None else None}))
+        if acc.is_main_process:
+            print(json.dumps({'out': str(Path(args.out) / 'distilled'), 'images': list(dset.images.shape),
+                              'lr': float(dset.lr) if dset.lr is not None else None,
+                              'processes': acc.num_processes, 'device': str(acc.device)}))
     except (DistillationDiverged, ExpertFileError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1

@@ -6,7 +6,7 @@ from .experts import (
     generator_for, param_spec, save_trajectory, train_expert, train_experts,
 )
 from .matching import (
-    ATT_NORMS, GRAD_MODES, FlatModel, MatchResult, StepPlan, match_recompute, match_unrolled, plan_steps,
+    ATT_NORMS, GRAD_MODES, FlatModel, MatchResult, Shards, StepPlan, match_recompute, match_unrolled, plan_steps,
     trajectory_match,
 )
 from .presets import METHODS, PRESETS, DistillConfig, get_preset, list_presets, parse_override

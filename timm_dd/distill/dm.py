@@ -13,10 +13,12 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch
 import torch.nn as nn
+from tqdm.auto import tqdm
 
 from ..augment import DSA
+from .matching import Shards
 from .presets import DistillConfig
-from .state import CHECKPOINT_FILE, check_finite_state, load_checkpoint, save_checkpoint
+from .state import CHECKPOINT_FILE, check_finite_state, load_checkpoint, save_checkpoint, to_cpu, to_device
 from ..seeding import derive_seed, generator_for
 
 __all__ = ['DistributionMatching']
@@ -42,6 +44,9 @@ class DistributionMatching:
         make_model: Builds a freshly initialised network (uses the global RNG, which is seeded per iteration here).
         out_dir: Checkpoint folder (``None``: no checkpoints).
         eval_fn: ``eval_fn(iteration, images, None, None) -> dict``, as for :class:`TrajectoryMatching`.
+        accelerator: The run's ``accelerate.Accelerator``: images and networks live on its device (real batches are
+            copied there per iteration); under several processes the classes are split between them and the image
+            gradient is summed (the same draws on every process: exact). ``None``: one process, images' device.
     """
 
     def __init__(
@@ -54,10 +59,14 @@ class DistributionMatching:
             make_model: Callable[[], nn.Module],
             out_dir: Optional[Union[str, Path]] = None,
             eval_fn: Optional[Callable] = None,
+            accelerator: Optional[Any] = None,
     ):
         self.cfg = cfg
-        self.images = images.detach().clone().float().requires_grad_(True)
-        self.labels = labels.detach().clone()
+        self.accelerator = accelerator
+        self.device = accelerator.device if accelerator is not None else images.device
+        self.shards = Shards.from_accelerator(accelerator)
+        self.images = images.detach().to(self.device, torch.float32, copy=True).requires_grad_(True)
+        self.labels = labels.detach().cpu().clone()
         self.classes = sorted(int(c) for c in self.labels.unique())
         self.real_images = real_images
         self.real_by_class = {c: (real_labels == c).nonzero().flatten() for c in self.classes}
@@ -79,16 +88,20 @@ class DistributionMatching:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.cfg.seed, iteration, 31))
             model = self.make_model()
-        model.train().requires_grad_(False)
+        model.to(self.device).train().requires_grad_(False)
         gen = generator_for(self.cfg.seed, iteration, 37)
         size = images.shape[-1]
         total = images.new_zeros(())
-        for c in self.classes:
+        for position, c in enumerate(self.classes):
             pool = self.real_by_class[c]
-            real = self.real_images[pool[torch.randperm(pool.numel(), generator=gen)[:self.cfg.batch_real]]]
-            syn = images[self.syn_by_class[c]]
-            if self.dsa is not None:
-                draw = self.dsa.sample(1, size, images.device, gen, siamese=True)  # same transform for both
+            real_idx = pool[torch.randperm(pool.numel(), generator=gen)[:self.cfg.batch_real]]
+            # every process draws every class's randomness (same streams), then works on its own classes
+            draw = self.dsa.sample(1, size, self.device, gen, siamese=True) if self.dsa is not None else None
+            if position % self.shards.world != self.shards.rank:
+                continue
+            real = to_device(self.real_images[real_idx], self.device)
+            syn = images[self.syn_by_class[c].to(self.device)]
+            if draw is not None:  # the same transform for both
                 real, syn = self.dsa.apply(real, draw), self.dsa.apply(syn, draw)
             diff = _embed(model, real).mean(0) - _embed(model, syn).mean(0)
             total = total + diff.pow(2).sum()
@@ -102,14 +115,18 @@ class DistributionMatching:
         check_finite_state(it, self.images, loss=loss.detach(), checkpoint=self.checkpoint_path)
         self.opt_img.zero_grad(set_to_none=True)
         loss.backward()
+        if self.shards.world > 1:  # each process has its classes' terms: sum the image gradient and the loss
+            self.shards.sum_(self.images.grad)
+            loss = self.shards.sum_(loss.detach().clone())
         self.opt_img.step()
         check_finite_state(it, self.images, checkpoint=self.checkpoint_path)
         self.iteration = it + 1
         return {'iteration': it, 'loss': float(loss.detach()), 'seconds': time.perf_counter() - t0}
 
     def state_dict(self) -> Dict[str, Any]:
-        return {'iteration': self.iteration, 'images': self.images.detach().clone(),
-                'opt_img': self.opt_img.state_dict(), 'history': list(self.history), 'config': self.cfg.to_dict()}
+        return to_cpu({'iteration': self.iteration, 'images': self.images.detach().clone(),
+                        'opt_img': self.opt_img.state_dict(), 'history': list(self.history),
+                        'config': self.cfg.to_dict()})
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         with torch.no_grad():
@@ -119,7 +136,14 @@ class DistributionMatching:
         self.history = list(state.get('history', []))
 
     def save(self) -> Optional[Path]:
-        return save_checkpoint(self.checkpoint_path, self.state_dict()) if self.checkpoint_path else None
+        """Checkpoint (main process only; the others wait)."""
+        if self.checkpoint_path is None:
+            return None
+        if self.accelerator is None or self.accelerator.is_main_process:
+            save_checkpoint(self.checkpoint_path, self.state_dict())
+        if self.accelerator is not None:
+            self.accelerator.wait_for_everyone()
+        return self.checkpoint_path
 
     def resume(self) -> bool:
         state = load_checkpoint(self.checkpoint_path) if self.checkpoint_path is not None else None
@@ -141,15 +165,22 @@ class DistributionMatching:
         cfg = self.cfg
         total = cfg.iterations if iterations is None else iterations
         done = {r['iteration'] for r in self.history}
+        main = self.accelerator is None or self.accelerator.is_main_process
+        pbar = tqdm(total=total, initial=self.iteration, desc='DM', disable=not main)
         while self.iteration < total:
             if self.eval_fn is not None and cfg.eval_every and self.iteration % cfg.eval_every == 0 \
                     and self.iteration not in done:
+                pbar.set_description('DM (evaluating)')
                 self.evaluate()
+                pbar.set_description('DM')
             info = self.step()
+            pbar.update(1)
+            pbar.set_postfix(loss=f'{info["loss"]:.4f}', refresh=False)
             if info['iteration'] % max(1, total // 10) == 0:
-                _logger.info(f'iteration {info["iteration"]}: DM loss {info["loss"]:.5f} ({info["seconds"]:.2f} s)')
+                _logger.debug(f'iteration {info["iteration"]}: DM loss {info["loss"]:.5f} ({info["seconds"]:.2f} s)')
             if cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0:
                 self.save()
+        pbar.close()
         if self.eval_fn is not None and total == cfg.iterations \
                 and self.iteration not in {r['iteration'] for r in self.history}:
             self.evaluate()

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
 from ..augment import DSA
 from ..seeding import derive_seed, generator_for
@@ -205,10 +206,13 @@ def train_expert(
         index: int,
         test: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
         device: Union[str, torch.device] = 'cpu',
+        progress: bool = False,
 ) -> List[torch.Tensor]:
-    """Train expert ``index`` with plain SGD on (already normalized / ZCA'd) ``images`` and return its trajectory.
+    """Train expert ``index`` with plain SGD on (already normalized / ZCA'd) ``images`` on ``device`` and return its
+    trajectory (CPU vectors).
 
-    The init, batch order and DSA draws come from generators seeded by ``(cfg.seed, index)``.
+    The init, batch order and DSA draws come from generators seeded by ``(cfg.seed, index)`` (CPU generators: the same
+    draws on any device). ``progress`` shows a bar over the epochs with the running loss.
     """
     init_gen_state = torch.random.get_rng_state()
     torch.manual_seed(derive_seed(cfg.seed, index, 0))  # timm initializes from the global RNG
@@ -223,36 +227,46 @@ def train_expert(
     n = images.shape[0]
     trajectory = [flat_params(model)]
     model.train()
-    for epoch in range(cfg.epochs):
+    pbar = tqdm(range(cfg.epochs), desc=f'expert {index}', leave=False, disable=not progress)
+    for epoch in pbar:
         perm = torch.randperm(n, generator=perm_gen).to(device)
-        total = 0.0
+        total = torch.zeros((), device=device)
         for i in range(0, n, cfg.batch_size):
             idx = perm[i:i + cfg.batch_size]
             x = images[idx]
             if dsa is not None:
                 x = dsa(x, generator=aug_gen)
             loss = F.cross_entropy(model(x), labels[idx])
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f'expert {index}: loss became {loss.item()} in epoch {epoch}')
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.item() * idx.numel()
+            total += loss.detach() * idx.numel()  # summed on the device: no synchronization per batch
+        epoch_loss = float(total) / n
+        if not math.isfinite(epoch_loss):
+            raise FloatingPointError(f'expert {index}: loss became {epoch_loss} in epoch {epoch}; lower the expert '
+                                     f'lr (expert_lr={cfg.lr})')
         trajectory.append(flat_params(model))
-        msg = f'expert {index} epoch {epoch + 1}/{cfg.epochs} train loss {total / n:.4f}'
+        pbar.set_postfix(loss=f'{epoch_loss:.4f}', refresh=False)
+        msg = f'expert {index} epoch {epoch + 1}/{cfg.epochs} train loss {epoch_loss:.4f}'
         if test is not None and (epoch + 1 == cfg.epochs):
-            msg += f' test acc {_accuracy(model, test[0].to(device), test[1].to(device)):.4f}'
-        _logger.info(msg)
+            msg += f' test acc {_accuracy(model, test[0], test[1], device):.4f}'
+            _logger.info(msg)
+        else:
+            _logger.debug(msg)
+    pbar.close()
     return trajectory
 
 
 @torch.no_grad()
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: Union[str, torch.device],
+              batch_size: int = 500) -> float:
     model.eval()
-    correct = sum(int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
-                  for i in range(0, x.shape[0], batch_size))
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    for i in range(0, x.shape[0], batch_size):
+        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+        correct += (model(xb).argmax(1) == yb).sum()
     model.train()
-    return correct / max(1, x.shape[0])
+    return int(correct) / max(1, x.shape[0])
 
 
 def train_experts(
@@ -264,6 +278,7 @@ def train_experts(
         process_index: int = 0,
         num_processes: int = 1,
         device: Union[str, torch.device] = 'cpu',
+        progress: bool = False,
 ) -> List[Path]:
     """Train the experts this process owns (``i % num_processes == process_index``), skipping finished files.
 
@@ -276,6 +291,7 @@ def train_experts(
         process_index: This process's rank (``accelerator.process_index``).
         num_processes: World size (``accelerator.num_processes``).
         device: Device to train on.
+        progress: Show progress bars (experts, and epochs of the current one).
 
     Returns:
         Paths of the experts owned by this process (trained now or found finished).
@@ -284,9 +300,8 @@ def train_experts(
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = param_spec(create_arch(cfg.arch, cfg.model_kwargs))
     paths = []
-    for i in range(cfg.num_experts):
-        if i % num_processes != process_index:
-            continue
+    mine = [i for i in range(cfg.num_experts) if i % num_processes == process_index]
+    for i in tqdm(mine, desc='experts', disable=not progress):
         path = out_dir / expert_filename(i)
         paths.append(path)
         if path.is_file():
@@ -296,7 +311,7 @@ def train_experts(
                 continue
             except ExpertFileError as e:
                 _logger.warning(f'expert {i}: retraining, existing file is unusable: {e}')
-        traj = train_expert(images, labels, cfg, i, test=test, device=device)
+        traj = train_expert(images, labels, cfg, i, test=test, device=device, progress=progress)
         meta = dict(asdict(cfg), index=i, params=spec, num_params=int(traj[0].numel()))
         save_trajectory(path, traj, meta)
         _logger.info(f'expert {i}: saved {path}')

@@ -12,19 +12,27 @@ synthetic images ``θ_{k+1} = θ_k − α ∇θ CE(f(DSA_k(X[idx_k]); θ_k), y[i
 
 Both modes take a :class:`StepPlan` (batch indices and DSA draws of every step, drawn up front from a generator)
 so they see the same stochastic steps and return the same gradient.
+
+Several processes (:class:`Shards`): every process holds the same images, step size, plan and parameter vectors;
+each inner step's minibatch is split over the processes (sample ``i`` of the batch goes to process ``i % K``), each
+computes the gradient of its share of the summed loss, and collective sums make every per-step parameter gradient,
+Hessian-vector product, image gradient and step-size gradient equal to the one-process value (up to summation
+order). This is exact for networks without cross-sample statistics (instance/group norm: the ConvNets of MTT/ATT);
+batch norm would see smaller batches, so it is refused.
 """
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
 from ..augment import DSA, DSADraw
 
-__all__ = ['FlatModel', 'StepPlan', 'MatchResult', 'plan_steps', 'match_unrolled', 'match_recompute',
+__all__ = ['FlatModel', 'Shards', 'StepPlan', 'MatchResult', 'plan_steps', 'match_unrolled', 'match_recompute',
            'trajectory_match', 'GRAD_MODES', 'ATT_NORMS']
 
 GRAD_MODES = ('unrolled', 'recompute')
@@ -49,6 +57,59 @@ class FlatModel:
 
     def __call__(self, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.module, self.unflatten(flat), (x,))
+
+
+@dataclass(frozen=True)
+class Shards:
+    """This process's share of every inner-step minibatch: samples ``rank, rank + world, ...``.
+
+    ``world == 1`` (the default) is the one-process computation, bit for bit as without sharding.
+    """
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def from_accelerator(cls, accelerator: Any) -> 'Shards':
+        if accelerator is None or accelerator.num_processes == 1:
+            return cls()
+        return cls(accelerator.process_index, accelerator.num_processes)
+
+    def sum_(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum ``t`` over the processes, in place (a no-op for one process)."""
+        if self.world > 1:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    def check_model(self, module: nn.Module) -> None:
+        if self.world > 1 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules()):
+            raise ValueError('splitting the synthetic minibatch over processes is exact only for networks without '
+                             'batch norm (batch statistics would change); use an instance/group-norm ConvNet or '
+                             'run the distillation in one process')
+
+
+class _CopyToShards(torch.autograd.Function):
+    """Identity forward; backward sums the gradient over processes (the replicated θ feeds every shard)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, shards: Shards) -> torch.Tensor:
+        ctx.shards = shards
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return ctx.shards.sum_(grad.clone()), None
+
+
+class _SumShards(torch.autograd.Function):
+    """Sum over processes forward; identity backward (what follows is replicated on every process)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, shards: Shards) -> torch.Tensor:
+        return shards.sum_(x.clone())
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
 
 
 @dataclass
@@ -101,11 +162,23 @@ class MatchResult:
     distances: Optional[List[float]] = None
 
 
-def _batch(images: torch.Tensor, labels: torch.Tensor, plan: StepPlan, dsa: Optional[DSA], k: int):
-    x = images[plan.indices[k]]
-    if plan.draws[k] is not None:
-        x = dsa.apply(x, plan.draws[k])
-    return x, labels[plan.indices[k]]
+def _step_loss(fmodel: FlatModel, theta: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, plan: StepPlan,
+               dsa: Optional[DSA], k: int, shards: Shards) -> torch.Tensor:
+    """Step ``k``'s cross-entropy: the batch mean (one process) or this shard's part of it (sum / batch size)."""
+    idx, draw = plan.indices[k], plan.draws[k]
+    if shards.world == 1:
+        x = images[idx]
+        if draw is not None:
+            x = dsa.apply(x, draw)
+        return F.cross_entropy(fmodel(theta, x), labels[idx])
+    mine = slice(shards.rank, None, shards.world)
+    if idx[mine].numel() == 0:  # fewer samples than processes: a zero loss that still depends on θ (and through
+        return (theta * theta).sum() * 0  # its second derivative), so every process runs the same collectives
+    x = images[idx[mine]]
+    if draw is not None:
+        x = dsa.apply(x, DSADraw(draw.ops, {n: v[mine] for n, v in draw.params.items()}, draw.image_size,
+                                 draw.siamese) if not draw.siamese else draw)
+    return F.cross_entropy(fmodel(theta, x), labels[idx[mine]], reduction='sum') / idx.numel()
 
 
 def _distance(theta: torch.Tensor, target: torch.Tensor, norm: str) -> float:
@@ -140,6 +213,7 @@ def match_unrolled(
         dsa: Optional[DSA] = None,
         method: str = 'mtt',
         att_norm: str = 'l1',
+        shards: Shards = Shards(),
 ) -> MatchResult:
     """Reference meta-gradient: keep the whole ``N``-step graph and backpropagate once."""
     _check(method, att_norm)
@@ -148,9 +222,11 @@ def match_unrolled(
     theta = theta_start.detach().requires_grad_(True)
     thetas, distances = [theta], []
     for k in range(len(plan)):
-        x, y = _batch(x_leaf, labels, plan, dsa, k)
-        loss = F.cross_entropy(fmodel(thetas[-1], x), y)
-        g, = torch.autograd.grad(loss, thetas[-1], create_graph=True)
+        theta_k = thetas[-1] if shards.world == 1 else _CopyToShards.apply(thetas[-1], shards)
+        loss = _step_loss(fmodel, theta_k, x_leaf, labels, plan, dsa, k, shards)
+        g, = torch.autograd.grad(loss, theta_k, create_graph=True)
+        if shards.world > 1:
+            g = _SumShards.apply(g, shards)
         thetas.append(thetas[-1] - lr_leaf * g)
         if method == 'att':
             distances.append(_distance(thetas[-1], theta_target, att_norm))
@@ -158,8 +234,8 @@ def match_unrolled(
     denom = (theta_start - theta_target).pow(2).sum()
     loss = (thetas[n_opt] - theta_target).pow(2).sum() / denom
     gx, glr = torch.autograd.grad(loss, (x_leaf, lr_leaf), allow_unused=True)
-    gx = torch.zeros_like(images) if gx is None else gx
-    glr = torch.zeros_like(syn_lr) if glr is None else glr
+    gx = shards.sum_(torch.zeros_like(images) if gx is None else gx)  # each process has its samples' part
+    glr = torch.zeros_like(syn_lr) if glr is None else glr  # computed from replicated values: the same everywhere
     return MatchResult(loss.detach(), gx, glr, n_opt, distances or None)
 
 
@@ -174,6 +250,7 @@ def match_recompute(
         dsa: Optional[DSA] = None,
         method: str = 'mtt',
         att_norm: str = 'l1',
+        shards: Shards = Shards(),
 ) -> MatchResult:
     """Exact meta-gradient by reverse accumulation with per-step recomputation (§10).
 
@@ -189,8 +266,8 @@ def match_recompute(
     # forward: first order only, no graph kept between steps
     for k in range(len(plan)):
         theta = thetas[-1].requires_grad_(True)
-        x, y = _batch(images, labels, plan, dsa, k)
-        g, = torch.autograd.grad(F.cross_entropy(fmodel(theta, x), y), theta)
+        g, = torch.autograd.grad(_step_loss(fmodel, theta, images, labels, plan, dsa, k, shards), theta)
+        shards.sum_(g)
         thetas[-1] = theta.detach()
         thetas.append(thetas[-1] - alpha * g)
         if method == 'att':
@@ -206,14 +283,20 @@ def match_recompute(
     for k in range(n_opt - 1, -1, -1):
         theta = thetas[k].requires_grad_(True)
         x_leaf = images.detach().requires_grad_(True)
-        x, y = _batch(x_leaf, labels, plan, dsa, k)
-        g, = torch.autograd.grad(F.cross_entropy(fmodel(theta, x), y), theta, create_graph=True)
+        g, = torch.autograd.grad(_step_loss(fmodel, theta, x_leaf, labels, plan, dsa, k, shards), theta,
+                                 create_graph=True)
         s = torch.dot(lam, g)
-        h, d = torch.autograd.grad(s, (theta, x_leaf))
+        h, d = torch.autograd.grad(s, (theta, x_leaf), allow_unused=shards.world > 1)
+        s = s.detach()
+        if shards.world > 1:
+            d = torch.zeros_like(images) if d is None else d  # this process had no sample in the step  # one collective per step: Σ H_i λ and Σ ⟨λ, g_i⟩
+            packed = shards.sum_(torch.cat([h, s.view(1)]))
+            h, s = packed[:-1], packed[-1]
         grad_x -= alpha * d
-        grad_lr -= s.detach()
+        grad_lr -= s
         lam = lam - alpha * h
         thetas[k] = None  # free the stored step as soon as it is used
+    shards.sum_(grad_x)
     return MatchResult(loss.detach(), grad_x, grad_lr.reshape(syn_lr.shape), n_opt, distances or None)
 
 

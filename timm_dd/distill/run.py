@@ -2,10 +2,15 @@
 
 Used by the ``distill.py`` script; usable from Python::
 
+    accelerator = accelerate.Accelerator()          # the caller's: device, processes, mixed precision
     cfg = get_preset('digits-ipc10-att', {'iterations': 20})
     data = prepare_data(cfg)
-    run_experts(cfg, data, 'buffers/digits')
-    dset = run_distill(cfg, data, 'buffers/digits', 'runs/digits-att')
+    run_experts(cfg, data, 'buffers/digits', accelerator)
+    dset = run_distill(cfg, data, 'buffers/digits', 'runs/digits-att', accelerator)
+
+Every function here runs on ``accelerator.device`` and never builds an accelerator of its own. Under several
+processes experts are split between them (expert ``i`` on process ``i % K``), each trajectory-matching step's
+minibatch is split (exact), and the periodic evaluation's seeds are split (seed ``s`` on process ``s % K``).
 """
 import logging
 import os
@@ -14,6 +19,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
 
 from ..data import load_dataset
 from ..data.zca import ZCA
@@ -24,7 +31,7 @@ from .presets import DistillConfig
 from .tm import TrajectoryMatching, init_synthetic
 from ..seeding import derive_seed, generator_for
 
-__all__ = ['DistillData', 'prepare_data', 'model_kwargs', 'make_evaluator', 'run_experts', 'run_distill',
+__all__ = ['DistillData', 'apply_precision', 'prepare_data', 'model_kwargs', 'make_evaluator', 'run_experts', 'run_distill',
            'expert_config']
 
 _logger = logging.getLogger(__name__)
@@ -80,6 +87,12 @@ def prepare_data(cfg: DistillConfig, data: Optional[Union[str, os.PathLike]] = N
                        list(train.std), zca, cfg.dataset)
 
 
+def apply_precision(cfg: DistillConfig) -> None:
+    """Set torch's fp32 matmul and cuDNN convolution precision from ``cfg.matmul_precision`` ('high': TF32)."""
+    torch.set_float32_matmul_precision(cfg.matmul_precision)
+    torch.backends.cudnn.allow_tf32 = cfg.matmul_precision != 'highest'
+
+
 def model_kwargs(cfg: DistillConfig, data: DistillData) -> Dict[str, Any]:
     """``timm.create_model`` kwargs of the distillation architecture for ``data``."""
     return dict(num_classes=data.num_classes, in_chans=data.in_chans, img_size=data.image_size, **cfg.model_kwargs)
@@ -96,40 +109,50 @@ def run_experts(
         cfg: DistillConfig,
         data: DistillData,
         out_dir: Union[str, os.PathLike],
-        process_index: int = 0,
-        num_processes: int = 1,
-        device: Union[str, torch.device] = 'cpu',
+        accelerator: Accelerator,
 ) -> List[Path]:
-    """Train (or skip when finished) this process's share of ``cfg.num_experts`` experts into ``out_dir``."""
-    return train_experts(data.train_images, data.train_labels, out_dir, expert_config(cfg, data),
-                         test=(data.test_images, data.test_labels), process_index=process_index,
-                         num_processes=num_processes, device=device)
+    """Train (or skip when finished) this process's share of ``cfg.num_experts`` experts into ``out_dir``, on
+    ``accelerator.device``; returns when every process is done."""
+    apply_precision(cfg)
+    paths = train_experts(data.train_images, data.train_labels, out_dir, expert_config(cfg, data),
+                          test=(data.test_images, data.test_labels), process_index=accelerator.process_index,
+                          num_processes=accelerator.num_processes, device=accelerator.device,
+                          progress=accelerator.is_local_main_process)
+    accelerator.wait_for_everyone()
+    return paths
 
 
-def make_evaluator(cfg: DistillConfig, data: DistillData, out_dir: Optional[Path] = None, grid: bool = True):
+def make_evaluator(cfg: DistillConfig, data: DistillData, accelerator: Accelerator, out_dir: Optional[Path] = None,
+                   grid: bool = True):
     """``eval_fn(iteration, images, ema_images, lr)``: trains ``cfg.eval_seeds`` fresh networks for
     ``cfg.eval_epochs`` epochs (baseline recipe, learned lr) on the current set and reports test accuracy; EMA images
-    are evaluated on fresh networks too. Also writes ``grid_{iteration:06d}.png`` into ``out_dir``."""
-    import accelerate
+    are evaluated on fresh networks too. Also writes ``grid_{iteration:06d}.png`` into ``out_dir`` (main process).
+
+    Runs on ``accelerator.device`` with its mixed precision; with several processes seed ``s`` is trained by
+    process ``s % K`` alone and the accuracies are gathered, so every process gets the one-process record.
+    """
     from torch.utils.data import DataLoader, TensorDataset
     from ..train.config import load_config
     from ..train.trainer import TrainSet, train_model
 
-    accelerator = accelerate.Accelerator(cpu=True)
-    test_loader = accelerator.prepare(DataLoader(TensorDataset(data.test_images, data.test_labels), batch_size=500))
+    test_loader = DataLoader(TensorDataset(data.test_images, data.test_labels), batch_size=500,
+                             pin_memory=accelerator.device.type == 'cuda')
     labels = torch.arange(data.num_classes).repeat_interleave(cfg.ipc)
+    rank, world = accelerator.process_index, accelerator.num_processes
 
     def _accs(images: torch.Tensor, lr: float) -> List[float]:
-        accs = []
-        for s in range(cfg.eval_seeds):
+        mine = []
+        for s in range(rank, cfg.eval_seeds, world):
             tcfg = load_config(cfg.eval_recipe, dict(epochs=cfg.eval_epochs, eval_every=0, lr=lr, seed=s))
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(derive_seed(cfg.seed, s, 53))
                 model = create_arch(cfg.arch, model_kwargs(cfg, data))
-            res = train_model(model, TrainSet(images, labels, data.num_classes, learned_lr=lr), test_loader, tcfg,
-                              accelerator, model_name=cfg.arch)
-            accs.append(res.final_acc)
-        return accs
+            res = train_model(model, TrainSet(images.cpu(), labels, data.num_classes, learned_lr=lr), test_loader,
+                              tcfg, accelerator, model_name=cfg.arch, desc=f'eval seed {s}', distributed=False)
+            mine.append((s, res.final_acc))
+        if world > 1:
+            mine = gather_object(mine)
+        return [acc for _, acc in sorted(mine)]
 
     def eval_fn(iteration: int, images: torch.Tensor, ema: Optional[torch.Tensor], lr: Optional[float]):
         lr = lr if lr is not None else cfg.eval_lr
@@ -140,7 +163,7 @@ def make_evaluator(cfg: DistillConfig, data: DistillData, out_dir: Optional[Path
             if ema is not None:
                 accs = _accs(ema, lr)
                 record.update(ema_acc_mean=sum(accs) / len(accs), ema_accs=accs)
-        if grid and out_dir is not None:
+        if grid and out_dir is not None and accelerator.is_main_process:
             save_grid(build_set(cfg, data, images, lr if cfg.method != 'dm' else None), out_dir /
                       f'grid_{iteration:06d}.png')
         return record
@@ -169,6 +192,7 @@ def run_distill(
         data: DistillData,
         expert_dir: Optional[Union[str, os.PathLike]],
         out_dir: Union[str, os.PathLike],
+        accelerator: Accelerator,
         resume: bool = False,
         evaluate: bool = True,
         push_to_hub: Optional[str] = None,
@@ -181,38 +205,45 @@ def run_distill(
         data: Output of :func:`prepare_data`.
         expert_dir: Expert buffer folder (MTT/ATT).
         out_dir: Run folder: checkpoint, grids, output set(s).
+        accelerator: The caller's ``accelerate.Accelerator`` (device, processes, mixed precision of the evaluation).
         resume: Continue from ``out_dir/checkpoint.pt`` when present.
         evaluate: Periodic evaluation (``cfg.eval_every``) and image grids.
         push_to_hub: Hub dataset repo to push the final set to.
         iterations: Stop after this many iterations (default ``cfg.iterations``; the checkpoint stays resumable).
     """
+    apply_precision(cfg)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    main = accelerator.is_main_process
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
     images, labels = init_synthetic(data.train_images, data.train_labels, data.num_classes, cfg.ipc,
                                     generator_for(cfg.seed, 0, 3), cfg.pix_init)
-    eval_fn = make_evaluator(cfg, data, out_dir) if evaluate else None
+    eval_fn = make_evaluator(cfg, data, accelerator, out_dir) if evaluate else None
     if cfg.method == 'dm':
         distiller = DistributionMatching(
             cfg, images, labels, data.train_images, data.train_labels,
-            lambda: create_arch(cfg.arch, model_kwargs(cfg, data)), out_dir, eval_fn)
+            lambda: create_arch(cfg.arch, model_kwargs(cfg, data)), out_dir, eval_fn, accelerator)
     else:
         if expert_dir is None:
             raise ValueError(f'{cfg.method} needs an expert buffer folder')
         pool = ExpertPool(expert_dir, min_epochs=cfg.min_expert_epochs, arch=cfg.arch, zca=cfg.zca,
                           max_experts=cfg.max_experts)
         distiller = TrajectoryMatching(cfg, images, labels, create_arch(cfg.arch, model_kwargs(cfg, data)), pool,
-                                       out_dir, eval_fn)
+                                       out_dir, eval_fn, accelerator)
     if resume and distiller.resume():
         _logger.info(f'resumed at iteration {distiller.iteration}')
     history = distiller.run(iterations)
     lr = float(distiller.syn_lr.detach()) if cfg.method != 'dm' else None
     dset = build_set(cfg, data, distiller.images, lr, history)
-    dset.save(out_dir / 'distilled')
-    save_grid(dset, out_dir / 'distilled.png')
-    if getattr(distiller, 'ema', None) is not None:
-        ema_set = build_set(cfg, data, distiller.ema, lr, history, ema=distiller.ema)
-        ema_set.save(out_dir / 'distilled_ema')
-    if push_to_hub:
-        from ..hub import push_distilled
-        push_distilled(dset, push_to_hub)
+    if main:  # the images are identical on every process; one writes
+        dset.save(out_dir / 'distilled')
+        save_grid(dset, out_dir / 'distilled.png')
+        if getattr(distiller, 'ema', None) is not None:
+            ema_set = build_set(cfg, data, distiller.ema, lr, history, ema=distiller.ema)
+            ema_set.save(out_dir / 'distilled_ema')
+        if push_to_hub:
+            from ..hub import push_distilled
+            push_distilled(dset, push_to_hub)
+    accelerator.wait_for_everyone()
     return dset

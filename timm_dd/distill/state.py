@@ -6,13 +6,15 @@ temporary sibling and renamed into place, so the file on disk is always the last
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 import torch
 
-__all__ = ['DistillationDiverged', 'save_checkpoint', 'load_checkpoint', 'check_finite_state', 'CHECKPOINT_FILE']
+from ..io import atomic_write
+
+__all__ = ['DistillationDiverged', 'save_checkpoint', 'load_checkpoint', 'check_finite_state', 'CHECKPOINT_FILE',
+           'to_cpu', 'to_device']
 
 _logger = logging.getLogger(__name__)
 
@@ -57,18 +59,8 @@ def check_finite_state(
 def save_checkpoint(path: Union[str, os.PathLike], state: Dict[str, Any]) -> Path:
     """Write ``state`` atomically (temporary file + ``os.replace``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        torch.save(state, f)
     _logger.info(f'checkpoint at iteration {state.get("iteration")} saved to {path}')
     return path
 
@@ -82,3 +74,21 @@ def load_checkpoint(path: Union[str, os.PathLike]) -> Optional[Dict[str, Any]]:
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
         raise RuntimeError(f'{path}: cannot read distillation checkpoint (truncated or corrupt?): {e}') from e
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor read from disk onto ``device``: through pinned memory, asynchronously, for a GPU."""
+    if device.type == 'cuda':
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def to_cpu(obj: Any) -> Any:
+    """``obj`` (tensors, dicts, lists: a state dict) with every tensor detached and on the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj

@@ -12,13 +12,16 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch
 import torch.nn as nn
+from tqdm.auto import tqdm
 
 from ..augment import DSA
 from ..seeding import generator_for
 from .experts import ExpertPool
-from .matching import FlatModel, MatchResult, plan_steps, trajectory_match
+from .matching import FlatModel, MatchResult, Shards, plan_steps, trajectory_match
 from .presets import DistillConfig
-from .state import CHECKPOINT_FILE, DistillationDiverged, check_finite_state, load_checkpoint, save_checkpoint
+from .state import (
+    CHECKPOINT_FILE, DistillationDiverged, check_finite_state, load_checkpoint, save_checkpoint, to_cpu, to_device,
+)
 
 __all__ = ['TrajectoryMatching', 'init_synthetic']
 
@@ -59,6 +62,9 @@ class TrajectoryMatching:
         out_dir: Where checkpoints go (``None``: no checkpoints).
         eval_fn: Called as ``eval_fn(iteration, images, ema_images, lr)`` every ``cfg.eval_every`` iterations and at
             the end; its dict is logged and recorded in ``history``.
+        accelerator: The run's ``accelerate.Accelerator``: everything lives on ``accelerator.device``; under several
+            processes each inner step's minibatch is split over them (exact, see :class:`Shards`) and only the
+            main process writes checkpoints. ``None``: one process on the images' device.
     """
 
     def __init__(
@@ -70,17 +76,22 @@ class TrajectoryMatching:
             experts: ExpertPool,
             out_dir: Optional[Union[str, Path]] = None,
             eval_fn: Optional[EvalFn] = None,
+            accelerator: Optional[Any] = None,
     ):
         if cfg.method not in ('mtt', 'att'):
             raise ValueError(f"TrajectoryMatching needs method 'mtt' or 'att', got {cfg.method!r}")
         self.cfg = cfg
-        self.images = images.detach().clone().float().requires_grad_(True)
-        self.labels = labels.detach().clone()
-        self.syn_lr = torch.tensor(float(cfg.lr_teacher), requires_grad=True)
+        self.accelerator = accelerator
+        self.device = accelerator.device if accelerator is not None else images.device
+        self.shards = Shards.from_accelerator(accelerator)
+        self.shards.check_model(model)
+        self.images = images.detach().to(self.device, torch.float32, copy=True).requires_grad_(True)
+        self.labels = labels.detach().to(self.device, copy=True)
+        self.syn_lr = torch.tensor(float(cfg.lr_teacher), device=self.device, requires_grad=True)
         self.opt_img = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=cfg.img_momentum)
         self.opt_lr = torch.optim.SGD([self.syn_lr], lr=cfg.lr_lr, momentum=cfg.lr_momentum)
         self.ema = self.images.detach().clone() if cfg.ema_decay is not None else None
-        self.fmodel = FlatModel(model)
+        self.fmodel = FlatModel(model.to(self.device))
         self.experts = experts
         if experts[0].num_params != self.fmodel.num_params:
             raise ValueError(f'experts have {experts[0].num_params} parameters, the model {self.fmodel.num_params}; '
@@ -95,15 +106,20 @@ class TrajectoryMatching:
     def checkpoint_path(self) -> Optional[Path]:
         return self.out_dir / CHECKPOINT_FILE if self.out_dir is not None else None
 
+    @property
+    def is_main_process(self) -> bool:
+        return self.accelerator is None or self.accelerator.is_main_process
+
     # state
 
     def state_dict(self) -> Dict[str, Any]:
-        return {
+        """Everything a resumed run needs, on the CPU (a checkpoint made on a GPU resumes anywhere)."""
+        return to_cpu({
             'iteration': self.iteration, 'images': self.images.detach().clone(), 'syn_lr': self.syn_lr.detach().clone(),
             'opt_img': self.opt_img.state_dict(), 'opt_lr': self.opt_lr.state_dict(),
             'ema': self.ema.clone() if self.ema is not None else None, 'history': list(self.history),
             'config': self.cfg.to_dict(),
-        }
+        })
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         saved = state.get('config', {})
@@ -116,14 +132,19 @@ class TrajectoryMatching:
         self.opt_img.load_state_dict(state['opt_img'])
         self.opt_lr.load_state_dict(state['opt_lr'])
         if self.ema is not None and state.get('ema') is not None:
-            self.ema = state['ema'].clone()
+            self.ema = state['ema'].to(self.device, copy=True)
         self.iteration = int(state['iteration'])
         self.history = list(state.get('history', []))
 
     def save(self) -> Optional[Path]:
+        """Checkpoint (main process only; the others wait so that nobody reads a file being replaced)."""
         if self.checkpoint_path is None:
             return None
-        return save_checkpoint(self.checkpoint_path, self.state_dict())
+        if self.is_main_process:
+            save_checkpoint(self.checkpoint_path, self.state_dict())
+        if self.accelerator is not None:
+            self.accelerator.wait_for_everyone()
+        return self.checkpoint_path
 
     def resume(self) -> bool:
         """Load the checkpoint in ``out_dir`` if there is one; returns whether it did."""
@@ -148,14 +169,13 @@ class TrajectoryMatching:
         gen = generator_for(cfg.seed, iteration, 7)
         expert = self.experts[self.expert_for(iteration)]
         start = int(torch.randint(0, cfg.max_start_epoch, (1,), generator=gen))
-        device = self.images.device
-        theta_start = expert.get(start).to(device)
-        theta_target = expert.get(start + cfg.expert_epochs).to(device)
+        theta_start = to_device(expert.get(start), self.device)
+        theta_target = to_device(expert.get(start + cfg.expert_epochs), self.device)
         plan = plan_steps(self.images.shape[0], cfg.syn_steps, cfg.batch_syn, self.images.shape[-1], self.dsa, gen,
-                          device)
+                          self.device)
         return trajectory_match(
             grad_mode or cfg.grad_mode, self.fmodel, self.images, self.labels, self.syn_lr, theta_start,
-            theta_target, plan, self.dsa, cfg.method, cfg.att_norm)
+            theta_target, plan, self.dsa, cfg.method, cfg.att_norm, self.shards)
 
     def step(self) -> Dict[str, Any]:
         """One outer iteration: match, update images and step size, update the EMA; guards against divergence."""
@@ -176,7 +196,8 @@ class TrajectoryMatching:
         if self.ema is not None:
             self.ema.mul_(self.cfg.ema_decay).add_(self.images.detach(), alpha=1.0 - self.cfg.ema_decay)
         self.iteration = it + 1
-        return {'iteration': it, 'loss': float(res.loss), 'syn_lr': float(self.syn_lr.detach()), 'n_opt': res.n_opt,
+        loss = float(res.loss)  # synchronizes with the device: the time below is the iteration's
+        return {'iteration': it, 'loss': loss, 'syn_lr': float(self.syn_lr.detach()), 'n_opt': res.n_opt,
                 'seconds': time.perf_counter() - t0}
 
     def evaluate(self) -> Dict[str, Any]:
@@ -194,16 +215,25 @@ class TrajectoryMatching:
         cfg = self.cfg
         total = cfg.iterations if iterations is None else iterations
         log_every = max(1, min(10, total // 10 or 1))
+        pbar = tqdm(total=total, initial=self.iteration, desc=cfg.method.upper(), disable=not self.is_main_process)
         while self.iteration < total:
             if self.eval_fn is not None and cfg.eval_every and self.iteration % cfg.eval_every == 0 \
                     and self._not_evaluated(self.iteration):
+                pbar.set_description(f'{cfg.method.upper()} (evaluating)')
                 self.evaluate()
+                pbar.set_description(cfg.method.upper())
             info = self.step()
+            pbar.update(1)
+            postfix = {'loss': f'{info["loss"]:.4f}', 'syn_lr': f'{info["syn_lr"]:.3g}'}
+            if cfg.method == 'att':
+                postfix['step'] = f'{info["n_opt"]}/{cfg.syn_steps}'
+            pbar.set_postfix(postfix, refresh=False)
             if info['iteration'] % log_every == 0 or self.iteration == total:
-                _logger.info(f'iteration {info["iteration"]}: loss {info["loss"]:.5f} syn_lr {info["syn_lr"]:.6g} '
-                             f'n_opt {info["n_opt"]} ({info["seconds"]:.2f} s)')
+                _logger.debug(f'iteration {info["iteration"]}: loss {info["loss"]:.5f} syn_lr {info["syn_lr"]:.6g} '
+                              f'n_opt {info["n_opt"]} ({info["seconds"]:.2f} s)')
             if cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0:
                 self.save()
+        pbar.close()
         if self.eval_fn is not None and self._not_evaluated(self.iteration) and total == cfg.iterations:
             self.evaluate()
         self.save()
@@ -211,3 +241,4 @@ class TrajectoryMatching:
 
     def _not_evaluated(self, iteration: int) -> bool:
         return not any(r['iteration'] == iteration for r in self.history)
+
