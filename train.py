@@ -96,9 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--cpu', action='store_true', help='run on the CPU even if a GPU is present')
     g.add_argument('--mixed-precision', choices=['no', 'fp16', 'bf16'],
                    help='default: what `accelerate config` / `accelerate launch --mixed_precision` set')
-    g.add_argument('--parallel', choices=['runs', 'ddp'],
-                   help='several processes: one (network, seed) run per process (default, for small training '
-                        'sets) or every run with DDP over all processes (large training sets)')
+    g.add_argument('--parallel', choices=['runs', 'ddp', 'vmap'],
+                   help='runs (default): one (network, seed) run per process, for small training sets; ddp: every '
+                        'run with DDP over all processes, for large ones; vmap: all seeds of a network at once on '
+                        'one device (no batch norm, DropPath, KD or ELF)')
     g.add_argument('--save-models', action='store_true', help='save every trained network (timm local-dir layout)')
     g.add_argument('--push-teacher', metavar='REPO', help='push the first trained teacher to this Hub model repo')
     g.add_argument('--no-plots', action='store_true')

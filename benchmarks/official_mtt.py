@@ -21,6 +21,7 @@ Usage::
 import importlib
 import sys
 import types
+import warnings
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -76,7 +77,9 @@ def import_official(checkout: Union[str, Path]) -> types.SimpleNamespace:
             stubbed.append(name)
     sys.path.insert(0, str(path))
     try:
-        mods = {m: importlib.import_module(m) for m in _MODULES}
+        with warnings.catch_warnings():  # utils.py imports the deprecated scipy.ndimage.interpolation
+            warnings.simplefilter('ignore', DeprecationWarning)
+            mods = {m: importlib.import_module(m) for m in _MODULES}
     finally:
         sys.path.remove(str(path))
         for m in _MODULES:

@@ -297,3 +297,50 @@ def test_two_processes_share_the_runs_of_a_table(tmp_path):
     for d in (one, two):
         for run in (d / 'runs').glob('*/seed*'):
             assert len((run / 'metrics.jsonl').read_text().splitlines()) == 2, run
+
+
+def test_stacked_seeds_equal_sequential_runs(accelerator):
+    """parallel: vmap trains three seeds at once; each equals its own sequential run."""
+    from timm_dd.train.batched import train_seeds_batched
+    g = torch.Generator().manual_seed(0)
+    train_set = TrainSet(torch.randn(20, 1, 8, 8, generator=g), torch.arange(20) % 4, 4)
+    test = TensorDataset(torch.randn(50, 1, 8, 8, generator=g), torch.arange(50) % 4)
+    loader = DataLoader(test, batch_size=16)
+    cfg = load_config('baseline', dict(epochs=4, batch_size=8, eval_every=2, lr=0.05))
+
+    def make(seed):
+        torch.manual_seed(seed)
+        return timm.create_model('convnet3', num_classes=4, in_chans=1, img_size=8, width=8)
+
+    seeds = [0, 1, 2]
+    stacked = [make(s) for s in seeds]
+    results = train_seeds_batched(stacked, seeds, train_set, loader, cfg, accelerator)
+    for seed, model, res in zip(seeds, stacked, results):
+        alone = make(seed)
+        ref = train_model(alone, train_set, loader, cfg.replace(seed=seed), accelerator, 'convnet3', distributed=False)
+        assert [h['test_acc'] for h in res.history] == [h['test_acc'] for h in ref.history]
+        for (name, a), b in zip(alone.state_dict().items(), model.state_dict().values()):
+            assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), name
+        init = make(seed).state_dict().values()
+        assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), init))  # training moved them
+
+
+def test_experiment_with_stacked_seeds_equals_runs(tmp_path, accelerator):
+    bundle = prepare_data(dataset='digits', real_ipc=1)
+    tables = {}
+    for mode in ('runs', 'vmap'):
+        cfg = load_config('baseline', dict(epochs=2, eval_every=0, parallel=mode))
+        result = run_experiment(cfg, ['convnet3'], [0, 1], bundle, tmp_path / mode, accelerator,
+                                model_kwargs=dict(width=4))
+        tables[mode] = [(r['seed'], r['final_acc'], r['test_count']) for r in result.runs]
+    assert tables['vmap'] == tables['runs'] and len(tables['runs']) == 2
+
+
+def test_stacked_seeds_refuse_batch_norm_and_dpkd(accelerator):
+    from timm_dd.train.batched import check_batchable
+    bn = timm.create_model('resnet18_dd', num_classes=4, in_chans=1, **TINY_RESNET)
+    with pytest.raises(ValueError, match='batch norm'):
+        check_batchable(bn, load_config('baseline'))
+    conv = timm.create_model('convnet3', num_classes=4, in_chans=1, img_size=8, width=4)
+    with pytest.raises(ValueError, match="'drop_path', 'kd'"):
+        check_batchable(conv, load_config('dpkd'))

@@ -11,7 +11,7 @@ from .schedules import LR_SCHEDULES, KeepRateSchedule, LRSchedule
 __all__ = ['TrainConfig', 'load_config', 'OPTIMIZERS']
 
 OPTIMIZERS = ('sgd', 'lion', 'adamw')
-PARALLEL_MODES = ('runs', 'ddp')
+PARALLEL_MODES = ('runs', 'ddp', 'vmap')
 
 
 @dataclass
@@ -68,8 +68,9 @@ class TrainConfig:
     seed: int = 0
     # None: what `accelerate config` / `accelerate launch --mixed_precision` chose; else 'no', 'fp16' or 'bf16'
     mixed_precision: Optional[str] = None
-    # several processes: 'runs' gives each (network, seed) run to one process (tiny training sets: no gradient
-    # traffic, K runs at once); 'ddp' trains every run with all processes (large training sets)
+    # 'runs': each (network, seed) run goes to one process (tiny training sets: no gradient traffic, K runs at once);
+    # 'ddp': every run is trained by all processes (large training sets); 'vmap': all seeds of a network at once on
+    # one device (stacked parameters; networks without batch norm, no DropPath/KD/ELF), networks split by process
     parallel: str = 'runs'
     extra: Dict[str, Any] = field(default_factory=dict)
 

@@ -280,7 +280,14 @@ def run_experiment(
         if cfg.teacher:
             teachers = {s: teachers[teacher_seeds[0]] for s in seeds}
     runs: List[Tuple[int, Dict[str, Any]]] = []
+    if cfg.parallel == 'vmap':
+        for job, name in enumerate(models):
+            if job % world == rank:
+                runs += _train_seeds_batched(cfg, name, seeds, bundle, out_dir, accelerator, test_loader, model_kwargs,
+                                             resume, save_models, first_job=job * len(seeds))
     for job, (name, seed) in enumerate((name, seed) for name in models for seed in seeds):
+        if cfg.parallel == 'vmap':
+            break
         if not owned(job):
             continue
         run_dir = out_dir / 'runs' / name / f'seed{seed}'
@@ -307,6 +314,31 @@ def run_experiment(
         write_results(result, out_dir)
     accelerator.wait_for_everyone()
     return result
+
+
+def _train_seeds_batched(cfg: TrainConfig, name: str, seeds: Sequence[int], bundle: DataBundle, out_dir: Path,
+                         accelerator: Accelerator, test_loader: DataLoader, model_kwargs: Optional[Dict[str, Any]],
+                         resume: bool, save_models: bool, first_job: int) -> List[Tuple[int, Dict[str, Any]]]:
+    """Every seed of ``name`` at once (``parallel: vmap``); finished runs are kept on ``resume``."""
+    from .batched import train_seeds_batched
+    run_dirs = [out_dir / 'runs' / name / f'seed{seed}' for seed in seeds]
+    done = [_load_done(d) if resume else None for d in run_dirs]
+    if all(d is not None for d in done):
+        return [(first_job + i, d) for i, d in enumerate(done)]
+    students = []
+    for seed in seeds:
+        set_seed(seed)
+        students.append(create_student(name, bundle, cfg, **(model_kwargs or {})))
+    results = train_seeds_batched(students, seeds, bundle.train, test_loader, cfg, accelerator,
+                                  desc=f'{name} seeds {list(seeds)} (vmap)')
+    records = []
+    for i, (seed, student, result, run_dir) in enumerate(zip(seeds, students, results, run_dirs)):
+        record = dict(_result_record(name, seed, result), process=accelerator.process_index)
+        if save_models:
+            _save_model(student, run_dir / 'model', bundle, model_kwargs)
+        _save_done(run_dir, record)
+        records.append((first_job + i, record))
+    return records
 
 
 def _merge_jobs(jobs: List[Tuple[int, Dict[str, Any]]], accelerator: Accelerator,

@@ -1,0 +1,254 @@
+"""timm_dd's MTT iteration (``unrolled`` / ``recompute``) against the official MTT inner loop, CPU, side by side.
+
+The official loop is GeorgeCazenavette/mtt-distillation's (its ``ReparamModule``, ``ConvNet``, ``DiffAugment``),
+driven by ``benchmarks/official_mtt.py`` from a local checkout (``--official``, default the git-ignored
+``carry/mtt-distillation``; its code is imported at run time, never copied into this repository).
+
+Setting: ConvNet-3 (width 128) on 32x32 CIFAR-10 images (real ones from the shared JPEG copy when present, else random
+data), MTT, whole synthetic set per inner step, DSA on (each implementation its own DSA), fp32, same start
+parameters (a fresh initialization) and target (start + 1e-3 noise) for all three. Settings: IPC 1 with N = 20 inner
+steps and IPC 10 with N = 10 for all three; and ``recompute`` vs ``official`` at N = 50 (IPC ``--mem-ipc``, default
+1) for peak memory.
+
+Method (as ``bench_distill.py``): every (setting, implementation) runs in a fresh subprocess with ``--threads``
+torch threads; a warm-up iteration with one inner step, then the peak RSS is reset (``/proc/self/clear_refs`` = 5)
+and the RSS read, ``--repeats`` timed iterations run, and ``peak_rss_growth_mb`` = VmHWM - RSS at the reset. The
+reported time is the best of the repeats.
+
+Targets (reported, not asserted): unrolled <= 0.7x official time, recompute <= 1.0x official time, recompute at
+N = 50 <= 0.25x official peak memory growth.
+
+Usage: python benchmarks/bench_vs_official.py [--official carry/mtt-distillation] [--settings 1:20 10:10]
+       [--mem-setting 1:50] [--repeats 1] [--threads 1] [--skip 10:10:official] [--out FILE]
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / 'benchmarks'))
+DEFAULT_DATA = REPO.parent / 'shared' / 'data' / 'cifar10-jpeg'
+DEFAULT_OFFICIAL = REPO / 'carry' / 'mtt-distillation'
+MODES = ('unrolled', 'recompute', 'official')
+TARGETS = {'unrolled_time': 0.7, 'recompute_time': 1.0, 'recompute_mem': 0.25}
+
+
+def _status_mb(key: str) -> float:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(key + ':'):
+                return int(line.split()[1]) / 1024
+    raise KeyError(key)
+
+
+def _reset_peak() -> bool:
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+        return True
+    except OSError:
+        return False
+
+
+def _child(args) -> None:
+    import warnings
+    import timm
+    import timm_dd  # noqa: F401
+    from timm_dd.augment import DSA
+    from timm_dd.distill import FlatModel, plan_steps, trajectory_match
+
+    warnings.filterwarnings('ignore', message='torch.meshgrid')
+    torch.set_num_threads(args.threads)
+    images = torch.load(args.images)
+    labels = torch.arange(10).repeat_interleave(images.shape[0] // 10)
+    torch.manual_seed(0)
+    model = timm.create_model('convnet3', num_classes=10, in_chans=3, img_size=32, width=args.width)
+    th0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    target = th0 + 1e-3 * torch.randn(th0.shape, generator=torch.Generator().manual_seed(1))
+    lr = torch.tensor(0.01)
+    if args.mode == 'official':
+        from official_mtt import OfficialMTT
+        off = OfficialMTT(args.official, channel=3, num_classes=10, im_size=32, net_width=args.width)
+        assert off.num_params == th0.numel()
+
+        def iteration(steps: int, seed: int) -> None:
+            torch.manual_seed(seed)
+            off.iteration(images, labels, lr, th0, target, steps)
+    else:
+        fm = FlatModel(model)
+        dsa = DSA()
+
+        def iteration(steps: int, seed: int) -> None:
+            plan = plan_steps(images.shape[0], steps, None, 32, dsa, torch.Generator().manual_seed(seed))
+            trajectory_match(args.mode, fm, images, labels, lr, th0, target, plan, dsa, 'mtt')
+
+    iteration(1, 0)
+    reset = _reset_peak()
+    rss0 = _status_mb('VmRSS') if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    times = []
+    for r in range(args.repeats):
+        t0 = time.perf_counter()
+        iteration(args.steps1, r + 1)
+        times.append(time.perf_counter() - t0)
+    rss1 = _status_mb('VmHWM') if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({'seconds': min(times), 'all_seconds': times, 'peak_rss_growth_mb': rss1 - rss0,
+                      'peak_rss_mb': rss1, 'baseline_rss_mb': rss0,
+                      'peak_method': 'VmHWM after clear_refs reset' if reset else 'ru_maxrss delta'}))
+
+
+def _images(ipc: int, folder: Path, data: Path) -> tuple:
+    path = folder / f'ipc{ipc}.pt'
+    if (data / 'train.zip').is_file():
+        from timm_dd.data import load_dataset, select_ipc
+        ds = load_dataset(str(data), 'train')
+        idx = select_ipc(ds.labels, ipc, torch.Generator().manual_seed(0), num_classes=10)
+        x, source = ds.subset(idx).normalized(), f'real CIFAR-10 images from {data}'
+    else:
+        x, source = torch.randn(10 * ipc, 3, 32, 32, generator=torch.Generator().manual_seed(0)), 'random data'
+    torch.save(x.contiguous(), path)
+    return path, source
+
+
+def _pairs(specs) -> list:
+    out = []
+    for s in specs:
+        ipc, steps = s.split(':')
+        out.append((int(ipc), int(steps)))
+    return out
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--official', type=Path, default=DEFAULT_OFFICIAL, help='mtt-distillation checkout')
+    parser.add_argument('--settings', nargs='+', default=['1:20', '10:10'], help='IPC:STEPS, all three modes')
+    parser.add_argument('--mem-setting', nargs='*', default=['1:50'],
+                        help='IPC:STEPS for the recompute vs official peak-memory comparison (none: skip)')
+    parser.add_argument('--skip', nargs='*', default=[], help='IPC:STEPS:MODE to leave out')
+    parser.add_argument('--repeats', type=int, default=1, help='timed iterations per setting (best is reported)')
+    parser.add_argument('--threads', type=int, default=1,
+                        help='torch threads (1: on a shared, loaded 2-core box 2 threads were ~7x slower)')
+    parser.add_argument('--width', type=int, default=128, help='ConvNet width (128: the published ConvNetD3)')
+    parser.add_argument('--data', type=Path, default=DEFAULT_DATA)
+    parser.add_argument('--out', type=Path, default=REPO / 'benchmarks' / 'results' / 'vs_official.json')
+    # child mode
+    parser.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
+    parser.add_argument('--images', default=None, help=argparse.SUPPRESS)
+    parser.add_argument('--mode', default='unrolled', help=argparse.SUPPRESS)
+    parser.add_argument('--steps1', type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _child(args)
+        return 0
+    if not (args.official / 'reparam_module.py').is_file():
+        print(f'error: no mtt-distillation checkout at {args.official} (git clone '
+              f'https://github.com/GeorgeCazenavette/mtt-distillation {DEFAULT_OFFICIAL}); pass --official',
+              file=sys.stderr)
+        return 2
+
+    jobs = [(ipc, steps, mode, 'speed') for ipc, steps in _pairs(args.settings) for mode in MODES]
+    jobs += [(ipc, steps, mode, 'memory') for ipc, steps in _pairs(args.mem_setting or [])
+             for mode in ('recompute', 'official')]
+    jobs = [j for j in jobs if f'{j[0]}:{j[1]}:{j[2]}' not in args.skip and f'{j[0]}:{j[1]}' not in args.skip]
+    rows, sources = [], {}
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix='bench_vs_official_') as tmp:
+        paths = {}
+        for ipc, steps, mode, kind in jobs:
+            if ipc not in paths:
+                paths[ipc], sources[ipc] = _images(ipc, Path(tmp), args.data)
+            if any(r['ipc'] == ipc and r['syn_steps'] == steps and r['mode'] == mode for r in rows):
+                continue  # a memory setting equal to a speed setting
+            cmd = [sys.executable, str(Path(__file__).resolve()), '--child', '--images', str(paths[ipc]), '--mode',
+                   mode, '--steps1', str(steps), '--repeats', str(args.repeats), '--threads', str(args.threads),
+                   '--width', str(args.width), '--official', str(args.official)]
+            out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+            if out.returncode != 0:
+                print(out.stderr[-3000:], file=sys.stderr)
+                return 1
+            res = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append(dict(ipc=ipc, batch_syn=10 * ipc, syn_steps=steps, mode=mode, **res))
+            print(f'IPC {ipc:3d}  N {steps:3d}  {mode:9s}  {res["seconds"]:8.2f} s/it  '
+                  f'peak RSS growth {res["peak_rss_growth_mb"]:8.1f} MB', flush=True)
+
+    def get(ipc, steps, mode):
+        return next((r for r in rows if r['ipc'] == ipc and r['syn_steps'] == steps and r['mode'] == mode), None)
+
+    comparisons = []
+    for ipc, steps in _pairs(args.settings) + _pairs(args.mem_setting or []):
+        off = get(ipc, steps, 'official')
+        if off is None or any(c['ipc'] == ipc and c['syn_steps'] == steps for c in comparisons):
+            continue
+        c = dict(ipc=ipc, syn_steps=steps, official_seconds=off['seconds'],
+                 official_growth_mb=off['peak_rss_growth_mb'])
+        for mode in ('unrolled', 'recompute'):
+            r = get(ipc, steps, mode)
+            if r is not None:
+                c[f'{mode}_time_ratio'] = _ratio(r['seconds'], off['seconds'])
+                c[f'{mode}_mem_ratio'] = _ratio(r['peak_rss_growth_mb'], off['peak_rss_growth_mb'])
+        comparisons.append(c)
+    targets = []
+    for c in comparisons:
+        if (c['ipc'], c['syn_steps']) in _pairs(args.settings):
+            for mode, key in (('unrolled', 'unrolled_time'), ('recompute', 'recompute_time')):
+                if c.get(f'{mode}_time_ratio') is not None:
+                    targets.append(dict(target=f'{mode} time <= {TARGETS[key]}x official', ipc=c['ipc'],
+                                        syn_steps=c['syn_steps'], ratio=c[f'{mode}_time_ratio'],
+                                        met=c[f'{mode}_time_ratio'] <= TARGETS[key]))
+        if (c['ipc'], c['syn_steps']) in _pairs(args.mem_setting or []) and c.get('recompute_mem_ratio') is not None:
+            targets.append(dict(target=f'recompute peak memory <= {TARGETS["recompute_mem"]}x official',
+                                ipc=c['ipc'], syn_steps=c['syn_steps'], ratio=c['recompute_mem_ratio'],
+                                met=c['recompute_mem_ratio'] <= TARGETS['recompute_mem']))
+    from official_mtt import official_commit
+    result = {
+        'benchmark': 'distill_iteration_vs_official',
+        'model': f'convnet3 width {args.width}, 32x32, 10 classes',
+        'method': 'MTT, whole synthetic set per inner step, DSA on (each its own), fp32, same start/target',
+        'official': {'path': str(args.official.resolve()), 'commit': official_commit(args.official),
+                     'loop': 'benchmarks/official_mtt.py (official ReparamModule, ConvNet, DiffAugment; network '
+                             'built once, outside the timed iteration)'},
+        'data': {str(k): v for k, v in sources.items()},
+        'memory_method': 'fresh subprocess per row; after a 1-step warm-up iteration the peak RSS (VmHWM) is reset '
+                         'via /proc/self/clear_refs; growth = VmHWM after the timed iterations - RSS at reset',
+        'time_method': f'best of {args.repeats} iteration(s) after the warm-up',
+        'threads': args.threads,
+        'machine': f'{platform.machine()} {os.cpu_count()} cores (shared, loaded), torch {torch.__version__}',
+        'skipped': args.skip, 'rows': rows, 'comparisons': comparisons, 'targets': targets,
+        'wall_seconds': time.perf_counter() - t_start,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + '\n')
+    print(f'\n| IPC | N | official s | unrolled / official time | recompute / official time | '
+          f'official MB | unrolled / official mem | recompute / official mem |')
+    print('| --- | --- | --- | --- | --- | --- | --- | --- |')
+
+    def f(x, spec='.2f'):
+        return format(x, spec) if x is not None else '-'
+
+    for c in comparisons:
+        print(f"| {c['ipc']} | {c['syn_steps']} | {c['official_seconds']:.2f} | {f(c.get('unrolled_time_ratio'))} | "
+              f"{f(c.get('recompute_time_ratio'))} | {c['official_growth_mb']:.0f} | "
+              f"{f(c.get('unrolled_mem_ratio'))} | {f(c.get('recompute_mem_ratio'))} |")
+    print()
+    for t in targets:
+        print(f"target {t['target']} (IPC {t['ipc']}, N {t['syn_steps']}): {t['ratio']:.2f} "
+              f"{'met' if t['met'] else 'NOT met'}")
+    print(f'wrote {args.out}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
