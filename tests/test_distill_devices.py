@@ -40,6 +40,7 @@ def test_two_processes_give_the_one_process_gradient_and_images(tmp_path):
             assert run['images'] < 1e-5 and run['lr'] < 1e-5 and run['same_on_all'], (mode, method, run)
             assert run['moved'] > 1e-3  # the images did change: the comparison is not vacuous
     assert out['dm']['images'] < 1e-5 and out['dm']['moved'] > 1e-4
+    assert out['eval']['split'] == out['eval']['ref'] and len(out['eval']['ref']) == 3
 
 
 def test_batch_norm_networks_cannot_split_the_minibatch():
@@ -137,3 +138,17 @@ def test_every_tensor_of_the_loop_is_on_the_accelerator_device(tmp_path, device,
         assert set(rec.devices.get('cpu', set())) <= allowed, rec.devices['cpu'] - allowed
     distiller.save()
     assert torch.load(tmp_path / 'checkpoint.pt', weights_only=True)['images'].device.type == 'cpu'
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_expert_training_runs_on_the_device(device):
+    from timm_dd.distill import ExpertConfig, train_expert
+    cfg = ExpertConfig(arch='convnet3', model_kwargs=dict(num_classes=2, in_chans=1, img_size=8, width=4),
+                       epochs=2, batch_size=4)
+    images, labels = torch.randn(8, 1, 8, 8), torch.arange(8) % 2
+    with _DeviceRecorder() as rec:
+        traj = train_expert(images, labels, cfg, 0, test=(images, labels), device=device)
+    assert len(traj) == 3 and all(t.device.type == 'cpu' for t in traj)  # stored on the CPU
+    assert device in rec.devices
+    if device != 'cpu':
+        assert not {'conv2d', 'linear', 'cross_entropy'} & rec.devices.get('cpu', set())

@@ -89,6 +89,23 @@ single.run()
 split.run()
 out['dm'] = dict(images=rel(split.images.detach(), single.images.detach()),
                  moved=rel(single.images.detach(), images))
+
+
+# 4. the periodic evaluation: seed s on process s % K, the record equals the one-process record
+class OneProcess:
+    """This process seen as a one-process run (for the reference evaluation)."""
+    device, num_processes, process_index, is_main_process, is_local_main_process = acc.device, 1, 0, True, True
+    mixed_precision = acc.mixed_precision
+    autocast = acc.autocast
+
+
+from timm_dd.distill import DistillData, make_evaluator  # noqa: E402
+data = DistillData(real, real_y, torch.randn(20, 1, 8, 8, generator=torch.Generator().manual_seed(7)),
+                   torch.arange(20) % 3, ['a', 'b', 'c'], [0.0], [1.0], None, 'random')
+cfg = get_preset(None, dict(method='mtt', ipc=2, eval_seeds=3, eval_epochs=3, model_kwargs=dict(width=4)))
+ref = make_evaluator(cfg, data, OneProcess(), grid=False)(0, images, None, 0.01)
+split = make_evaluator(cfg, data, acc, grid=False)(0, images, None, 0.01)
+out['eval'] = dict(ref=ref['accs'], split=split['accs'])
 if acc.is_main_process:
     with open(sys.argv[1], 'w') as f:
         json.dump(out, f)
