@@ -14,6 +14,7 @@ Under ``accelerate launch --num_processes K``: experts are split between the pro
 step's synthetic minibatch is split (the same gradient as one process), and evaluation seeds are split.
 """
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -32,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--experts', default=None, help='expert buffer folder (distill: read; default --out for experts)')
     p.add_argument('--out', required=False, default=None, help='output folder')
     p.add_argument('--resume', action='store_true', help='continue from the checkpoint in --out')
+    p.add_argument('--force-resume', action='store_true',
+                   help='with --resume: continue even though settings that change the run differ')
     p.add_argument('--iterations', type=int, default=None, help='override the number of iterations')
     p.add_argument('--ipc', type=int, default=None)
     p.add_argument('--grad-mode', choices=('unrolled', 'recompute'), default=None)
@@ -88,27 +91,36 @@ def main(argv=None) -> int:
     if args.deterministic:
         _deterministic()
     import accelerate
+    from timm_dd.hub import HubError
+    from timm_dd.io import FolderInUseError, FolderLock
+    from timm_dd.launch import exit_with_launcher
+    exit_with_launcher()
     acc = accelerate.Accelerator(cpu=args.cpu)
     if not acc.is_main_process:
         logging.getLogger().setLevel(logging.WARNING)
-    data = prepare_data(cfg, args.data)
+    out = Path(args.experts or args.out) if args.command == 'experts' else Path(args.out)
     try:
-        if args.command == 'experts':
-            out = Path(args.experts or args.out)
-            run_experts(cfg, data, out, acc)
-            if args.push_to_hub and acc.is_main_process:
-                from timm_dd.hub import push_expert_buffers
-                push_expert_buffers(out, args.push_to_hub)
-            return 0
-        dset = run_distill(cfg, data, args.experts, args.out, acc, resume=args.resume, evaluate=not args.no_eval,
-                           push_to_hub=args.push_to_hub)
+        with FolderLock(out) if acc.is_main_process else contextlib.nullcontext():
+            with acc.main_process_first():  # one process fills the decoded-data cache, the others read it
+                data = prepare_data(cfg, args.data)
+            if args.command == 'experts':
+                run_experts(cfg, data, out, acc)
+                if args.push_to_hub and acc.is_main_process:
+                    from timm_dd.hub import push_expert_buffers
+                    push_expert_buffers(out, args.push_to_hub)
+                return 0
+            dset = run_distill(cfg, data, args.experts, out, acc, resume=args.resume, evaluate=not args.no_eval,
+                               push_to_hub=args.push_to_hub, force_resume=args.force_resume)
         if acc.is_main_process:
-            print(json.dumps({'out': str(Path(args.out) / 'distilled'), 'images': list(dset.images.shape),
+            print(json.dumps({'out': str(out / 'distilled'), 'images': list(dset.images.shape),
                               'lr': float(dset.lr) if dset.lr is not None else None,
                               'processes': acc.num_processes, 'device': str(acc.device)}))
-    except (DistillationDiverged, ExpertFileError) as e:
+    except (DistillationDiverged, ExpertFileError, HubError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
+    except (ValueError, FileNotFoundError, FolderInUseError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
     return 0
 
 

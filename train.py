@@ -12,6 +12,7 @@ Like timm's train.py, a first parser reads ``--config`` (a recipe name from conf
 become the defaults; any flag given on the command line wins; ``--set key=value`` overrides any recipe field.
 """
 import argparse
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -93,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group('run')
     g.add_argument('--output', default=None, help='output folder (default output/train/<recipe>)')
     g.add_argument('--resume', action='store_true', help='continue an interrupted run in --output')
+    g.add_argument('--force-resume', action='store_true',
+                   help='with --resume: continue even though the recipe, data or model kwargs changed')
     g.add_argument('--cpu', action='store_true', help='run on the CPU even if a GPU is present')
     g.add_argument('--mixed-precision', choices=['no', 'fp16', 'bf16'],
                    help='default: what `accelerate config` / `accelerate launch --mixed_precision` set')
@@ -113,35 +116,54 @@ def main(argv: Optional[List[str]] = None) -> int:
     from accelerate import Accelerator
 
     import timm_dd  # noqa: F401  (registers the models)
+    from timm_dd.hub import HubError
+    from timm_dd.io import FolderInUseError, FolderLock
+    from timm_dd.launch import exit_with_launcher
     from timm_dd.train.config import load_config
-    from timm_dd.train.experiment import format_table, prepare_data, run_experiment
 
     overrides = {field: getattr(args, dest) for dest, field in _FLAG_FIELDS.items() if getattr(args, dest) is not None}
     overrides.update(_key_values(args.set, '--set'))
-    cfg = load_config(args.config, overrides)
+    try:
+        cfg = load_config(args.config, overrides)
+    except (ValueError, FileNotFoundError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
     models = args.models or ([args.model] if args.model else None)
     if not models:
         raise SystemExit('error: give --model or --models')
     out_dir = Path(args.output or f'output/train/{cfg.recipe}')
 
+    exit_with_launcher()
     accelerator = Accelerator(cpu=args.cpu, mixed_precision=cfg.mixed_precision)
     logging.basicConfig(level=args.log_level if accelerator.is_main_process else 'WARNING',
                         format='%(asctime)s %(levelname)s %(name)s: %(message)s')
     for noisy in ('accelerate', 'matplotlib'):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    lock = FolderLock(out_dir) if accelerator.is_main_process else contextlib.nullcontext()
+    try:
+        with lock:
+            return _run(args, cfg, models, out_dir, accelerator)
+    except (ValueError, FileNotFoundError, FolderInUseError, HubError) as e:  # user errors: one clear line
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, cfg: Any, models: List[str], out_dir: Path, accelerator: Any) -> int:
+    from timm_dd.io import atomic_write
+    from timm_dd.train.experiment import format_table, prepare_data, run_experiment
     if accelerator.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with open(out_dir / 'args.yaml', 'w') as f:
+        with atomic_write(out_dir / 'args.yaml', 'w') as f:
             yaml.safe_dump(dict(vars(args), config_resolved=cfg.to_dict(), models=models), f, sort_keys=False)
 
-    bundle = prepare_data(args.data, args.real_ipc, args.dataset, args.data_root, seed=args.seeds[0],
-                          cache_dir=args.cache_dir, image_size=args.img_size)
+    with accelerator.main_process_first():  # one process fills the decoded-data cache, the others read it
+        bundle = prepare_data(args.data, args.real_ipc, args.dataset, args.data_root, seed=args.seeds[0],
+                              cache_dir=args.cache_dir, image_size=args.img_size)
     accelerator.print(f'training set: {bundle.description}: {len(bundle.train)} images, '
                       f'test set: {len(bundle.test_labels)} images; {accelerator.num_processes} process(es) on '
                       f'{accelerator.device}')
     result = run_experiment(cfg, models, args.seeds, bundle, out_dir, accelerator,
                             model_kwargs=_key_values(args.model_kwargs, '--model-kwargs'), resume=args.resume,
-                            save_models=args.save_models)
+                            save_models=args.save_models, force_resume=args.force_resume)
     if accelerator.is_main_process:
         print(format_table(result))
         if not args.no_plots:

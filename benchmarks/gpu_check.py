@@ -1,4 +1,4 @@
-"""One prepared GPU check: MTT iteration cost (timm_dd vs the official loop), expert / dpkd epoch cost, a short real run.
+"""One prepared GPU check: MTT iteration cost vs the official loop, expert / dpkd epoch cost, a short real run.
 
 Sections (each under its own time limit; the whole run under ``--budget`` seconds, default 420 on a GPU):
 
@@ -35,13 +35,20 @@ Usage::
     python benchmarks/gpu_check.py --official carry/mtt-distillation [--out FILE]
     # CPU smoke test (< 2 min; tiny sizes, digits and random data; what tests/test_gpu_check.py runs)
     python benchmarks/gpu_check.py --smoke [--out FILE] [--official carry/mtt-distillation]
+    # the full run's code path (CIFAR-10 copy, ZCA, real images) at tiny sizes on a CPU (~1.5 min on 2 cores)
+    python benchmarks/gpu_check.py --quick --official carry/mtt-distillation --out /tmp/quick.json
 
 On this project's device machine (the repository travels, ``../shared`` does not)::
 
     mkdir -p carry && cp -r ../shared/data/cifar10-jpeg carry/      # once; carry/ is git-ignored
     run(command='PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py --official carry/mtt-distillation '
                 '--data carry/cifar10-jpeg --out $OUT/gpu_check.json',
-        carry=['carry/mtt-distillation', 'carry/cifar10-jpeg'], timeout_s=600)
+        carry=['carry/mtt-distillation', 'carry/cifar10-jpeg'], timeout_s=570)
+
+(``carry/mtt-distillation``: ``git clone https://github.com/GeorgeCazenavette/mtt-distillation`` there, or an
+exported snapshot with a ``COMMIT`` file naming its commit. The official code is imported at run time, never
+copied into this repository.) Lower ``--budget`` (seconds, default 420) to leave more room; the real run adapts its
+expert epochs, iteration count and evaluation epochs to the time left and states them.
 
 The JSON goes to ``--out`` (default ``benchmarks/results/gpu_check.json``, smoke:
 ``benchmarks/results/gpu_check_smoke.json``); the markdown table is printed and written next to it (``.md``).
@@ -128,6 +135,17 @@ def smoke_settings() -> Settings:
         dpkd_model_kwargs=dict(widths=(4, 8, 8, 16)), teacher_kwargs=dict(width=4),
         real_ipc=2, real_experts=2, real_max_start_epochs=(2,), real_syn_steps=2, eval_epochs=(50, 20),
         eval_seeds=1, budgets=dict(mtt=30, experts=15, dpkd=15, real_experts=20), eval_reserve=10)
+
+
+def quick_settings() -> Settings:
+    """The full run's code path (CIFAR-10 JPEG copy, ZCA, real images) at tiny sizes: for checking the script on a
+    CPU before spending GPU time; its figures mean nothing."""
+    return dataclasses.replace(
+        full_settings(), mode='quick', overrides=dict(model_kwargs={'width': 8}), width=8, timing_steps=2,
+        repeats=1, expert_epochs=1, dpkd_epochs=2, dpkd_model_kwargs=dict(widths=(4, 8, 8, 16)),
+        teacher_kwargs=dict(width=4), real_experts=2, real_max_start_epochs=(2,), real_syn_steps=2,
+        eval_epochs=(20, 10), eval_seeds=1, budgets=dict(mtt=60, experts=60, dpkd=30, real_experts=60),
+        eval_reserve=30)
 
 
 class Clock:
@@ -242,6 +260,17 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _json_safe(x: Any) -> Any:
+    """NaN / inf -> None (strict JSON), recursively."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
 
 
 def _time_block(fn: Callable[[int], Any], device: torch.device, repeats: int, limit: float) -> Dict[str, Any]:
@@ -374,8 +403,12 @@ def section_mtt(s: Settings, cfg, data, device: torch.device, official: Optional
                speed_choice=(best['row'] if best else None),
                speed_note=('fastest speed variant whose meta-gradient is within %g (relative L2) of the fp32 one'
                            % GRAD_TOL) if best else 'no speed variant passed the gradient check')
-    out['official'] = section_official(s, fm, images, labels, syn_lr, th0, target, device, official,
-                                       limit - (time.perf_counter() - t_section), per_row)
+    try:  # a broken checkout must not lose the timm_dd rows
+        out['official'] = section_official(s, fm, images, labels, syn_lr, th0, target, device, official,
+                                           limit - (time.perf_counter() - t_section), per_row)
+    except Exception as e:
+        out['official'] = dict(error=f'{type(e).__name__}: {e}', traceback=traceback.format_exc())
+        print(traceback.format_exc(), file=sys.stderr, flush=True)
     off_rows = {r['row']: r for r in out['official'].get('rows', [])}
     base = off_rows.get('official fp32')
     if base is not None:
@@ -398,7 +431,11 @@ def section_official(s: Settings, fm, images, labels, syn_lr, th0, target, devic
         return dict(skipped='no --official PATH given: official MTT rows skipped')
     if not Path(official).is_dir():
         return dict(skipped=f'--official {official}: no such folder: official MTT rows skipped')
-    from official_mtt import OfficialMTT, official_commit
+    from official_mtt import OfficialMTT, OfficialNotFound, import_official, official_commit
+    try:
+        import_official(official)
+    except OfficialNotFound as e:
+        return dict(skipped=f'{e}: official MTT rows skipped')
     from timm_dd.distill import plan_steps, trajectory_match
     t0 = time.perf_counter()
     size = images.shape[-1]
@@ -664,6 +701,8 @@ def markdown(result: Dict[str, Any]) -> str:
         off = mtt.get('official', {})
         if 'skipped' in off:
             lines += ['', f"Official rows skipped: {off['skipped']}"]
+        elif 'error' in off:
+            lines += ['', f"Official rows failed: {off['error']}"]
         elif 'exact_vs_timm_dd_unrolled' in off:
             e = off['exact_vs_timm_dd_unrolled']
             lines += ['', f"Official vs timm_dd unrolled, same batches, no DSA, {e['dtype']}, {e['steps']} steps: "
@@ -710,6 +749,8 @@ SECTIONS = ('mtt', 'experts', 'dpkd', 'real')
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--smoke', action='store_true', help='tiny CPU-sized run (what the test suite runs)')
+    parser.add_argument('--quick', action='store_true',
+                        help='the full run\'s code path (CIFAR-10, ZCA) at tiny sizes, to check the script on a CPU')
     parser.add_argument('--official', default=None, help='checkout of GeorgeCazenavette/mtt-distillation')
     parser.add_argument('--data', default=None, help='CIFAR-10 JPEG copy (folder with train.zip / test.zip); '
                         'default: the first of ' + ', '.join(map(str, DATA_CANDIDATES)) + ' that exists')
@@ -723,14 +764,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--workdir', type=Path, default=None, help='keep expert buffers / distillation output here')
     args = parser.parse_args(argv)
 
-    clock = Clock(args.budget if args.budget is not None else (100.0 if args.smoke else 420.0))
+    clock = Clock(args.budget if args.budget is not None else (100.0 if args.smoke else 420.0 if not args.quick
+                                                                   else 600.0))
     logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
-    s = smoke_settings() if args.smoke else full_settings()
+    if args.smoke and args.quick:
+        parser.error('--smoke and --quick exclude each other')
+    s = smoke_settings() if args.smoke else quick_settings() if args.quick else full_settings()
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    if args.threads or args.smoke:
+    if args.threads or args.smoke or args.quick:
         torch.set_num_threads(args.threads or 1)
-    max_iterations = args.max_iterations or (100 if args.smoke else 500)
-    out = args.out or (REPO / 'benchmarks' / 'results' / ('gpu_check_smoke.json' if args.smoke else 'gpu_check.json'))
+    max_iterations = args.max_iterations or (100 if args.smoke else 5 if args.quick else 500)
+    out = args.out or (REPO / 'benchmarks' / 'results' / f'gpu_check{"" if s.mode == "full" else "_" + s.mode}.json')
 
     import accelerate
     import timm
@@ -779,6 +823,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if 'mtt' in args.sections:
         run_section('mtt', lambda: section_mtt(s, cfg, data if not args.smoke else None, device, args.official,
                                                min(s.budgets['mtt'], clock.remaining())))
+    if 'skipped' in result['sections'].get('mtt', {}).get('official', {}):
+        result['skipped'].append('mtt.official: ' + result['sections']['mtt']['official']['skipped'])
+    if 'error' in result['sections'].get('mtt', {}).get('official', {}):
+        result['errors']['mtt.official'] = result['sections']['mtt']['official']['traceback']
     if 'experts' in args.sections:
         run_section('experts', lambda: section_experts(s, cfg, data, device, accelerator,
                                                        min(s.budgets['experts'], clock.remaining())))
@@ -803,7 +851,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     result['wall_seconds'] = clock.elapsed()
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str) + '\n')
+    out.write_text(json.dumps(_json_safe(result), indent=2, default=str, allow_nan=False) + '\n')
     md = markdown(result)
     out.with_suffix('.md').write_text(md + '\n')
     print(md)

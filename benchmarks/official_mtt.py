@@ -8,9 +8,11 @@ iteration (``distill.py``: the ``student_params`` list, the per-step gradient wi
 and memory can be compared with ``timm_dd.distill.trajectory_match``.
 
 Get the checkout with ``git clone https://github.com/GeorgeCazenavette/mtt-distillation carry/mtt-distillation``
-(or export a snapshot there). Its ``utils.py`` imports ``kornia`` (used only for its ZCA in ``get_dataset``, not by
-anything here); when kornia is not installed, an empty stand-in module is registered during the import and
-:attr:`OfficialMTT.stubbed` says so. Likewise for ``scipy.ndimage.interpolation`` (removed in recent SciPy).
+(or export a snapshot there, with a ``COMMIT`` file holding its commit id: :func:`official_commit` reports it).
+Checked against commit 50dccea47ba48b9cfb3b9c59375d7da92e4e603b. Its ``utils.py`` imports ``kornia`` (used only
+for its ZCA in ``get_dataset``, not by anything here); when kornia is not installed, an empty stand-in module is
+registered during the import and :attr:`OfficialMTT.stubbed` says so. Likewise for ``scipy.ndimage.interpolation``
+(removed in recent SciPy).
 
 Usage::
 
@@ -95,14 +97,26 @@ def import_official(checkout: Union[str, Path]) -> types.SimpleNamespace:
 
 
 def official_commit(checkout: Union[str, Path]) -> Optional[str]:
-    """The checkout's git commit when it is a git work tree, else ``None``."""
+    """The checkout's commit: ``git rev-parse HEAD`` when the checkout is itself a git work tree (not merely a folder
+    inside another repository), else the first line of a ``COMMIT`` file in it (write one when exporting a
+    snapshot), else ``None``."""
     import subprocess
+    path = Path(checkout).expanduser().resolve()
     try:
-        out = subprocess.run(['git', '-C', str(checkout), 'rev-parse', 'HEAD'], capture_output=True, text=True,
-                             timeout=10)
-        return out.stdout.strip() or None if out.returncode == 0 else None
+        top = subprocess.run(['git', '-C', str(path), 'rev-parse', '--show-toplevel'], capture_output=True,
+                             text=True, timeout=10)
+        if top.returncode == 0 and Path(top.stdout.strip()).resolve() == path:
+            head = subprocess.run(['git', '-C', str(path), 'rev-parse', 'HEAD'], capture_output=True, text=True,
+                                  timeout=10)
+            if head.returncode == 0 and head.stdout.strip():
+                return head.stdout.strip()
     except Exception:
-        return None
+        pass
+    marker = path / 'COMMIT'
+    if marker.is_file():
+        lines = marker.read_text().split()
+        return lines[0] if lines else None
+    return None
 
 
 class OfficialMTT:

@@ -18,7 +18,9 @@ from tqdm.auto import tqdm
 from ..augment import DSA
 from .matching import Shards
 from .presets import DistillConfig
-from .state import CHECKPOINT_FILE, check_finite_state, load_checkpoint, save_checkpoint, to_cpu, to_device
+from .state import (
+    CHECKPOINT_FILE, check_finite_state, check_resume_config, load_checkpoint, save_checkpoint, to_cpu, to_device,
+)
 from ..seeding import derive_seed, generator_for
 
 __all__ = ['DistributionMatching']
@@ -128,10 +130,13 @@ class DistributionMatching:
                         'opt_img': self.opt_img.state_dict(), 'history': list(self.history),
                         'config': self.cfg.to_dict()})
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
+    def load_state_dict(self, state: Dict[str, Any], force: bool = False) -> None:
+        check_resume_config(state.get('config', {}), self.cfg.to_dict(), self.checkpoint_path, force)
         with torch.no_grad():
             self.images.copy_(state['images'])
         self.opt_img.load_state_dict(state['opt_img'])
+        for group in self.opt_img.param_groups:  # the settings run are the settings recorded
+            group.update(lr=self.cfg.lr_img, momentum=self.cfg.img_momentum)
         self.iteration = int(state['iteration'])
         self.history = list(state.get('history', []))
 
@@ -145,11 +150,11 @@ class DistributionMatching:
             self.accelerator.wait_for_everyone()
         return self.checkpoint_path
 
-    def resume(self) -> bool:
+    def resume(self, force: bool = False) -> bool:
         state = load_checkpoint(self.checkpoint_path) if self.checkpoint_path is not None else None
         if state is None:
             return False
-        self.load_state_dict(state)
+        self.load_state_dict(state, force)
         return True
 
     def evaluate(self) -> Dict[str, Any]:

@@ -10,11 +10,11 @@ Files are written to a temporary sibling and renamed into place, so a file that 
 :func:`train_experts` skips finished experts. With several processes expert ``i`` is trained by process
 ``i % num_processes``.
 """
+import hashlib
 import json
 import logging
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -27,11 +27,13 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..augment import DSA
+from ..io import atomic_write_with
 from ..seeding import derive_seed, generator_for
 
 __all__ = [
     'ExpertConfig', 'ExpertFileError', 'ExpertTrajectory', 'ExpertPool', 'train_experts', 'train_expert',
     'save_trajectory', 'flat_params', 'param_spec', 'create_arch', 'expert_filename', 'EXPERT_META_KEY',
+    'tensor_checksum', 'MATCH_FIELDS',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -86,6 +88,33 @@ class ExpertConfig:
     seed: int = 0
     dataset: str = 'unknown'
     zca: bool = False
+    dataset_checksum: str = ''  # tensor_checksum of the training images in the distillation space
+
+    def differences(self, other: Dict[str, Any], ignore: Sequence[str] = ()) -> List[str]:
+        """``'field: ours vs theirs'`` for every recipe field that differs from ``other`` (an expert's metadata)."""
+        out = []
+        for name, value in asdict(self).items():
+            if name in ignore or name not in other:
+                continue
+            theirs = other[name]
+            value = json.loads(json.dumps(value))  # as recorded in the file's JSON metadata (tuples -> lists)
+            if value != theirs:
+                out.append(f'{name}: {theirs!r} (experts) vs {value!r} (asked for)')
+        return out
+
+
+def tensor_checksum(t: torch.Tensor) -> str:
+    """SHA-256 of a tensor's fp32 contents (shape included): identifies a dataset or an expert epoch."""
+    t = t.detach().float().cpu().contiguous()
+    h = hashlib.sha256(str(tuple(t.shape)).encode())
+    h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+#: recipe fields that differ between the experts of one buffer (each expert has its own index and seed stream)
+PER_EXPERT_FIELDS = ('num_experts',)
+#: recipe fields a distillation needs to match: they define the parameter vector and the image space
+MATCH_FIELDS = ('arch', 'model_kwargs', 'zca', 'dataset', 'dataset_checksum')
 
 
 def save_trajectory(path: Union[str, os.PathLike], trajectory: Sequence[torch.Tensor], meta: Dict[str, Any]) -> Path:
@@ -93,20 +122,9 @@ def save_trajectory(path: Union[str, os.PathLike], trajectory: Sequence[torch.Te
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {_epoch_key(k): t.detach().float().cpu().contiguous() for k, t in enumerate(trajectory)}
-    meta = dict(meta, format=EXPERT_FORMAT, format_version=EXPERT_FORMAT_VERSION, num_checkpoints=len(trajectory))
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={EXPERT_META_KEY: json.dumps(meta)})
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    meta = dict(meta, format=EXPERT_FORMAT, format_version=EXPERT_FORMAT_VERSION, num_checkpoints=len(trajectory),
+                checksums=[tensor_checksum(t) for t in tensors.values()])
+    return atomic_write_with(path, lambda tmp: save_file(tensors, tmp, metadata={EXPERT_META_KEY: json.dumps(meta)}))
 
 
 class ExpertTrajectory:
@@ -156,6 +174,13 @@ class ExpertTrajectory:
         if t.dim() != 1 or t.numel() != self.num_params:
             raise ExpertFileError(f'{self.path}: {_epoch_key(epoch)} has shape {tuple(t.shape)}, '
                                   f'expected [{self.num_params}]')
+        checksums = self.meta.get('checksums')
+        if checksums is not None and tensor_checksum(t) != checksums[epoch]:
+            raise ExpertFileError(f'{self.path}: {_epoch_key(epoch)} does not match its checksum (the file was '
+                                  f'modified or damaged); delete it and train or pull the expert again')
+        if not bool(torch.isfinite(t).all()):
+            raise ExpertFileError(f'{self.path}: {_epoch_key(epoch)} contains NaN/Inf (the expert diverged while it '
+                                  f'was trained); delete it and train it again with a lower expert_lr')
         return t
 
     def __repr__(self) -> str:
@@ -171,10 +196,14 @@ class ExpertPool:
         arch: Expected architecture (checked when given).
         zca: Expected ZCA flag (checked when given; ZCA and non-ZCA buffers are not interchangeable).
         max_experts: Use only the first ``max_experts`` files.
+        expected: The recipe the run asks for: its :data:`MATCH_FIELDS` (architecture and its kwargs, ZCA, dataset
+            and its checksum) must equal every expert's (an error lists the differences); other differing fields
+            (lr, epochs, ...) are logged as warnings. Fields an expert file does not record are not compared.
     """
 
     def __init__(self, folder: Union[str, os.PathLike], min_epochs: int = 0, arch: Optional[str] = None,
-                 zca: Optional[bool] = None, max_experts: Optional[int] = None):
+                 zca: Optional[bool] = None, max_experts: Optional[int] = None,
+                 expected: Optional[ExpertConfig] = None):
         self.folder = Path(folder)
         paths = sorted(self.folder.glob('expert_*.safetensors'))
         if max_experts:
@@ -191,6 +220,24 @@ class ExpertPool:
                 raise ExpertFileError(f'{e.path}: architecture {e.meta.get("arch")!r}, expected {arch!r}')
             if zca is not None and bool(e.meta.get('zca')) != bool(zca):
                 raise ExpertFileError(f'{e.path}: zca={e.meta.get("zca")}, the run uses zca={zca}')
+        if expected is not None:
+            self._check_recipe(expected)
+
+    def _check_recipe(self, expected: ExpertConfig) -> None:
+        meta = self.experts[0].meta
+        ignore = PER_EXPERT_FIELDS + ('seed',)
+        if not (meta.get('dataset_checksum') and expected.dataset_checksum):
+            ignore += ('dataset_checksum',)
+        diffs = expected.differences(meta, ignore)
+        hard = [d for d in diffs if d.split(':')[0] in MATCH_FIELDS]
+        if hard:
+            raise ExpertFileError(f'{self.folder}: the experts were made for another network or data than this run '
+                                  f'asks for: {"; ".join(hard)}. Train experts for this setting (`distill.py experts`) '
+                                  f'or use the matching preset/--set values')
+        soft = [d for d in diffs if d not in hard]
+        if soft:
+            _logger.warning('%s: the experts were trained with other settings than this preset\'s: %s', self.folder,
+                            '; '.join(soft))
 
     def __len__(self) -> int:
         return len(self.experts)
@@ -269,6 +316,20 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: Union[
     return int(correct) / max(1, x.shape[0])
 
 
+def _refuse_other_experts(folder: Path, cfg: ExpertConfig) -> None:
+    """An expert folder holds the experts of one recipe: adding to it with another recipe is an error."""
+    for path in sorted(folder.glob('expert_*.safetensors')):
+        try:
+            meta = ExpertTrajectory(path).meta
+        except ExpertFileError:
+            continue  # unusable files are retrained
+        diffs = cfg.differences(meta, ignore=PER_EXPERT_FIELDS)
+        if diffs:
+            raise ExpertFileError(f'{folder} holds experts of another recipe ({path.name}: {"; ".join(diffs)}); '
+                                  f'choose another output folder, or delete the old experts to replace them')
+        return
+
+
 def train_experts(
         images: torch.Tensor,
         labels: torch.Tensor,
@@ -298,6 +359,7 @@ def train_experts(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    _refuse_other_experts(out_dir, cfg)
     spec = param_spec(create_arch(cfg.arch, cfg.model_kwargs))
     paths = []
     mine = [i for i in range(cfg.num_experts) if i % num_processes == process_index]

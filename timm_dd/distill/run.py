@@ -64,6 +64,14 @@ class DistillData:
     def image_size(self) -> int:
         return self.train_images.shape[-1]
 
+    @property
+    def checksum(self) -> str:
+        """Identifies the training images in the distillation space (recorded by experts, checked when used)."""
+        if getattr(self, '_checksum', None) is None:
+            from .experts import tensor_checksum
+            self._checksum = tensor_checksum(self.train_images)
+        return self._checksum
+
 
 def prepare_data(cfg: DistillConfig, data: Optional[Union[str, os.PathLike]] = None) -> DistillData:
     """Load ``cfg.dataset`` (or the folder/zip ``data``) and move it to the distillation space.
@@ -102,7 +110,8 @@ def expert_config(cfg: DistillConfig, data: DistillData) -> ExpertConfig:
     return ExpertConfig(
         arch=cfg.arch, model_kwargs=model_kwargs(cfg, data), num_experts=cfg.num_experts,
         epochs=cfg.expert_train_epochs, lr=cfg.expert_lr, batch_size=cfg.expert_batch, dsa=cfg.dsa,
-        dsa_strategy=cfg.dsa_strategy, seed=cfg.seed, dataset=data.name, zca=cfg.zca)
+        dsa_strategy=cfg.dsa_strategy, seed=cfg.seed, dataset=data.name, zca=cfg.zca,
+        dataset_checksum=data.checksum)
 
 
 def run_experts(
@@ -197,6 +206,7 @@ def run_distill(
         evaluate: bool = True,
         push_to_hub: Optional[str] = None,
         iterations: Optional[int] = None,
+        force_resume: bool = False,
 ) -> DistilledSet:
     """Distill with ``cfg.method`` and save the set to ``out_dir/distilled`` (and ``distilled_ema`` for ATT).
 
@@ -210,6 +220,7 @@ def run_distill(
         evaluate: Periodic evaluation (``cfg.eval_every``) and image grids.
         push_to_hub: Hub dataset repo to push the final set to.
         iterations: Stop after this many iterations (default ``cfg.iterations``; the checkpoint stays resumable).
+        force_resume: Resume even though settings that change the run differ from the checkpoint's.
     """
     apply_precision(cfg)
     out_dir = Path(out_dir)
@@ -228,10 +239,10 @@ def run_distill(
         if expert_dir is None:
             raise ValueError(f'{cfg.method} needs an expert buffer folder')
         pool = ExpertPool(expert_dir, min_epochs=cfg.min_expert_epochs, arch=cfg.arch, zca=cfg.zca,
-                          max_experts=cfg.max_experts)
+                          max_experts=cfg.max_experts, expected=expert_config(cfg, data))
         distiller = TrajectoryMatching(cfg, images, labels, create_arch(cfg.arch, model_kwargs(cfg, data)), pool,
                                        out_dir, eval_fn, accelerator)
-    if resume and distiller.resume():
+    if resume and distiller.resume(force_resume):
         _logger.info(f'resumed at iteration {distiller.iteration}')
     history = distiller.run(iterations)
     lr = float(distiller.syn_lr.detach()) if cfg.method != 'dm' else None

@@ -14,7 +14,7 @@ import torch
 from ..io import atomic_write
 
 __all__ = ['DistillationDiverged', 'save_checkpoint', 'load_checkpoint', 'check_finite_state', 'CHECKPOINT_FILE',
-           'to_cpu', 'to_device']
+           'to_cpu', 'to_device', 'check_resume_config', 'RESUME_SAFE_FIELDS']
 
 _logger = logging.getLogger(__name__)
 
@@ -54,6 +54,26 @@ def check_finite_state(
         if not math.isfinite(lr) or lr <= 0:
             raise DistillationDiverged(f'learned step size (syn_lr) is {lr}; it must stay positive', iteration,
                                        checkpoint)
+
+
+#: settings that may change when a distillation is resumed: they do not change the images of the iterations run
+RESUME_SAFE_FIELDS = ('iterations', 'eval_every', 'eval_seeds', 'eval_epochs', 'eval_recipe', 'eval_lr',
+                      'checkpoint_every', 'source', 'matmul_precision', 'grad_mode', 'num_experts',
+                      'expert_train_epochs', 'expert_lr', 'expert_batch')
+
+
+def check_resume_config(saved: Dict[str, Any], current: Dict[str, Any], checkpoint: Path,
+                        force: bool = False) -> None:
+    """Resuming with settings that change the run (ipc, lr_img, syn_steps, ...) is an error naming them, because
+    the checkpoint's images and optimizer state belong to the old settings; ``force=True`` continues with the new
+    settings on purpose (logged)."""
+    diffs = [f'{k}: {saved.get(k)!r} -> {current.get(k)!r}' for k in sorted(set(saved) | set(current))
+             if k not in RESUME_SAFE_FIELDS and k in saved and saved.get(k) != current.get(k)]
+    if diffs and not force:
+        raise ValueError(f'--resume: {checkpoint} was made with other settings ({"; ".join(diffs)}); use another '
+                         f'--out, or --force-resume to continue with the new settings on purpose')
+    if diffs:
+        _logger.warning('resuming %s with changed settings: %s', checkpoint, '; '.join(diffs))
 
 
 def save_checkpoint(path: Union[str, os.PathLike], state: Dict[str, Any]) -> Path:

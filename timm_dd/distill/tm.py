@@ -20,7 +20,8 @@ from .experts import ExpertPool
 from .matching import FlatModel, MatchResult, Shards, plan_steps, trajectory_match
 from .presets import DistillConfig
 from .state import (
-    CHECKPOINT_FILE, DistillationDiverged, check_finite_state, load_checkpoint, save_checkpoint, to_cpu, to_device,
+    CHECKPOINT_FILE, DistillationDiverged, check_finite_state, check_resume_config, load_checkpoint, save_checkpoint,
+    to_cpu, to_device,
 )
 
 __all__ = ['TrajectoryMatching', 'init_synthetic']
@@ -121,16 +122,16 @@ class TrajectoryMatching:
             'config': self.cfg.to_dict(),
         })
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        saved = state.get('config', {})
-        for key in ('method', 'ipc', 'seed', 'syn_steps', 'expert_epochs', 'max_start_epoch', 'arch', 'zca'):
-            if key in saved and saved[key] != getattr(self.cfg, key):
-                _logger.warning(f'resuming with {key}={getattr(self.cfg, key)!r}, checkpoint has {saved[key]!r}')
+    def load_state_dict(self, state: Dict[str, Any], force: bool = False) -> None:
+        """Restore a :meth:`state_dict`; settings that differ from the checkpoint's are an error (``force``: kept)."""
+        check_resume_config(state.get('config', {}), self.cfg.to_dict(), self.checkpoint_path, force)
         with torch.no_grad():
             self.images.copy_(state['images'])
             self.syn_lr.copy_(state['syn_lr'])
         self.opt_img.load_state_dict(state['opt_img'])
         self.opt_lr.load_state_dict(state['opt_lr'])
+        _set_hyper(self.opt_img, lr=self.cfg.lr_img, momentum=self.cfg.img_momentum)  # the settings run == recorded
+        _set_hyper(self.opt_lr, lr=self.cfg.lr_lr, momentum=self.cfg.lr_momentum)
         if self.ema is not None and state.get('ema') is not None:
             self.ema = state['ema'].to(self.device, copy=True)
         self.iteration = int(state['iteration'])
@@ -146,12 +147,12 @@ class TrajectoryMatching:
             self.accelerator.wait_for_everyone()
         return self.checkpoint_path
 
-    def resume(self) -> bool:
+    def resume(self, force: bool = False) -> bool:
         """Load the checkpoint in ``out_dir`` if there is one; returns whether it did."""
         state = load_checkpoint(self.checkpoint_path) if self.checkpoint_path is not None else None
         if state is None:
             return False
-        self.load_state_dict(state)
+        self.load_state_dict(state, force)
         _logger.info(f'resumed from {self.checkpoint_path} at iteration {self.iteration}')
         return True
 
@@ -242,3 +243,8 @@ class TrajectoryMatching:
     def _not_evaluated(self, iteration: int) -> bool:
         return not any(r['iteration'] == iteration for r in self.history)
 
+
+
+def _set_hyper(optimizer: torch.optim.Optimizer, **values: float) -> None:
+    for group in optimizer.param_groups:
+        group.update(values)

@@ -64,6 +64,8 @@ def push_expert_buffers(
             repo_type='dataset',
             revision=revision,
             commit_message=commit_message or f'Upload expert buffers from {folder.name}',
+            # hidden files are a running job's lock and its temporary (half-written) files: never uploaded
+            ignore_patterns=['.*', '**/.*'],
         )
     _logger.info(f'Pushed expert buffers to dataset repo {repo_id!r}: {commit}')
     return commit

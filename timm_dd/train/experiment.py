@@ -236,6 +236,42 @@ def _elf_targets(cfg: TrainConfig, student: nn.Module, bundle: DataBundle, devic
     return feats.cpu()
 
 
+RUN_CONFIG_FILE = 'run_config.json'
+#: recipe fields that may change when a run is resumed (bookkeeping only: they do not change the trained networks)
+RESUME_SAFE_FIELDS = ('checkpoint_every', 'test_batch_size', 'parallel')
+
+
+def _config_differences(saved: Dict[str, Any], current: Dict[str, Any], prefix: str = '') -> List[str]:
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        if key in RESUME_SAFE_FIELDS:
+            continue
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _config_differences(a, b, f'{prefix}{key}.')
+        elif a != b:
+            out.append(f'{prefix}{key}: {a!r} -> {b!r}')
+    return out
+
+
+def check_resume(out_dir: Path, record: Dict[str, Any], resume: bool, force: bool = False) -> None:
+    """``--resume`` into a folder made with another recipe, data or model kwargs is an error naming the fields
+    (``force=True`` continues on purpose, with a warning)."""
+    path = Path(out_dir) / RUN_CONFIG_FILE
+    if not (resume and path.is_file()):
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f'{path}: unreadable run record ({e}); resume into a new --output') from e
+    diffs = _config_differences(saved, json.loads(json.dumps(record)))
+    if diffs and not force:
+        raise ValueError(f'--resume: {out_dir} holds a run made with other settings ({"; ".join(diffs)}); use another '
+                         f'--output, or --force-resume to continue it with the new settings on purpose')
+    if diffs:
+        _logger.warning('resuming %s with changed settings: %s', out_dir, '; '.join(diffs))
+
+
 def run_experiment(
         cfg: TrainConfig,
         models: Sequence[str],
@@ -246,6 +282,7 @@ def run_experiment(
         model_kwargs: Optional[Dict[str, Any]] = None,
         resume: bool = False,
         save_models: bool = False,
+        force_resume: bool = False,
 ) -> ExperimentResult:
     """Train every model with every seed; write ``results.json``, ``results.md`` and per-run logs to ``out_dir``.
 
@@ -253,6 +290,10 @@ def run_experiment(
     (loadable with ``timm.create_model('local-dir:<folder>', pretrained=True)`` or ``timm_dd.hub.load_teacher``).
     """
     out_dir = Path(out_dir)
+    run_record = {'config': cfg.to_dict(), 'data': dict(bundle.source), 'model_kwargs': dict(model_kwargs or {})}
+    check_resume(out_dir, run_record, resume, force_resume)
+    if accelerator.is_main_process:
+        atomic_write_json(out_dir / RUN_CONFIG_FILE, run_record, indent=2)
     distributed = cfg.parallel == 'ddp' and accelerator.num_processes > 1
     rank, world = accelerator.process_index, accelerator.num_processes
 
