@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--elf-feature-model', help='ELF feature model: timm local-dir folder or hf-hub:org/name')
     g.add_argument('--eval-every', type=int)
     g.add_argument('--checkpoint-every', type=int)
-    g.add_argument('--set', nargs='*', metavar='KEY=VALUE', help='override any recipe field')
+    g.add_argument('--set', nargs='+', action='extend', metavar='KEY=VALUE',
+                   help='override any recipe field (typed: 1e-5 is a float; repeatable)')
     g = p.add_argument_group('run')
     g.add_argument('--output', default=None, help='output folder (default output/train/<recipe>)')
     g.add_argument('--resume', action='store_true', help='continue an interrupted run in --output')

@@ -6,6 +6,7 @@ of one, and two processes never share a temporary name. Files get the mode ``ope
 (``0666 & ~umask``), not ``mkstemp``'s 0600.
 """
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, List, Union
 
-__all__ = ['atomic_write', 'atomic_write_json', 'atomic_write_with', 'default_file_mode', 'FolderLock', 'FolderInUseError',
+__all__ = ['atomic_write', 'atomic_write_json', 'atomic_write_with', 'default_file_mode', 'FolderLock', 'FolderInUseError', 'atomic_folder',
            'remove_stale_temporaries']
 
 _logger = logging.getLogger(__name__)
@@ -22,11 +23,15 @@ _logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 
 
-def default_file_mode() -> int:
-    """The mode a new file would get from ``open()``: ``0o666`` minus the process umask."""
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def default_file_mode() -> int:
+    """The mode a new file would get from ``open()``: ``0o666`` minus the process umask."""
+    return 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
@@ -36,8 +41,7 @@ def atomic_write(path: PathLike, mode: str = 'wb') -> Iterator[IO[Any]]:
     On an exception inside the block the temporary file is removed and ``path`` keeps its previous content.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    fd, tmp = _temporary(path, '.tmp')
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -45,9 +49,10 @@ def atomic_write(path: PathLike, mode: str = 'wb') -> Iterator[IO[Any]]:
             os.fsync(f.fileno())
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        _raise_if_disk_full(e, path)
         raise
 
 
@@ -55,8 +60,7 @@ def atomic_write_with(path: PathLike, write: Callable[[str], None]) -> Path:
     """Atomically create ``path`` with a writer that only takes a file name (``safetensors.save_file``,
     ``matplotlib``'s ``savefig``, ``PIL``'s ``save``): ``write(tmp_name)`` fills the temporary sibling."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp' + path.suffix, dir=path.parent)
+    fd, tmp = _temporary(path, '.tmp' + path.suffix)
     os.close(fd)
     try:
         write(tmp)
@@ -64,11 +68,76 @@ def atomic_write_with(path: PathLike, write: Callable[[str], None]) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        _raise_if_disk_full(e, path)
         raise
     return path
+
+
+@contextlib.contextmanager
+def atomic_folder(folder: PathLike) -> Iterator[Path]:
+    """``with atomic_folder(folder) as tmp: <write files into tmp>``: ``folder`` is replaced by the complete new
+    folder or left as it was.
+
+    The files go to a hidden sibling (``.<name>.tmp-*``) that is renamed into place; an existing ``folder`` is first
+    renamed aside (``.<name>.old-*``) and deleted after the swap. A crash between the two renames leaves the old
+    folder aside, which :func:`remove_stale_temporaries` moves back.
+    """
+    folder = Path(folder)
+    parent = folder.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{folder.name}.tmp-', dir=parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # as mkdir would make it, not mkdtemp's 0700
+        yield tmp
+        _fsync_dir(tmp)
+        if folder.exists():
+            old = parent / f'.{folder.name}.old-{os.urandom(4).hex()}'
+            os.replace(folder, old)
+            try:
+                os.replace(tmp, folder)
+            except BaseException:
+                os.replace(old, folder)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+        _fsync_dir(parent)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _raise_if_disk_full(e, folder)
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every platform / file system can fsync a directory
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _temporary(path: Path, suffix: str):
+    """``mkstemp`` beside ``path``, with an error that names the folder when it cannot be written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(prefix=f'.{path.name}.', suffix=suffix, dir=path.parent)
+    except OSError as e:
+        raise OSError(e.errno, f'cannot write {path}: {e.strerror} (is {path.parent} writable?)') from None
+
+
+def _raise_if_disk_full(err: BaseException, path: Path) -> None:
+    # torch.save reports a full disk as "unexpected pos ..." from its zip writer; say what happened
+    full = isinstance(err, OSError) and err.errno == errno.ENOSPC
+    if not full and isinstance(err, (RuntimeError, OSError)):
+        with contextlib.suppress(OSError):
+            full = shutil.disk_usage(path.parent).free < 1 << 20
+    if full:
+        raise OSError(errno.ENOSPC, f'no space left on the device writing {path}; its previous version (if any) is '
+                      f'kept. Free some space and run again (with --resume)') from err
 
 
 def atomic_write_json(path: PathLike, obj: Any, **dump_kwargs: Any) -> Path:

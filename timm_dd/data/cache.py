@@ -10,12 +10,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
+
+from ..io import atomic_write_with
 
 __all__ = ['CACHE_VERSION', 'default_cache_dir', 'file_sha256', 'tree_fingerprint', 'cache_key', 'load_cached',
            'save_cached']
@@ -92,19 +93,7 @@ def save_cached(
         'crc32': _crc32(images, labels),
         **(extra or {}),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    os.close(fd)
-    try:
-        save_file({'images': images, 'labels': labels}, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write_with(path, lambda tmp: save_file({'images': images, 'labels': labels}, tmp, metadata=meta))
 
 
 def load_cached(path: PathLike) -> Optional[Tuple[torch.Tensor, torch.Tensor, List[str], Dict[str, str]]]:

@@ -16,6 +16,8 @@ import dataclasses
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, List, Mapping, Optional
 
+from ..fields import coerce_field
+
 __all__ = ['DistillConfig', 'PRESETS', 'get_preset', 'list_presets', 'parse_override', 'METHODS']
 
 METHODS = ('mtt', 'att', 'dm')
@@ -199,9 +201,7 @@ def get_preset(name: Optional[str] = None, overrides: Optional[Mapping[str, Any]
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ValueError(f'unknown distillation config keys {unknown}; known keys: {sorted(known)}')
-    # YAML 1.1 reads '1e-5' as a string; coerce where the field's default is a float
-    for k, v in overrides.items():
-        if isinstance(v, str) and isinstance(getattr(DistillConfig, k, None), float):
-            overrides[k] = float(v)
-    values.update(overrides)
+    types = {f.name: f.type for f in fields(DistillConfig)}
+    # typed: YAML 1.1 reads '1e-5' as a string, a bad value is an error naming the field and its type
+    values.update({k: coerce_field(k, v, types[k]) for k, v in overrides.items()})
     return DistillConfig(**values)

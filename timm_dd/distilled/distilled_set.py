@@ -17,9 +17,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
@@ -27,6 +24,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from ..io import atomic_folder
 
 from ..data.zca import ZCA, ZCA_KEYS
 from ..version import __version__
@@ -415,27 +414,8 @@ class DistilledSet:
                 raise FileExistsError(f'{folder} exists (pass overwrite=True to replace it)')
             if any(folder.iterdir()) and not (folder / CONFIG_FILE).is_file():
                 raise FileExistsError(f'{folder} is a non-empty folder without {CONFIG_FILE}; refusing to replace it')
-        parent = folder.absolute().parent
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f'.{folder.name}.tmp-', dir=parent))
-        try:
+        with atomic_folder(folder) as tmp:
             self._write_files(tmp, repo_id=str(folder) if repo_id is None else repo_id)
-            _fsync_dir(tmp)
-            if folder.exists():
-                old = parent / f'.{folder.name}.old-{uuid.uuid4().hex[:8]}'
-                os.replace(folder, old)
-                try:
-                    os.replace(tmp, folder)
-                except BaseException:
-                    os.replace(old, folder)
-                    raise
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, folder)
-            _fsync_dir(parent)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         _logger.info(f'saved distilled set ({self.num_images} images, {self.method}) to {folder}')
         return folder
 
@@ -500,19 +480,6 @@ def _fsync_file(path: Path) -> None:
     finally:
         os.close(fd)
 
-
-def _fsync_dir(path: Path) -> None:
-    # directory fsync makes the renames durable; not supported everywhere (e.g. Windows)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _sha256(path: Path) -> str:

@@ -1,6 +1,5 @@
 """Image grid of a distilled set: one row per class, written atomically as PNG."""
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -9,6 +8,7 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
+from ..io import atomic_write
 from .distilled_set import DistilledSet
 
 __all__ = ['save_grid', 'make_class_grid']
@@ -75,16 +75,6 @@ def save_grid(
     grid = make_class_grid(dset, max_per_class, classes, padding, pad_value, scale)
     arr = grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            Image.fromarray(np.ascontiguousarray(arr)).save(f, format='PNG')
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path) as f:
+        Image.fromarray(np.ascontiguousarray(arr)).save(f, format='PNG')
     return path

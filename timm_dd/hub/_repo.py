@@ -10,6 +10,7 @@ __all__ = ['prepare_repo', 'split_source']
 _logger = logging.getLogger(__name__)
 
 _SHA_RE = re.compile(r'^[0-9a-f]{40}$')
+_REPO_ID_RE = re.compile(r'^(?:[\w.-]+/)?[\w.-]+$')  # what a Hub repo id can look like: [<org>/]<name>
 LOCAL_PREFIX = 'local-dir:'
 HUB_PREFIX = 'hf-hub:'
 
@@ -29,6 +30,10 @@ def split_source(repo_id_or_path: Union[str, os.PathLike]) -> Tuple[Optional[Pat
         return None, name[len(HUB_PREFIX):]
     if os.path.isdir(name):
         return Path(name), None
+    if os.path.exists(name):
+        raise FileNotFoundError(f'{name} is a file; expected a folder (or a Hub repo id <org>/<name>)')
+    if not _REPO_ID_RE.match(name) or name.startswith(('.', '~')):
+        raise FileNotFoundError(f'{name}: no such folder, and it is not a Hub repo id (<org>/<name>); check the path')
     return None, name
 
 

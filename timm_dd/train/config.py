@@ -6,6 +6,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import yaml
 
+from ..fields import coerce_field
 from .schedules import LR_SCHEDULES, KeepRateSchedule, LRSchedule
 
 __all__ = ['TrainConfig', 'load_config', 'OPTIMIZERS']
@@ -79,6 +80,8 @@ class TrainConfig:
             raise ValueError(f'opt must be one of {OPTIMIZERS}, got {self.opt!r}')
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f'lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}')
+        if self.checkpoint_every < 1:
+            raise ValueError(f'checkpoint_every must be at least 1 epoch, got {self.checkpoint_every}')
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f'epochs and batch_size must be positive, got {self.epochs}, {self.batch_size}')
         if self.lr is not None and not self.lr > 0:
@@ -123,11 +126,11 @@ def load_config(recipe: Union[str, Path], overrides: Optional[Dict[str, Any]] = 
     """
     values = _read_recipe(recipe, config_dir)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
+    types = {f.name: f.type for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - set(types))
     if unknown:
-        raise ValueError(f'unknown training config keys {unknown}; known keys: {sorted(known)}')
-    return TrainConfig(**values)
+        raise ValueError(f'unknown training config keys {unknown}; known keys: {sorted(types)}')
+    return TrainConfig(**{k: coerce_field(k, v, types[k]) for k, v in values.items()})
 
 
 def _default_config_dir() -> Path:

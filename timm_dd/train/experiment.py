@@ -173,6 +173,7 @@ def _train_or_load_teacher(cfg: TrainConfig, bundle: DataBundle, seed: int, acce
         if teacher.num_classes != bundle.train.num_classes:
             raise ValueError(f'the teacher {cfg.teacher} has {teacher.num_classes} classes but the training set has '
                              f'{bundle.train.num_classes}')
+        _check_teacher_input(teacher, cfg.teacher, bundle)
         acc = evaluate(teacher.to(accelerator.device), test_loader, accelerator, distributed)
         return teacher, dict(model=cfg.teacher, seed=seed, final_acc=acc['acc'], best_acc=acc['acc'], loaded=True)
     overrides = {'seed': seed, 'eval_every': 0}
@@ -196,6 +197,18 @@ def _train_or_load_teacher(cfg: TrainConfig, bundle: DataBundle, seed: int, acce
     if distributed:
         accelerator.wait_for_everyone()
     return teacher, record
+
+
+def _check_teacher_input(teacher: nn.Module, name: str, bundle: DataBundle) -> None:
+    """A loaded teacher must take the training images; say which teacher and which images when it does not."""
+    x = bundle.train.images[:1]
+    try:
+        with torch.no_grad():
+            teacher.eval()(x)
+    except RuntimeError as e:
+        shape = 'x'.join(str(d) for d in x.shape[1:])
+        raise ValueError(f'the teacher {name} cannot take the training images ({shape}, channels x height x width): '
+                         f'{str(e).splitlines()[0]}; use a teacher made for this data') from None
 
 
 def _save_model(model: nn.Module, folder: Path, bundle: DataBundle, model_kwargs: Optional[Dict[str, Any]]) -> None:

@@ -2,6 +2,7 @@
 from pathlib import Path
 from typing import Sequence
 
+from ..io import atomic_write_with
 from .config import TrainConfig
 from .experiment import ExperimentResult
 
@@ -16,11 +17,7 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    path = Path(path)
-    tmp = path.with_name(path.stem + '.tmp.png')
-    fig.savefig(tmp, dpi=120, bbox_inches='tight')
-    tmp.replace(path)
-    return path
+    return atomic_write_with(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches='tight', format='png'))
 
 
 def plot_results(result: ExperimentResult, path: Path) -> Path:
