@@ -88,6 +88,7 @@ def hub_environ(endpoint: str, home: Path) -> dict:
         'HF_HUB_DISABLE_UPDATE_CHECK': '1',
         'HF_HUB_ETAG_TIMEOUT': '10',
         'HF_HUB_DOWNLOAD_TIMEOUT': '10',
+        'TIMM_DD_HUB_BACKOFF': '0.05',  # timm_dd's retries: real attempts, short waits
     }
 
 

@@ -104,6 +104,7 @@ class FakeHub:
         self._lock = threading.RLock()
         self._counter = 0
         self._truncate: Dict[str, int] = {}
+        self._faults: List[Tuple[str, Any, str]] = []  # (kind, status or seconds, path substring), used in order
         self._server: Optional[ThreadingHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
         self._watchdog: Optional[threading.Timer] = None
@@ -153,10 +154,28 @@ class FakeHub:
 
     # test helpers
 
-    def truncate_next_download(self, repo_id: str, filename: str, nbytes: int, repo_type: str = 'model') -> None:
-        """Make the next GET of that file send ``nbytes`` of the body and then drop the connection."""
+    def truncate_next_download(self, repo_id: str, filename: str, nbytes: int, repo_type: str = 'model',
+                               count: int = 1) -> None:
+        """Make the next ``count`` GETs of that file send ``nbytes`` of the body and then drop the connection."""
         with self._lock:
-            self._truncate[f'{repo_type}:{repo_id}:{filename}'] = nbytes
+            self._truncate[f'{repo_type}:{repo_id}:{filename}'] = (nbytes, count)
+
+    def fail_next(self, count: int = 1, status: int = 500, path_contains: str = '', message: str = '') -> None:
+        """Answer the next ``count`` requests whose path contains ``path_contains`` with HTTP ``status``."""
+        with self._lock:
+            self._faults += [('status', (status, message), path_contains)] * count
+
+    def hang_next(self, count: int = 1, seconds: float = 30., path_contains: str = '') -> None:
+        """Accept the next ``count`` matching requests and send nothing for ``seconds``, then drop them."""
+        with self._lock:
+            self._faults += [('hang', seconds, path_contains)] * count
+
+    def _take_fault(self, path: str) -> Optional[Tuple[str, Any, str]]:
+        with self._lock:
+            for i, fault in enumerate(self._faults):
+                if fault[2] in path:
+                    return self._faults.pop(i)
+        return None
 
     def repo_exists(self, repo_id: str, repo_type: str = 'model') -> bool:
         with self._lock:
@@ -319,6 +338,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.hub.requests.append((self.command, url.path, self.headers.get('Range')))
         segs = [unquote(s) for s in url.path.strip('/').split('/')] if url.path.strip('/') else []
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        fault = self.hub._take_fault(url.path)
+        if fault is not None and fault[0] == 'hang':  # accept, say nothing, drop
+            deadline = time.time() + fault[1]
+            while time.time() < deadline and self.hub.running:
+                time.sleep(0.05)
+            self.close_connection = True
+            return
+        if fault is not None:
+            status, message = fault[1]
+            self._error(HubHTTPError(status, message or f'FakeHub: injected HTTP {status}'))
+            return
         try:
             with self.hub._lock:
                 handled = self._route(segs, query)
@@ -518,7 +548,12 @@ class _Handler(BaseHTTPRequestHandler):
                 raise HubHTTPError(416, f'Range not satisfiable: {rng}')
             status, body = 206, data[span[0]:span[1] + 1]
             headers['Content-Range'] = f'bytes {span[0]}-{span[1]}/{len(data)}'
-        cut = hub._truncate.pop(f'{repo_type}:{repo_id}:{path}', None) if self.command == 'GET' else None
+        key = f'{repo_type}:{repo_id}:{path}'
+        cut = None
+        if self.command == 'GET' and key in hub._truncate:
+            cut, left = hub._truncate.pop(key)
+            if left > 1:
+                hub._truncate[key] = (cut, left - 1)
         if cut is None:
             return self._send(status, body, headers, 'application/octet-stream')
         # simulated network failure: promise the full body, send a prefix, drop the connection

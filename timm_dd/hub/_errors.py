@@ -6,13 +6,20 @@ errors) whose messages name URLs rather than what the user asked for. ``hub_erro
 ``HubError`` naming the repo, revision and file and saying what to do; callers raise it ``from None`` so the
 traceback stops at the ``timm_dd`` call.
 """
+import logging
+import os
 import re
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional, TypeVar
 from urllib.parse import unquote
 
-__all__ = ['HubError', 'hub_error', 'hub_errors']
+__all__ = ['HubError', 'hub_error', 'hub_errors', 'with_retries', 'redact']
+
+_logger = logging.getLogger(__name__)
+T = TypeVar('T')
+_RETRY_STATUS = (429, 500, 502, 503, 504)
 
 _TRANSPORT_MODULES = ('httpx', 'httpx2', 'httpcore', 'httpcore2', 'requests', 'urllib3')
 _TOKEN_HINT = 'pass `token=...`, set HF_TOKEN or run `hf auth login`'
@@ -36,11 +43,79 @@ class HubError(RuntimeError):
             revision: Optional[str] = None,
             filename: Optional[str] = None,
     ):
-        super().__init__(message)
+        super().__init__(redact(message))
         self.repo_id = repo_id
         self.repo_type = repo_type
         self.revision = revision
         self.filename = filename
+
+
+def _known_tokens() -> list:
+    tokens = [os.environ.get(k) for k in ('HF_TOKEN', 'HUGGING_FACE_HUB_TOKEN')]
+    try:
+        from huggingface_hub import get_token
+        tokens.append(get_token())
+    except Exception:  # noqa: BLE001 - no stored token, or an older client
+        pass
+    return [t for t in tokens if t and len(t) >= 4]
+
+
+def redact(text: str) -> str:
+    """``text`` with every Hub token this process knows (``HF_TOKEN``, the stored login) replaced by ``***``."""
+    for token in _known_tokens():
+        text = text.replace(token, '***')
+    return text
+
+
+def _status(err: BaseException) -> Optional[int]:
+    """The HTTP status behind ``err`` (or behind the error it wraps), if any."""
+    for e in (err, err.__cause__, err.__context__):
+        status = getattr(getattr(e, 'response', None), 'status_code', None) if e is not None else None
+        if status is not None:
+            return int(status)
+    return None
+
+
+def _retryable(err: BaseException) -> bool:
+    """Server errors (5xx, 429) and transport failures (refused, reset, timed out) are worth another try."""
+    from huggingface_hub.utils import OfflineModeIsEnabled
+    if isinstance(err, OfflineModeIsEnabled):
+        return False
+    status = _status(err)
+    if status is not None:
+        return status in _RETRY_STATUS
+    return any(e is not None and _is_transport_error(e) for e in (err, err.__cause__, err.__context__))
+
+
+def with_retries(fn: Callable[[], T], action: str, repo_id: str, repo_type: str = 'model',
+                 revision: Optional[str] = None, write: bool = False) -> T:
+    """``fn()`` with retries and exponential back-off on server errors and network failures, then one
+    :class:`HubError` saying what happened.
+
+    ``TIMM_DD_HUB_RETRIES`` (default 3 attempts in all) and ``TIMM_DD_HUB_BACKOFF`` (first wait in seconds, default
+    1, doubling) set the policy. Uploads are safe to repeat: an identical commit changes nothing.
+    """
+    attempts = max(1, int(os.environ.get('TIMM_DD_HUB_RETRIES', '3')))
+    wait = float(os.environ.get('TIMM_DD_HUB_BACKOFF', '1'))
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except HubError:
+            raise
+        except Exception as e:  # noqa: BLE001 - mapped below, or re-raised unchanged
+            err = hub_error(e, action, repo_id, repo_type, revision, write=write)
+            if err is None:
+                raise
+            if attempt < attempts and _retryable(e):
+                _logger.warning('%s (attempt %d of %d); retrying in %.0f s', err, attempt, attempts, wait)
+                time.sleep(wait)
+                wait *= 2
+                continue
+            if attempt > 1:
+                err = HubError(f'{err} (gave up after {attempt} attempts)', err.repo_id, err.repo_type, err.revision,
+                               err.filename)
+            raise err from None
+    raise AssertionError('unreachable')
 
 
 def _filename_from(err: BaseException) -> Optional[str]:
@@ -52,6 +127,8 @@ def _filename_from(err: BaseException) -> Optional[str]:
 
 
 def _is_transport_error(err: BaseException) -> bool:
+    if _status(err) is not None:  # the server answered: an HTTP error, not a transport failure
+        return False
     if isinstance(err, (ConnectionError, TimeoutError)):
         return True
     return any(type(e).__module__.split('.')[0] in _TRANSPORT_MODULES for e in (err, err.__cause__) if e is not None)
@@ -115,6 +192,11 @@ def hub_error(
             f'commit sha (list them with `HfApi().list_repo_refs({repo_id!r}, repo_type={repo_type!r})`).')
     if isinstance(err, LocalEntryNotFoundError) or isinstance(err, OfflineModeIsEnabled):
         cache = Path(constants.HF_HUB_CACHE)
+        status = _status(err)
+        if status is not None and not offline:  # the Hub answered, with an error: say which
+            return make(f'the Hub at {endpoint} answered HTTP {status}'
+                        f'{" (a server error: try again later)" if status >= 500 else ""} and {what} is not in the '
+                        f'local cache ({cache}).')
         if offline:
             return make(
                 f'{what} is not in the local cache ({cache}) and HF_HUB_OFFLINE=1 forbids downloading it. '
@@ -133,7 +215,8 @@ def hub_error(
             return make(
                 f'no permission to {verb} {repo} on {endpoint} (HTTP {status}){detail}. '
                 f'Use a token with {"write" if write else "read"} access to that namespace ({_TOKEN_HINT}).')
-        return make(f'the Hub at {endpoint} answered HTTP {status} for {what}{detail}.')
+        server_side = ' (a server error: try again later)' if status is not None and status >= 500 else ''
+        return make(f'the Hub at {endpoint} answered HTTP {status}{server_side} for {what}{detail}.')
     if _is_transport_error(err):
         return make(
             f'could not connect to the Hub at {endpoint} ({type(err).__name__}: {err}). Check the network '

@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
-__all__ = ['prepare_repo', 'split_source']
+__all__ = ['prepare_repo', 'split_source', 'download_snapshot']
 
 _logger = logging.getLogger(__name__)
 
@@ -55,3 +55,46 @@ def prepare_repo(api, repo_id: str, repo_type: str, private: bool, revision: Opt
         api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
         _logger.debug(f'Pushing to branch {revision!r} of {repo_type} repo {repo_id!r}.')
     return repo_id
+
+
+def download_snapshot(
+        action: str,
+        repo_id: str,
+        revision: Optional[str] = None,
+        cache_dir: Optional[Union[str, os.PathLike]] = None,
+        token: Optional[str] = None,
+        allow_patterns: Optional[Union[str, list]] = None,
+        local_dir: Optional[Union[str, os.PathLike]] = None,
+) -> Path:
+    """``snapshot_download`` of a dataset repo, bounded in time, retried, with one clear error.
+
+    The Hub is probed first with a request bounded by ``HF_HUB_ETAG_TIMEOUT`` (``snapshot_download``'s own first
+    call has no timeout, so a server that accepts and never answers would block it); when the Hub cannot be
+    reached the local cache answers, as ``snapshot_download`` does. Server errors and network failures are retried
+    (:func:`with_retries`). Files are downloaded to temporary names and renamed when complete, and a distilled set
+    is checked against its checksums on load, so an interrupted download never looks like a valid set.
+    """
+    from huggingface_hub import HfApi, constants, snapshot_download
+    from huggingface_hub.utils import LocalEntryNotFoundError
+
+    from ._errors import _is_transport_error, with_retries
+
+    kwargs = dict(repo_type='dataset', allow_patterns=allow_patterns, token=token,
+                  cache_dir=None if cache_dir is None else str(cache_dir),
+                  local_dir=None if local_dir is None else str(local_dir), etag_timeout=constants.HF_HUB_ETAG_TIMEOUT)
+
+    def fetch() -> Path:
+        if not constants.HF_HUB_OFFLINE:
+            try:
+                HfApi(token=token).repo_info(repo_id, repo_type='dataset', revision=revision,
+                                             timeout=constants.HF_HUB_ETAG_TIMEOUT)
+            except Exception as e:  # noqa: BLE001
+                if not _is_transport_error(e):
+                    raise
+                try:  # unreachable or too slow: the cache answers if it can
+                    return Path(snapshot_download(repo_id, revision=revision, local_files_only=True, **kwargs))
+                except LocalEntryNotFoundError as missing:
+                    raise missing from e
+        return Path(snapshot_download(repo_id, revision=revision, **kwargs))
+
+    return with_retries(fetch, action, repo_id, 'dataset', revision)

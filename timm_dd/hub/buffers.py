@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 from typing import List, Optional, Union
 
-from ._errors import hub_errors
-from ._repo import prepare_repo, split_source
+from ._errors import with_retries
+from ._repo import download_snapshot, prepare_repo, split_source
 
 __all__ = ['push_expert_buffers', 'pull_expert_buffers']
 
@@ -55,10 +55,11 @@ def push_expert_buffers(
     if not folder.is_dir():
         raise FileNotFoundError(f'Expert buffer folder {str(folder)!r} does not exist or is not a directory.')
     api = HfApi(token=token)
-    with hub_errors('push expert buffers to', repo_id, 'dataset', revision, write=True):
-        repo_id = prepare_repo(api, repo_id, 'dataset', private, revision)
-        commit = api.upload_folder(
-            repo_id=repo_id,
+
+    def push() -> str:
+        target = prepare_repo(api, repo_id, 'dataset', private, revision)
+        return api.upload_folder(
+            repo_id=target,
             folder_path=str(folder),
             path_in_repo=path_in_repo,
             repo_type='dataset',
@@ -67,6 +68,8 @@ def push_expert_buffers(
             # hidden files are a running job's lock and its temporary (half-written) files: never uploaded
             ignore_patterns=['.*', '**/.*'],
         )
+
+    commit = with_retries(push, 'push expert buffers to', repo_id, 'dataset', revision, write=True)
     _logger.info(f'Pushed expert buffers to dataset repo {repo_id!r}: {commit}')
     return commit
 
@@ -95,19 +98,8 @@ def pull_expert_buffers(
     Raises:
         HubError: repo, revision or files not found, no permission, or offline with nothing cached.
     """
-    from huggingface_hub import snapshot_download
-
     folder, repo_id = split_source(repo_id)
     if folder is not None:
         return folder
-    with hub_errors('pull expert buffers from', repo_id, 'dataset', revision):
-        path = snapshot_download(
-            repo_id,
-            repo_type='dataset',
-            revision=revision,
-            allow_patterns=allow_patterns,
-            local_dir=None if local_dir is None else str(local_dir),
-            cache_dir=None if cache_dir is None else str(cache_dir),
-            token=token,
-        )
-    return Path(path)
+    return download_snapshot('pull expert buffers from', repo_id, revision, cache_dir, token,
+                             allow_patterns=allow_patterns, local_dir=local_dir)

@@ -11,8 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
-from ._errors import hub_errors
-from ._repo import prepare_repo, split_source
+from ._errors import with_retries
+from ._repo import download_snapshot, prepare_repo, split_source
 
 __all__ = ['push_distilled', 'load_distilled']
 
@@ -55,15 +55,13 @@ def push_distilled(
     with tempfile.TemporaryDirectory(prefix='timm_dd_push_') as tmp:
         # repo_id: the card's usage snippet then shows the Hub name instead of the temp folder
         folder = Path(dset.save(Path(tmp) / 'distilled', repo_id=repo_id))
-        with hub_errors('push distilled set to', repo_id, 'dataset', revision, write=True):
-            repo_id = prepare_repo(api, repo_id, 'dataset', private, revision)
-            commit = api.upload_folder(
-                repo_id=repo_id,
-                folder_path=str(folder),
-                repo_type='dataset',
-                revision=revision,
-                commit_message=commit_message,
-            )
+
+        def push() -> str:
+            target = prepare_repo(api, repo_id, 'dataset', private, revision)
+            return api.upload_folder(repo_id=target, folder_path=str(folder), repo_type='dataset', revision=revision,
+                                     commit_message=commit_message)
+
+        commit = with_retries(push, 'push distilled set to', repo_id, 'dataset', revision, write=True)
     _logger.info(f'Pushed distilled set to dataset repo {repo_id!r}: {commit}')
     return commit
 
@@ -93,13 +91,5 @@ def load_distilled(
 
     folder, repo_id = split_source(repo_id_or_path)
     if folder is None:
-        from huggingface_hub import snapshot_download
-        with hub_errors('load distilled set from', repo_id, 'dataset', revision):
-            folder = Path(snapshot_download(
-                repo_id,
-                repo_type='dataset',
-                revision=revision,
-                cache_dir=None if cache_dir is None else str(cache_dir),
-                token=token,
-            ))
+        folder = download_snapshot('load distilled set from', repo_id, revision, cache_dir, token)
     return DistilledSet.load(folder)

@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 
 import torch.nn as nn
 
-from ._errors import HubError, hub_error, hub_errors
+from ._errors import HubError, hub_error, with_retries
 from ._repo import prepare_repo, split_source
 
 __all__ = ['push_teacher', 'load_teacher', 'save_teacher', 'teacher_model_card']
@@ -163,11 +163,12 @@ def push_teacher(
 
     _check_model_args(model, model_args)
     card = teacher_model_card(model, repo_id=repo_id, dataset=dataset)
-    with hub_errors('push teacher to', repo_id, 'model', revision, write=True):
-        repo_id = prepare_repo(HfApi(token=token), repo_id, 'model', private, revision)
-        commit = push_to_hf_hub(
+
+    def push() -> str:
+        target = prepare_repo(HfApi(token=token), repo_id, 'model', private, revision)
+        return push_to_hf_hub(
             model,
-            repo_id,
+            target,
             commit_message=commit_message,
             token=token,
             revision=revision,
@@ -177,6 +178,8 @@ def push_teacher(
             model_args=model_args,
             safe_serialization=True,
         )
+
+    commit = with_retries(push, 'push teacher to', repo_id, 'model', revision, write=True)
     _logger.info(f'Pushed teacher {_architecture(model)!r} to model repo {repo_id!r}: {commit}')
     return commit
 
@@ -218,7 +221,10 @@ def load_teacher(
     else:
         name, source = f'hf-hub:{repo_id}' + (f'@{revision}' if revision else ''), repo_id
     try:
-        return timm.create_model(name, pretrained=pretrained, **kwargs)
+        if repo_id is None:
+            return timm.create_model(name, pretrained=pretrained, **kwargs)
+        return with_retries(lambda: timm.create_model(name, pretrained=pretrained, **kwargs), 'load teacher from',
+                            repo_id, 'model', revision)
     except RuntimeError as e:
         if not str(e).startswith('Unknown model'):
             raise
