@@ -292,3 +292,20 @@ def test_cli_end_to_end(tmp_path):
     r = run('distill', *common, '--experts', str(tmp_path / 'buf'), '--out', str(tmp_path / 'bad'),
             '--iterations', '1', '--no-eval', '--set', 'lr_teacher=-1')
     assert r.returncode == 2 and 'lr_teacher' in r.stderr
+
+
+def test_resume_with_changed_settings_is_refused_or_forced(tmp_path):
+    tm = _tm(tmp_path)
+    first = tm(tmp_path / 'run')
+    first.run(2)
+    model = timm.create_model('convnet3', num_classes=2, in_chans=1, img_size=8, width=4)
+    cfg = first.cfg.replace(lr_img=1000.0)
+    again = TrajectoryMatching(cfg, first.images.detach(), first.labels, model, first.experts, out_dir=tmp_path / 'run')
+    with pytest.raises(ValueError, match=r'lr_img: 10\.0 -> 1000\.0.*--force-resume'):
+        again.resume()
+    assert again.resume(force=True)
+    assert again.opt_img.param_groups[0]['lr'] == 1000.0  # the settings run are the settings recorded
+    assert again.iteration == 2
+    safe = TrajectoryMatching(first.cfg.replace(iterations=10, eval_every=5), first.images.detach(), first.labels,
+                              model, first.experts, out_dir=tmp_path / 'run')
+    assert safe.resume()  # extending a run or changing its bookkeeping is fine

@@ -1,0 +1,101 @@
+"""The one atomic-write helper, the output-folder lock and the clean-up after interrupted writes."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from timm_dd.io import (
+    FolderInUseError, FolderLock, atomic_folder, atomic_write, atomic_write_json, remove_stale_temporaries,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_atomic_write_modes_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / 'a.json', {'x': 1})
+        with atomic_folder(tmp_path / 'set') as tmp:
+            (tmp / 'f.txt').write_text('x')
+    finally:
+        os.umask(old)
+    assert (tmp_path / 'a.json').stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+    assert (tmp_path / 'set').stat().st_mode & 0o777 == 0o755  # not mkdtemp's 0700
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['a.json', 'set']
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path):
+    target = tmp_path / 'state.pt'
+    torch.save({'v': 1}, target)
+    with pytest.raises(KeyError):
+        with atomic_write(target) as f:
+            f.write(b'partial')
+            raise KeyError('crash in the middle')
+    assert torch.load(target)['v'] == 1 and os.listdir(tmp_path) == ['state.pt']
+
+
+def test_stale_temporaries_are_removed_and_a_swapped_out_folder_is_restored(tmp_path):
+    (tmp_path / '.metrics.jsonl.abc123.tmp').write_text('half')
+    (tmp_path / 'runs').mkdir()
+    (tmp_path / 'runs' / '.checkpoint.pt.x.tmp').write_bytes(b'half')
+    (tmp_path / '.distilled.tmp-1234').mkdir()
+    (tmp_path / '.distilled.old-abcd').mkdir()  # killed between the two renames of a folder swap
+    (tmp_path / '.distilled.old-abcd' / 'distill_config.json').write_text('{}')
+    (tmp_path / 'keep.json').write_text('{}')
+    removed = remove_stale_temporaries(tmp_path)
+    assert len(removed) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['distilled', 'keep.json', 'runs']
+    assert (tmp_path / 'distilled' / 'distill_config.json').is_file()  # the last complete version is back
+
+
+def test_lock_is_exclusive_and_released_by_a_killed_process(tmp_path):
+    with FolderLock(tmp_path):
+        with pytest.raises(FolderInUseError, match='in use by a running job'):
+            FolderLock(tmp_path).__enter__()
+    code = ('import sys, time; from timm_dd.io import FolderLock; lock = FolderLock(sys.argv[1]).__enter__(); '
+            'print("locked", flush=True); time.sleep(60)')
+    proc = subprocess.Popen([sys.executable, '-c', code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.stdout.readline().strip() == 'locked'
+    with pytest.raises(FolderInUseError, match=f'pid {proc.pid}'):
+        FolderLock(tmp_path).__enter__()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    with FolderLock(tmp_path):  # the kernel released the dead process's lock
+        pass
+
+
+def test_killing_accelerate_launch_stops_its_workers(tmp_path):
+    psutil = pytest.importorskip('psutil')
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS='1', ACCELERATE_USE_CPU='1',
+               TIMM_DD_CACHE=str(tmp_path / 'cache'))
+    cmd = [str(Path(sys.executable).with_name('accelerate')), 'launch', '--multi_gpu', '--num_processes', '2',
+           '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no', str(REPO / 'train.py'),
+           '-c', 'baseline', '--dataset', 'digits', '--real-ipc', '1', '--model', 'convnet3', '--model-kwargs',
+           'width=4', '--epochs', '100000', '--eval-every', '0', '--output', str(tmp_path / 'o'), '--no-plots']
+    launcher = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers = []
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            workers = [p for p in psutil.Process(launcher.pid).children(recursive=True)
+                       if 'train.py' in ' '.join(p.cmdline())]
+            if len(workers) == 2 and (tmp_path / 'o' / 'run_config.json').is_file():
+                break
+            time.sleep(0.5)
+        assert len(workers) == 2, 'the workers did not start'
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait(timeout=30)
+        gone, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive, f'workers still running after the launcher was killed: {[p.pid for p in alive]}'
+    finally:
+        for p in psutil.Process().children(recursive=True) + workers:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
