@@ -34,8 +34,8 @@ demo: install
 	$(BIN)/python train.py -c baseline --models convnet3 resnet18_dd $(DEMO_REAL) $(DEMO_TRAIN) \
 		--output $(DEMO_OUT)/real-baseline --no-plots
 	$(BIN)/python train.py -c dpkd --models resnet18_dd $(DEMO_REAL) $(DEMO_TRAIN) --output $(DEMO_OUT)/real-dpkd
-	$(BIN)/python distill.py experts --preset digits-ipc10-att --out $(DEMO_OUT)/experts --threads 1
-	$(BIN)/python distill.py distill --preset digits-ipc10-att --experts $(DEMO_OUT)/experts --out $(DEMO_OUT)/att \
+	$(BIN)/python distill.py experts -c digits-ipc10-att --output $(DEMO_OUT)/experts --threads 1
+	$(BIN)/python distill.py distill -c digits-ipc10-att --experts $(DEMO_OUT)/experts --output $(DEMO_OUT)/att \
 		--threads 1
 	$(BIN)/python train.py -c baseline --models convnet3 resnet18_dd --data $(DEMO_OUT)/att/distilled $(DEMO_TRAIN) \
 		--output $(DEMO_OUT)/att-baseline --no-plots

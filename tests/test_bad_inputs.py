@@ -226,7 +226,7 @@ def _(tmp, capsys):
 @case('distill-resume-other-settings')
 def _(tmp, capsys):
     common = ['--preset', 'digits-ipc10-dm', '--set', 'image_size=8', '--set', 'model_kwargs={width: 4}', '--set',
-              'ipc=1', '--iterations', '1', '--no-eval', '--out', str(tmp / 'd'), '--cpu']
+              'ipc=1', '--iterations', '1', '--no-eval', '--output', str(tmp / 'd'), '--cpu']
     assert _cli('distill', ['distill', *common], capsys)[0] == 0
     return (lambda: _cli('distill', ['distill', *common, '--set', 'ipc=2', '--resume'], capsys)), 2, r'ipc: 1 -> 2'
 

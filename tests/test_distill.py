@@ -277,10 +277,10 @@ def test_cli_end_to_end(tmp_path):
               '--set', 'max_start_epoch=1']
     run = lambda *a: subprocess.run([sys.executable, str(REPO / 'distill.py'), *a], env=env, cwd=tmp_path,
                                     capture_output=True, text=True, timeout=300)
-    r = run('experts', *common, '--out', str(tmp_path / 'buf'))
+    r = run('experts', *common, '--output', str(tmp_path / 'buf'))
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / 'buf' / 'expert_00000.safetensors').is_file()
-    r = run('distill', *common, '--experts', str(tmp_path / 'buf'), '--out', str(tmp_path / 'run'),
+    r = run('distill', *common, '--experts', str(tmp_path / 'buf'), '--output', str(tmp_path / 'run'),
             '--iterations', '2', '--set', 'eval_every=1', '--set', 'eval_epochs=1', '--grad-mode', 'unrolled')
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
@@ -289,7 +289,7 @@ def test_cli_end_to_end(tmp_path):
     assert dset.images.shape == (20, 1, 8, 8) and dset.method == 'ATT' and float(dset.lr) > 0
     assert dset.extra['config']['syn_steps'] == 2 and len(dset.extra['history']) == 3
     assert (tmp_path / 'run' / 'grid_000001.png').is_file() and (tmp_path / 'run' / 'distilled_ema').is_dir()
-    r = run('distill', *common, '--experts', str(tmp_path / 'buf'), '--out', str(tmp_path / 'bad'),
+    r = run('distill', *common, '--experts', str(tmp_path / 'buf'), '--output', str(tmp_path / 'bad'),
             '--iterations', '1', '--no-eval', '--set', 'lr_teacher=-1')
     assert r.returncode == 2 and 'lr_teacher' in r.stderr
 

@@ -58,11 +58,11 @@ def _commands(kind: str, work: Path) -> Tuple[str, List[str]]:
                             '--checkpoint-every', '2', '--save-models', '--no-plots', '--cpu', '--output',
                             str(work / 'out'), '--log-level', 'WARNING']
     if kind == 'experts':
-        return 'distill.py', ['experts', *DIGITS, '--out', str(work / 'out'), '--cpu']
+        return 'distill.py', ['experts', *DIGITS, '--output', str(work / 'out'), '--cpu']
     method = {'mtt': 'mtt', 'att': 'att', 'dm': 'dm'}[kind]
     experts = work.parent.parent / 'experts' / 'ref' / 'out'  # the reference expert run's buffer
     return 'distill.py', ['distill', *DIGITS, '--method', method, '--experts', str(experts),
-                          '--out', str(work / 'out'), '--cpu']
+                          '--output', str(work / 'out'), '--cpu']
 
 
 def _child(script: str, argv: List[str], kill: Optional[Tuple[str, int]], counts_file: Optional[Path]) -> None:
@@ -178,7 +178,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('--kinds', nargs='+', default=['train', 'experts', 'mtt', 'att', 'dm'])
     p.add_argument('--kills', type=int, default=5)
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--out', type=Path, required=True)
+    p.add_argument('--output', type=Path, required=True)
     p.add_argument('--work', type=Path, default=None, help='keep the run folders here (default: a temporary folder)')
     args = p.parse_args(argv)
     rng = random.Random(args.seed)

@@ -1,8 +1,9 @@
 """Distillation settings (:class:`DistillConfig`) and named presets for the published MTT / ATT / DM settings.
 
 Preset names are ``<dataset>-ipc<N>-<method>``, e.g. ``cifar10-ipc10-mtt``; :func:`get_preset` returns a
-:class:`DistillConfig` with any field overridden. Every preset records where its numbers come from in ``source``
-(section numbers refer to ``trajectory-matching.md``):
+:class:`DistillConfig` with any field overridden. The presets are YAML files shipped in the package
+(``timm_dd/configs/distill/<name>.yaml``, see :mod:`timm_dd.configs`); every preset records where its numbers come
+from in ``source``:
 
 * MTT: DC-Bench ``methods/tm/readme.md`` author commands (§6.1), the reference text copy.
 * ATT: ``NiaLiu/ATT`` ``figures/table.png`` + README commands (§6.5); iterations / eval_it / ema_decay from the
@@ -14,7 +15,7 @@ Preset names are ``<dataset>-ipc<N>-<method>``, e.g. ``cifar10-ipc10-mtt``; :fun
 """
 import dataclasses
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 from ..fields import coerce_field
 
@@ -106,73 +107,12 @@ class DistillConfig:
         return asdict(self)
 
 
-_C10 = dict(dataset='cifar10', arch='convnet3')
-_C100 = dict(dataset='cifar100', arch='convnet3')
-_TINY = dict(dataset='tiny-imagenet', arch='convnet4', image_size=64)
-_MTT_SRC = 'MTT, DC-Bench methods/tm/readme.md author commands (trajectory-matching.md §6.1)'
-_ATT_SRC = 'ATT, NiaLiu/ATT figures/table.png + README commands (trajectory-matching.md §6.5)'
-_DM_SRC = 'DM, VICO-UoE/DatasetCondensation main_DM.py defaults (recalled; not in the specs, verify)'
-
-# (base, ipc, syn_steps, expert_epochs, max_start_epoch, lr_img, lr_lr, lr_teacher, batch_syn, zca)
-_MTT = {
-    'cifar10-ipc1': (_C10, 1, 50, 2, 2, 100, 1e-7, 0.01, None, True),
-    'cifar10-ipc10': (_C10, 10, 30, 2, 20, 100, 1e-5, 0.001, None, True),
-    'cifar10-ipc50': (_C10, 50, 30, 2, 40, 1000, 1e-5, 0.001, None, False),
-    'cifar100-ipc1': (_C100, 1, 20, 3, 20, 1000, 1e-5, 0.01, None, True),
-    'cifar100-ipc10': (_C100, 10, 20, 2, 20, 1000, 1e-5, 0.01, None, False),
-    'cifar100-ipc50': (_C100, 50, 80, 2, 40, 1000, 1e-5, 0.01, 125, True),
-    # DC-Bench passes ConvNetD4 only for IPC 50; the author used ConvNetD4 for all 64x64 runs (#6)
-    'tiny-imagenet-ipc1': (_TINY, 1, 10, 2, 10, 10000, 1e-4, 0.01, None, False),
-    'tiny-imagenet-ipc10': (_TINY, 10, 20, 2, 40, 10000, 1e-4, 0.01, 200, False),
-    'tiny-imagenet-ipc50': (_TINY, 50, 20, 2, 40, 10000, 1e-4, 0.01, 300, False),
-}
-# (base, ipc, syn_steps, expert_epochs, max_start_epoch, lr_img, lr_lr, lr_teacher, zca, ema, iterations, eval_it,
-#  batch_syn)
-_ATT = {
-    'cifar10-ipc1': (_C10, 1, 80, 4, 2, 1e2, 1e-7, 1e-2, True, 0.9999, 6000, 100, None),
-    'cifar10-ipc10': (_C10, 10, 30, 2, 20, 1e4, 1e-4, 1e-2, True, 0.9999, 60000, 100, None),
-    'cifar10-ipc50': (_C10, 50, 50, 2, 40, 1e2, 1e-5, 1e-3, False, 0.999, 1000000, 1000, None),
-    'cifar100-ipc1': (_C100, 1, 50, 4, 20, 500, 1e-5, 1e-2, True, 0.9995, 3000, 10, None),
-    'cifar100-ipc10': (_C100, 10, 20, 2, 40, 1e3, 1e-5, 1e-2, False, 0.9995, 200000, 5000, None),
-    'cifar100-ipc50': (_C100, 50, 80, 2, 40, 1e3, 1e-5, 1e-2, True, 0.999, 100000, 100000, 1200),
-    'tiny-imagenet-ipc1': (_TINY, 1, 30, 2, 10, 1e4, 1e-4, 1e-2, False, 0.999, 10000, 10, None),
-    'tiny-imagenet-ipc10': (_TINY, 10, 20, 2, 40, 1e4, 1e-5, 1e-4, False, 0.999, 80000, 100, None),
-}
+def _load_presets() -> Dict[str, Dict[str, Any]]:
+    from ..configs import config_names, read_config
+    return {name: read_config('distill', name) for name in config_names('distill')}
 
 
-def _build() -> Dict[str, Dict[str, Any]]:
-    presets: Dict[str, Dict[str, Any]] = {}
-    for name, (base, ipc, n, m, t, lr_img, lr_lr, lr_t, batch, zca) in _MTT.items():
-        presets[f'{name}-mtt'] = dict(
-            base, method='mtt', ipc=ipc, syn_steps=n, expert_epochs=m, max_start_epoch=t, lr_img=float(lr_img),
-            lr_lr=lr_lr, lr_teacher=lr_t, batch_syn=batch, zca=zca, iterations=5000, eval_every=100,
-            eval_seeds=5, eval_epochs=1000, expert_batch=256, source=_MTT_SRC)
-    for name, (base, ipc, n, m, t, lr_img, lr_lr, lr_t, zca, ema, its, eval_it, batch) in _ATT.items():
-        presets[f'{name}-att'] = dict(
-            base, method='att', ipc=ipc, syn_steps=n, expert_epochs=m, max_start_epoch=t, lr_img=float(lr_img),
-            lr_lr=lr_lr, lr_teacher=lr_t, batch_syn=batch, zca=zca, ema_decay=ema, iterations=its,
-            eval_every=eval_it, eval_seeds=5, eval_epochs=1000, expert_batch=512, source=_ATT_SRC)
-    for base_name, base in (('cifar10', _C10), ('cifar100', _C100), ('tiny-imagenet', _TINY)):
-        for ipc in (1, 10, 50):
-            presets[f'{base_name}-ipc{ipc}-dm'] = dict(
-                base, method='dm', ipc=ipc, lr_img=1.0, img_momentum=0.5, batch_real=256, iterations=20000,
-                eval_every=2000, eval_seeds=5, eval_epochs=1000, zca=False, source=_DM_SRC)
-    presets['digits-ipc10-att'] = dict(
-        dataset='digits', arch='convnet3', model_kwargs={'width': 16}, image_size=16, method='att', ipc=10,
-        syn_steps=10,
-        expert_epochs=2, max_start_epoch=3, lr_img=100.0, lr_lr=1e-5, lr_teacher=0.01, zca=False,
-        ema_decay=0.99, iterations=50, eval_every=25, eval_seeds=1, eval_epochs=50, num_experts=2,
-        expert_train_epochs=5, expert_batch=256, checkpoint_every=10,
-        source='timm_dd demo: tiny CPU setting for the embedded digits dataset (not a published setting)')
-    presets['digits-ipc10-mtt'] = dict(presets['digits-ipc10-att'], method='mtt', ema_decay=None)
-    presets['digits-ipc10-dm'] = dict(
-        dataset='digits', arch='convnet3', model_kwargs={'width': 16}, image_size=16, method='dm', ipc=10, lr_img=1.0,
-        batch_real=64, iterations=50, eval_every=25, eval_seeds=1, eval_epochs=50, checkpoint_every=10,
-        source='timm_dd demo: tiny CPU setting for the embedded digits dataset (not a published setting)')
-    return presets
-
-
-PRESETS: Dict[str, Dict[str, Any]] = _build()
+PRESETS: Dict[str, Dict[str, Any]] = _load_presets()
 
 
 def list_presets() -> List[str]:
@@ -188,14 +128,19 @@ def parse_override(text: str) -> tuple:
     return key.strip(), yaml.safe_load(raw)
 
 
-def get_preset(name: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None) -> DistillConfig:
-    """The :class:`DistillConfig` of preset ``name`` (``None``: the defaults) with ``overrides`` applied.
+def get_preset(name: Optional[Union[str, Mapping[str, Any]]] = None,
+               overrides: Optional[Mapping[str, Any]] = None) -> DistillConfig:
+    """The :class:`DistillConfig` of preset ``name`` (``None``: the defaults; a mapping: those values, e.g. read
+    from a YAML file) with ``overrides`` applied.
 
     Unknown preset names or field names are an error, so a typo never silently falls back to a default.
     """
-    if name is not None and name not in PRESETS:
-        raise ValueError(f'unknown preset {name!r}; known presets: {", ".join(list_presets())}')
-    values = dict(PRESETS[name]) if name is not None else {}
+    if isinstance(name, Mapping):
+        values, overrides = {}, {**name, **(overrides or {})}
+    else:
+        if name is not None and name not in PRESETS:
+            raise ValueError(f'unknown preset {name!r}; known presets: {", ".join(list_presets())}')
+        values = dict(PRESETS[name]) if name is not None else {}
     overrides = dict(overrides or {})
     known = {f.name for f in fields(DistillConfig)}
     unknown = sorted(set(overrides) - known)

@@ -1,5 +1,7 @@
-"""Training recipes as dataclasses, loadable from YAML (``configs/<recipe>.yaml``) and overridable field by field."""
+"""Training recipes as dataclasses, loadable from YAML (the shipped `timm_dd/configs/train/<recipe>.yaml` or a file)
+and overridable field by field."""
 import dataclasses
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
@@ -11,7 +13,7 @@ from .schedules import LR_SCHEDULES, KeepRateSchedule, LRSchedule
 
 __all__ = ['TrainConfig', 'load_config', 'OPTIMIZERS']
 
-OPTIMIZERS = ('sgd', 'lion', 'adamw')
+OPTIMIZERS = ('momentum', 'lion', 'adamw')  # timm's names; 'sgd' (ours before) is a deprecated alias of 'momentum'
 PARALLEL_MODES = ('runs', 'ddp', 'vmap')
 
 
@@ -25,7 +27,7 @@ class TrainConfig:
     epochs: int = 1000
     batch_size: int = 256
     # optimizer
-    opt: str = 'sgd'
+    opt: str = 'momentum'
     lr: Optional[float] = None  # None: the distilled set's learned lr when it has one, else `lr_fallback`
     lr_fallback: float = 0.01
     momentum: float = 0.9
@@ -76,6 +78,10 @@ class TrainConfig:
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.opt == 'sgd':  # timm's 'sgd' is Nesterov; ours was plain momentum SGD
+            warnings.warn("opt 'sgd' is deprecated: it means Nesterov SGD in timm; use 'momentum' (SGD with momentum, "
+                          "what this recipe ran)", FutureWarning, stacklevel=3)
+            self.opt = 'momentum'
         if self.opt not in OPTIMIZERS:
             raise ValueError(f'opt must be one of {OPTIMIZERS}, got {self.opt!r}')
         if self.lr_schedule not in LR_SCHEDULES:
@@ -117,14 +123,20 @@ class TrainConfig:
         return d
 
 
-def load_config(recipe: Union[str, Path], overrides: Optional[Dict[str, Any]] = None,
+def load_config(recipe: Union[str, Path, Dict[str, Any]], overrides: Optional[Dict[str, Any]] = None,
                 config_dir: Optional[Union[str, Path]] = None) -> TrainConfig:
-    """Load a recipe by YAML path or by name (``configs/<name>.yaml``) and apply ``overrides``.
+    """Load a recipe by YAML path or by name (shipped in ``timm_dd/configs/train``) and apply ``overrides``.
 
     A recipe may name a ``base`` recipe whose values it updates (the ablations switch parts of ``dpkd``).
     Unknown keys are an error, so a typo never silently falls back to a default.
     """
-    values = _read_recipe(recipe, config_dir)
+    if isinstance(recipe, dict):  # values read already (a YAML given to the command line, an args.yaml)
+        values = dict(recipe)
+        base = values.pop('base', None)
+        if base is not None:
+            values = {**_read_recipe(base, config_dir), **values}
+    else:
+        values = _read_recipe(recipe, config_dir)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     types = {f.name: f.type for f in fields(TrainConfig)}
     unknown = sorted(set(values) - set(types))
@@ -133,25 +145,18 @@ def load_config(recipe: Union[str, Path], overrides: Optional[Dict[str, Any]] = 
     return TrainConfig(**{k: coerce_field(k, v, types[k]) for k, v in values.items()})
 
 
-def _default_config_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / 'configs'
-
-
 def _read_recipe(recipe: Union[str, Path], config_dir: Optional[Union[str, Path]], depth: int = 0) -> Dict[str, Any]:
+    from ..configs import read_config
     if depth > 8:
         raise ValueError(f'recipe base chain too deep at {recipe!r}')
     path = Path(recipe)
-    if path.suffix not in ('.yaml', '.yml'):
-        path = Path(config_dir or _default_config_dir()) / f'{recipe}.yaml'
-    if not path.is_file():
-        raise FileNotFoundError(f'training recipe {str(recipe)!r} not found (looked for {path})')
-    with open(path) as f:
-        values = yaml.safe_load(f) or {}
-    if not isinstance(values, dict):
-        raise ValueError(f'{path} must hold a mapping of config keys')
+    beside = Path(config_dir) / f'{recipe}.yaml' if config_dir is not None else None
+    if path.suffix not in ('.yaml', '.yml') and beside is not None and beside.is_file():
+        path = beside  # a base next to a recipe file given by path
+    values = read_config('train', path if path.suffix in ('.yaml', '.yml') else str(recipe))
     base = values.pop('base', None)
     if base is not None:
-        merged = _read_recipe(base, config_dir or path.parent, depth + 1)
+        merged = _read_recipe(base, path.parent if path.suffix in ('.yaml', '.yml') else None, depth + 1)
         merged.update(values)
         values = merged
     values.setdefault('recipe', path.stem)

@@ -88,9 +88,9 @@ class TrainTask(nn.Module):
 
 
 def create_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    """SGD (momentum, coupled wd), Lion (timm's, decoupled wd on all parameters) or AdamW."""
+    """SGD with momentum (timm's ``momentum``; coupled wd), Lion (timm's, decoupled wd on all parameters) or AdamW."""
     params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.opt == 'sgd':
+    if cfg.opt == 'momentum':
         return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.opt == 'lion':
         from timm.optim import Lion

@@ -1,0 +1,89 @@
+"""The command-line convention shared by train.py / timm-dd-train and distill.py / timm-dd-distill."""
+import warnings
+
+import pytest
+import yaml
+
+from timm_dd.cli import distill as distill_cli
+from timm_dd.cli import train as train_cli
+from timm_dd.cli.common import apply_deprecations
+
+
+def test_set_is_typed_and_repeatable():
+    args, cfg = train_cli.resolve_config(['-c', 'dpkd', '--model', 'convnet3', '--set', 'lr=1e-5', '--set',
+                                          'epochs=7', 'dsa=false', '--set', 'betas=[0.9, 0.99]'])
+    assert cfg.lr == 1e-5 and isinstance(cfg.lr, float)
+    assert cfg.epochs == 7 and cfg.dsa is False and cfg.betas == (0.9, 0.99)  # every --set applied
+    with pytest.raises(ValueError, match=r"epochs='many' is not a valid int"):
+        train_cli.resolve_config(['--model', 'convnet3', '--set', 'epochs=many'])
+    _, dcfg = distill_cli.resolve_config(['distill', '-c', 'digits-ipc10-att', '--set', 'lr_img=1e3',
+                                          '--set', 'ipc=2', '--output', 'x'])
+    assert dcfg.lr_img == 1000.0 and dcfg.ipc == 2
+
+
+def test_flags_win_over_the_config_file_and_set_over_the_recipe(tmp_path):
+    recipe = tmp_path / 'mine.yaml'
+    recipe.write_text(yaml.safe_dump({'base': 'dpkd', 'epochs': 11, 'models': ['resnet18_dd'], 'seeds': [3, 4]}))
+    args, cfg = train_cli.resolve_config(['-c', str(recipe), '--epochs', '12'])
+    assert cfg.epochs == 12 and cfg.opt == 'lion'  # the flag wins; the rest comes from the base recipe
+    assert args.models == ['resnet18_dd'] and args.seeds == [3, 4]  # any flag can live in the YAML
+    assert cfg.recipe == 'mine'
+
+
+def test_args_yaml_round_trips_through_c(tmp_path, capsys):
+    out = tmp_path / 'run'
+    rc = train_cli.main(['-c', 'dpkd', '--dataset', 'digits', '--real-ipc', '1', '--model', 'convnet3',
+                         '--model-kwargs', 'width=4', '--epochs', '1', '--final-epochs', '1', '--period', '1',
+                         '--teacher-epochs', '1', '--set', 'lr=2e-5', '--output', str(out), '--no-plots', '--cpu'])
+    assert rc == 0, capsys.readouterr().err
+    args, cfg = train_cli.resolve_config(['-c', str(out / 'args.yaml')])
+    _, first = train_cli.resolve_config(['-c', 'dpkd', '--epochs', '1', '--final-epochs', '1', '--period', '1',
+                                         '--teacher-epochs', '1', '--set', 'lr=2e-5', '--model', 'convnet3'])
+    assert cfg.to_dict() == first.to_dict()
+    assert args.model == 'convnet3' and args.dataset == 'digits' and args.real_ipc == 1
+    assert args.output == str(out)
+
+
+def _help(parser_fn, argv, capsys):
+    with pytest.raises(SystemExit):
+        parser_fn(argv)
+    return capsys.readouterr().out
+
+
+def test_each_subcommand_help_shows_only_its_own_flags(capsys):
+    parse = lambda argv: distill_cli.build_parser().parse_args(argv)  # noqa: E731
+    experts = _help(parse, ['experts', '--help'], capsys)
+    distill = _help(parse, ['distill', '--help'], capsys)
+    presets = _help(parse, ['presets', '--help'], capsys)
+    assert '--output' in experts and '--experts' not in experts and '--resume' not in experts
+    assert '--experts' in distill and '--resume' in distill and '--grad-mode' in distill
+    assert '--show' in presets and '--output' not in presets
+    top = _help(parse, ['--help'], capsys)
+    assert 'experts' in top and 'distill' in top and 'presets' in top
+
+
+def test_deprecated_spellings_warn_and_work():
+    with pytest.warns(FutureWarning, match='--out is deprecated'):
+        argv = apply_deprecations(['experts', '--out', 'x'])
+    assert argv == ['experts', '--output', 'x']
+    with pytest.warns(FutureWarning, match='--drop-path is deprecated'):
+        args, cfg = train_cli.resolve_config(apply_deprecations(['-c', 'baseline', '--drop-path', '--model', 'm']))
+    assert cfg.drop_path is True
+    with pytest.warns(FutureWarning, match='--data is deprecated'):
+        argv = apply_deprecations(['experts', '--data', 'folder'], distill_cli.DEPRECATED)
+    assert argv == ['experts', '--dataset', 'folder']
+    with pytest.warns(FutureWarning, match="opt 'sgd' is deprecated"):
+        _, cfg = train_cli.resolve_config(['--set', 'opt=sgd', '--model', 'm'])
+    assert cfg.opt == 'momentum'
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        train_cli.resolve_config(['-c', 'baseline', '--keep-rate-schedule', '--model', 'm'])  # no warning
+
+
+def test_presets_lists_sources_and_shows_settings(capsys):
+    assert distill_cli.main(['presets']) == 0
+    out = capsys.readouterr().out
+    assert 'cifar10-ipc10-mtt' in out and 'DC-Bench' in out
+    assert distill_cli.main(['presets', '--show', 'cifar10-ipc10-mtt']) == 0
+    out = capsys.readouterr().out
+    assert '* syn_steps: 30' in out and '* zca: true' in out

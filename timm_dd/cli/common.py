@@ -1,0 +1,124 @@
+"""The command-line convention shared by ``timm-dd-train`` (``train.py``) and ``timm-dd-distill`` (``distill.py``).
+
+Only this layer parses arguments and prints. Every command understands:
+
+=====================  ==============================================================================================
+``-c/--config``        a named config shipped with the package, a YAML file, or the ``args.yaml`` a run wrote;
+                       read first, its values become the defaults (timm's two-pass ``-c``); flags win
+``--output``           the output folder
+``--dataset``          the real dataset: a name (``cifar10``, ``digits``), an ImageFolder folder or a zip
+``--data``             a distilled set: a folder or a Hub dataset id (train only)
+``--seed``/``--seeds`` one seed / several seeds
+``--set key=value``    any config field, typed by the field (``1e-5`` is a float); repeatable
+``--log-level``        DEBUG, INFO, WARNING, ...
+``--log-with``         Accelerate trackers: ``tensorboard``, ``wandb``, ``all`` (the JSONL metrics are always written)
+``--cpu``              run on the CPU even if a GPU is present
+=====================  ==============================================================================================
+
+Old spellings keep working for this release with a deprecation warning (see :data:`DEPRECATED_FLAGS`).
+"""
+import argparse
+import logging
+import sys
+import warnings
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+__all__ = ['add_common_args', 'parse_set', 'read_cli_config', 'apply_deprecations', 'report_user_error',
+           'DEPRECATED_FLAGS', 'setup_logging']
+
+#: old flag -> (new flag, note); rewritten before parsing, with a FutureWarning
+DEPRECATED_FLAGS: Dict[str, Tuple[str, str]] = {
+    '--out': ('--output', ''),
+    '--drop-path': ('--keep-rate-schedule', '--drop-path is a rate in timm'),
+    '--no-drop-path': ('--no-keep-rate-schedule', '--drop-path is a rate in timm'),
+    '--verbose': ('--log-level=DEBUG', ''),
+    '-v': ('--log-level=DEBUG', ''),
+}
+
+
+def apply_deprecations(argv: Sequence[str], extra: Optional[Dict[str, Tuple[str, str]]] = None) -> List[str]:
+    """``argv`` with deprecated flag spellings replaced by the current ones (each warned about once)."""
+    table = dict(DEPRECATED_FLAGS, **(extra or {}))
+    out = []
+    for arg in argv:
+        flag, eq, value = arg.partition('=')
+        if flag in table:
+            new, note = table[flag]
+            warnings.warn(f'{flag} is deprecated{" (" + note + ")" if note else ""}; use {new.split("=")[0]}',
+                          FutureWarning, stacklevel=2)
+            out.append(new + (eq + value if eq else ''))
+        else:
+            out.append(arg)
+    return out
+
+
+def add_common_args(parser: argparse.ArgumentParser, seeds: bool = True) -> None:
+    """Flags every command has, with one meaning."""
+    parser.add_argument('-c', '--config', default=None, metavar='NAME|YAML',
+                        help='a shipped config name, a YAML file, or the args.yaml of an earlier run (repeats it)')
+    parser.add_argument('--output', default=None, help='output folder')
+    parser.add_argument('--dataset', default=None, help='real dataset: cifar10, cifar100, digits, or a folder / zip')
+    if seeds:
+        group = parser.add_mutually_exclusive_group()
+        group.add_argument('--seeds', nargs='+', type=int, default=None, help='seeds (one run per seed)')
+        group.add_argument('--seed', type=int, default=None, help='one seed')
+    else:
+        parser.add_argument('--seed', type=int, default=None, help='seed')
+    parser.add_argument('--set', dest='overrides', action='extend', nargs='+', default=None, metavar='KEY=VALUE',
+                        help='override any config field, typed by the field (repeatable)')
+    parser.add_argument('--log-level', default='INFO', help='logging level (DEBUG, INFO, WARNING)')
+    parser.add_argument('--log-with', default=None, choices=['tensorboard', 'wandb', 'all'],
+                        help="Accelerate trackers (metrics go to <output>/trackers; JSONL metrics are always kept)")
+    parser.add_argument('--cpu', action='store_true', help='run on the CPU even if a GPU is present')
+
+
+def parse_set(items: Optional[Sequence[str]]) -> Dict[str, Any]:
+    """``['lr=1e-5', 'dsa=false']`` -> ``{'lr': '1e-5', 'dsa': False}``: YAML values; the config types them."""
+    out: Dict[str, Any] = {}
+    for item in items or []:
+        if '=' not in item:
+            raise ValueError(f'--set expects key=value, got {item!r}')
+        key, raw = item.split('=', 1)
+        out[key.strip().replace('-', '_')] = yaml.safe_load(raw)
+    return out
+
+
+def read_cli_config(parser: argparse.ArgumentParser, argv: Sequence[str], kind: str,
+                    config_fields: Sequence[str]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """The first pass of timm's two-pass ``-c``: ``(flag defaults, config values)`` from ``-c``.
+
+    A YAML's keys that are config fields (``config_fields``) are config values; its other keys that are flags of
+    ``parser`` (``models``, ``seeds``, ``data``, ...) become the flags' defaults. The ``args.yaml`` of a run holds
+    its flags plus the fully resolved config under ``config_resolved``, so passing it back repeats the run.
+    """
+    from ..configs import read_config
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument('-c', '--config', '--preset', dest='config', default=None)
+    known, _ = first.parse_known_args(argv)
+    if known.config is None:
+        return {}, {}
+    values = read_config(kind, known.config)
+    dests = {a.dest for a in parser._actions}
+    resolved = values.pop('config_resolved', None)
+    fields = set(config_fields)
+    if isinstance(resolved, dict):  # an args.yaml: every recorded flag, and the config they resolved to
+        flags = {k: v for k, v in values.items() if k in dests and k not in ('config', 'help', 'overrides')}
+        return flags, dict(resolved)
+    flags = {k: v for k, v in values.items() if k in dests and k not in fields and k not in ('config', 'help')}
+    config = {k: v for k, v in values.items() if k not in flags}
+    return flags, config
+
+
+def setup_logging(level: str, main_process: bool = True) -> None:
+    logging.basicConfig(level=level.upper() if main_process else 'WARNING',
+                        format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+    for noisy in ('accelerate', 'matplotlib', 'httpx', 'httpx2', 'httpcore', 'httpcore2', 'PIL'):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def report_user_error(err: BaseException) -> int:
+    """One line on stderr for an error the user can fix; the exit status."""
+    print(f'error: {err}', file=sys.stderr)
+    return 2

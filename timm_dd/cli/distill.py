@@ -1,0 +1,188 @@
+"""Dataset distillation from the command line: train expert trajectories, then distill with MTT, ATT or DM.
+
+Examples::
+
+    timm-dd-distill presets --show digits-ipc10-att
+    timm-dd-distill experts -c digits-ipc10-att --output buffers/digits
+    timm-dd-distill distill -c digits-ipc10-att --experts buffers/digits --output runs/digits-att
+    timm-dd-distill distill -c cifar10-ipc10-mtt --dataset ../shared/data/cifar10-jpeg --experts buffers/c10 \\
+        --set grad_mode=recompute --set iterations=1000 --output runs/c10 --resume
+
+``-c`` (or ``--preset``) names a shipped preset, a YAML file, or a run's ``args.yaml``; any preset field can be
+overridden with ``--set key=value`` or the explicit flags. Everything runs on the device of the Accelerate set-up
+(a GPU when there is one; ``--cpu`` forces the CPU). Under ``accelerate launch --num_processes K``: experts are split
+between the processes, every trajectory-matching step's synthetic minibatch is split (the same gradient as one
+process), and evaluation seeds are split.
+"""
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from .common import (
+    add_common_args, apply_deprecations, parse_set, read_cli_config, report_user_error, setup_logging,
+)
+
+COMMANDS = ('experts', 'distill', 'presets')
+#: distill.py spellings of earlier releases (``--data`` was the real dataset; it now names a distilled set)
+DEPRECATED = {'--data': ('--dataset', '--data names a distilled set in both commands now')}
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    add_common_args(p, seeds=False)
+    p.add_argument('--preset', dest='config', default=None, metavar='NAME', help='the same as -c: a preset name')
+    p.add_argument('--threads', type=int, default=None,
+                   help='torch CPU threads (1 is much faster for tiny networks on a shared machine)')
+    p.add_argument('--deterministic', action='store_true',
+                   help='deterministic CUDA kernels where torch has them (slower); DSA scale/rotate backward '
+                        '(grid_sample) has none and stays nondeterministic on a GPU')
+    p.add_argument('--push-to-hub', default=None, metavar='REPO', help='push the result (set or buffers) to the Hub')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='timm-dd-distill', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest='command', required=True, metavar='{experts,distill,presets}')
+    e = sub.add_parser('experts', help='train expert trajectories (resumable: finished experts are kept)',
+                       description='Train expert trajectories into --output (finished experts are kept).')
+    _add_run_args(e)
+    d = sub.add_parser('distill', help='distill with MTT, ATT or DM',
+                       description='Distill a dataset with MTT, ATT (experts needed) or DM.')
+    _add_run_args(d)
+    d.add_argument('--experts', default=None, help='expert buffer folder (MTT/ATT)')
+    d.add_argument('--method', choices=('mtt', 'att', 'dm'), default=None, help='override the preset method')
+    d.add_argument('--iterations', type=int, default=None, help='override the number of iterations')
+    d.add_argument('--ipc', type=int, default=None, help='images per class')
+    d.add_argument('--grad-mode', choices=('unrolled', 'recompute'), default=None)
+    d.add_argument('--resume', action='store_true', help='continue from the checkpoint in --output')
+    d.add_argument('--force-resume', action='store_true',
+                   help='with --resume: continue even though settings that change the run differ')
+    d.add_argument('--no-eval', action='store_true', help='skip periodic evaluation and grids')
+    s = sub.add_parser('presets', help='list the shipped presets (and where their numbers come from)',
+                       description='List the presets with their sources, or show the settings of one.')
+    s.add_argument('--show', metavar='NAME', default=None, help="print one preset's settings")
+    return p
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices[command]
+
+
+def resolve_config(argv: List[str]):
+    """Parse ``argv`` (two passes: ``-c`` first) into ``(args, DistillConfig or None)``."""
+    from dataclasses import fields
+
+    from ..distill import DistillConfig, get_preset
+    parser = build_parser()
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    values: Dict[str, Any] = {}
+    if command in ('experts', 'distill'):
+        flags, values = read_cli_config(_subparser(parser, command), argv[1:], 'distill',
+                                        [f.name for f in fields(DistillConfig)])
+        _subparser(parser, command).set_defaults(**flags)
+    args = parser.parse_args(argv)
+    if args.command == 'presets':
+        return args, None
+    overrides = parse_set(args.overrides)
+    for key in ('method', 'iterations', 'ipc', 'grad_mode', 'seed'):
+        value = getattr(args, key, None)
+        if value is not None:
+            overrides[key] = value
+    return args, get_preset(values if values else None, overrides)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = apply_deprecations(sys.argv[1:] if argv is None else list(argv), DEPRECATED)
+    try:
+        args, cfg = resolve_config(argv)
+    except (ValueError, FileNotFoundError) as e:
+        return report_user_error(e)
+    if args.command == 'presets':
+        return _presets(args.show)
+    setup_logging(args.log_level)
+    if args.output is None:
+        return report_user_error('--output is required')
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    if args.deterministic:
+        _deterministic()
+    import accelerate
+
+    from ..distill import DistillationDiverged, ExpertFileError, prepare_data, run_distill, run_experts
+    from ..hub import HubError
+    from ..io import FolderInUseError, FolderLock, atomic_write
+    from ..launch import exit_with_launcher
+    exit_with_launcher()
+    out = Path(args.output)
+    tracking = dict(log_with='all' if args.log_with == 'all' else [args.log_with],
+                    project_dir=str(out / 'trackers')) if args.log_with else {}
+    acc = accelerate.Accelerator(cpu=args.cpu, **tracking)
+    setup_logging(args.log_level, acc.is_main_process)
+    try:
+        with FolderLock(out) if acc.is_main_process else contextlib.nullcontext():
+            if acc.is_main_process:
+                import yaml
+                record = {k: v for k, v in vars(args).items() if k not in ('config',)}
+                with atomic_write(out / f'args-{args.command}.yaml', 'w') as f:  # `-c` it to repeat the run
+                    yaml.safe_dump(dict(record, config_resolved=cfg.to_dict()), f, sort_keys=False)
+            if args.log_with:
+                acc.init_trackers(f'timm_dd-{args.command}', config={k: v if isinstance(v, (int, float, str, bool))
+                                                                      else str(v) for k, v in cfg.to_dict().items()})
+            with acc.main_process_first():  # one process fills the decoded-data cache, the others read it
+                data = prepare_data(cfg, args.dataset)
+            if args.command == 'experts':
+                run_experts(cfg, data, out, acc)
+                if args.push_to_hub and acc.is_main_process:
+                    from ..hub import push_expert_buffers
+                    push_expert_buffers(out, args.push_to_hub)
+                return 0
+            dset = run_distill(cfg, data, args.experts, out, acc, resume=args.resume, evaluate=not args.no_eval,
+                               push_to_hub=args.push_to_hub, force_resume=args.force_resume)
+        if acc.is_main_process:
+            print(json.dumps({'out': str(out / 'distilled'), 'images': list(dset.images.shape),
+                              'lr': float(dset.lr) if dset.lr is not None else None,
+                              'processes': acc.num_processes, 'device': str(acc.device)}))
+    except (DistillationDiverged, ExpertFileError, HubError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError, FolderInUseError, OSError) as e:
+        return report_user_error(e)
+    finally:
+        acc.end_training()
+    return 0
+
+
+def _presets(show: Optional[str]) -> int:
+    from ..distill import PRESETS, get_preset
+    if show is None:
+        for name in sorted(PRESETS):
+            print(f'{name:24s} {PRESETS[name].get("source", "")}')
+        return 0
+    try:
+        cfg = get_preset(show)
+    except ValueError as e:
+        return report_user_error(e)
+    explicit = set(PRESETS[show])
+    print(f'# {show}: {PRESETS[show].get("source", "")}')
+    print('# fields the preset sets are marked *; the others are the defaults')
+    for key, value in cfg.to_dict().items():
+        if key != 'source':
+            print(f'{"*" if key in explicit else " "} {key}: {json.dumps(value)}')
+    return 0
+
+
+def _deterministic() -> None:
+    import os
+    os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # before the first cuBLAS call
+    import torch
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)  # warn (not fail) where no deterministic kernel exists
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Train test networks on a distilled (or real-subset) training set and report a cross-architecture table.
+
+Examples:
+    accelerate launch train.py -c dpkd --data ./my-distilled-set --model resnet18_dd
+    accelerate launch train.py -c baseline --data org/cifar10-mtt-ipc10 --models convnet3 resnet18_dd vgg11_dd \\
+        alexnet_dd resnet50_dd --seeds 0 1 2 3 4
+    python train.py -c dpkd --dataset digits --real-ipc 10 --models resnet18_dd --epochs 200 --cpu
+    python train.py -c output/train/dpkd/args.yaml              # repeat an earlier run
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 train.py ...   # two CPU processes
+
+Like timm's train.py, a first pass reads ``-c`` (a shipped recipe name, a YAML file, or a run's args.yaml), whose
+values become the defaults; any flag given on the command line wins; ``--set key=value`` overrides any recipe field.
+"""
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from .common import (
+    add_common_args, apply_deprecations, parse_set, read_cli_config, report_user_error, setup_logging,
+)
+
+# recipe fields that have their own flag: flag dest -> TrainConfig field
+FLAG_FIELDS = {
+    'epochs': 'epochs', 'batch_size': 'batch_size', 'opt': 'opt', 'lr': 'lr', 'weight_decay': 'weight_decay',
+    'lr_schedule': 'lr_schedule', 'drop_path': 'drop_path', 'p_min': 'p_min', 'p_final': 'p_final',
+    'period': 'period', 'final_epochs': 'final_epochs', 'dsa': 'dsa', 'dsa_k': 'dsa_k', 'kd': 'kd',
+    'teacher': 'teacher', 'teacher_model': 'teacher_model', 'teacher_epochs': 'teacher_epochs',
+    'kd_temperature': 'kd_temperature', 'distill_loss_weight': 'kd_alpha',
+    'soft_label_temperature': 'soft_label_temperature', 'elf': 'elf', 'elf_feature_model': 'elf_feature_model',
+    'eval_every': 'eval_every', 'checkpoint_every': 'checkpoint_every', 'mixed_precision': 'mixed_precision',
+    'parallel': 'parallel',
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='timm-dd-train', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p)
+    g = p.add_argument_group('data')
+    g.add_argument('--data', help='distilled set: a folder or a Hugging Face Hub dataset id')
+    g.add_argument('--real-ipc', type=int, help='train on K real images per class of --dataset instead (-1: all)')
+    g.add_argument('--data-root', help='where torchvision datasets live')
+    g.add_argument('--img-size', type=int, help='resize the real dataset (with --real-ipc) to this size')
+    g.add_argument('--cache-dir', help='decoded-dataset cache (default $TIMM_DD_CACHE or ~/.cache/timm_dd)')
+    g = p.add_argument_group('model')
+    g.add_argument('--model', help='one network (timm_dd or stock timm model name)')
+    g.add_argument('--models', nargs='+', help='several networks for a cross-architecture table')
+    g.add_argument('--model-kwargs', nargs='*', metavar='K=V', help='extra create_model kwargs, e.g. width=512')
+    g = p.add_argument_group('recipe overrides')
+    g.add_argument('--epochs', type=int)
+    g.add_argument('-b', '--batch-size', type=int)
+    g.add_argument('--opt', choices=['momentum', 'lion', 'adamw'],
+                   help="momentum: SGD with momentum (timm's name; 'sgd' is accepted, deprecated)")
+    g.add_argument('--lr', type=float, help='peak lr (default: the set\'s learned lr, or the recipe\'s)')
+    g.add_argument('--weight-decay', type=float)
+    g.add_argument('--lr-schedule', choices=['periodic', 'periodic_decay', 'cosine', 'multistep', 'constant'])
+    g.add_argument('--keep-rate-schedule', dest='drop_path', action=argparse.BooleanOptionalAction, default=None,
+                   help='the three-phase keep-rate (DropPath) schedule of DP+KD')
+    g.add_argument('--p-min', type=float)
+    g.add_argument('--p-final', type=float)
+    g.add_argument('--period', type=int, help='keep-rate period T in epochs')
+    g.add_argument('--final-epochs', type=int, help='length of the final high-keep-rate phase')
+    g.add_argument('--dsa', action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument('--dsa-k', type=int, help='DSA op families per batch (k-fold DSA)')
+    g.add_argument('--kd', action=argparse.BooleanOptionalAction, default=None, help='knowledge distillation')
+    g.add_argument('--teacher', help='teacher: timm local-dir folder or hf-hub:org/name (default: train one)')
+    g.add_argument('--teacher-model', help='architecture of the teacher trained in the run (default convnet3)')
+    g.add_argument('--teacher-epochs', type=int)
+    g.add_argument('--kd-temperature', type=float)
+    g.add_argument('--distill-loss-weight', type=float, help='KD weight alpha (task weight is 1 - alpha)')
+    g.add_argument('--soft-label-temperature', type=float, help='tau for soft labels: softmax(y / tau)')
+    g.add_argument('--elf', action=argparse.BooleanOptionalAction, default=None, help='ELF feature supervision')
+    g.add_argument('--elf-feature-model', help='ELF feature model: timm local-dir folder or hf-hub:org/name')
+    g.add_argument('--eval-every', type=int)
+    g.add_argument('--checkpoint-every', type=int)
+    g.add_argument('--mixed-precision', choices=['no', 'fp16', 'bf16'],
+                   help='default: what `accelerate config` / `accelerate launch --mixed_precision` set')
+    g.add_argument('--parallel', choices=['runs', 'ddp', 'vmap'],
+                   help='runs (default): one (network, seed) run per process, for small training sets; ddp: every '
+                        'run with DDP over all processes, for large ones; vmap: all seeds of a network at once on '
+                        'one device (no batch norm, DropPath, KD or ELF)')
+    g = p.add_argument_group('run')
+    g.add_argument('--resume', action='store_true', help='continue an interrupted run in --output')
+    g.add_argument('--force-resume', action='store_true',
+                   help='with --resume: continue even though the recipe, data or model kwargs changed')
+    g.add_argument('--save-models', action='store_true', help='save every trained network (timm local-dir layout)')
+    g.add_argument('--push-teacher', metavar='REPO', help='push the first trained teacher to this Hub model repo')
+    g.add_argument('--no-plots', action='store_true')
+    return p
+
+
+def _key_values(items: Optional[List[str]]) -> Dict[str, Any]:
+    try:
+        return parse_set(items)
+    except ValueError as e:
+        raise ValueError(str(e).replace('--set', '--model-kwargs')) from None
+
+
+def resolve_config(argv: List[str]):
+    """Parse ``argv`` (two passes) into ``(args, TrainConfig)``."""
+    from dataclasses import fields
+
+    from ..train.config import TrainConfig, load_config
+    parser = build_parser()
+    flag_defaults, config_values = read_cli_config(parser, argv, 'train', [f.name for f in fields(TrainConfig)])
+    parser.set_defaults(**flag_defaults)
+    args = parser.parse_args(argv)
+    overrides = {field: getattr(args, dest) for dest, field in FLAG_FIELDS.items() if getattr(args, dest) is not None}
+    overrides.update(parse_set(args.overrides))
+    recipe = config_values if config_values else (args.config or 'baseline')
+    if isinstance(recipe, dict) and args.config and 'recipe' not in recipe:
+        recipe = dict(recipe, recipe=Path(args.config).stem)
+    return args, load_config(recipe, overrides)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = apply_deprecations(sys.argv[1:] if argv is None else list(argv))
+    import timm_dd  # noqa: F401  (registers the models)
+    from ..hub import HubError
+    from ..io import FolderInUseError, FolderLock
+    from ..launch import exit_with_launcher
+    try:
+        args, cfg = resolve_config(argv)
+    except (ValueError, FileNotFoundError) as e:
+        return report_user_error(e)
+    models = args.models or ([args.model] if args.model else None)
+    if not models:
+        return report_user_error('give --model or --models')
+    seeds = args.seeds or ([args.seed] if args.seed is not None else [0])
+    out_dir = Path(args.output or f'output/train/{cfg.recipe}')
+
+    from accelerate import Accelerator
+    exit_with_launcher()
+    tracking = dict(log_with=_trackers(args.log_with), project_dir=str(out_dir / 'trackers')) if args.log_with else {}
+    accelerator = Accelerator(cpu=args.cpu, mixed_precision=cfg.mixed_precision, **tracking)
+    setup_logging(args.log_level, accelerator.is_main_process)
+    lock = FolderLock(out_dir) if accelerator.is_main_process else contextlib.nullcontext()
+    try:
+        with lock:
+            return _run(args, cfg, models, seeds, out_dir, accelerator)
+    except (ValueError, FileNotFoundError, FolderInUseError, HubError) as e:
+        return report_user_error(e)
+    except OSError as e:  # a full disk, an unwritable folder: the message says which file
+        return report_user_error(e)
+    finally:
+        accelerator.end_training()
+
+
+def _trackers(log_with: Optional[str]):
+    if log_with is None:
+        return None
+    return 'all' if log_with == 'all' else [log_with]
+
+
+def _run(args: argparse.Namespace, cfg: Any, models: List[str], seeds: List[int], out_dir: Path,
+         accelerator: Any) -> int:
+    import yaml
+
+    from ..io import atomic_write
+    from ..train.experiment import format_table, prepare_data, run_experiment
+    if accelerator.is_main_process:
+        record = {k: v for k, v in vars(args).items() if k not in ('config',)}
+        with atomic_write(out_dir / 'args.yaml', 'w') as f:  # `-c args.yaml` repeats this run
+            yaml.safe_dump(dict(record, models=models, seeds=seeds, config_resolved=cfg.to_dict()), f,
+                           sort_keys=False)
+    if args.log_with:
+        accelerator.init_trackers(f'timm_dd-{cfg.recipe}', config=_scalars(cfg.to_dict()))
+
+    with accelerator.main_process_first():  # one process fills the decoded-data cache, the others read it
+        bundle = prepare_data(args.data, args.real_ipc, args.dataset, args.data_root, seed=seeds[0],
+                              cache_dir=args.cache_dir, image_size=args.img_size)
+    accelerator.print(f'training set: {bundle.description}: {len(bundle.train)} images, '
+                      f'test set: {len(bundle.test_labels)} images; {accelerator.num_processes} process(es) on '
+                      f'{accelerator.device}')
+    result = run_experiment(cfg, models, seeds, bundle, out_dir, accelerator,
+                            model_kwargs=_key_values(args.model_kwargs), resume=args.resume,
+                            save_models=args.save_models, force_resume=args.force_resume)
+    if accelerator.is_main_process:
+        print(format_table(result))
+        if not args.no_plots:
+            from ..train.plots import plot_results, plot_schedules
+            iters = -(-len(bundle.train) // cfg.batch_size)
+            print('plots:', plot_results(result, out_dir / 'results.png'),
+                  plot_schedules(cfg, models, out_dir / 'schedules.png', iters))
+        print(f'results: {out_dir / "results.md"}, {out_dir / "results.json"}')
+        if args.push_teacher:
+            if not result.teacher_runs or result.teacher_runs[0].get('loaded'):
+                return report_user_error('--push-teacher needs a teacher trained in this run (kd on, no --teacher)')
+            from ..hub import load_teacher, push_teacher
+            teacher_dir = out_dir / 'teachers' / f'seed{seeds[0]}' / 'model'
+            print('pushed teacher:', push_teacher(load_teacher(str(teacher_dir)), args.push_teacher,
+                                                  class_names=bundle.class_names))
+    return 0
+
+
+def _scalars(d: Dict[str, Any]) -> Dict[str, Any]:
+    """The config as trackers take it (TensorBoard hparams: scalars and strings only)."""
+    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in d.items()}
+
+
+if __name__ == '__main__':
+    sys.exit(main())
