@@ -277,9 +277,8 @@ def _load_digits(split: str, size: Optional[Tuple[int, int]]) -> ImageDataset:
     """
     if split not in ('train', 'test'):
         raise ValueError(f"digits has splits 'train' and 'test', got {split!r}")
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
+    from .._optional import require
+    bunch = require('sklearn.datasets', 'demo', "the embedded 'digits' dataset").load_digits()
     targets = torch.as_tensor(bunch.target, dtype=torch.int64)
     idx = _digits_split_indices(targets, split)
     x = torch.as_tensor(bunch.images, dtype=torch.float32)[idx].unsqueeze(1) / 16.0

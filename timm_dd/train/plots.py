@@ -10,7 +10,8 @@ __all__ = ['plot_results', 'plot_schedules']
 
 
 def _pyplot():
-    import matplotlib
+    from .._optional import require
+    matplotlib = require('matplotlib', 'plots', 'plotting results')
     matplotlib.use('Agg')  # files only, never a window
     import matplotlib.pyplot as plt
     return plt
