@@ -87,3 +87,32 @@ def test_presets_lists_sources_and_shows_settings(capsys):
     assert distill_cli.main(['presets', '--show', 'cifar10-ipc10-mtt']) == 0
     out = capsys.readouterr().out
     assert '* syn_steps: 30' in out and '* zca: true' in out
+
+
+def _event_tags(folder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    tags = set()
+    for events in folder.rglob('events.out.tfevents.*'):
+        acc = EventAccumulator(str(events.parent))
+        acc.Reload()
+        tags |= set(acc.Tags().get('scalars', [])) | set(acc.Tags().get('images', []))
+    return tags
+
+
+def test_log_with_tensorboard_writes_the_logged_keys(tmp_path, capsys):
+    pytest.importorskip('tensorboard')
+    out = tmp_path / 'train'
+    assert train_cli.main(['-c', 'baseline', '--dataset', 'digits', '--real-ipc', '1', '--model', 'convnet3',
+                           '--model-kwargs', 'width=4', '--epochs', '2', '--eval-every', '1', '--output', str(out),
+                           '--no-plots', '--cpu', '--log-with', 'tensorboard']) == 0, capsys.readouterr().err
+    tags = _event_tags(out / 'trackers')
+    assert {'convnet3 seed 0/loss', 'convnet3 seed 0/test_acc', 'convnet3 seed 0/lr'} <= tags, tags
+    common = ['-c', 'digits-ipc10-att', '--set', 'image_size=8', '--set', 'model_kwargs={width: 4}', '--set', 'ipc=2',
+              '--set', 'num_experts=1', '--set', 'expert_train_epochs=3', '--set', 'syn_steps=2', '--set',
+              'max_start_epoch=1', '--cpu', '--log-with', 'tensorboard']
+    assert distill_cli.main(['experts', *common, '--output', str(tmp_path / 'buf')]) == 0
+    assert 'expert_00000/loss' in _event_tags(tmp_path / 'buf' / 'trackers')
+    assert distill_cli.main(['distill', *common, '--experts', str(tmp_path / 'buf'), '--output', str(tmp_path / 'd'),
+                             '--iterations', '2', '--set', 'eval_every=1', '--set', 'eval_epochs=1']) == 0
+    tags = _event_tags(tmp_path / 'd' / 'trackers')
+    assert {'att/loss', 'att/syn_lr', 'att/n_opt', 'eval/acc_mean', 'distilled images'} <= tags, tags

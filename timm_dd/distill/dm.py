@@ -22,6 +22,7 @@ from .state import (
     CHECKPOINT_FILE, check_finite_state, check_resume_config, load_checkpoint, save_checkpoint, to_cpu, to_device,
 )
 from ..seeding import derive_seed, generator_for
+from ..tracking import log_metrics
 
 __all__ = ['DistributionMatching']
 
@@ -162,6 +163,7 @@ class DistributionMatching:
         if self.eval_fn is not None:
             record.update(self.eval_fn(self.iteration, self.images.detach().clone(), None, None))
         _logger.info(f'eval at iteration {self.iteration}: {record}')
+        log_metrics(self.accelerator, {f'eval/{k}': v for k, v in record.items() if k != 'iteration'}, self.iteration)
         self.history.append(record)
         return record
 
@@ -179,6 +181,7 @@ class DistributionMatching:
                 self.evaluate()
                 pbar.set_description('DM')
             info = self.step()
+            log_metrics(self.accelerator, {'dm/loss': info['loss'], 'dm/seconds': info['seconds']}, info['iteration'])
             pbar.update(1)
             pbar.set_postfix(loss=f'{info["loss"]:.4f}', refresh=False)
             if info['iteration'] % max(1, total // 10) == 0:

@@ -17,7 +17,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -254,12 +254,14 @@ def train_expert(
         test: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
         device: Union[str, torch.device] = 'cpu',
         progress: bool = False,
+        log: Optional[Callable[[Dict[str, float], int], None]] = None,
 ) -> List[torch.Tensor]:
     """Train expert ``index`` with plain SGD on (already normalized / ZCA'd) ``images`` on ``device`` and return its
     trajectory (CPU vectors).
 
     The init, batch order and DSA draws come from generators seeded by ``(cfg.seed, index)`` (CPU generators: the same
-    draws on any device). ``progress`` shows a bar over the epochs with the running loss.
+    draws on any device). ``progress`` shows a bar over the epochs with the running loss; ``log(values, epoch)``
+    receives the epoch's loss (for experiment trackers).
     """
     init_gen_state = torch.random.get_rng_state()
     torch.manual_seed(derive_seed(cfg.seed, index, 0))  # timm initializes from the global RNG
@@ -294,6 +296,8 @@ def train_expert(
                                      f'lr (expert_lr={cfg.lr})')
         trajectory.append(flat_params(model))
         pbar.set_postfix(loss=f'{epoch_loss:.4f}', refresh=False)
+        if log is not None:
+            log({f'expert_{index:05d}/loss': epoch_loss}, epoch)
         msg = f'expert {index} epoch {epoch + 1}/{cfg.epochs} train loss {epoch_loss:.4f}'
         if test is not None and (epoch + 1 == cfg.epochs):
             msg += f' test acc {_accuracy(model, test[0], test[1], device):.4f}'
@@ -340,6 +344,7 @@ def train_experts(
         num_processes: int = 1,
         device: Union[str, torch.device] = 'cpu',
         progress: bool = False,
+        log: Optional[Callable[[Dict[str, float], int], None]] = None,
 ) -> List[Path]:
     """Train the experts this process owns (``i % num_processes == process_index``), skipping finished files.
 
@@ -353,6 +358,7 @@ def train_experts(
         num_processes: World size (``accelerator.num_processes``).
         device: Device to train on.
         progress: Show progress bars (experts, and epochs of the current one).
+        log: Receives each expert's per-epoch loss (experiment trackers).
 
     Returns:
         Paths of the experts owned by this process (trained now or found finished).
@@ -373,7 +379,7 @@ def train_experts(
                 continue
             except ExpertFileError as e:
                 _logger.warning(f'expert {i}: retraining, existing file is unusable: {e}')
-        traj = train_expert(images, labels, cfg, i, test=test, device=device, progress=progress)
+        traj = train_expert(images, labels, cfg, i, test=test, device=device, progress=progress, log=log)
         meta = dict(asdict(cfg), index=i, params=spec, num_params=int(traj[0].numel()))
         save_trajectory(path, traj, meta)
         _logger.info(f'expert {i}: saved {path}')

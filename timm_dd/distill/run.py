@@ -24,12 +24,13 @@ from accelerate.utils import gather_object
 
 from ..data import load_dataset
 from ..data.zca import ZCA
-from ..distilled import DistilledSet, save_grid
+from ..distilled import DistilledSet, make_class_grid, save_grid
 from .dm import DistributionMatching
 from .experts import ExpertConfig, ExpertPool, create_arch, train_experts
 from .presets import DistillConfig
 from .tm import TrajectoryMatching, init_synthetic
 from ..seeding import derive_seed, generator_for
+from ..tracking import log_image, log_metrics
 
 __all__ = ['DistillData', 'apply_precision', 'prepare_data', 'model_kwargs', 'make_evaluator', 'run_experts', 'run_distill',
            'expert_config']
@@ -126,7 +127,8 @@ def run_experts(
     paths = train_experts(data.train_images, data.train_labels, out_dir, expert_config(cfg, data),
                           test=(data.test_images, data.test_labels), process_index=accelerator.process_index,
                           num_processes=accelerator.num_processes, device=accelerator.device,
-                          progress=accelerator.is_local_main_process)
+                          progress=accelerator.is_local_main_process,
+                          log=lambda values, step: log_metrics(accelerator, values, step))
     accelerator.wait_for_everyone()
     return paths
 
@@ -173,8 +175,9 @@ def make_evaluator(cfg: DistillConfig, data: DistillData, accelerator: Accelerat
                 accs = _accs(ema, lr)
                 record.update(ema_acc_mean=sum(accs) / len(accs), ema_accs=accs)
         if grid and out_dir is not None and accelerator.is_main_process:
-            save_grid(build_set(cfg, data, images, lr if cfg.method != 'dm' else None), out_dir /
-                      f'grid_{iteration:06d}.png')
+            dset = build_set(cfg, data, images, lr if cfg.method != 'dm' else None)
+            save_grid(dset, out_dir / f'grid_{iteration:06d}.png')
+            log_image(accelerator, 'distilled images', make_class_grid(dset), iteration)
         return record
 
     return eval_fn

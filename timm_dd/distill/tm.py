@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ..augment import DSA
 from ..seeding import generator_for
+from ..tracking import log_metrics
 from .experts import ExpertPool
 from .matching import FlatModel, MatchResult, Shards, plan_steps, trajectory_match
 from .presets import DistillConfig
@@ -207,6 +208,7 @@ class TrajectoryMatching:
             ema = self.ema.clone() if self.ema is not None else None
             record.update(self.eval_fn(self.iteration, self.images.detach().clone(), ema, float(self.syn_lr.detach())))
         _logger.info(f'eval at iteration {self.iteration}: {record}')
+        log_metrics(self.accelerator, {f'eval/{k}': v for k, v in record.items() if k != 'iteration'}, self.iteration)
         self.history.append(record)
         return record
 
@@ -224,6 +226,8 @@ class TrajectoryMatching:
                 self.evaluate()
                 pbar.set_description(cfg.method.upper())
             info = self.step()
+            log_metrics(self.accelerator, {f'{cfg.method}/{k}': v for k, v in info.items() if k != 'iteration'},
+                        info['iteration'])
             pbar.update(1)
             postfix = {'loss': f'{info["loss"]:.4f}', 'syn_lr': f'{info["syn_lr"]:.3g}'}
             if cfg.method == 'att':

@@ -24,6 +24,7 @@ from ..augment import DSA
 from ..io import atomic_write
 from ..layers import set_drop_generator, set_keep_rate
 from ..seeding import derive_seed, generator_for
+from ..tracking import log_metrics
 from .config import TrainConfig
 from .elf import FeatureSplit, elf_split
 from .losses import feature_loss, kd_loss, label_loss
@@ -299,6 +300,7 @@ def train_model(
         if metrics_path is not None and writer:
             with open(metrics_path, 'a') as f:
                 f.write(json.dumps(record) + '\n')
+        log_metrics(accelerator, {f'{desc or model_name}/{k}': v for k, v in record.items() if k != 'epoch'}, epoch)
         done = epoch + 1
         if ckpt_path is not None and (done % cfg.checkpoint_every == 0 or epoch == last_epoch):
             if writer:
