@@ -19,7 +19,7 @@ import torch.nn as nn
 from ._errors import HubError, hub_error, with_retries
 from ._repo import prepare_repo, split_source
 
-__all__ = ['push_teacher', 'load_teacher', 'save_teacher', 'teacher_model_card']
+__all__ = ['push_teacher', 'load_teacher', 'save_teacher', 'record_input', 'teacher_model_card']
 
 _logger = logging.getLogger(__name__)
 
@@ -78,8 +78,11 @@ def teacher_model_card(
     )
 
 
-def _model_config(class_names: Optional[Sequence[str]]) -> Optional[Dict[str, Any]]:
-    return {'label_names': list(class_names)} if class_names else None
+def _model_config(class_names: Optional[Sequence[str]], model: Optional[nn.Module] = None) -> Optional[Dict[str, Any]]:
+    config: Dict[str, Any] = {'label_names': list(class_names)} if class_names else {}
+    if getattr(model, 'image_space', None):
+        config['image_space'] = dict(model.image_space)  # what record_input stored: normalized or ZCA, and of what
+    return config or None
 
 
 def _check_model_args(model: nn.Module, model_args: Optional[Dict[str, Any]]) -> None:
@@ -88,6 +91,27 @@ def _check_model_args(model: nn.Module, model_args: Optional[Dict[str, Any]]) ->
         _logger.warning(
             'No model_args given and this timm version does not record them: pass the creation kwargs '
             '(e.g. num_classes, width, norm, img_size) so that the same architecture is rebuilt on load.')
+
+
+def record_input(model: nn.Module, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                 image_space: Optional[Dict[str, Any]] = None) -> nn.Module:
+    """Write the data a teacher was trained on into its ``pretrained_cfg`` before it is saved or pushed.
+
+    ``input_size`` and ``num_classes`` come from the model itself; ``mean``/``std`` are the training data's
+    normalization (ZCA data: the statistics of the [0, 1] pixels the ZCA was fitted on); ``image_space`` (e.g.
+    ``{'kind': 'zca', 'source': 'cifar10', 'eps': 0.1}``) lets a downloaded teacher be checked against a set.
+    """
+    from ..models._common import describe_input
+    describe_input(model)
+    cfg = dict(model.pretrained_cfg)
+    if mean is not None:
+        cfg['mean'] = tuple(float(m) for m in mean)
+    if std is not None:
+        cfg['std'] = tuple(float(v) for v in std)
+    model.pretrained_cfg = cfg
+    if image_space is not None:  # not a timm PretrainedCfg field: saved at the top of config.json
+        model.image_space = dict(image_space)
+    return model
 
 
 def save_teacher(
@@ -116,7 +140,9 @@ def save_teacher(
 
     folder = Path(folder)
     _check_model_args(model, model_args)
-    save_for_hf(model, str(folder), model_config=_model_config(class_names), model_args=model_args,
+    from ..models._common import describe_input
+    describe_input(model)  # input_size / num_classes of this model, whatever was recorded before
+    save_for_hf(model, str(folder), model_config=_model_config(class_names, model), model_args=model_args,
                 safe_serialization=True)
     card = teacher_model_card(model, repo_id=repo_id, dataset=dataset, folder=folder)
     name = repo_id.split('/')[-1] if repo_id else folder.name
@@ -162,6 +188,8 @@ def push_teacher(
     from timm.models import push_to_hf_hub
 
     _check_model_args(model, model_args)
+    from ..models._common import describe_input
+    describe_input(model)
     card = teacher_model_card(model, repo_id=repo_id, dataset=dataset)
 
     def push() -> str:
@@ -173,7 +201,7 @@ def push_teacher(
             token=token,
             revision=revision,
             private=private,
-            model_config=_model_config(class_names),
+            model_config=_model_config(class_names, model),
             model_card=card,
             model_args=model_args,
             safe_serialization=True,

@@ -1,11 +1,12 @@
 """Small helpers shared by the timm_dd model files."""
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 __all__ = ['CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR100_MEAN', 'CIFAR100_STD', 'IMAGENET_MEAN', 'IMAGENET_STD',
-           'cifar_cfg', 'create_act', 'conv_norm_act', 'conv_dp_block', 'factory_kwargs', 'check_img_size', 'check_in_chans', 'reject_drop_path']
+           'cifar_cfg', 'create_act', 'conv_norm_act', 'conv_dp_block', 'factory_kwargs', 'check_img_size',
+           'check_in_chans', 'reject_drop_path', 'FeatureIntermediates', 'describe_input']
 
 from ..constants import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD
 
@@ -109,3 +110,50 @@ def conv_dp_block(
     if isinstance(shortcut, nn.Identity) and keep_unused_norm:
         block.unused_norm = create_norm2d(norm, out_chs, **dd).requires_grad_(False)
     return block
+
+
+class FeatureIntermediates:
+    """timm's ``forward_intermediates`` for a model with ``feature_info`` (``module`` = the submodule whose output is
+    the feature map) and ``forward_features``: the final features and the chosen intermediate maps (NCHW)."""
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, Sequence[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ):
+        from timm.models._features import feature_take_indices
+        if output_fmt != 'NCHW':
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        take, _ = feature_take_indices(len(self.feature_info), indices)
+        names = [self.feature_info[i]['module'] for i in take]
+        modules = dict(self.named_modules())
+        outputs: Dict[str, torch.Tensor] = {}
+        hooks = [modules[n].register_forward_hook(lambda m, i, o, n=n: outputs.__setitem__(n, o)) for n in names]
+        try:
+            final = self.forward_features(x)
+        finally:
+            for h in hooks:
+                h.remove()
+        intermediates = [outputs[n] for n in names]
+        return intermediates if intermediates_only else (final, intermediates)
+
+
+def describe_input(model: nn.Module) -> nn.Module:
+    """Make ``model.pretrained_cfg`` describe the input the model was built for: ``input_size`` from its
+    ``in_chans`` and ``img_size``, ``num_classes``; a mean/std of another channel count becomes its channel average
+    (the data's own statistics replace it when a trained model is saved)."""
+    cfg = dict(getattr(model, 'pretrained_cfg', None) or {})
+    chans, size = getattr(model, 'in_chans', None), getattr(model, 'img_size', None)
+    if chans is not None and size is not None:
+        cfg['input_size'] = (chans, *tuple(size))
+        for key in ('mean', 'std'):
+            value = tuple(cfg.get(key) or ())
+            if value and len(value) != chans:
+                cfg[key] = (sum(value) / len(value),) * chans
+    cfg['num_classes'] = getattr(model, 'num_classes', cfg.get('num_classes'))
+    model.pretrained_cfg = cfg
+    return model

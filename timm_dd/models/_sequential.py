@@ -5,11 +5,12 @@ import torch
 from torch import nn
 
 from ..layers import check_global_pool, head_in_features, pool_features
+from ._common import FeatureIntermediates
 
 __all__ = ['SequentialNet']
 
 
-class SequentialNet(nn.Module):
+class SequentialNet(FeatureIntermediates, nn.Module):
     """``features`` (an ``nn.Sequential``) -> flatten or average -> dropout -> linear classifier.
 
     Subclasses build ``self.features`` and ``self.feature_info`` and then call :meth:`_init_head`. The

@@ -14,6 +14,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from ..layers import check_norm, keep_rates_from_drop_path_rate
 from ._common import (
+    describe_input,
     cifar_cfg, check_img_size, check_in_chans, conv_dp_block, conv_norm_act, factory_kwargs,
     reject_drop_path,
 )
@@ -62,6 +63,7 @@ class AlexNet(SequentialNet):
         dd = factory_kwargs(device, dtype)
         norm = check_norm(norm)
         check_in_chans(in_chans)
+        self.in_chans = in_chans
         img_size = check_img_size(img_size, min_size=8, multiple=8)
         self.feature_info: List[Dict[str, Any]] = []
         layers: List[nn.Module] = conv_norm_act(in_chans, 128, 5, norm, dd=dd) + [nn.MaxPool2d(2, 2)]
@@ -88,7 +90,7 @@ class AlexNet(SequentialNet):
 def _create_alexnet(variant: str, pretrained: bool = False, **kwargs) -> AlexNet:
     out_indices = kwargs.pop('out_indices', (0, 1, 2))
     feature_cfg = dict(flatten_sequential=True, out_indices=out_indices)
-    return build_model_with_cfg(AlexNet, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
+    return describe_input(build_model_with_cfg(AlexNet, variant, pretrained, feature_cfg=feature_cfg, **kwargs))
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:

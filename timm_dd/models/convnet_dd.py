@@ -16,6 +16,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from ..layers import check_norm
 from ._common import (
+    describe_input,
     IMAGENET_MEAN, IMAGENET_STD, check_in_chans, cifar_cfg, conv_norm_act, factory_kwargs,
     reject_drop_path,
 )
@@ -74,6 +75,7 @@ class ConvNet(SequentialNet):
         dd = factory_kwargs(device, dtype)
         reject_drop_path(drop_path_rate, 'ConvNet')
         check_in_chans(in_chans)
+        self.in_chans = in_chans
         norm = check_norm(norm)
         if pool not in _POOLS:
             raise ValueError(f'pool must be one of {_POOLS}, got {pool!r}')
@@ -105,7 +107,7 @@ def _create_convnet(variant: str, pretrained: bool = False, **kwargs) -> ConvNet
     out_indices = kwargs.pop('out_indices', None)
     num_blocks = len(kwargs['widths']) if kwargs.get('widths') is not None else kwargs.get('depth', 3)
     feature_cfg = dict(flatten_sequential=True, out_indices=out_indices or tuple(range(num_blocks)))
-    return build_model_with_cfg(ConvNet, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
+    return describe_input(build_model_with_cfg(ConvNet, variant, pretrained, feature_cfg=feature_cfg, **kwargs))
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:

@@ -19,7 +19,7 @@ from timm.layers import create_classifier
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ..layers import DropPath, check_norm, create_norm2d, keep_rates_from_drop_path_rate
-from ._common import check_in_chans, cifar_cfg, factory_kwargs
+from ._common import FeatureIntermediates, check_in_chans, cifar_cfg, describe_input, factory_kwargs
 
 __all__ = ['ResNet', 'BasicBlock', 'Bottleneck']
 
@@ -102,7 +102,7 @@ class Bottleneck(nn.Module):
 _BLOCKS: Dict[str, Type[nn.Module]] = {'basic': BasicBlock, 'bottleneck': Bottleneck}
 
 
-class ResNet(nn.Module):
+class ResNet(FeatureIntermediates, nn.Module):
     """CIFAR-style ResNet (3x3 stride-1 stem, no max-pool) whose every block holds a keep-rate DropPath.
 
     ``drop_path_rate=r`` at creation sets keep rate ``1 - r`` on *every* block (``drop_path_rule='uniform'``,
@@ -153,6 +153,7 @@ class ResNet(nn.Module):
             raise ValueError(f'shortcut must be one of {SHORTCUT_TYPES}, got {shortcut!r}')
         norm = check_norm(norm)
         check_in_chans(in_chans)
+        self.in_chans = in_chans
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         if len(img_size) != 2 or min(img_size) < 8:
             raise ValueError(f'img_size must be at least 8 px on each side, got {img_size}')
@@ -223,7 +224,7 @@ class ResNet(nn.Module):
 
 
 def _create_resnet(variant: str, pretrained: bool = False, **kwargs) -> ResNet:
-    return build_model_with_cfg(ResNet, variant, pretrained, **kwargs)
+    return describe_input(build_model_with_cfg(ResNet, variant, pretrained, **kwargs))
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:

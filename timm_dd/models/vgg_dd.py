@@ -15,6 +15,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from ..layers import check_norm, keep_rates_from_drop_path_rate
 from ._common import (
+    describe_input,
     cifar_cfg, check_img_size, check_in_chans, conv_dp_block, conv_norm_act, factory_kwargs, reject_drop_path,
 )
 from ._sequential import SequentialNet
@@ -65,6 +66,7 @@ class VGG(SequentialNet):
         dd = factory_kwargs(device, dtype)
         norm = check_norm(norm)
         check_in_chans(in_chans)
+        self.in_chans = in_chans
         num_pools = sum(1 for c in cfg if c == 'M')
         img_size = check_img_size(img_size, min_size=2 ** num_pools, multiple=2 ** num_pools)
         num_droppable = sum(1 for c in cfg if isinstance(c, tuple))
@@ -95,7 +97,7 @@ class VGG(SequentialNet):
 def _create_vgg(variant: str, pretrained: bool = False, **kwargs) -> VGG:
     out_indices = kwargs.pop('out_indices', (0, 1, 2, 3, 4))
     feature_cfg = dict(flatten_sequential=True, out_indices=out_indices)
-    return build_model_with_cfg(VGG, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
+    return describe_input(build_model_with_cfg(VGG, variant, pretrained, feature_cfg=feature_cfg, **kwargs))
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:

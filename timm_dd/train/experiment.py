@@ -91,7 +91,8 @@ def prepare_data(
         return DataBundle(train, _to_space(test.images, dset), test.labels, list(test.class_names),
                           f'{dset.method} {dset.source_dataset} ipc {dset.ipc} ({data})',
                           dict(kind='distilled', path=str(data), method=dset.method, ipc=dset.ipc,
-                               image_space=dset.image_space, source_dataset=dset.source_dataset))
+                               image_space=dset.image_space, source_dataset=dset.source_dataset,
+                               **_normalization(dset.normalization)))
     if dataset is None:
         raise ValueError('real_ipc needs a dataset (e.g. digits, cifar10, or a folder/zip)')
     train_full = load_dataset(dataset, 'train', root=data_root, cache_dir=cache_dir, image_size=image_size)
@@ -106,7 +107,12 @@ def prepare_data(
     train = TrainSet(sub.normalized(), sub.labels, sub.num_classes, list(sub.class_names))
     return DataBundle(train, test.normalized(), test.labels, list(test.class_names),
                       f'{real_ipc} real images per class of {dataset} (seed {seed})',
-                      dict(kind='real', dataset=dataset, ipc=real_ipc, seed=seed, image_space='normalized'))
+                      dict(kind='real', dataset=dataset, ipc=real_ipc, seed=seed, image_space='normalized',
+                           mean=list(train_full.mean), std=list(train_full.std)))
+
+
+def _normalization(norm: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    return {'mean': list(norm['mean']), 'std': list(norm['std'])} if norm else {}
 
 
 def _check_classes(train_names, test_names, train_k: int, test_k: int, train_src: str, test_src: str) -> None:
@@ -212,7 +218,10 @@ def _check_teacher_input(teacher: nn.Module, name: str, bundle: DataBundle) -> N
 
 
 def _save_model(model: nn.Module, folder: Path, bundle: DataBundle, model_kwargs: Optional[Dict[str, Any]]) -> None:
-    from ..hub import save_teacher
+    from ..hub import record_input, save_teacher
+    src = bundle.source
+    record_input(model, src.get('mean'), src.get('std'),
+                 {k: src[k] for k in ('image_space', 'dataset', 'source_dataset', 'zca_eps') if k in src})
     args = dict(num_classes=bundle.train.num_classes, in_chans=bundle.in_chans, **(model_kwargs or {}))
     if is_timm_dd_model(model.pretrained_cfg.get('architecture', '')):
         args.setdefault('img_size', bundle.img_size)
