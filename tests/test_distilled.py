@@ -116,9 +116,9 @@ def test_card(tmp_path):
     out = _full_set().save(tmp_path / 'set', repo_id='dd-org/cifar10-mtt-ipc3')
     text = (out / CARD_FILE).read_text()
     header = yaml.safe_load(text.split('---')[1])
-    assert set(header) == {'license', 'pretty_name', 'task_categories', 'tags', 'size_categories'}
-    assert header['task_categories'] == ['image-classification']
-    assert header['tags'] == ['dataset-distillation', 'distilled', 'timm_dd', 'cifar10']
+    assert set(header) == {'license', 'pretty_name', 'task_categories', 'tags', 'size_categories', 'source_datasets'}
+    assert header['task_categories'] == ['image-classification'] and header['source_datasets'] == ['cifar10']
+    assert header['tags'] == ['dataset-distillation', 'distilled', 'timm_dd', 'ipc-3', 'cifar10']
     assert header['size_categories'] == ['n<1K'] and header['license'] == 'mit'
     assert "import timm_dd\ndset = timm_dd.load_distilled('dd-org/cifar10-mtt-ipc3')" in text
     assert '| convnet3 | 65.4 | 0.7 | 5 | dsa |' in text

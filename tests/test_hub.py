@@ -401,3 +401,33 @@ def test_distilled_errors(hub_env):
     with pytest.raises(HubError) as err:
         load_distilled(f'org/{_name("missing-set")}')
     _assert_clean(err, 'missing-set', 'dataset repo', 'was not found')
+
+
+@needs_distilled
+def test_pushed_set_is_read_by_datasets_and_mirrors_the_set(hub_env, tmp_path):
+    datasets = pytest.importorskip('datasets')
+    from timm_dd.data.zca import ZCA
+    repo = f'org/{_name("viewer")}'
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.rand(64, 3, 8, 8, generator=g)
+    zca = ZCA.fit(pixels, eps=0.1)
+    dset = DistilledSet(images=zca.transform(pixels[:20]), labels=torch.arange(10).repeat_interleave(2),
+                        class_names=list(CLASSES), method='MTT', source_dataset='cifar10', ipc=2, image_space='zca',
+                        zca=zca, lr=0.01)
+    push_distilled(dset, repo)
+    files = hub_env.hub.files(repo, 'dataset')
+    assert 'zca.safetensors' in files and 'data/train-00000-of-00001.parquet' in files
+    card = files['README.md'].decode()
+    assert 'configs:' in card and 'ipc-2' in card
+    ds = datasets.load_dataset(repo, split='train', cache_dir=str(tmp_path / 'ds'))
+    assert ds.num_rows == 20 and ds.features['label'].names == CLASSES
+    assert ds['label'] == dset.labels.tolist()
+    tensors = ds.with_format('torch')[:]['tensor']
+    assert torch.equal(torch.as_tensor(tensors), dset.images)  # the exact float tensor
+    assert ds[0]['image'].size == (8, 8)
+    # the same set without its ZCA: a re-push removes the file the set no longer has
+    plain = DistilledSet(images=pixels[:20], labels=dset.labels, class_names=list(CLASSES), method='MTT',
+                         source_dataset='cifar10', ipc=2, image_space='pixel')
+    push_distilled(plain, repo)
+    assert 'zca.safetensors' not in hub_env.hub.files(repo, 'dataset')
+    _assert_same_set(plain, load_distilled(repo))

@@ -1,7 +1,8 @@
-"""Dataset card (``README.md``) for a distilled set.
+"""Dataset card (``README.md``) for a distilled set, built with ``huggingface_hub.DatasetCardData``.
 
-The YAML header uses only standard Hub keys (``license``, ``pretty_name``, ``task_categories``, ``tags``,
-``size_categories``) so the Hub's YAML validation accepts it; everything else lives in
+The YAML header uses only standard Hub keys (``license``, ``pretty_name``, ``task_categories``, ``tags`` with
+``dataset-distillation`` and ``ipc-N``, ``size_categories``, ``source_datasets``, and ``configs`` when a parquet
+view is pushed) so the Hub's YAML validation and dataset viewer accept it; everything else lives in
 ``distill_config.json``, which is authoritative over the card.
 """
 import json
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any, List, Optional
 if TYPE_CHECKING:
     from .distilled_set import DistilledSet
 
-__all__ = ['render_card', 'size_category', 'pretty_name']
+__all__ = ['render_card', 'card_data', 'size_category', 'pretty_name']
 
 # the Hub's size_categories buckets
 _SIZE_BUCKETS = (
@@ -60,29 +61,30 @@ def _table(header: List[str], rows: List[List[Any]]) -> List[str]:
     return lines
 
 
-def render_card(dset: 'DistilledSet', repo_id: Optional[str] = None) -> str:
-    """Markdown dataset card with YAML front matter; ``repo_id`` is used in the usage snippet."""
-    from .distilled_set import CONFIG_FILE, DISTILLED_FILE, ZCA_FILE
-    name = pretty_name(dset)
+def card_data(dset: 'DistilledSet', parquet_file: Optional[str] = None):
+    """The card's YAML header as ``huggingface_hub.DatasetCardData``."""
+    from huggingface_hub import DatasetCardData
     tags = ['dataset-distillation', 'distilled', 'timm_dd']
+    if dset.ipc is not None:
+        tags.append(f'ipc-{dset.ipc}')
     src_tag = _tag(dset.source_dataset)
     if src_tag and src_tag not in tags:
         tags.append(src_tag)
-    lines = [
-        '---',
-        f'license: {_yaml_str(dset.license or "unknown")}',
-        f'pretty_name: {_yaml_str(name)}',
-        'task_categories:',
-        '- image-classification',
-        'tags:',
-        *[f'- {_yaml_str(t)}' for t in tags],
-        'size_categories:',
-        f'- {_yaml_str(size_category(dset.num_images))}',
-        '---',
-        '',
-        f'# {name}',
-        '',
-    ]
+    extra = {}
+    if parquet_file is not None:  # what datasets.load_dataset(repo) and the dataset viewer read
+        extra['configs'] = [{'config_name': 'default', 'data_files': [{'split': 'train', 'path': parquet_file}]}]
+    return DatasetCardData(license=dset.license or 'unknown', pretty_name=pretty_name(dset),
+                           task_categories=['image-classification'], tags=tags,
+                           size_categories=[size_category(dset.num_images)], source_datasets=[dset.source_dataset],
+                           **extra)
+
+
+def render_card(dset: 'DistilledSet', repo_id: Optional[str] = None, parquet_file: Optional[str] = None) -> str:
+    """Markdown dataset card with YAML front matter; ``repo_id`` is used in the usage snippet; ``parquet_file``
+    declares the parquet view."""
+    from .distilled_set import CONFIG_FILE, DISTILLED_FILE, ZCA_FILE
+    name = pretty_name(dset)
+    lines = ['---', card_data(dset, parquet_file).to_yaml(), '---', '', f'# {name}', '']
     c, h, w = dset.image_size
     space = {
         'pixel': 'pixel space ([0, 1])',
@@ -140,6 +142,10 @@ def render_card(dset: 'DistilledSet', repo_id: Optional[str] = None) -> str:
         '```',
         '',
     ]
+    if parquet_file is not None:
+        lines += ['With `datasets` (a preview, not the data: PNG `image` in pixel space, the exact `tensor`, '
+                  'the `label`):', '', '```python', 'import datasets',
+                  f'ds = datasets.load_dataset({target!r}, split="train")', '```', '']
     if dset.class_names is not None:
         names = ', '.join(f'{i}: {n}' for i, n in enumerate(dset.class_names))
         lines += ['## Classes', '', names.replace('|', '\\|'), '']

@@ -388,12 +388,13 @@ class DistilledSet:
             out['lr'] = self.lr
         return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
-    def to_card(self, repo_id: Optional[str] = None) -> str:
+    def to_card(self, repo_id: Optional[str] = None, parquet_file: Optional[str] = None) -> str:
         """The dataset card (``README.md``); ``repo_id`` is shown in the usage snippet."""
         from .card import render_card
-        return render_card(self, repo_id)
+        return render_card(self, repo_id, parquet_file)
 
-    def save(self, folder: Union[str, os.PathLike], overwrite: bool = True, repo_id: Optional[str] = None) -> Path:
+    def save(self, folder: Union[str, os.PathLike], overwrite: bool = True, repo_id: Optional[str] = None,
+             parquet_view: bool = False) -> Path:
         """Write the set to ``folder`` atomically and return its path.
 
         Files go to a temporary sibling folder that is renamed into place. An existing ``folder`` is replaced
@@ -404,6 +405,7 @@ class DistilledSet:
             folder: Target folder.
             overwrite: Replace an existing set; ``False`` raises ``FileExistsError`` instead.
             repo_id: Name shown in the card's usage snippet (default: ``folder`` as given).
+            parquet_view: Also write the parquet view for ``datasets`` / the Hub's viewer (needs ``datasets``).
         """
         self.validate()
         folder = Path(folder)
@@ -415,11 +417,11 @@ class DistilledSet:
             if any(folder.iterdir()) and not (folder / CONFIG_FILE).is_file():
                 raise FileExistsError(f'{folder} is a non-empty folder without {CONFIG_FILE}; refusing to replace it')
         with atomic_folder(folder) as tmp:
-            self._write_files(tmp, repo_id=str(folder) if repo_id is None else repo_id)
+            self._write_files(tmp, repo_id=str(folder) if repo_id is None else repo_id, parquet_view=parquet_view)
         _logger.info(f'saved distilled set ({self.num_images} images, {self.method}) to {folder}')
         return folder
 
-    def _write_files(self, folder: Path, repo_id: str) -> None:
+    def _write_files(self, folder: Path, repo_id: str, parquet_view: bool = False) -> None:
         checksums = {}
         meta = self._safetensors_metadata()
         _write_tensors(self.tensors(), folder / DISTILLED_FILE, meta)
@@ -431,7 +433,12 @@ class DistilledSet:
         config = self.to_config()
         config['sha256'] = checksums
         _write_text(folder / CONFIG_FILE, json.dumps(config, indent=2, allow_nan=False) + '\n')
-        _write_text(folder / CARD_FILE, self.to_card(repo_id))
+        parquet_file = None
+        if parquet_view:
+            from .parquet import PARQUET_FILE, write_parquet_view
+            write_parquet_view(self, folder)
+            parquet_file = PARQUET_FILE
+        _write_text(folder / CARD_FILE, self.to_card(repo_id, parquet_file))
 
     @classmethod
     def load(cls, folder: Union[str, os.PathLike], verify: bool = True, device: str = 'cpu') -> 'DistilledSet':

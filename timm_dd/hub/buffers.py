@@ -31,7 +31,9 @@ def push_expert_buffers(
 ) -> str:
     """Upload a folder of expert trajectory buffers to a Hub dataset repo (created if missing).
 
-    Unchanged files are skipped, so pushing a folder again after adding buffers only uploads the new ones.
+    Uses ``upload_large_folder`` where ``huggingface_hub`` has it (1.x: resumable, several commits; 2.x folds this
+    into ``upload_folder``, which streams a large folder in several commits). Files already in the repo are
+    skipped, so pushing a folder again after adding buffers only uploads the new ones.
 
     Args:
         folder: local buffer folder.
@@ -43,7 +45,8 @@ def push_expert_buffers(
         path_in_repo: sub-folder of the repo to upload into (default: the root).
 
     Returns:
-        The commit (``CommitInfo``: a ``str`` holding the commit url, ``.oid`` is the sha).
+        The commit: the repo's head sha after ``upload_large_folder``, else a ``CommitInfo`` (a ``str`` holding the
+        commit url, ``.oid`` is the sha).
 
     Raises:
         HubError: the Hub refused or could not be reached.
@@ -56,18 +59,20 @@ def push_expert_buffers(
         raise FileNotFoundError(f'Expert buffer folder {str(folder)!r} does not exist or is not a directory.')
     api = HfApi(token=token)
 
+    ignore = ['.*', '**/.*']  # a running job's lock and temporary (half-written) files are never uploaded
+
     def push() -> str:
         target = prepare_repo(api, repo_id, 'dataset', private, revision)
+        if path_in_repo is None and commit_message is None and hasattr(api, 'upload_large_folder'):
+            # gigabytes of experts: resumable, in several commits, skipping what the repo has already
+            # (huggingface_hub >= 2 folds this into upload_folder, which streams large folders in several commits)
+            api.upload_large_folder(repo_id=target, folder_path=str(folder), repo_type='dataset', revision=revision,
+                                    ignore_patterns=ignore, print_report=False)
+            return api.repo_info(target, repo_type='dataset', revision=revision).sha
         return api.upload_folder(
-            repo_id=target,
-            folder_path=str(folder),
-            path_in_repo=path_in_repo,
-            repo_type='dataset',
-            revision=revision,
-            commit_message=commit_message or f'Upload expert buffers from {folder.name}',
-            # hidden files are a running job's lock and its temporary (half-written) files: never uploaded
-            ignore_patterns=['.*', '**/.*'],
-        )
+            repo_id=target, folder_path=str(folder), path_in_repo=path_in_repo, repo_type='dataset',
+            revision=revision, commit_message=commit_message or f'Upload expert buffers from {folder.name}',
+            ignore_patterns=ignore)
 
     commit = with_retries(push, 'push expert buffers to', repo_id, 'dataset', revision, write=True)
     _logger.info(f'Pushed expert buffers to dataset repo {repo_id!r}: {commit}')

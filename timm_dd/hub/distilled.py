@@ -54,16 +54,26 @@ def push_distilled(
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix='timm_dd_push_') as tmp:
         # repo_id: the card's usage snippet then shows the Hub name instead of the temp folder
-        folder = Path(dset.save(Path(tmp) / 'distilled', repo_id=repo_id))
+        folder = Path(dset.save(Path(tmp) / 'distilled', repo_id=repo_id, parquet_view=_has_datasets()))
 
         def push() -> str:
             target = prepare_repo(api, repo_id, 'dataset', private, revision)
+            # delete_patterns: the repo mirrors the set (a file the set no longer has, e.g. zca.safetensors, goes)
             return api.upload_folder(repo_id=target, folder_path=str(folder), repo_type='dataset', revision=revision,
-                                     commit_message=commit_message)
+                                     commit_message=commit_message, delete_patterns=['*', '**/*'])
 
         commit = with_retries(push, 'push distilled set to', repo_id, 'dataset', revision, write=True)
     _logger.info(f'Pushed distilled set to dataset repo {repo_id!r}: {commit}')
     return commit
+
+
+def _has_datasets() -> bool:
+    import importlib.util
+    if importlib.util.find_spec('datasets') is None:
+        _logger.warning('`datasets` is not installed: the set is pushed without its parquet view (no dataset viewer, '
+                        'no datasets.load_dataset); pip install "timm_dd[hub]" to add it')
+        return False
+    return True
 
 
 def load_distilled(

@@ -1,0 +1,45 @@
+"""A parquet view of a distilled set, for ``datasets.load_dataset`` and the Hub's dataset viewer.
+
+Written next to the exact ``distilled.safetensors`` when a set is pushed (``data/train-00000-of-00001.parquet``,
+declared in the card's ``configs:``). Columns: ``image``, a PNG preview in pixel space (8 bits: a preview, not
+the data); ``tensor``, the exact float32 image in the set's own space; ``label``, a ``ClassLabel`` (the arg-max of the
+soft labels when the set has them); ``soft_label``, the soft labels as stored. Needs the ``datasets`` package
+(``pip install "timm_dd[hub]"``).
+"""
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from .distilled_set import DistilledSet
+
+__all__ = ['PARQUET_FILE', 'write_parquet_view']
+
+PARQUET_FILE = 'data/train-00000-of-00001.parquet'
+
+
+def write_parquet_view(dset: 'DistilledSet', folder: Path) -> Path:
+    """Write ``folder / PARQUET_FILE`` for ``dset``; returns its path."""
+    from .._optional import require
+    datasets = require('datasets', 'hub', 'the Hub dataset viewer (parquet view) of a distilled set')
+    from PIL import Image
+
+    pixels = dset.to_pixel_space().clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+    mode = 'L' if pixels.shape[1] == 1 else 'RGB'
+    previews = [Image.fromarray(p.squeeze(0).numpy() if mode == 'L' else p.permute(1, 2, 0).numpy(), mode)
+                for p in pixels]
+    c, h, w = dset.image_size
+    names = list(dset.class_names) if dset.class_names else [str(i) for i in range(dset.num_classes)]
+    labels = dset.labels if dset.soft_labels is None else dset.soft_labels.argmax(1)
+    columns = {'image': previews, 'tensor': dset.images.float().cpu().numpy(), 'label': labels.tolist()}
+    features = {'image': datasets.Image(), 'tensor': datasets.Array3D(shape=(c, h, w), dtype='float32'),
+                'label': datasets.ClassLabel(names=names)}
+    if dset.soft_labels is not None:
+        columns['soft_label'] = dset.soft_labels.float().cpu().numpy().tolist()
+        features['soft_label'] = datasets.List(datasets.Value('float32'))
+    table = datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+    path = Path(folder) / PARQUET_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(str(path))
+    return path
