@@ -116,3 +116,23 @@ def test_log_with_tensorboard_writes_the_logged_keys(tmp_path, capsys):
                              '--iterations', '2', '--set', 'eval_every=1', '--set', 'eval_epochs=1']) == 0
     tags = _event_tags(tmp_path / 'd' / 'trackers')
     assert {'att/loss', 'att/syn_lr', 'att/n_opt', 'eval/acc_mean', 'distilled images'} <= tags, tags
+
+
+def test_readme_cli_table_matches_help(capsys):
+    import re
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[1] / 'README.md').read_text()
+    table = readme.split('## Command lines', 1)[1].split('\n## ', 1)[0]
+    flags = set()
+    for line in table.splitlines():
+        if line.startswith('| `'):
+            first_cell = re.split(r'(?<!\\)\|', line)[1]
+            flags |= set(re.findall(r'`(--?[a-z][a-z-]*)', first_cell)) | set(re.findall(r'/ `(--?[a-z][a-z-]*)', first_cell))
+    assert {'-c', '--output', '--dataset', '--data', '--seed', '--seeds', '--set', '--log-level', '--log-with',
+            '--cpu', '--resume', '--force-resume'} <= flags
+    train_help = _help(lambda a: train_cli.build_parser().parse_args(a), ['--help'], capsys)
+    distill_help = _help(lambda a: distill_cli.build_parser().parse_args(a), ['distill', '--help'], capsys)
+    for flag in flags:
+        assert flag in train_help or flag in distill_help, flag
+    for flag in flags - {'--data', '--seeds', '--resume', '--force-resume'}:
+        assert flag in distill_help, flag  # the shared ones are shared

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_kill_anywhere_then_resume_gives_the_same_result(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS='1', TIMM_DD_CACHE=str(tmp_path / 'cache'))
     out = tmp_path / 'crash.json'
-    proc = subprocess.run([sys.executable, str(REPO / 'tests' / 'scripts' / 'crash_harness.py'), '--out', str(out),
+    proc = subprocess.run([sys.executable, str(REPO / 'tests' / 'scripts' / 'crash_harness.py'), '--output', str(out),
                            '--kills', '5', '--seed', '0', '--work', str(tmp_path / 'runs')],
                           env=env, capture_output=True, text=True, timeout=900)
     result = json.loads(out.read_text())

@@ -16,7 +16,7 @@ Runs execute the command-line ``main()`` of ``train.py`` / ``distill.py`` in for
 ``torch``/``timm`` are imported once. Usage (the test suite runs ``--kills 5``; the long randomized version is
 ``--kills 50 --seed <any>``)::
 
-    python tests/scripts/crash_harness.py --out result.json [--kinds train experts mtt att dm] [--kills 5] [--seed 0]
+    python tests/scripts/crash_harness.py --output result.json [--kinds train experts mtt att dm] [--kills 5] [--seed 0]
 """
 import argparse
 import json
