@@ -195,7 +195,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             results.append(res)
             print(json.dumps({k: v for k, v in res.items() if k != 'cases'}),
                   *[json.dumps(c) for c in res.get('cases', []) if not c['ok']], sep='\n', flush=True)
-        args.out.write_text(json.dumps({'seed': args.seed, 'kills': args.kills, 'results': results}, indent=2))
+        args.output.write_text(json.dumps({'seed': args.seed, 'kills': args.kills, 'results': results}, indent=2))
     return 0 if all(r['ok'] for r in results) else 1
 
 
