@@ -136,3 +136,13 @@ def test_readme_cli_table_matches_help(capsys):
         assert flag in train_help or flag in distill_help, flag
     for flag in flags - {'--data', '--seeds', '--resume', '--force-resume'}:
         assert flag in distill_help, flag  # the shared ones are shared
+
+
+def test_distill_args_yaml_round_trips(tmp_path):
+    argv = ['distill', '-c', 'digits-ipc10-dm', '--set', 'image_size=8', '--set', 'model_kwargs={width: 4}',
+            '--set', 'ipc=1', '--iterations', '1', '--no-eval', '--output', str(tmp_path / 'd'), '--cpu']
+    assert distill_cli.main(argv) == 0
+    args, cfg = distill_cli.resolve_config(['distill', '-c', str(tmp_path / 'd' / 'args-distill.yaml')])
+    _, first = distill_cli.resolve_config(argv)
+    assert cfg.to_dict() == first.to_dict() and cfg.iterations == 1 and cfg.ipc == 1
+    assert args.output == str(tmp_path / 'd') and args.no_eval and args.cpu
