@@ -25,7 +25,7 @@ from .common import (
     add_common_args, apply_deprecations, parse_set, read_cli_config, report_user_error, setup_logging,
 )
 
-COMMANDS = ('experts', 'distill', 'presets')
+COMMANDS = ('experts', 'distill', 'presets', 'convert')
 #: distill.py spellings of earlier releases (``--data`` was the real dataset; it now names a distilled set)
 DEPRECATED = {'--data': ('--dataset', '--data names a distilled set in both commands now')}
 
@@ -44,7 +44,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='timm-dd-distill', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest='command', required=True, metavar='{experts,distill,presets}')
+    sub = p.add_subparsers(dest='command', required=True, metavar='{experts,distill,presets,convert}')
     e = sub.add_parser('experts', help='train expert trajectories (resumable: finished experts are kept)',
                        description='Train expert trajectories into --output (finished experts are kept).')
     _add_run_args(e)
@@ -63,6 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser('presets', help='list the shipped presets (and where their numbers come from)',
                        description='List the presets with their sources, or show the settings of one.')
     s.add_argument('--show', metavar='NAME', default=None, help="print one preset's settings")
+    c = sub.add_parser('convert', help='import a set made by another tool (MTT, ATT, DATM, FRePo, DD-Ranking, images)',
+                       description='Read a distilled set in another layout and save it as a timm_dd set '
+                                   '(usable with train.py --data).')
+    c.add_argument('source', help='folder or Hub dataset repo of the set')
+    c.add_argument('--layout', required=True, choices=('mtt', 'frepo', 'ddranking', 'folder'))
+    c.add_argument('--dataset', default=None, help='the real dataset it was distilled from (name, folder or zip)')
+    c.add_argument('--image-space', choices=('zca', 'normalized', 'pixel'), default=None)
+    c.add_argument('--zca-eps', type=float, default=0.1, help='eps of the ZCA the set was made with (MTT: 0.1)')
+    c.add_argument('--lr', type=float, default=None, help='learned step size, when the files lack it')
+    c.add_argument('--soft-label-temperature', type=float, default=None, help='softmax(y / t) for logit labels')
+    c.add_argument('--output', required=True, help='where to write the timm_dd set')
+    c.add_argument('--log-level', default='INFO')
     return p
 
 
@@ -84,7 +96,7 @@ def resolve_config(argv: List[str]):
                                         [f.name for f in fields(DistillConfig)])
         _subparser(parser, command).set_defaults(**flags)
     args = parser.parse_args(argv)
-    if args.command == 'presets':
+    if args.command in ('presets', 'convert'):
         return args, None
     overrides = parse_set(args.overrides)
     for key in ('method', 'iterations', 'ipc', 'grad_mode', 'seed'):
@@ -103,6 +115,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command == 'presets':
         return _presets(args.show)
     setup_logging(args.log_level)
+    if args.command == 'convert':
+        return _convert(args)
     if args.output is None:
         return report_user_error('--output is required')
     if args.threads:
@@ -153,6 +167,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         return report_user_error(e)
     finally:
         acc.end_training()
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from ..distilled.interchange import import_distilled
+    from ..hub import HubError
+    try:
+        dset = import_distilled(args.source, args.layout, dataset=args.dataset, image_space=args.image_space,
+                                zca_eps=args.zca_eps, lr=args.lr, soft_label_temperature=args.soft_label_temperature)
+        path = dset.save(args.output)
+    except (ValueError, FileNotFoundError, HubError, OSError) as e:
+        return report_user_error(e)
+    print(json.dumps({'out': str(path), 'images': list(dset.images.shape), 'image_space': dset.image_space,
+                      'lr': float(dset.lr) if dset.lr is not None else None}))
     return 0
 
 

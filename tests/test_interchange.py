@@ -1,0 +1,104 @@
+"""Distilled sets made by other tools, written here with plain torch.save in each layout, read back exactly."""
+import pytest
+import torch
+from PIL import Image
+
+from timm_dd import DistilledSet, export_distilled, import_distilled
+from timm_dd.cli import distill as distill_cli
+from timm_dd.data import load_dataset
+from timm_dd.data.zca import ZCA
+from timm_dd.distilled.interchange import ImportFacts
+
+
+@pytest.fixture(scope='module')
+def digits():
+    train = load_dataset('digits', 'train', image_size=16)
+    idx = torch.cat([(train.labels == c).nonzero().flatten()[:2] for c in range(10)])  # class-major, IPC 2
+    return train, idx
+
+
+def _save(folder, **tensors):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, t in tensors.items():
+        torch.save(t, folder / name)
+    return folder
+
+
+def test_mtt_layout_normalized_with_learned_lr(tmp_path, digits):
+    train, idx = digits
+    images, labels = train.normalized()[idx] * 1.3, train.labels[idx]  # a little off the real data, as learned
+    src = _save(tmp_path / 'mtt', **{'images_best.pt': images, 'labels_best.pt': labels,
+                                      'lr_best.pt': torch.tensor(0.0123)})
+    dset = import_distilled(src, 'mtt', dataset='digits', image_space='normalized')
+    assert torch.equal(dset.images, images) and torch.equal(dset.labels, labels)
+    assert dset.image_space == 'normalized' and dset.normalization['mean'] == pytest.approx(list(train.mean))
+    assert float(dset.lr) == pytest.approx(0.0123) and dset.ipc == 2 and dset.class_names == list(train.class_names)
+
+
+def test_mtt_layout_zca_refits_the_transform(tmp_path, digits):
+    train, idx = digits
+    zca = ZCA.fit(train.images, eps=0.1)
+    images = zca.transform(train.images[idx])
+    src = _save(tmp_path / 'zca', **{'images_best.pt': images, 'labels_best.pt': train.labels[idx]})
+    dset = import_distilled(src, 'mtt', dataset='digits', image_space='zca', lr=0.01)
+    assert torch.equal(dset.images, images) and dset.image_space == 'zca' and dset.zca.eps == 0.1
+    assert torch.allclose(dset.to_pixel_space(), train.images[idx], atol=1e-3)  # the refitted ZCA inverts them
+
+
+def test_frepo_logits_and_datm_soft_labels(tmp_path, digits):
+    train, idx = digits
+    logits = torch.randn(20, 10, generator=torch.Generator().manual_seed(0))
+    src = _save(tmp_path / 'frepo', **{'images_best.pt': train.normalized()[idx], 'labels_best.pt': logits})
+    dset = import_distilled(src, 'frepo', dataset='digits', image_space='normalized')
+    assert torch.equal(dset.soft_labels, logits) and dset.soft_label_kind == 'logits'
+    assert dset.soft_label_temperature == 0.3 and torch.equal(dset.labels, logits.argmax(1))
+    datm = import_distilled(src, 'mtt', dataset='digits', image_space='normalized', soft_label_temperature=1.0)
+    assert torch.equal(datm.soft_labels, logits) and datm.soft_label_temperature == 1.0
+
+
+def test_ddranking_export_round_trip(tmp_path, digits):
+    train, idx = digits
+    dset = DistilledSet(images=train.normalized()[idx], labels=train.labels[idx], method='MTT', source_dataset='digits',
+                        class_names=list(train.class_names), image_space='normalized',
+                        normalization={'mean': list(train.mean), 'std': list(train.std)}, lr=0.02)
+    folder = export_distilled(dset, tmp_path / 'dd', layout='ddranking')
+    assert sorted(p.name for p in folder.iterdir()) == ['images.pt', 'labels.pt', 'lr.pt']
+    back = import_distilled(folder, 'ddranking', dataset='digits', image_space='normalized')
+    assert torch.equal(back.images, dset.images) and torch.equal(back.labels, dset.labels)
+    assert float(back.lr) == pytest.approx(0.02)
+
+
+def test_image_folder_layout_is_pixel_space(tmp_path, digits):
+    train, idx = digits
+    for pos, i in enumerate(idx.tolist()):
+        cls = tmp_path / 'imgs' / train.class_names[int(train.labels[i])]
+        cls.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((train.images[i, 0] * 255).round().byte().numpy(), 'L').save(cls / f'{pos:03d}.png')
+    dset = import_distilled(tmp_path / 'imgs', 'folder', dataset='digits')
+    assert dset.image_space == 'pixel' and dset.num_images == 20 and 'precise' in dset.extra['note']
+    assert torch.allclose(dset.images, train.images[idx], atol=1 / 255)
+
+
+def test_ambiguous_import_lists_the_missing_facts(tmp_path, digits):
+    train, idx = digits
+    src = _save(tmp_path / 'x', **{'images.pt': train.normalized()[idx], 'labels.pt': train.labels[idx]})
+    with pytest.raises(ImportFacts, match=r'without: dataset .*; image_space'):
+        import_distilled(src, 'ddranking')
+
+
+def test_implausible_image_space_is_an_error(tmp_path, digits):
+    train, idx = digits
+    src = _save(tmp_path / 'x', **{'images.pt': train.normalized()[idx], 'labels.pt': train.labels[idx]})
+    with pytest.raises(ValueError, match='do not look like pixel space'):
+        import_distilled(src, 'ddranking', dataset='digits', image_space='pixel')
+
+
+def test_convert_command(tmp_path, digits, capsys):
+    train, idx = digits
+    src = _save(tmp_path / 'mtt', **{'images_best.pt': train.normalized()[idx], 'labels_best.pt': train.labels[idx],
+                                      'syn_lr.pt': torch.tensor(0.01)})
+    assert distill_cli.main(['convert', str(src), '--layout', 'mtt', '--dataset', 'digits', '--image-space',
+                             'normalized', '--output', str(tmp_path / 'set')]) == 0
+    assert DistilledSet.load(tmp_path / 'set').num_images == 20
+    assert distill_cli.main(['convert', str(src), '--layout', 'mtt', '--output', str(tmp_path / 'y')]) == 2
+    assert 'without: dataset' in capsys.readouterr().err

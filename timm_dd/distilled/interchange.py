@@ -1,0 +1,247 @@
+"""Distilled sets made by other tools, in and out: MTT / ATT / DATM / FTD, FRePo (as DP+KD uses it), DD-Ranking, and
+folders of image files.
+
+Layouts (all tensors saved with plain ``torch.save``):
+
+=============  ========================================================================================================
+``mtt``        MTT, ATT, DATM, FTD: ``images_best.pt`` float ``[N, C, H, W]`` class-major (``images_zca_best.pt``, the
+               inverse-ZCA'd copy MTT saves for viewing, when that is all there is: pixel space); ``labels_best.pt``
+               int64 ``[N]``, or learned soft labels ``[N, K]`` (DATM: logits); optional ``lr_best.pt`` or
+               ``syn_lr.pt`` (the learned step size). Images are in ZCA space when the run used ``--zca`` (kornia
+               ZCA, eps 0.1, fitted on the [0, 1] train split), else mean/std-normalized.
+``frepo``      The same tensors; the labels ``[N, K]`` are logits, used as ``softmax(y / 0.3)`` by the DP+KD code
+               (0.3 is this layout's default temperature).
+``ddranking``  DD-Ranking: ``images.pt``, ``labels.pt`` (hard ``[N]`` or soft ``[N, K]``), optional ``lr.pt``.
+``folder``     An ImageFolder tree of image files (one folder per class, in class order): 8-bit quantised previews,
+               they lose precision against the float tensors.
+=============  ========================================================================================================
+
+What a file cannot say is stated by the caller: the real dataset the set was distilled from (``dataset``: a name,
+folder or zip; it gives the class names, the normalization, and the ZCA, refitted on its train split with
+``zca_eps``) and the image space. Ambiguous imports fail with the list of missing facts. The imported images are
+checked against the claimed space: their per-channel spread must be within a factor of 4 of what the real train
+split has in that space (and pixel-space images mostly inside [0, 1]); a failed check names the statistics and the
+spaces that would fit.
+"""
+import logging
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import torch
+
+from .distilled_set import DistilledSet
+
+__all__ = ['LAYOUTS', 'import_distilled', 'export_distilled', 'ImportFacts']
+
+_logger = logging.getLogger(__name__)
+
+LAYOUTS = ('mtt', 'frepo', 'ddranking', 'folder')
+SPACES = ('zca', 'normalized', 'pixel')
+_FILES = {
+    'mtt': (('images_best.pt', 'images_zca_best.pt'), ('labels_best.pt',), ('lr_best.pt', 'syn_lr.pt')),
+    'frepo': (('images_best.pt', 'images.pt'), ('labels_best.pt', 'labels.pt'), ('lr_best.pt', 'lr.pt')),
+    'ddranking': (('images.pt',), ('labels.pt',), ('lr.pt',)),
+}
+_SPREAD_FACTOR = 4.0
+
+
+class ImportFacts(ValueError):
+    """An import that needs facts the files do not carry (listed in the message)."""
+
+
+def _first(folder: Path, names: Tuple[str, ...]) -> Optional[Path]:
+    return next((folder / n for n in names if (folder / n).is_file()), None)
+
+
+def _load_tensor(path: Path) -> torch.Tensor:
+    try:
+        value = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise ValueError(f'{path}: cannot read this tensor file (truncated, or not a torch.save file?): {e}') from e
+    if isinstance(value, (int, float)):
+        value = torch.tensor(float(value))
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f'{path}: expected a tensor, found {type(value).__name__}')
+    return value.detach()
+
+
+def _source_folder(source: Union[str, os.PathLike]) -> Path:
+    from ..hub._repo import download_snapshot, split_source
+    folder, repo_id = split_source(source)
+    if folder is None:
+        folder = download_snapshot('import distilled set from', repo_id)
+    return Path(folder)
+
+
+def import_distilled(
+        source: Union[str, os.PathLike],
+        layout: str,
+        *,
+        dataset: Optional[str] = None,
+        image_space: Optional[str] = None,
+        zca_eps: float = 0.1,
+        lr: Optional[float] = None,
+        soft_label_temperature: Optional[float] = None,
+        method: Optional[str] = None,
+) -> DistilledSet:
+    """Read a distilled set made by another tool into a :class:`DistilledSet` (see the module docstring).
+
+    Args:
+        source: A folder, or a Hub dataset repo id.
+        layout: One of :data:`LAYOUTS`.
+        dataset: The real dataset it was distilled from (name, folder or zip): class names, normalization, ZCA.
+        image_space: 'zca', 'normalized' or 'pixel' (``folder`` layouts are pixel space).
+        zca_eps: The ZCA's eps (MTT/ATT/DATM: 0.1; DD-Ranking's kornia default: 1e-6).
+        lr: The learned step size, when the files do not hold it.
+        soft_label_temperature: How soft-label logits are used (``softmax(y / t)``); ``frepo`` default 0.3.
+        method: Recorded method name (default: the layout's).
+
+    Raises:
+        ImportFacts: a fact the files cannot give is missing (the message lists them).
+        ValueError: a file is unreadable, or the images do not look like the claimed space.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f'unknown layout {layout!r}; known layouts: {", ".join(LAYOUTS)}')
+    folder = _source_folder(source)
+    if not folder.is_dir():
+        raise FileNotFoundError(f'{folder}: no such folder')
+    if layout == 'folder':
+        image_space = image_space or 'pixel'
+    missing = []
+    if dataset is None:
+        missing.append('dataset (the real dataset it was distilled from: a name like cifar10, a folder or a zip; it '
+                       'gives the class names, normalization and ZCA)')
+    if image_space is None:
+        missing.append(f"image_space (one of {SPACES}: 'zca' for runs with --zca, else 'normalized')")
+    elif image_space not in SPACES:
+        raise ValueError(f'image_space must be one of {SPACES}, got {image_space!r}')
+    if missing:
+        raise ImportFacts(f'cannot import {source} ({layout} layout) without: ' + '; '.join(missing))
+    if layout == 'folder':
+        images, labels, soft, file_lr, note = _read_folder(folder)
+    else:
+        images, labels, soft, file_lr, note = _read_tensors(folder, layout)
+        if note:
+            image_space = 'pixel'
+    train = _real_train(dataset, images.shape[-2:])
+    num_classes = len(train.class_names)
+    _check_labels(labels, soft, num_classes, folder)
+    normalization, zca = None, None
+    if image_space == 'normalized':
+        normalization = {'mean': list(train.mean), 'std': list(train.std)}
+    elif image_space == 'zca':
+        from ..data.zca import ZCA
+        zca = ZCA.fit(train.images, eps=zca_eps)
+    _check_space(images, image_space, train, zca, folder)
+    if soft is not None and layout == 'frepo' and soft_label_temperature is None:
+        soft_label_temperature = 0.3
+    if lr is None and file_lr is not None:
+        lr = float(file_lr.reshape(-1)[0])
+    dset = DistilledSet(
+        images=images.float(), labels=labels, method=method or layout.upper(), source_dataset=str(dataset),
+        class_names=list(train.class_names), image_space=image_space, normalization=normalization, zca=zca,
+        soft_labels=soft, soft_label_kind='logits' if soft is not None else None,
+        soft_label_temperature=soft_label_temperature, lr=lr,
+        extra={'imported_from': str(source), 'layout': layout, **({'note': note} if note else {})})
+    _logger.info('imported %d images (%s, %s space) from %s', dset.num_images, layout, image_space, source)
+    return dset
+
+
+def _read_tensors(folder: Path, layout: str):
+    image_names, label_names, lr_names = _FILES[layout]
+    image_path, label_path = _first(folder, image_names), _first(folder, label_names)
+    if image_path is None or label_path is None:
+        raise FileNotFoundError(f'{folder}: the {layout} layout needs {" or ".join(image_names)} and '
+                                f'{" or ".join(label_names)}; found {sorted(p.name for p in folder.iterdir())}')
+    images, labels = _load_tensor(image_path), _load_tensor(label_path)
+    if images.dim() != 4:
+        raise ValueError(f'{image_path}: images must be [N, C, H, W], got shape {tuple(images.shape)}')
+    if labels.shape[0] != images.shape[0]:
+        raise ValueError(f'{label_path}: {labels.shape[0]} labels for {images.shape[0]} images')
+    soft = None
+    if labels.is_floating_point() and labels.dim() == 2:
+        soft, labels = labels.float(), labels.argmax(1)
+    elif labels.dim() != 1:
+        raise ValueError(f'{label_path}: labels must be [N] class indices or [N, K] soft labels, got '
+                         f'{tuple(labels.shape)}')
+    lr_path = _first(folder, lr_names)
+    note = None
+    if image_path.name == 'images_zca_best.pt':
+        note = 'images_zca_best.pt is MTT\'s inverse-ZCA\'d viewing copy: imported in pixel space'
+    return images, labels.long(), soft, _load_tensor(lr_path) if lr_path is not None else None, note
+
+
+def _read_folder(folder: Path):
+    from ..data import load_dataset
+    ds = load_dataset(str(folder), 'train', use_cache=False)
+    note = 'imported from image files: 8-bit previews, less precise than the float tensors of the distillation'
+    _logger.warning('%s: %s', folder, note)
+    return ds.images, ds.labels, None, None, note
+
+
+def _real_train(dataset: str, size):
+    from ..data import load_dataset
+    train = load_dataset(str(dataset), 'train')
+    if tuple(train.images.shape[-2:]) != tuple(size):
+        train = load_dataset(str(dataset), 'train', image_size=tuple(int(s) for s in size))
+    return train
+
+
+def _check_labels(labels: torch.Tensor, soft: Optional[torch.Tensor], num_classes: int, where: Path) -> None:
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f'{where}: labels range over [{int(labels.min())}, {int(labels.max())}] but the dataset has '
+                         f'{num_classes} classes; is dataset= the one the set was distilled from?')
+    if soft is not None and soft.shape[1] != num_classes:
+        raise ValueError(f'{where}: soft labels have {soft.shape[1]} columns but the dataset has {num_classes} '
+                         f'classes')
+
+
+def _space_stats(train, space: str, zca) -> torch.Tensor:
+    x = train.images[:2000]
+    if space == 'normalized':
+        x = train.normalized()[:2000]
+    elif space == 'zca':
+        x = zca.transform(x)
+    return x.transpose(0, 1).reshape(x.shape[1], -1).std(1)
+
+
+def _check_space(images: torch.Tensor, space: str, train, zca, where: Path) -> None:
+    """Per-channel spread of the imported images against the real train split's in the claimed space."""
+    if images.shape[1] != train.images.shape[1]:
+        raise ValueError(f'{where}: {images.shape[1]}-channel images, but the dataset has {train.images.shape[1]}')
+    spread = images.float().transpose(0, 1).reshape(images.shape[1], -1).std(1)
+    expected = _space_stats(train, space, zca)
+    ratio = (spread / expected.clamp_min(1e-8)).max().item(), (spread / expected.clamp_min(1e-8)).min().item()
+    plausible = ratio[0] <= _SPREAD_FACTOR and ratio[1] >= 1 / _SPREAD_FACTOR
+    if space == 'pixel':
+        inside = ((images >= -0.25) & (images <= 1.25)).float().mean().item()
+        plausible = plausible and inside >= 0.95
+    if not plausible:
+        raise ValueError(
+            f'{where}: the images do not look like {space} space of this dataset: per-channel std '
+            f'{[round(v, 3) for v in spread.tolist()]} vs {[round(v, 3) for v in expected.tolist()]} for the real '
+            f'train split in that space (allowed: within x{_SPREAD_FACTOR:g}). Check image_space (and zca_eps, '
+            f'dataset)')
+
+
+def export_distilled(dset: DistilledSet, folder: Union[str, os.PathLike], layout: str = 'ddranking') -> Path:
+    """Write ``dset`` in another tool's layout: ``'ddranking'`` (``images.pt``, ``labels.pt``, ``lr.pt``) or
+    ``'mtt'`` (``images_best.pt``, ``labels_best.pt``, ``lr_best.pt``). Images stay in the set's own space (say so
+    to the other tool: DD-Ranking's ZCA uses kornia's eps 1e-6 unless told otherwise); soft labels are written as
+    labels when the set has them."""
+    from ..io import atomic_write
+    names = {'ddranking': ('images.pt', 'labels.pt', 'lr.pt'), 'mtt': ('images_best.pt', 'labels_best.pt',
+                                                                       'lr_best.pt')}
+    if layout not in names:
+        raise ValueError(f'export layouts: {", ".join(names)}; got {layout!r}')
+    folder = Path(folder)
+    image_name, label_name, lr_name = names[layout]
+    tensors: Dict[str, Any] = {image_name: dset.images.detach().cpu().clone(),
+                               label_name: (dset.soft_labels if dset.soft_labels is not None else dset.labels).cpu()}
+    if dset.lr is not None:
+        tensors[lr_name] = torch.as_tensor(dset.lr).detach().cpu().clone()
+    for name, value in tensors.items():
+        with atomic_write(folder / name) as f:
+            torch.save(value, f)
+    return folder
