@@ -102,3 +102,32 @@ def test_convert_command(tmp_path, digits, capsys):
     assert DistilledSet.load(tmp_path / 'set').num_images == 20
     assert distill_cli.main(['convert', str(src), '--layout', 'mtt', '--output', str(tmp_path / 'y')]) == 2
     assert 'without: dataset' in capsys.readouterr().err
+
+
+def test_train_reads_other_layouts_and_applies_the_soft_label_temperature(tmp_path, digits, capsys):
+    import json
+    from timm_dd.cli import train as train_cli
+    train, idx = digits
+    logits = 3 * torch.randn(20, 10, generator=torch.Generator().manual_seed(1))
+    frepo = _save(tmp_path / 'frepo', **{'images_best.pt': train.normalized()[idx], 'labels_best.pt': logits})
+    common = ['-c', 'baseline', '--dataset', 'digits', '--image-space', 'normalized', '--model', 'convnet3',
+              '--model-kwargs', 'width=4', '--epochs', '2', '--eval-every', '1', '--no-plots', '--cpu']
+    assert train_cli.main(['--data', str(frepo), '--data-layout', 'frepo', '--output', str(tmp_path / 'a'),
+                           *common]) == 0, capsys.readouterr().err
+    losses = [json.loads(x)['loss'] for x in
+              (tmp_path / 'a' / 'runs' / 'convnet3' / 'seed0' / 'metrics.jsonl').read_text().splitlines()]
+    assert all(0 <= l < 20 for l in losses)  # cross-entropy against a distribution: bounded below by 0
+    # the same files read as MTT/DATM (no default temperature): a clear error naming the flag
+    assert train_cli.main(['--data', str(frepo), '--output', str(tmp_path / 'b'), *common]) == 2
+    assert '--soft-label-temperature' in capsys.readouterr().err
+    assert train_cli.main(['--data', str(frepo), '--soft-label-temperature', '0.3', '--output',
+                           str(tmp_path / 'c'), *common]) == 0  # detected layout (mtt), temperature given
+    from timm_dd.train.experiment import prepare_data
+    bundle = prepare_data(str(frepo), dataset='digits', layout='frepo', image_space='normalized')
+    assert torch.allclose(bundle.train.labels, torch.softmax(logits / 0.3, dim=1))  # the layout's 0.3, once
+
+
+def test_probabilities_that_do_not_sum_to_one_are_an_error():
+    from timm_dd.train.trainer import TrainSet
+    with pytest.raises(ValueError, match='rows summing to 1'):
+        TrainSet(torch.randn(4, 1, 8, 8), torch.rand(4, 3), 3)

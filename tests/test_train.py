@@ -160,9 +160,11 @@ def test_teacher_with_other_class_count_is_a_clear_error(tmp_path, accelerator):
 def test_learned_lr_and_soft_labels_from_distilled_set(tmp_path):
     soft = torch.randn(20, 10)
     path = _distilled(tmp_path, soft_labels=soft, lr=0.02)
-    bundle = prepare_data(str(path))
+    with pytest.raises(ValueError, match='--soft-label-temperature'):
+        prepare_data(str(path))  # logits without a temperature
+    bundle = prepare_data(str(path), soft_label_temperature=0.5)
     assert bundle.train.learned_lr == pytest.approx(0.02)
-    assert torch.equal(bundle.train.labels, soft)
+    assert torch.allclose(bundle.train.labels, torch.softmax(soft / 0.5, dim=1))  # the temperature, applied once
     assert bundle.test_images.shape == (364, 1, 32, 32)
 
 

@@ -39,7 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     g = p.add_argument_group('data')
-    g.add_argument('--data', help='distilled set: a folder or a Hugging Face Hub dataset id')
+    g.add_argument('--data', help='distilled set: a folder or a Hugging Face Hub dataset id (timm_dd sets, and the '
+                                  'MTT/ATT/DATM, FRePo and DD-Ranking layouts)')
+    g.add_argument('--data-layout', choices=['timm_dd', 'mtt', 'frepo', 'ddranking', 'folder'], default=None,
+                   help="--data's layout (default: detected from its files)")
+    g.add_argument('--image-space', choices=['zca', 'normalized', 'pixel'], default=None,
+                   help='image space of a --data set made by another tool (ZCA refitted on --dataset)')
     g.add_argument('--real-ipc', type=int, help='train on K real images per class of --dataset instead (-1: all)')
     g.add_argument('--data-root', help='where torchvision datasets live')
     g.add_argument('--img-size', type=int, help='resize the real dataset (with --real-ipc) to this size')
@@ -170,7 +175,9 @@ def _run(args: argparse.Namespace, cfg: Any, models: List[str], seeds: List[int]
 
     with accelerator.main_process_first():  # one process fills the decoded-data cache, the others read it
         bundle = prepare_data(args.data, args.real_ipc, args.dataset, args.data_root, seed=seeds[0],
-                              cache_dir=args.cache_dir, image_size=args.img_size)
+                              cache_dir=args.cache_dir, image_size=args.img_size,
+                              soft_label_temperature=cfg.soft_label_temperature, layout=args.data_layout,
+                              image_space=args.image_space)
     accelerator.print(f'training set: {bundle.description}: {len(bundle.train)} images, '
                       f'test set: {len(bundle.test_labels)} images; {accelerator.num_processes} process(es) on '
                       f'{accelerator.device}')

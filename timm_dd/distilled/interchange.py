@@ -32,7 +32,7 @@ import torch
 
 from .distilled_set import DistilledSet
 
-__all__ = ['LAYOUTS', 'import_distilled', 'export_distilled', 'ImportFacts']
+__all__ = ['LAYOUTS', 'import_distilled', 'export_distilled', 'detect_layout', 'ImportFacts']
 
 _logger = logging.getLogger(__name__)
 
@@ -64,6 +64,22 @@ def _load_tensor(path: Path) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise ValueError(f'{path}: expected a tensor, found {type(value).__name__}')
     return value.detach()
+
+
+def detect_layout(source: Union[str, os.PathLike]) -> str:
+    """``'timm_dd'`` for a timm_dd set or a Hub repo id, else the layout its files show (``mtt``, ``ddranking``, or
+    ``folder`` for class folders of images)."""
+    from .distilled_set import CONFIG_FILE
+    folder = Path(source)
+    if not folder.is_dir() or (folder / CONFIG_FILE).is_file():
+        return 'timm_dd'
+    if _first(folder, _FILES['mtt'][0]) is not None:
+        return 'mtt'
+    if _first(folder, _FILES['ddranking'][0]) is not None:
+        return 'ddranking'
+    if any(p.is_dir() for p in folder.iterdir()):
+        return 'folder'
+    return 'timm_dd'  # loading it says what is missing
 
 
 def _source_folder(source: Union[str, os.PathLike]) -> Path:

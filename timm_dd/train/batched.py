@@ -83,10 +83,9 @@ def train_seeds_batched(
     images, labels = train_set.images.to(device), train_set.labels.to(device)
     n, num_seeds = len(train_set), len(seeds)
     iters_per_epoch = math.ceil(n / cfg.batch_size)
-    temperature = cfg.soft_label_temperature
 
     def seed_loss(p: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor):
-        return label_loss(functional_call(base, (p, b), (x,)), y, temperature)
+        return label_loss(functional_call(base, (p, b), (x,)), y)  # soft labels are probabilities already
 
     batched_loss = vmap(seed_loss, in_dims=(0, 0, 0, 0))
     eval_epochs = {cfg.epochs - 1} if cfg.eval_every <= 0 else \

@@ -49,7 +49,8 @@ class TrainConfig:
     dsa_k: int = 1
     dsa_strategy: str = 'color_crop_cutout_flip_scale_rotate'
     # labels
-    soft_label_temperature: Optional[float] = None  # tau: soft labels are softmax(y / tau); None: used as given
+    # tau for a set's logit soft labels (softmax(y / tau), applied once when the set is loaded); None: the set's own
+    soft_label_temperature: Optional[float] = None
     # knowledge distillation from a teacher
     kd: bool = False
     kd_alpha: float = 0.5

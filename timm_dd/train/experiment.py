@@ -70,22 +70,31 @@ def prepare_data(
         seed: int = 0,
         cache_dir: Optional[str] = None,
         image_size: Optional[int] = None,
+        soft_label_temperature: Optional[float] = None,
+        layout: Optional[str] = None,
+        image_space: Optional[str] = None,
 ) -> DataBundle:
     """Load a distilled set (folder or Hub id) or draw ``real_ipc`` real images per class from ``dataset``
     (``real_ipc=-1``: all of them).
 
     The test set is ``dataset`` (or the distilled set's ``source_dataset``), mapped into the training set's
     image space and size. Class names of the two must agree. ``image_size`` resizes a real dataset.
+
+    A set made by another tool (a folder of ``images_best.pt`` / ``images.pt`` ... files, see
+    :func:`timm_dd.import_distilled`) is imported on the fly: ``layout`` (detected from the files when not given),
+    ``image_space`` and ``dataset`` state what the files cannot. Soft labels become probabilities here, once:
+    logits through ``softmax(y / t)`` with ``soft_label_temperature`` (or the set's own temperature; neither is an
+    error), probabilities as they are (checked to sum to 1).
     """
     from ..hub import load_distilled  # imported here: only this path needs huggingface_hub
     if (data is None) == (real_ipc is None):
         raise ValueError('give either a distilled set (data) or real_ipc, not both and not neither')
     if data is not None:
-        dset = load_distilled(data)
+        dset = _load_set(data, layout, dataset, image_space, soft_label_temperature)
         source = dataset or dset.source_dataset
         test = load_dataset(source, 'test', root=data_root, cache_dir=cache_dir, image_size=dset.image_size[-1])
         _check_classes(dset.class_names, test.class_names, dset.num_classes, test.num_classes, data, source)
-        labels = dset.soft_labels if dset.soft_labels is not None else dset.labels
+        labels = _soft_label_probs(dset, soft_label_temperature) if dset.soft_labels is not None else dset.labels
         learned_lr = float(dset.lr) if dset.lr is not None else None
         train = TrainSet(dset.images.float(), labels, dset.num_classes, list(dset.class_names or []), learned_lr)
         return DataBundle(train, _to_space(test.images, dset), test.labels, list(test.class_names),
@@ -109,6 +118,35 @@ def prepare_data(
                       f'{real_ipc} real images per class of {dataset} (seed {seed})',
                       dict(kind='real', dataset=dataset, ipc=real_ipc, seed=seed, image_space='normalized',
                            mean=list(train_full.mean), std=list(train_full.std)))
+
+
+def _load_set(data: str, layout: Optional[str], dataset: Optional[str], image_space: Optional[str],
+              soft_label_temperature: Optional[float]) -> DistilledSet:
+    from ..distilled.interchange import detect_layout, import_distilled
+    from ..hub import load_distilled
+    layout = layout or detect_layout(data)
+    if layout == 'timm_dd':
+        return load_distilled(data)
+    return import_distilled(data, layout, dataset=dataset, image_space=image_space,
+                            soft_label_temperature=soft_label_temperature)
+
+
+def _soft_label_probs(dset: DistilledSet, temperature: Optional[float]) -> torch.Tensor:
+    """The set's soft labels as probabilities: ``softmax(y / t)`` for logits, checked as they are for probs."""
+    y = dset.soft_labels.float()
+    if dset.soft_label_kind == 'probs':
+        sums = y.sum(1)
+        if (y < 0).any() or not torch.allclose(sums, torch.ones_like(sums), atol=1e-3):
+            raise ValueError(f'the soft labels are declared probabilities but their rows sum to '
+                             f'[{sums.min():.4f}, {sums.max():.4f}] (or are negative); are they logits?')
+        return y
+    t = temperature if temperature is not None else dset.soft_label_temperature
+    if t is None:
+        raise ValueError('the distilled set has soft labels as logits and no temperature: pass '
+                         '--soft-label-temperature (the recipe field soft_label_temperature; FRePo/DP+KD use 0.3)')
+    if not t > 0:
+        raise ValueError(f'soft_label_temperature must be positive, got {t}')
+    return torch.softmax(y / t, dim=1)
 
 
 def _normalization(norm: Optional[Dict[str, Any]]) -> Dict[str, Any]:

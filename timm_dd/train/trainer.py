@@ -39,7 +39,11 @@ METRICS_FILE = 'metrics.jsonl'
 
 @dataclass
 class TrainSet:
-    """Images already in the model's input space, hard labels ``[N]`` or soft labels ``[N, K]``."""
+    """Images already in the model's input space, hard labels ``[N]`` or soft labels ``[N, K]``.
+
+    Soft labels are probabilities, each row summing to 1 (checked): :func:`~timm_dd.train.experiment.prepare_data`
+    turns a set's logit labels into probabilities with its temperature, once.
+    """
     images: torch.Tensor
     labels: torch.Tensor
     num_classes: int
@@ -53,6 +57,11 @@ class TrainSet:
             raise ValueError(f'{self.labels.shape[0]} labels for {self.images.shape[0]} images')
         if not torch.isfinite(self.images).all():
             raise ValueError('training images contain NaN or Inf')
+        if self.labels.dim() == 2:
+            sums = self.labels.float().sum(1)
+            if (self.labels < 0).any() or not torch.allclose(sums, torch.ones_like(sums), atol=1e-3):
+                raise ValueError('soft labels must be probabilities (rows summing to 1); for logits use '
+                                 'softmax(y / t) first (prepare_data does it with soft_label_temperature)')
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -342,10 +351,10 @@ def _loss(out: Dict[str, torch.Tensor], y: torch.Tensor, cfg: TrainConfig, teach
     if cfg.kd:
         with torch.no_grad():
             teacher_logits = teacher(xa)  # the same augmented batch as the student
-        loss = kd_loss(logits, teacher_logits, y, cfg.kd_alpha, cfg.kd_temperature, cfg.soft_label_temperature)['loss']
+        loss = kd_loss(logits, teacher_logits, y, cfg.kd_alpha, cfg.kd_temperature)['loss']
     else:
-        loss = label_loss(logits, y, cfg.soft_label_temperature)
+        loss = label_loss(logits, y)
     if cfg.elf:
-        loss = loss + cfg.elf_lambda_rear * label_loss(out['rear_on_features'], y, cfg.soft_label_temperature)
+        loss = loss + cfg.elf_lambda_rear * label_loss(out['rear_on_features'], y)
         loss = loss + cfg.elf_lambda_front * feature_loss(out['front'], features, cfg.elf_feature_loss)
     return loss
