@@ -131,3 +131,40 @@ def test_probabilities_that_do_not_sum_to_one_are_an_error():
     from timm_dd.train.trainer import TrainSet
     with pytest.raises(ValueError, match='rows summing to 1'):
         TrainSet(torch.randn(4, 1, 8, 8), torch.rand(4, 3), 3)
+
+
+def test_elf_feature_model_must_live_in_the_sets_space(tmp_path, digits):
+    from accelerate import Accelerator
+    from timm_dd.train.config import load_config
+    from timm_dd.train.experiment import prepare_data, run_experiment
+    accelerator = Accelerator(cpu=True)
+    train, idx = digits
+    # the feature model: trained on real data in normalized space, snapshot after epoch 1 (ELF: 100)
+    phi_cfg = load_config('baseline', dict(epochs=2, eval_every=0, snapshot_epochs=[1]))
+    real = prepare_data(dataset='digits', real_ipc=2, image_size=16)
+    run_experiment(phi_cfg, ['convnet3'], [0], real, tmp_path / 'phi', accelerator, model_kwargs=dict(width=4),
+                   save_models=True)
+    phi = tmp_path / 'phi' / 'runs' / 'convnet3' / 'seed0' / 'model-epoch1'
+    assert (phi / 'config.json').is_file()
+    elf = load_config('elf', dict(epochs=1, eval_every=0, elf_feature_model=str(phi)))
+    # a ZCA set: the normalized feature model is refused, naming both spaces
+    zca = ZCA.fit(train.images, eps=0.1)
+    zsrc = _save(tmp_path / 'zca', **{'images_best.pt': zca.transform(train.images[idx]),
+                                       'labels_best.pt': train.labels[idx]})
+    zset = prepare_data(str(zsrc), dataset='digits', image_space='zca')
+    with pytest.raises(ValueError, match='trained in normalized space, the training set is in zca space'):
+        run_experiment(elf, ['convnet3'], [0], zset, tmp_path / 'z', accelerator, model_kwargs=dict(width=4))
+    # a normalized set: the same feature model trains
+    nsrc = _save(tmp_path / 'n', **{'images_best.pt': train.normalized()[idx], 'labels_best.pt': train.labels[idx]})
+    nset = prepare_data(str(nsrc), dataset='digits', image_space='normalized')
+    result = run_experiment(elf, ['convnet3'], [0], nset, tmp_path / 'ok', accelerator, model_kwargs=dict(width=4))
+    assert result.runs[0]['test_count'] == 364
+
+
+def test_real_data_in_zca_space_records_it():
+    from timm_dd.train.experiment import prepare_data
+    bundle = prepare_data(dataset='digits', real_ipc=1, image_size=16, image_space='zca')
+    assert bundle.source['image_space'] == 'zca' and bundle.source['zca_eps'] == 0.1
+    zca = ZCA.fit(load_dataset('digits', 'train', image_size=16).images, eps=0.1)
+    assert torch.allclose(bundle.test_images[:5], zca.transform(load_dataset('digits', 'test', image_size=16)
+                                                                .images[:5]), atol=1e-5)

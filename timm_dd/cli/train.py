@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--data-layout', choices=['timm_dd', 'mtt', 'frepo', 'ddranking', 'folder'], default=None,
                    help="--data's layout (default: detected from its files)")
     g.add_argument('--image-space', choices=['zca', 'normalized', 'pixel'], default=None,
-                   help='image space of a --data set made by another tool (ZCA refitted on --dataset)')
+                   help='image space of a --data set made by another tool (ZCA refitted on --dataset), or of real '
+                        'data with --real-ipc (default normalized; zca: as MTT --zca)')
     g.add_argument('--real-ipc', type=int, help='train on K real images per class of --dataset instead (-1: all)')
     g.add_argument('--data-root', help='where torchvision datasets live')
     g.add_argument('--img-size', type=int, help='resize the real dataset (with --real-ipc) to this size')

@@ -11,9 +11,9 @@ lazily, on first use.
 from ._errors import HubError
 from .buffers import pull_expert_buffers, push_expert_buffers
 from .distilled import load_distilled, push_distilled
-from .teacher import record_input, load_teacher, push_teacher, save_teacher, teacher_model_card
+from .teacher import model_image_space, record_input, load_teacher, push_teacher, save_teacher, teacher_model_card
 
 __all__ = [
     'HubError', 'push_distilled', 'load_distilled', 'push_teacher', 'load_teacher', 'save_teacher',
-    'teacher_model_card', 'record_input', 'push_expert_buffers', 'pull_expert_buffers',
+    'teacher_model_card', 'record_input', 'model_image_space', 'push_expert_buffers', 'pull_expert_buffers',
 ]

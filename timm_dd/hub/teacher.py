@@ -19,7 +19,7 @@ import torch.nn as nn
 from ._errors import HubError, hub_error, with_retries
 from ._repo import prepare_repo, split_source
 
-__all__ = ['push_teacher', 'load_teacher', 'save_teacher', 'record_input', 'teacher_model_card']
+__all__ = ['push_teacher', 'load_teacher', 'save_teacher', 'record_input', 'model_image_space', 'teacher_model_card']
 
 _logger = logging.getLogger(__name__)
 
@@ -210,6 +210,22 @@ def push_teacher(
     commit = with_retries(push, 'push teacher to', repo_id, 'model', revision, write=True)
     _logger.info(f'Pushed teacher {_architecture(model)!r} to model repo {repo_id!r}: {commit}')
     return commit
+
+
+def model_image_space(repo_or_path: Union[str, os.PathLike], revision: Optional[str] = None) -> Optional[Dict[str, Any]]:
+    """The image space a saved or pushed model records in its ``config.json`` (see :func:`record_input`), or
+    ``None`` when it records none."""
+    import json
+    folder, repo_id = split_source(repo_or_path)
+    if folder is not None:
+        path = Path(folder) / 'config.json'
+    else:
+        from huggingface_hub import hf_hub_download
+        path = Path(with_retries(lambda: hf_hub_download(repo_id, 'config.json', revision=revision),
+                                 'read the config of', repo_id, 'model', revision))
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get('image_space')
 
 
 def load_teacher(

@@ -67,6 +67,9 @@ class TrainConfig:
     elf_feature_model: Optional[str] = None  # path / hf-hub: of a ConvNet trained on real data
     # bookkeeping
     eval_every: int = 100  # 0: evaluate only after the last epoch
+    # epochs after which the network is also saved (model-epoch<N>, timm local-dir layout; e.g. [100] for ELF's
+    # feature model, which the ELF code takes after epoch 100, before its lr decay)
+    snapshot_epochs: List[int] = field(default_factory=list)
     checkpoint_every: int = 100
     test_batch_size: int = 500
     seed: int = 0

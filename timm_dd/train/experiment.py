@@ -73,6 +73,7 @@ def prepare_data(
         soft_label_temperature: Optional[float] = None,
         layout: Optional[str] = None,
         image_space: Optional[str] = None,
+        zca_eps: float = 0.1,
 ) -> DataBundle:
     """Load a distilled set (folder or Hub id) or draw ``real_ipc`` real images per class from ``dataset``
     (``real_ipc=-1``: all of them).
@@ -84,7 +85,9 @@ def prepare_data(
     :func:`timm_dd.import_distilled`) is imported on the fly: ``layout`` (detected from the files when not given),
     ``image_space`` and ``dataset`` state what the files cannot. Soft labels become probabilities here, once:
     logits through ``softmax(y / t)`` with ``soft_label_temperature`` (or the set's own temperature; neither is an
-    error), probabilities as they are (checked to sum to 1).
+    error), probabilities as they are (checked to sum to 1). Real data is used in ``image_space`` 'normalized'
+    (default) or 'zca' (ZCA of [0, 1] pixels with ``zca_eps``, fitted on the train split: the space of MTT's --zca
+    sets, e.g. for an ELF feature model that must live in the set's space).
     """
     from ..hub import load_distilled  # imported here: only this path needs huggingface_hub
     if (data is None) == (real_ipc is None):
@@ -113,11 +116,21 @@ def prepare_data(
         idx = select_ipc(train_full.labels, real_ipc, generator=torch.Generator().manual_seed(seed),
                          num_classes=train_full.num_classes)
         sub = train_full.subset(idx)
-    train = TrainSet(sub.normalized(), sub.labels, sub.num_classes, list(sub.class_names))
-    return DataBundle(train, test.normalized(), test.labels, list(test.class_names),
-                      f'{real_ipc} real images per class of {dataset} (seed {seed})',
-                      dict(kind='real', dataset=dataset, ipc=real_ipc, seed=seed, image_space='normalized',
-                           mean=list(train_full.mean), std=list(train_full.std)))
+    space = image_space or 'normalized'
+    if space == 'zca':  # MTT's --zca space: ZCA (eps zca_eps) of [0, 1] pixels, fitted on the whole train split
+        from ..data.zca import ZCA
+        zca = ZCA.fit(train_full.images, eps=zca_eps)
+        train_x, test_x = zca.transform(sub.images), zca.transform(test.images)
+    elif space == 'normalized':
+        train_x, test_x = sub.normalized(), test.normalized()
+    else:
+        raise ValueError(f"real data can be used in 'normalized' or 'zca' space, got image_space={space!r}")
+    train = TrainSet(train_x, sub.labels, sub.num_classes, list(sub.class_names))
+    return DataBundle(train, test_x, test.labels, list(test.class_names),
+                      f'{real_ipc} real images per class of {dataset} (seed {seed}, {space} space)',
+                      dict(kind='real', dataset=dataset, ipc=real_ipc, seed=seed, image_space=space,
+                           mean=list(train_full.mean), std=list(train_full.std),
+                           **({'zca_eps': zca_eps} if space == 'zca' else {})))
 
 
 def _load_set(data: str, layout: Optional[str], dataset: Optional[str], image_space: Optional[str],
@@ -218,6 +231,7 @@ def _train_or_load_teacher(cfg: TrainConfig, bundle: DataBundle, seed: int, acce
             raise ValueError(f'the teacher {cfg.teacher} has {teacher.num_classes} classes but the training set has '
                              f'{bundle.train.num_classes}')
         _check_teacher_input(teacher, cfg.teacher, bundle)
+        _check_same_space(cfg.teacher, 'teacher', bundle)
         acc = evaluate(teacher.to(accelerator.device), test_loader, accelerator, distributed)
         return teacher, dict(model=cfg.teacher, seed=seed, final_acc=acc['acc'], best_acc=acc['acc'], loaded=True)
     overrides = {'seed': seed, 'eval_every': 0}
@@ -286,6 +300,7 @@ def _elf_targets(cfg: TrainConfig, student: nn.Module, bundle: DataBundle, devic
         raise ValueError('ELF needs a feature model trained on real data (elf_feature_model); make one with '
                          '`python train.py --dataset <data> --real-ipc -1 --model convnet3 --model-kwargs width=512 '
                          '--config baseline --save-model <dir>` and pass --elf-feature-model <dir>')
+    _check_same_space(cfg.elf_feature_model, 'ELF feature model', bundle)
     phi = load_teacher(cfg.elf_feature_model).to(device).eval()
     split = elf_split(student)
     with torch.no_grad():
@@ -294,6 +309,22 @@ def _elf_targets(cfg: TrainConfig, student: nn.Module, bundle: DataBundle, devic
         raise ValueError(f'the ELF feature model outputs {tuple(feats.shape[1:])} but the student\'s split expects '
                          f'{split.feature_shape}; use a ConvNet of width {split.feature_shape[0]}')
     return feats.cpu()
+
+
+def _check_same_space(source: str, what: str, bundle: DataBundle) -> None:
+    """A model that reads the training images (ELF's feature model, a loaded teacher) must have been trained in their
+    image space: its recorded space (config.json ``image_space``, see ``record_input``) is compared when there is
+    one."""
+    from ..hub import model_image_space
+    recorded = model_image_space(source)
+    if not recorded or 'image_space' not in recorded:
+        return
+    ours = bundle.source.get('image_space')
+    if recorded['image_space'] != ours:
+        data = bundle.source.get('dataset') or bundle.source.get('source_dataset') or '<data>'
+        flag = f' --image-space {ours}' if ours in ('zca', 'normalized') else ''
+        raise ValueError(f'the {what} {source} was trained in {recorded["image_space"]} space, the training set is in '
+                         f'{ours} space: train one in that space (`train.py --dataset {data} --real-ipc -1{flag} ...`)')
 
 
 RUN_CONFIG_FILE = 'run_config.json'
@@ -399,9 +430,10 @@ def run_experiment(
         set_seed(seed)
         student = create_student(name, bundle, cfg, **(model_kwargs or {}))
         feats = _elf_targets(cfg, student, bundle, accelerator.device) if cfg.elf else None
+        snapshot = (lambda done, m=student, d=run_dir: _save_model(m, d / f'model-epoch{done}', bundle, model_kwargs))
         result = train_model(student, bundle.train, test_loader, cfg.replace(seed=seed), accelerator, name,
                              teacher=teachers.get(seed), elf_features=feats, out_dir=run_dir, resume=resume,
-                             desc=f'{name} seed {seed}', distributed=distributed)
+                             desc=f'{name} seed {seed}', distributed=distributed, snapshot=snapshot)
         record = dict(_result_record(name, seed, result), process=rank)
         runs.append((job, record))
         if accelerator.is_main_process or not distributed:

@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -193,6 +193,7 @@ def train_model(
         stop_after_epoch: Optional[int] = None,
         desc: str = '',
         distributed: bool = True,
+        snapshot: Optional[Callable[[int], None]] = None,
 ) -> RunResult:
     """Train ``model`` on ``train_set`` with recipe ``cfg`` on ``accelerator.device``.
 
@@ -202,7 +203,8 @@ def train_model(
     ``test_loader`` is a plain loader). With ``out_dir`` the run checkpoints every ``cfg.checkpoint_every`` epochs
     (``checkpoint.pt``, written by one process) and appends metrics to ``metrics.jsonl``; ``resume=True``
     continues from the checkpoint. ``stop_after_epoch`` ends the run early after that epoch, checkpointed (used to
-    test resuming).
+    test resuming). ``snapshot(epochs_done)`` is called by the writing process after each epoch listed in
+    ``cfg.snapshot_epochs``.
     """
     device = accelerator.device
     distributed = distributed and accelerator.num_processes > 1
@@ -311,6 +313,8 @@ def train_model(
                 f.write(json.dumps(record) + '\n')
         log_metrics(accelerator, {f'{desc or model_name}/{k}': v for k, v in record.items() if k != 'epoch'}, epoch)
         done = epoch + 1
+        if snapshot is not None and writer and done in cfg.snapshot_epochs:
+            snapshot(done)
         if ckpt_path is not None and (done % cfg.checkpoint_every == 0 or epoch == last_epoch):
             if writer:
                 _save_checkpoint(ckpt_path, inner, optimizer, {'epoch': done, 'history': history, 'best': list(best)})
