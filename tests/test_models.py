@@ -131,7 +131,8 @@ def test_variants_classes_chans_sizes(name, num_classes, in_chans, size):
 @pytest.mark.parametrize('norm', ['instance', 'batch', 'group', 'layer', 'none'])
 @pytest.mark.parametrize('name', ['convnet3', 'resnet18_dd', 'vgg11_dd', 'alexnet_dd'])
 def test_norm_choices(name, norm):
-    model = timm.create_model(name, norm=norm, num_classes=4)
+    extra = {'first_norm': norm} if name == 'alexnet_dd' else {}  # its first norm is batch norm unless asked
+    model = timm.create_model(name, norm=norm, num_classes=4, **extra)
     norms = [m for m in model.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm))]
     if norm == 'none':
         assert not norms
@@ -239,3 +240,12 @@ def test_direct_class_use_matches_factory():
     torch.manual_seed(0)
     a = ConvNet(num_classes=10)
     assert n_params(a) == n_params(timm.create_model('convnet3'))
+
+
+def test_alexnet_dd_first_norm_is_batch_norm_as_in_the_reference():
+    model = timm.create_model('alexnet_dd', norm='instance', num_classes=4)
+    norms = [m for m in model.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm))]
+    assert isinstance(norms[0], torch.nn.BatchNorm2d) and all(isinstance(m, torch.nn.GroupNorm) for m in norms[1:])
+    plain = timm.create_model('alexnet_mtt', norm='instance', num_classes=4)
+    assert all(isinstance(m, torch.nn.GroupNorm) for m in plain.modules() if isinstance(m, torch.nn.GroupNorm)) \
+        and not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())

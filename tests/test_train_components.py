@@ -51,6 +51,8 @@ def test_other_lr_schedules():
     assert decay.factor(100, 0, 1) == pytest.approx(1.0)
     assert decay.factor(600, 0, 1) == pytest.approx(0.8)
     assert decay.factor(2600, 0, 1) == pytest.approx(0.8 ** 5)
+    # the final phase (last 1000 of 4000 epochs, peak at its 100-epoch warmup end) adds the x0.1
+    assert decay.factor(3100, 0, 1) == pytest.approx(0.8 ** 6 * 0.1)
     cos = LRSchedule('cosine', epochs=1000)
     assert cos.factor(0, 0, 1) == 0 and cos.factor(100, 0, 1) == pytest.approx(1.0)
     assert cos.factor(550, 0, 1) == pytest.approx(0.5) and cos.factor(999, 0, 1) < 1e-4
@@ -142,3 +144,37 @@ def test_elf_split_points(name, kwargs, shape):
 def test_elf_split_alexnet_is_an_error():
     with pytest.raises(ValueError, match='AlexNet'):
         elf_split(timm.create_model('alexnet_dd'))
+
+
+def test_published_recipes_equal_their_sources():
+    from timm_dd.train.config import load_config
+    base = load_config('dpkd-baseline')  # DP+KD Baseline: AdamW 5e-4 / 5e-4, 1000 epochs, batch 100, x0.1 at 500
+    assert (base.opt, base.lr, base.weight_decay, base.epochs, base.batch_size) == ('adamw', 5e-4, 5e-4, 1000, 100)
+    assert base.lr_schedule_fn().milestones == (500,) and base.dsa_k == 1 and not base.kd and not base.drop_path
+    mtt = load_config('baseline')  # MTT evaluate_synset: range(1001), x0.1 from epoch 501 with a new optimizer
+    assert mtt.epochs == 1001 and mtt.lr_schedule_fn().milestones == (501,) and mtt.reset_momentum_at_decay
+    assert (mtt.opt, mtt.momentum, mtt.weight_decay, mtt.batch_size) == ('momentum', 0.9, 5e-4, 256)
+    on_mtt, on_frepo = load_config('dpkd-mtt'), load_config('dpkd-frepo')
+    assert on_mtt.student_norm == on_mtt.teacher_norm == 'instance' and on_mtt.opt == 'lion' and on_mtt.kd
+    assert on_frepo.student_norm == on_frepo.teacher_norm == 'batch' and on_frepo.teacher_model == 'convnet3_frepo'
+    assert on_frepo.soft_label_temperature == 0.3
+
+
+def test_momentum_is_reset_at_the_decay():
+    import timm
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader, TensorDataset
+    from timm_dd.train.config import load_config
+    from timm_dd.train.trainer import TrainSet, train_model
+    g = torch.Generator().manual_seed(0)
+    data = TrainSet(torch.randn(8, 1, 8, 8, generator=g), torch.arange(8) % 2, 2)
+    loader = DataLoader(TensorDataset(torch.randn(4, 1, 8, 8), torch.arange(4) % 2), batch_size=4)
+    weights = {}
+    for reset in (True, False):
+        torch.manual_seed(0)
+        model = timm.create_model('convnet3', num_classes=2, in_chans=1, img_size=8, width=4)
+        cfg = load_config('baseline', dict(epochs=4, eval_every=0, dsa=False, batch_size=8,
+                                           reset_momentum_at_decay=reset))
+        train_model(model, data, loader, cfg, Accelerator(cpu=True), 'convnet3', distributed=False)
+        weights[reset] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert not torch.equal(weights[True], weights[False])  # the reset changes the steps after epoch 2

@@ -39,6 +39,7 @@ class AlexNet(SequentialNet):
             in_chans: int = 3,
             droppable: bool = True,
             norm: str = 'batch',
+            first_norm: Optional[str] = None,
             img_size: Union[int, Tuple[int, int]] = 32,
             global_pool: str = '',
             drop_rate: float = 0.,
@@ -53,6 +54,8 @@ class AlexNet(SequentialNet):
             in_chans: input channels.
             droppable: build the two virtual-shortcut blocks (DP+KD) or the plain network (MTT).
             norm: ``batch``, ``instance`` (GroupNorm(C, C)), ``group``, ``layer`` or ``none``.
+            first_norm: norm after the first convolution; ``None``: batch norm for the DP+KD network (its reference
+                code always uses batch norm there, whatever ``--norm`` says), ``norm`` for the plain one.
             img_size: input size, a multiple of 8 and at least 8 (the map is pooled three times).
             global_pool: ``''``/``'flatten'`` (default) or ``'avg'``.
             drop_rate: dropout before the classifier.
@@ -66,7 +69,8 @@ class AlexNet(SequentialNet):
         self.in_chans = in_chans
         img_size = check_img_size(img_size, min_size=8, multiple=8)
         self.feature_info: List[Dict[str, Any]] = []
-        layers: List[nn.Module] = conv_norm_act(in_chans, 128, 5, norm, dd=dd) + [nn.MaxPool2d(2, 2)]
+        first_norm = check_norm(first_norm if first_norm is not None else ('batch' if droppable else norm))
+        layers: List[nn.Module] = conv_norm_act(in_chans, 128, 5, first_norm, dd=dd) + [nn.MaxPool2d(2, 2)]
         self.feature_info.append(dict(num_chs=128, reduction=2, module=f'features.{len(layers) - 1}'))
         if droppable:
             keep_rates = keep_rates_from_drop_path_rate(drop_path_rate or 0., 2, drop_path_rule)

@@ -35,8 +35,10 @@ class TrainConfig:
     betas: Tuple[float, float] = (0.95, 0.98)
     # learning-rate schedule (see timm_dd.train.schedules.LRSchedule)
     lr_schedule: str = 'multistep'
-    lr_milestones: Optional[List[int]] = None  # None: [epochs // 2]
+    lr_milestones: Optional[List[int]] = None  # None: [ceil(epochs / 2)] (MTT: x0.1 from epoch 501 of 1001)
     lr_gamma: float = 0.1
+    # MTT's evaluation re-creates its SGD optimizer at the x0.1 decay: momentum buffers start again from zero
+    reset_momentum_at_decay: bool = False
     lr_period_decay: float = 0.8
     # keep-rate (DropPath) schedule; `period` and `final_epochs` also drive the periodic lr restarts
     drop_path: bool = False
@@ -57,6 +59,10 @@ class TrainConfig:
     kd_temperature: float = 1.5
     teacher: Optional[str] = None  # None: train `teacher_model` on the same data in the run; else path / hf-hub:
     teacher_model: str = 'convnet3'
+    # norms that follow the data source (DP+KD): 'instance' students/teacher on MTT data, 'batch' on FRePo data;
+    # None: each model's own default
+    student_norm: Optional[str] = None
+    teacher_norm: Optional[str] = None
     teacher_recipe: str = 'baseline'
     teacher_epochs: Optional[int] = None  # None: the teacher recipe's own epochs
     # ELF feature supervision
@@ -113,7 +119,7 @@ class TrainConfig:
                                 p_min=p_min, p_final=self.p_final, enabled=self.drop_path)
 
     def lr_schedule_fn(self) -> LRSchedule:
-        milestones = tuple(self.lr_milestones) if self.lr_milestones is not None else (self.epochs // 2,)
+        milestones = tuple(self.lr_milestones) if self.lr_milestones is not None else (-(-self.epochs // 2),)
         return LRSchedule(name=self.lr_schedule, epochs=self.epochs, final_epochs=self.final_epochs,
                           period=self.period, decay=self.lr_period_decay, milestones=milestones,
                           gamma=self.lr_gamma)

@@ -180,6 +180,10 @@ def create_student(name: str, bundle: DataBundle, cfg: TrainConfig, **model_kwar
     kwargs = dict(num_classes=bundle.train.num_classes, in_chans=bundle.in_chans, **model_kwargs)
     if is_timm_dd_model(name):
         kwargs.setdefault('img_size', bundle.img_size)
+        if cfg.student_norm is not None:
+            kwargs.setdefault('norm', cfg.student_norm)
+    elif cfg.student_norm is not None:
+        _logger.warning('student_norm=%s applies to timm_dd models; %s keeps its own norm', cfg.student_norm, name)
     elif cfg.drop_path:
         # stock timm models only hold DropPath modules when built with a rate > 0; the schedule then drives them
         kwargs.setdefault('drop_path_rate', 0.1)
@@ -239,7 +243,7 @@ def _train_or_load_teacher(cfg: TrainConfig, bundle: DataBundle, seed: int, acce
         overrides['epochs'] = cfg.teacher_epochs
     teacher_cfg = load_config(cfg.teacher_recipe, overrides)
     set_seed(seed)
-    teacher = create_student(cfg.teacher_model, bundle, teacher_cfg)
+    teacher = create_student(cfg.teacher_model, bundle, teacher_cfg.replace(student_norm=cfg.teacher_norm))
     run_dir = out_dir / 'teachers' / f'seed{seed}'
     record = _load_done(run_dir)
     if record is not None and resume:

@@ -84,8 +84,9 @@ class LRSchedule:
       ``final_epochs // 10`` epochs then a cosine (reaching 0.587 of the peak at the end of a 500-epoch period
       for the defaults), restarting every period; the last ``final_epochs`` run one full warmup + cosine to 0.
       The peak stays constant. As in the reference the factor lags one iteration: the first step uses 0.
-    * ``periodic_decay``: the same, with the peak multiplied by ``decay`` after every period (the code's
-      evident intent, which never ran because its decay lines are dead code).
+    * ``periodic_decay``: the same, with the peak multiplied by ``decay`` after every period and by a further
+      ``gamma`` (x0.1) in the final phase (the code's evident intent, which never ran because its decay lines are
+      dead code; the code does not say when its x0.1 was meant to apply: timm_dd applies it to the final phase).
     * ``cosine``: one warmup (10 %) + cosine cycle over all epochs (the "w/o DP" configurations).
     * ``multistep``: ``gamma`` at each of ``milestones`` epochs (the MTT protocol: x0.1 at half the epochs).
     * ``constant``.
@@ -118,7 +119,9 @@ class LRSchedule:
         else:
             step = (epoch % self.period) * L + iteration
             num_decays = epoch // self.period
-        peak = self.decay ** num_decays if self.name == 'periodic_decay' else 1.0
+        peak = 1.0
+        if self.name == 'periodic_decay':
+            peak = self.decay ** num_decays * (self.gamma if epoch >= final_start else 1.0)
         return peak * warmup_cosine(step, cycle, warmup)
 
     def trace(self, iters_per_epoch: int = 1) -> List[float]:

@@ -270,6 +270,8 @@ def train_model(
         aug_gen = generator_for(cfg.seed, epoch, rank, 2)
         perm = torch.randperm(n, generator=generator_for(cfg.seed, epoch, 0)).to(device)
         epoch_loss = torch.zeros((), device=device)
+        if cfg.reset_momentum_at_decay and epoch in lr_schedule.milestones:
+            getattr(optimizer, 'optimizer', optimizer).state.clear()  # MTT re-creates its optimizer here
         for it in range(iters_per_epoch):
             lr = base_lr * lr_schedule.factor(epoch, it, iters_per_epoch)
             for group in optimizer.param_groups:
