@@ -289,6 +289,8 @@ def test_cli_end_to_end(tmp_path):
     assert dset.images.shape == (20, 1, 8, 8) and dset.method == 'ATT' and float(dset.lr) > 0
     assert dset.extra['config']['syn_steps'] == 2 and len(dset.extra['history']) == 3
     assert (tmp_path / 'run' / 'grid_000001.png').is_file() and (tmp_path / 'run' / 'distilled_ema').is_dir()
+    best = DistilledSet.load(tmp_path / 'run' / 'distilled_best')  # the MTT/ATT rule, labelled
+    assert 'selects on the test set' in best.extra['selection'] and best.extra['selected_iteration'] in (0, 1, 2)
     r = run('distill', *common, '--experts', str(tmp_path / 'buf'), '--output', str(tmp_path / 'bad'),
             '--iterations', '1', '--no-eval', '--set', 'lr_teacher=-1')
     assert r.returncode == 2 and 'lr_teacher' in r.stderr
@@ -309,3 +311,16 @@ def test_resume_with_changed_settings_is_refused_or_forced(tmp_path):
     safe = TrajectoryMatching(first.cfg.replace(iterations=10, eval_every=5), first.images.detach(), first.labels,
                               model, first.experts, out_dir=tmp_path / 'run')
     assert safe.resume()  # extending a run or changing its bookkeeping is fine
+
+
+def test_cifar100_presets_use_cifar10_statistics_as_mtt_does():
+    from timm_dd.constants import CIFAR10_MEAN, CIFAR10_STD
+    from timm_dd.distill.run import _normalization
+    assert get_preset('cifar100-ipc10-mtt').normalization == 'cifar10'
+    assert get_preset('cifar100-ipc10-att').normalization == 'cifar10'
+    assert get_preset('cifar10-ipc10-mtt').normalization == 'dataset'
+
+    class Train:
+        mean, std = (0.5, 0.5, 0.5), (0.2, 0.2, 0.2)
+    assert _normalization(get_preset('cifar100-ipc10-mtt'), Train) == (tuple(CIFAR10_MEAN), tuple(CIFAR10_STD))
+    assert _normalization(get_preset('cifar10-ipc10-mtt'), Train) == (Train.mean, Train.std)

@@ -40,7 +40,7 @@ import timm_dd  # noqa: E402,F401
 POINTS = ('step', 'write', 'replace')
 DIGITS = ['--preset', 'digits-ipc10-att', '--set', 'image_size=8', '--set', 'model_kwargs={width: 4}', '--set',
           'ipc=2', '--set', 'num_experts=2', '--set', 'expert_train_epochs=4', '--set', 'syn_steps=2', '--set',
-          'max_start_epoch=2', '--set', 'checkpoint_every=2', '--iterations', '6', '--no-eval']
+          'max_start_epoch=2', '--set', 'checkpoint_every=2']
 
 
 def _load_script(name: str) -> Callable[[List[str]], int]:
@@ -61,8 +61,8 @@ def _commands(kind: str, work: Path) -> Tuple[str, List[str]]:
         return 'distill.py', ['experts', *DIGITS, '--output', str(work / 'out'), '--cpu']
     method = {'mtt': 'mtt', 'att': 'att', 'dm': 'dm'}[kind]
     experts = work.parent.parent / 'experts' / 'ref' / 'out'  # the reference expert run's buffer
-    return 'distill.py', ['distill', *DIGITS, '--method', method, '--experts', str(experts),
-                          '--output', str(work / 'out'), '--cpu']
+    return 'distill.py', ['distill', *DIGITS, '--iterations', '6', '--no-eval', '--method', method, '--experts',
+                          str(experts), '--output', str(work / 'out'), '--cpu']
 
 
 def _child(script: str, argv: List[str], kill: Optional[Tuple[str, int]], counts_file: Optional[Path]) -> None:
@@ -160,7 +160,8 @@ def run_kind(kind: str, root: Path, kills: int, rng: random.Random) -> Dict[str,
         _, argv = _commands(kind, work)
         rc, sig = _fork(script, argv, kill=(point, n))
         killed = sig == signal.SIGKILL
-        rc2, sig2 = _fork(script, argv + ['--resume'])
+        # experts always keep finished experts: the same command continues; the others take --resume
+        rc2, sig2 = _fork(script, argv if kind == 'experts' else argv + ['--resume'])
         case = {'point': point, 'n': n, 'of': counts[point], 'killed': killed, 'resume_rc': rc2}
         if rc2 == 0:
             try:

@@ -19,7 +19,8 @@ from ..augment import DSA
 from .matching import Shards
 from .presets import DistillConfig
 from .state import (
-    CHECKPOINT_FILE, check_finite_state, check_resume_config, load_checkpoint, save_checkpoint, to_cpu, to_device,
+    CHECKPOINT_FILE, best_images, check_finite_state, check_resume_config, load_checkpoint, save_checkpoint, to_cpu,
+    to_device,
 )
 from ..seeding import derive_seed, generator_for
 from ..tracking import log_metrics
@@ -81,6 +82,7 @@ class DistributionMatching:
         self.eval_fn = eval_fn
         self.iteration = 0
         self.history: List[Dict[str, Any]] = []
+        self.best: Optional[Dict[str, Any]] = None  # images of the best evaluation (MTT/ATT's selection rule)
 
     @property
     def checkpoint_path(self) -> Optional[Path]:
@@ -128,7 +130,7 @@ class DistributionMatching:
 
     def state_dict(self) -> Dict[str, Any]:
         return to_cpu({'iteration': self.iteration, 'images': self.images.detach().clone(),
-                        'opt_img': self.opt_img.state_dict(), 'history': list(self.history),
+                        'opt_img': self.opt_img.state_dict(), 'history': list(self.history), 'best': self.best,
                         'config': self.cfg.to_dict()})
 
     def load_state_dict(self, state: Dict[str, Any], force: bool = False) -> None:
@@ -140,6 +142,7 @@ class DistributionMatching:
             group.update(lr=self.cfg.lr_img, momentum=self.cfg.img_momentum)
         self.iteration = int(state['iteration'])
         self.history = list(state.get('history', []))
+        self.best = state.get('best')
 
     def save(self) -> Optional[Path]:
         """Checkpoint (main process only; the others wait)."""
@@ -165,6 +168,7 @@ class DistributionMatching:
         _logger.info(f'eval at iteration {self.iteration}: {record}')
         log_metrics(self.accelerator, {f'eval/{k}': v for k, v in record.items() if k != 'iteration'}, self.iteration)
         self.history.append(record)
+        self.best = best_images(self.best, record, self.images, None)
         return record
 
     def run(self, iterations: Optional[int] = None) -> List[Dict[str, Any]]:

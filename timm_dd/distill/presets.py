@@ -35,6 +35,9 @@ class DistillConfig:
     ipc: int = 10
     zca: bool = False
     zca_eps: float = 0.1
+    # mean/std of the normalized space (without ZCA): 'dataset' (its own) or 'cifar10' (MTT/ATT's get_dataset
+    # normalizes CIFAR-100 with CIFAR-10's statistics; their CIFAR-100 presets say so)
+    normalization: str = 'dataset'
     iterations: int = 5000
     # trajectory matching (MTT / ATT)
     syn_steps: int = 20
@@ -90,6 +93,8 @@ class DistillConfig:
                              f'got {self.max_start_epoch}')
         if not self.lr_teacher > 0:
             raise ValueError(f'lr_teacher must be positive, got {self.lr_teacher}')
+        if self.normalization not in ('dataset', 'cifar10'):
+            raise ValueError(f"normalization must be 'dataset' or 'cifar10', got {self.normalization!r}")
         if self.matmul_precision not in ('highest', 'high', 'medium'):
             raise ValueError(f"matmul_precision must be 'highest', 'high' or 'medium', got {self.matmul_precision!r}")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:

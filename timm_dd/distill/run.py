@@ -91,9 +91,22 @@ def prepare_data(cfg: DistillConfig, data: Optional[Union[str, os.PathLike]] = N
         train_x, test_x = zca.transform(train.images), zca.transform(test.images)
     else:
         zca = None
-        train_x, test_x = train.normalized(), test.normalized()
-    return DistillData(train_x, train.labels, test_x, test.labels, list(train.class_names), list(train.mean),
-                       list(train.std), zca, cfg.dataset)
+        mean, std = _normalization(cfg, train)
+        train_x, test_x = _normalize(train.images, mean, std), _normalize(test.images, mean, std)
+    mean, std = _normalization(cfg, train)
+    return DistillData(train_x, train.labels, test_x, test.labels, list(train.class_names), list(mean), list(std),
+                       zca, cfg.dataset)
+
+
+def _normalization(cfg: DistillConfig, train) -> tuple:
+    if cfg.normalization == 'cifar10':
+        from ..constants import CIFAR10_MEAN, CIFAR10_STD
+        return tuple(CIFAR10_MEAN), tuple(CIFAR10_STD)
+    return tuple(train.mean), tuple(train.std)
+
+
+def _normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
+    return (images - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
 
 
 def apply_precision(cfg: DistillConfig) -> None:
@@ -211,7 +224,9 @@ def run_distill(
         iterations: Optional[int] = None,
         force_resume: bool = False,
 ) -> DistilledSet:
-    """Distill with ``cfg.method`` and save the set to ``out_dir/distilled`` (and ``distilled_ema`` for ATT).
+    """Distill with ``cfg.method`` and save the set to ``out_dir/distilled`` (the final images: the primary result),
+    ``distilled_ema`` for ATT, and ``distilled_best`` (the images of the best periodic evaluation: the published
+    MTT/ATT selection rule, labelled as selected on the test set).
 
     Args:
         cfg: Settings.
@@ -256,6 +271,13 @@ def run_distill(
         if getattr(distiller, 'ema', None) is not None:
             ema_set = build_set(cfg, data, distiller.ema, lr, history, ema=distiller.ema)
             ema_set.save(out_dir / 'distilled_ema')
+        if distiller.best is not None:  # the published selection rule, labelled: it selects on the test set
+            best = build_set(cfg, data, distiller.best['images'], distiller.best['lr'], history)
+            best.extra.update(selection=f'images of iteration {distiller.best["iteration"]}, the evaluation with '
+                                        f'the best mean test accuracy ({distiller.best["acc_mean"]:.4f}): the MTT/ATT '
+                                        f'rule, which selects on the test set', selected_iteration=
+                              distiller.best['iteration'])
+            best.save(out_dir / 'distilled_best')
         if push_to_hub:
             from ..hub import push_distilled
             push_distilled(dset, push_to_hub)

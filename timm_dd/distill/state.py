@@ -14,7 +14,7 @@ import torch
 from ..io import atomic_write
 
 __all__ = ['DistillationDiverged', 'save_checkpoint', 'load_checkpoint', 'check_finite_state', 'CHECKPOINT_FILE',
-           'to_cpu', 'to_device', 'check_resume_config', 'RESUME_SAFE_FIELDS']
+           'to_cpu', 'to_device', 'check_resume_config', 'RESUME_SAFE_FIELDS', 'best_images']
 
 _logger = logging.getLogger(__name__)
 
@@ -112,3 +112,13 @@ def to_cpu(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(to_cpu(v) for v in obj)
     return obj
+
+
+def best_images(best: Optional[Dict[str, Any]], record: Dict[str, Any], images: torch.Tensor,
+                lr: Optional[float]) -> Optional[Dict[str, Any]]:
+    """The MTT/ATT selection rule: keep the images of the evaluation with the best mean test accuracy (ties: the
+    earlier). Returns the new ``{'iteration', 'acc_mean', 'images', 'lr'}`` or ``best`` unchanged."""
+    acc = record.get('acc_mean')
+    if acc is None or (best is not None and acc <= best['acc_mean']):
+        return best
+    return {'iteration': record['iteration'], 'acc_mean': acc, 'images': images.detach().cpu().clone(), 'lr': lr}

@@ -21,8 +21,8 @@ from .experts import ExpertPool
 from .matching import FlatModel, MatchResult, Shards, plan_steps, trajectory_match
 from .presets import DistillConfig
 from .state import (
-    CHECKPOINT_FILE, DistillationDiverged, check_finite_state, check_resume_config, load_checkpoint, save_checkpoint,
-    to_cpu, to_device,
+    CHECKPOINT_FILE, DistillationDiverged, best_images, check_finite_state, check_resume_config, load_checkpoint,
+    save_checkpoint, to_cpu, to_device,
 )
 
 __all__ = ['TrajectoryMatching', 'init_synthetic']
@@ -103,6 +103,7 @@ class TrajectoryMatching:
         self.eval_fn = eval_fn
         self.iteration = 0
         self.history: List[Dict[str, Any]] = []
+        self.best: Optional[Dict[str, Any]] = None  # images of the best evaluation (MTT/ATT's selection rule)
 
     @property
     def checkpoint_path(self) -> Optional[Path]:
@@ -120,6 +121,7 @@ class TrajectoryMatching:
             'iteration': self.iteration, 'images': self.images.detach().clone(), 'syn_lr': self.syn_lr.detach().clone(),
             'opt_img': self.opt_img.state_dict(), 'opt_lr': self.opt_lr.state_dict(),
             'ema': self.ema.clone() if self.ema is not None else None, 'history': list(self.history),
+            'best': self.best,
             'config': self.cfg.to_dict(),
         })
 
@@ -137,6 +139,7 @@ class TrajectoryMatching:
             self.ema = state['ema'].to(self.device, copy=True)
         self.iteration = int(state['iteration'])
         self.history = list(state.get('history', []))
+        self.best = state.get('best')
 
     def save(self) -> Optional[Path]:
         """Checkpoint (main process only; the others wait so that nobody reads a file being replaced)."""
@@ -210,6 +213,7 @@ class TrajectoryMatching:
         _logger.info(f'eval at iteration {self.iteration}: {record}')
         log_metrics(self.accelerator, {f'eval/{k}': v for k, v in record.items() if k != 'iteration'}, self.iteration)
         self.history.append(record)
+        self.best = best_images(self.best, record, self.images, float(self.syn_lr.detach()))
         return record
 
     def run(self, iterations: Optional[int] = None) -> List[Dict[str, Any]]:
