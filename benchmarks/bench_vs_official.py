@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -37,27 +36,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / 'benchmarks'))
+from _memory import timed_peak  # noqa: E402
 DEFAULT_DATA = REPO.parent / 'shared' / 'data' / 'cifar10-jpeg'
 DEFAULT_OFFICIAL = REPO / 'carry' / 'mtt-distillation'
 MODES = ('unrolled', 'recompute', 'official')
 TARGETS = {'unrolled_time': 0.7, 'recompute_time': 1.0, 'recompute_mem': 0.25}
 
 
-def _status_mb(key: str) -> float:
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(key + ':'):
-                return int(line.split()[1]) / 1024
-    raise KeyError(key)
-
-
-def _reset_peak() -> bool:
-    try:
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')
-        return True
-    except OSError:
-        return False
 
 
 def _child(args) -> None:
@@ -93,17 +78,9 @@ def _child(args) -> None:
             trajectory_match(args.mode, fm, images, labels, lr, th0, target, plan, dsa, 'mtt')
 
     iteration(1, 0)
-    reset = _reset_peak()
-    rss0 = _status_mb('VmRSS') if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    times = []
-    for r in range(args.repeats):
-        t0 = time.perf_counter()
-        iteration(args.steps1, r + 1)
-        times.append(time.perf_counter() - t0)
-    rss1 = _status_mb('VmHWM') if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    times, rss0, rss1, method = timed_peak(lambda r: iteration(args.steps1, r), args.repeats)
     print(json.dumps({'seconds': min(times), 'all_seconds': times, 'peak_rss_growth_mb': rss1 - rss0,
-                      'peak_rss_mb': rss1, 'baseline_rss_mb': rss0,
-                      'peak_method': 'VmHWM after clear_refs reset' if reset else 'ru_maxrss delta'}))
+                      'peak_rss_mb': rss1, 'baseline_rss_mb': rss0, 'peak_method': method}))
 
 
 def _images(ipc: int, folder: Path, data: Path) -> tuple:

@@ -75,7 +75,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing the package
-sys.path.insert(0, str(REPO / 'benchmarks'))  # official_mtt
+sys.path.insert(0, str(REPO / 'benchmarks'))  # official_mtt, _memory
+from _memory import reset_peak, status_mb  # noqa: E402
 
 os.environ.setdefault('TQDM_DISABLE', '1')  # the library's progress bars would flood a captured log (before tqdm)
 import torch  # noqa: E402
@@ -171,13 +172,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _status_mb(key: str) -> float:
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(key + ':'):
-                return int(line.split()[1]) / 1024
-    raise KeyError(key)
-
 
 class PeakMemory:
     """Peak memory of a block: CUDA allocator peak on a GPU, process peak RSS on the CPU."""
@@ -192,12 +186,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.base_mb = torch.cuda.memory_allocated(self.device) / 2 ** 20
         else:
-            try:
-                with open('/proc/self/clear_refs', 'w') as f:
-                    f.write('5')  # Linux >= 4.0: reset VmHWM to the current RSS
-                self.base_mb = _status_mb('VmRSS')
-            except OSError:
-                self.base_mb = _status_mb('VmHWM')
+            self.base_mb = status_mb('VmRSS' if reset_peak() else 'VmHWM')
         return self
 
     def __exit__(self, *exc) -> None:
@@ -205,7 +194,7 @@ class PeakMemory:
             _sync(self.device)
             self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
         else:
-            self.peak_mb = _status_mb('VmHWM')
+            self.peak_mb = status_mb('VmHWM')
 
     @property
     def growth_mb(self) -> float:

@@ -41,31 +41,31 @@ def atomic_write(path: PathLike, mode: str = 'wb') -> Iterator[IO[Any]]:
     On an exception inside the block the temporary file is removed and ``path`` keeps its previous content.
     """
     path = Path(path)
-    fd, tmp = _temporary(path, '.tmp')
-    try:
+    with _replacing(path, '.tmp') as (fd, _):
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        _raise_if_disk_full(e, path)
-        raise
 
 
 def atomic_write_with(path: PathLike, write: Callable[[str], None]) -> Path:
     """Atomically create ``path`` with a writer that only takes a file name (``safetensors.save_file``,
     ``matplotlib``'s ``savefig``, ``PIL``'s ``save``): ``write(tmp_name)`` fills the temporary sibling."""
     path = Path(path)
-    fd, tmp = _temporary(path, '.tmp' + path.suffix)
-    os.close(fd)
-    try:
+    with _replacing(path, '.tmp' + path.suffix) as (fd, tmp):
+        os.close(fd)
         write(tmp)
         with open(tmp, 'rb') as f:
             os.fsync(f.fileno())
+    return path
+
+
+@contextlib.contextmanager
+def _replacing(path: Path, suffix: str) -> Iterator[tuple]:
+    """A temporary sibling ``(fd, name)`` that replaces ``path`` when the block ends, or is removed if it fails."""
+    fd, tmp = _temporary(path, suffix)
+    try:
+        yield fd, tmp
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException as e:
@@ -73,7 +73,6 @@ def atomic_write_with(path: PathLike, write: Callable[[str], None]) -> Path:
             os.unlink(tmp)
         _raise_if_disk_full(e, path)
         raise
-    return path
 
 
 @contextlib.contextmanager

@@ -1,0 +1,39 @@
+"""Peak resident memory of this process, for the CPU benchmarks (Linux ``/proc``; ``ru_maxrss`` elsewhere)."""
+import resource
+from typing import Callable, List, Tuple
+
+__all__ = ['status_mb', 'reset_peak', 'timed_peak']
+
+
+def status_mb(key: str) -> float:
+    """A ``/proc/self/status`` entry (``VmRSS``, ``VmHWM``) in MB."""
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(key + ':'):
+                return int(line.split()[1]) / 1024
+    raise KeyError(key)
+
+
+def reset_peak() -> bool:
+    """Reset the peak RSS (``VmHWM``) to the current RSS: ``/proc/self/clear_refs`` = 5, Linux >= 4.0."""
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+        return True
+    except OSError:
+        return False
+
+
+def timed_peak(run: Callable[[int], None], repeats: int) -> Tuple[List[float], float, float, str]:
+    """``run(r)`` for ``r = 1..repeats`` after the caller's warm-up: ``(seconds of each, baseline MB, peak MB,
+    method)``; the peak growth ``peak - baseline`` is the memory one run needs."""
+    import time
+    reset = reset_peak()
+    rss0 = status_mb('VmRSS') if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    times = []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        run(r + 1)
+        times.append(time.perf_counter() - t0)
+    rss1 = status_mb('VmHWM') if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return times, rss0, rss1, 'VmHWM after clear_refs reset' if reset else 'ru_maxrss delta'
