@@ -7,5 +7,5 @@ from .layers import get_keep_rate, get_keep_rates, keep_rate_units, set_drop_gen
 from . import models
 from .data import ImageDataset, load_dataset, select_ipc
 from .distilled import DistilledSet, DistilledSetError, save_grid
-from .distilled.interchange import export_distilled, import_distilled
-from .hub import HubError, load_distilled, push_distilled
+from .distilled.interchange import export_distilled
+from .hub import HubError, import_distilled, load_distilled, push_distilled

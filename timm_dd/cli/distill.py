@@ -191,8 +191,7 @@ def _start_vs_end(dset, cfg) -> Optional[str]:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from ..distilled.interchange import import_distilled
-    from ..hub import HubError
+    from ..hub import HubError, import_distilled
     try:
         dset = import_distilled(args.source, args.layout, dataset=args.dataset, image_space=args.image_space,
                                 zca_eps=args.zca_eps, lr=args.lr, soft_label_temperature=args.soft_label_temperature)

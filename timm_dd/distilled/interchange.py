@@ -82,14 +82,6 @@ def detect_layout(source: Union[str, os.PathLike]) -> str:
     return 'timm_dd'  # loading it says what is missing
 
 
-def _source_folder(source: Union[str, os.PathLike]) -> Path:
-    from ..hub._repo import download_snapshot, split_source
-    folder, repo_id = split_source(source)
-    if folder is None:
-        folder = download_snapshot('import distilled set from', repo_id)
-    return Path(folder)
-
-
 def import_distilled(
         source: Union[str, os.PathLike],
         layout: str,
@@ -104,7 +96,7 @@ def import_distilled(
     """Read a distilled set made by another tool into a :class:`DistilledSet` (see the module docstring).
 
     Args:
-        source: A folder, or a Hub dataset repo id.
+        source: A local folder (``timm_dd.import_distilled`` also takes a Hub dataset repo id).
         layout: One of :data:`LAYOUTS`.
         dataset: The real dataset it was distilled from (name, folder or zip): class names, normalization, ZCA.
         image_space: 'zca', 'normalized' or 'pixel' (``folder`` layouts are pixel space).
@@ -119,7 +111,7 @@ def import_distilled(
     """
     if layout not in LAYOUTS:
         raise ValueError(f'unknown layout {layout!r}; known layouts: {", ".join(LAYOUTS)}')
-    folder = _source_folder(source)
+    folder = Path(source)
     if not folder.is_dir():
         raise FileNotFoundError(f'{folder}: no such folder')
     if layout == 'folder':

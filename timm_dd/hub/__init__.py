@@ -1,6 +1,7 @@
 """ Hugging Face Hub publishing for timm_dd: distilled datasets, teachers and expert trajectory buffers
 
 * distilled sets -> dataset repos (``push_distilled`` / ``load_distilled``), layout of ``DistilledSet.save``;
+  sets of other tools from a folder or a repo (``import_distilled``);
 * teachers -> timm model repos (``push_teacher`` / ``load_teacher`` / ``save_teacher``), loadable with
   ``import timm, timm_dd; timm.create_model('hf-hub:<org>/<arch>.<tag>', pretrained=True)``;
 * expert buffers -> dataset repos (``push_expert_buffers`` / ``pull_expert_buffers``).
@@ -10,10 +11,10 @@ lazily, on first use.
 """
 from ._errors import HubError
 from .buffers import pull_expert_buffers, push_expert_buffers
-from .distilled import load_distilled, push_distilled
+from .distilled import import_distilled, load_distilled, push_distilled
 from .teacher import model_image_space, record_input, load_teacher, push_teacher, save_teacher, teacher_model_card
 
 __all__ = [
-    'HubError', 'push_distilled', 'load_distilled', 'push_teacher', 'load_teacher', 'save_teacher',
+    'HubError', 'push_distilled', 'load_distilled', 'import_distilled', 'push_teacher', 'load_teacher', 'save_teacher',
     'teacher_model_card', 'record_input', 'model_image_space', 'push_expert_buffers', 'pull_expert_buffers',
 ]

@@ -67,6 +67,16 @@ def push_distilled(
     return commit
 
 
+def import_distilled(source: Union[str, os.PathLike], layout: str, **kwargs):
+    """:func:`timm_dd.distilled.interchange.import_distilled` for a local folder or a Hub dataset repo (downloaded
+    first, cached): a set made by another tool (MTT/ATT/DATM, FRePo, DD-Ranking, image folders)."""
+    from ..distilled.interchange import import_distilled as import_folder
+    folder, repo_id = split_source(source)
+    if folder is None:
+        folder = download_snapshot('import distilled set from', repo_id)
+    return import_folder(folder, layout, **kwargs)
+
+
 def _has_datasets() -> bool:
     import importlib.util
     if importlib.util.find_spec('datasets') is None:

@@ -135,8 +135,8 @@ def prepare_data(
 
 def _load_set(data: str, layout: Optional[str], dataset: Optional[str], image_space: Optional[str],
               soft_label_temperature: Optional[float]) -> DistilledSet:
-    from ..distilled.interchange import detect_layout, import_distilled
-    from ..hub import load_distilled
+    from ..distilled.interchange import detect_layout
+    from ..hub import import_distilled, load_distilled
     layout = layout or detect_layout(data)
     if layout == 'timm_dd':
         return load_distilled(data)
