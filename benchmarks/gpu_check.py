@@ -58,7 +58,6 @@ of a checkout, count as ran), 1 when a section failed (its error is in the JSON)
 import argparse
 import contextlib
 import dataclasses
-import inspect
 import json
 import logging
 import math
@@ -231,17 +230,6 @@ def torch_default_precision():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-def _device_kwargs(fn: Callable, accelerator: Any, device: torch.device) -> Dict[str, Any]:
-    """``accelerator=`` when ``fn`` takes one (the library is moving to Accelerate), else ``device=`` when it takes
-    that, else nothing."""
-    params = inspect.signature(fn).parameters
-    if 'accelerator' in params:
-        return {'accelerator': accelerator}
-    if 'device' in params:
-        return {'device': device}
-    return {}
-
-
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.detach().double().cpu(), b.detach().double().cpu()
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
@@ -301,12 +289,12 @@ def load_data(s: Settings, data_path: Optional[Path], accelerator, device) -> tu
     from timm_dd.distill import get_preset, prepare_data
     cfg = get_preset(s.preset, s.overrides)
     if s.mode == 'smoke':
-        data = prepare_data(cfg, **_device_kwargs(prepare_data, accelerator, device))
+        data = prepare_data(cfg)
         return cfg, data, f'digits (embedded) at {cfg.image_size} px, ZCA={cfg.zca}'
     if data_path is None or not data_path.exists():
         return cfg, None, (f'CIFAR-10 JPEG copy not found (tried {", ".join(map(str, DATA_CANDIDATES))}; pass '
                            f'--data): timing sections use random data, the real run is skipped')
-    data = prepare_data(cfg, data_path, **_device_kwargs(prepare_data, accelerator, device))
+    data = prepare_data(cfg, data_path)
     return cfg, data, f'CIFAR-10 JPEG copy {data_path} (50,000 train / 10,000 test), ZCA eps {cfg.zca_eps}'
 
 
@@ -479,7 +467,7 @@ def section_experts(s: Settings, cfg, data, device, accelerator, limit: float) -
     ecfg = ExpertConfig(arch=cfg.arch, model_kwargs=mk, num_experts=1, epochs=s.expert_epochs, lr=cfg.expert_lr,
                         batch_size=cfg.expert_batch, dsa=cfg.dsa, dsa_strategy=cfg.dsa_strategy, seed=0,
                         dataset=cfg.dataset, zca=cfg.zca)
-    kw = _device_kwargs(train_expert, accelerator, device)
+    kw = {'device': device}
     warm = dataclasses.replace(ecfg, epochs=1)
     train_expert(x[:4 * ecfg.batch_size], y[:4 * ecfg.batch_size], warm, 0, **kw)
     _sync(device)
@@ -583,7 +571,7 @@ def section_real(s: Settings, cfg, data, device, accelerator, clock: Clock, work
         if s.real_experts * (cand - 1 + cfg.expert_epochs) * spe <= budget:
             ms = cand
             break
-    kw = _device_kwargs(run_distill, accelerator, device)
+    kw = {'accelerator': accelerator}
     on_device = 'accelerator' in kw or 'device' in kw
     # the faster meta-gradient measured in the mtt section (on this device); the preset's when not measured
     grad_mode = min(mtt_spi, key=mtt_spi.get) if mtt_spi and on_device else cfg.grad_mode
@@ -599,7 +587,7 @@ def section_real(s: Settings, cfg, data, device, accelerator, clock: Clock, work
     notes.append(f'{s.real_experts} experts x {cfg.expert_train_epochs} epochs (published: 100 x 50), '
                  f'max_start_epoch {ms} (published: 20), planned from {spe:.2f} s/epoch and a {budget:.0f} s budget')
     t0 = time.perf_counter()
-    run_experts(cfg, data, workdir / 'experts', **_device_kwargs(run_experts, accelerator, device))
+    run_experts(cfg, data, workdir / 'experts', accelerator)
     experts_s = time.perf_counter() - t0
 
     # distillation: a first chunk to measure, then (resumed from its checkpoint) as many iterations as time allows
