@@ -146,7 +146,7 @@ def test_elf_feature_model_must_live_in_the_sets_space(tmp_path, digits):
                    save_models=True)
     phi = tmp_path / 'phi' / 'runs' / 'convnet3' / 'seed0' / 'model-epoch1'
     assert (phi / 'config.json').is_file()
-    elf = load_config('elf', dict(epochs=1, eval_every=0, elf_feature_model=str(phi)))
+    elf = load_config('elf', dict(epochs=1, eval_every=0, elf_feature_model=str(phi.parent), elf_feature_epoch=1))
     # a ZCA set: the normalized feature model is refused, naming both spaces
     zca = ZCA.fit(train.images, eps=0.1)
     zsrc = _save(tmp_path / 'zca', **{'images_best.pt': zca.transform(train.images[idx]),

@@ -70,7 +70,9 @@ class TrainConfig:
     elf_lambda_front: float = 1.0
     elf_lambda_rear: float = 1.0
     elf_feature_loss: str = 'ce'
-    elf_feature_model: Optional[str] = None  # path / hf-hub: of a ConvNet trained on real data
+    elf_feature_model: Optional[str] = None  # path / hf-hub: of a ConvNet trained on real data (or its run folder)
+    # a run folder as elf_feature_model: use its snapshot after this epoch (ELF: epoch 100, before the lr decay)
+    elf_feature_epoch: int = 100
     # bookkeeping
     eval_every: int = 100  # 0: evaluate only after the last epoch
     # epochs after which the network is also saved (model-epoch<N>, timm local-dir layout; e.g. [100] for ELF's

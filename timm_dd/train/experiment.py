@@ -304,8 +304,12 @@ def _elf_targets(cfg: TrainConfig, student: nn.Module, bundle: DataBundle, devic
         raise ValueError('ELF needs a feature model trained on real data (elf_feature_model); make one with '
                          '`python train.py --dataset <data> --real-ipc -1 --model convnet3 --model-kwargs width=512 '
                          '--config baseline --save-model <dir>` and pass --elf-feature-model <dir>')
-    _check_same_space(cfg.elf_feature_model, 'ELF feature model', bundle)
-    phi = load_teacher(cfg.elf_feature_model).to(device).eval()
+    source = cfg.elf_feature_model
+    snapshot = Path(source) / f'model-epoch{cfg.elf_feature_epoch}'
+    if Path(source).is_dir() and not (Path(source) / 'config.json').is_file() and snapshot.is_dir():
+        source = str(snapshot)  # a run folder: the ELF code's feature model is the one after epoch 100
+    _check_same_space(source, 'ELF feature model', bundle)
+    phi = load_teacher(source).to(device).eval()
     split = elf_split(student)
     with torch.no_grad():
         feats = torch.cat([phi.forward_features(chunk.to(device)) for chunk in bundle.train.images.split(256)])
