@@ -100,6 +100,8 @@ def train_seeds_batched(
         perms = [torch.randperm(n, generator=generator_for(s, epoch, 0)).to(device) for s in seeds]
         aug_gens = [generator_for(s, epoch, 0, 2) for s in seeds]
         epoch_loss = torch.zeros(num_seeds, device=device)
+        if cfg.reset_momentum_at_decay and epoch in lr_schedule.milestones:
+            optimizer.state.clear()  # as train_model: MTT re-creates its optimizer at the decay
         for it in range(iters_per_epoch):
             lr = base_lr * lr_schedule.factor(epoch, it, iters_per_epoch)
             for group in optimizer.param_groups:
