@@ -61,6 +61,7 @@ def _child(args) -> None:
     if acc.is_main_process:
         torch.save(result, args.result)
     acc.wait_for_everyone()
+    acc.end_training()  # destroys the process group before exit
 
 
 def _run(cmd, env) -> None:

@@ -110,3 +110,4 @@ if acc.is_main_process:
     with open(sys.argv[1], 'w') as f:
         json.dump(out, f)
 acc.wait_for_everyone()
+acc.end_training()  # destroys the process group: exiting with live gloo threads can abort a rank
