@@ -30,30 +30,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / 'benchmarks'))
 from _memory import timed_peak  # noqa: E402
+from _mtt import timm_dd_iteration  # noqa: E402
 DEFAULT_DATA = REPO.parent / 'shared' / 'data' / 'cifar10-jpeg'
 
 
 def _child(args) -> None:
-    import timm
-    import timm_dd  # noqa: F401
-    from timm_dd.augment import DSA
-    from timm_dd.distill import FlatModel, plan_steps, trajectory_match
-
     torch.set_num_threads(args.threads)
-    images = torch.load(args.images)
-    labels = torch.arange(10).repeat_interleave(images.shape[0] // 10)
-    torch.manual_seed(0)
-    model = timm.create_model('convnet3', num_classes=10, in_chans=3, img_size=32, width=128)
-    fm = FlatModel(model)
-    th0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    target = th0 + 1e-3 * torch.randn(th0.shape, generator=torch.Generator().manual_seed(1))
-    dsa = DSA()
-    lr = torch.tensor(0.01)
-
-    def iteration(steps: int, seed: int) -> None:
-        plan = plan_steps(images.shape[0], steps, None, 32, dsa, torch.Generator().manual_seed(seed))
-        trajectory_match(args.mode, fm, images, labels, lr, th0, target, plan, dsa, 'mtt')
-
+    iteration = timm_dd_iteration(args.mode, torch.load(args.images))
     iteration(1, 0)
     times, rss0, rss1, method = timed_peak(lambda r: iteration(args.steps, r), args.repeats)
     print(json.dumps({'seconds': min(times), 'all_seconds': times, 'peak_rss_growth_mb': rss1 - rss0,

@@ -37,32 +37,22 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / 'benchmarks'))
 from _memory import timed_peak  # noqa: E402
+from _mtt import mtt_problem, timm_dd_iteration  # noqa: E402
+
 DEFAULT_DATA = REPO.parent / 'shared' / 'data' / 'cifar10-jpeg'
 DEFAULT_OFFICIAL = REPO / 'carry' / 'mtt-distillation'
 MODES = ('unrolled', 'recompute', 'official')
 TARGETS = {'unrolled_time': 0.7, 'recompute_time': 1.0, 'recompute_mem': 0.25}
 
 
-
-
 def _child(args) -> None:
     import warnings
-    import timm
-    import timm_dd  # noqa: F401
-    from timm_dd.augment import DSA
-    from timm_dd.distill import FlatModel, plan_steps, trajectory_match
-
     warnings.filterwarnings('ignore', message='torch.meshgrid')
     torch.set_num_threads(args.threads)
     images = torch.load(args.images)
-    labels = torch.arange(10).repeat_interleave(images.shape[0] // 10)
-    torch.manual_seed(0)
-    model = timm.create_model('convnet3', num_classes=10, in_chans=3, img_size=32, width=args.width)
-    th0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    target = th0 + 1e-3 * torch.randn(th0.shape, generator=torch.Generator().manual_seed(1))
-    lr = torch.tensor(0.01)
     if args.mode == 'official':
         from official_mtt import OfficialMTT
+        _, labels, th0, target, lr = mtt_problem(images, args.width)
         off = OfficialMTT(args.official, channel=3, num_classes=10, im_size=32, net_width=args.width)
         assert off.num_params == th0.numel()
 
@@ -70,12 +60,7 @@ def _child(args) -> None:
             torch.manual_seed(seed)
             off.iteration(images, labels, lr, th0, target, steps)
     else:
-        fm = FlatModel(model)
-        dsa = DSA()
-
-        def iteration(steps: int, seed: int) -> None:
-            plan = plan_steps(images.shape[0], steps, None, 32, dsa, torch.Generator().manual_seed(seed))
-            trajectory_match(args.mode, fm, images, labels, lr, th0, target, plan, dsa, 'mtt')
+        iteration = timm_dd_iteration(args.mode, images, args.width)
 
     iteration(1, 0)
     times, rss0, rss1, method = timed_peak(lambda r: iteration(args.steps1, r), args.repeats)

@@ -152,3 +152,30 @@ def test_expert_training_runs_on_the_device(device):
     assert device in rec.devices
     if device != 'cpu':
         assert not {'conv2d', 'linear', 'cross_entropy'} & rec.devices.get('cpu', set())
+
+
+@pytest.mark.parametrize('method', ['mtt', 'att', 'dm'])
+def test_distillers_move_their_state_to_the_accelerator_device(tmp_path, method):
+    """On a CPU machine the test above cannot tell the devices apart; here the accelerator's device is ``meta``
+    while every input starts on the CPU, so state left behind on the CPU is caught (nothing is computed)."""
+    model = timm.create_model('convnet3', num_classes=2, in_chans=1, img_size=8, width=4)
+    images, labels = torch.randn(4, 1, 8, 8), torch.tensor([0, 0, 1, 1])
+    acc = _Acc('meta')
+    if method == 'dm':
+        cfg = get_preset(None, dict(method='dm', ipc=2, batch_real=4, iterations=2, eval_every=0))
+        distiller = DistributionMatching(cfg, images, labels, torch.randn(8, 1, 8, 8), torch.arange(8) % 2,
+                                         lambda: timm.create_model('convnet3', num_classes=2, in_chans=1,
+                                                                   img_size=8, width=4), accelerator=acc)
+        state = [distiller.images]
+    else:
+        (tmp_path / 'buf').mkdir()
+        cfg = get_preset(None, dict(method=method, ipc=2, syn_steps=2, expert_epochs=2, max_start_epoch=2,
+                                    ema_decay=0.9 if method == 'att' else None))
+        distiller = TrajectoryMatching(cfg, images, labels, model, _experts(tmp_path / 'buf', model), accelerator=acc)
+        state = [distiller.images, distiller.labels, distiller.syn_lr, *distiller.fmodel.module.parameters()]
+        from timm_dd.distill import plan_steps
+        plan = plan_steps(4, 2, None, 8, distiller.dsa, torch.Generator().manual_seed(0), distiller.device)
+        state += list(plan.indices) + [t for d in plan.draws for t in d.params.values()]
+        if distiller.ema is not None:
+            state.append(distiller.ema)
+    assert state and all(t.device.type == 'meta' for t in state), [t.device for t in state]

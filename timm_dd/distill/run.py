@@ -86,14 +86,13 @@ def prepare_data(cfg: DistillConfig, data: Optional[Union[str, os.PathLike]] = N
     kwargs = {'image_size': cfg.image_size} if cfg.image_size else {}
     train = load_dataset(source, 'train', **kwargs)
     test = load_dataset(source, 'test', **kwargs)
+    mean, std = _normalization(cfg, train)
     if cfg.zca:
         zca = ZCA.fit(train.images, eps=cfg.zca_eps)
         train_x, test_x = zca.transform(train.images), zca.transform(test.images)
     else:
         zca = None
-        mean, std = _normalization(cfg, train)
         train_x, test_x = _normalize(train.images, mean, std), _normalize(test.images, mean, std)
-    mean, std = _normalization(cfg, train)
     return DistillData(train_x, train.labels, test_x, test.labels, list(train.class_names), list(mean), list(std),
                        zca, cfg.dataset)
 

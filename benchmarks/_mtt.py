@@ -1,0 +1,33 @@
+"""The MTT iteration the CPU benchmarks time: ConvNet-3 at 32x32, 10 classes, a fresh initialization as the start
+and start + 1e-3 noise as the target (the cost does not depend on the expert), DSA on."""
+from typing import Callable, Tuple
+
+import torch
+
+__all__ = ['mtt_problem', 'timm_dd_iteration']
+
+
+def mtt_problem(images: torch.Tensor, width: int = 128) -> Tuple[torch.nn.Module, torch.Tensor, torch.Tensor,
+                                                                   torch.Tensor, torch.Tensor]:
+    """``(model, labels, start, target, lr)`` for class-major ``images``."""
+    import timm
+    import timm_dd  # noqa: F401
+    labels = torch.arange(10).repeat_interleave(images.shape[0] // 10)
+    torch.manual_seed(0)
+    model = timm.create_model('convnet3', num_classes=10, in_chans=3, img_size=32, width=width)
+    start = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    target = start + 1e-3 * torch.randn(start.shape, generator=torch.Generator().manual_seed(1))
+    return model, labels, start, target, torch.tensor(0.01)
+
+
+def timm_dd_iteration(mode: str, images: torch.Tensor, width: int = 128) -> Callable[[int, int], None]:
+    """``iteration(steps, seed)``: one timm_dd MTT iteration (``mode`` 'unrolled' or 'recompute')."""
+    from timm_dd.augment import DSA
+    from timm_dd.distill import FlatModel, plan_steps, trajectory_match
+    model, labels, start, target, lr = mtt_problem(images, width)
+    fm, dsa = FlatModel(model), DSA()
+
+    def iteration(steps: int, seed: int) -> None:
+        plan = plan_steps(images.shape[0], steps, None, 32, dsa, torch.Generator().manual_seed(seed))
+        trajectory_match(mode, fm, images, labels, lr, start, target, plan, dsa, 'mtt')
+    return iteration
