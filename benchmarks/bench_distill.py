@@ -21,7 +21,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -29,33 +28,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / 'benchmarks'))
-from _memory import timed_peak  # noqa: E402
-from _mtt import timm_dd_iteration  # noqa: E402
+from _mtt import measure_iteration, save_images, timm_dd_iteration  # noqa: E402
 DEFAULT_DATA = REPO.parent / 'shared' / 'data' / 'cifar10-jpeg'
 
 
 def _child(args) -> None:
     torch.set_num_threads(args.threads)
     iteration = timm_dd_iteration(args.mode, torch.load(args.images))
-    iteration(1, 0)
-    times, rss0, rss1, method = timed_peak(lambda r: iteration(args.steps, r), args.repeats)
-    print(json.dumps({'seconds': min(times), 'all_seconds': times, 'peak_rss_growth_mb': rss1 - rss0,
-                      'peak_rss_mb': rss1, 'baseline_rss_mb': rss0, 'peak_method': method}))
-
-
-
-
-def _images(ipc: int, folder: Path, data: Path) -> tuple:
-    path = folder / f'ipc{ipc}.pt'
-    if (data / 'train.zip').is_file():
-        from timm_dd.data import load_dataset, select_ipc
-        ds = load_dataset(str(data), 'train')
-        idx = select_ipc(ds.labels, ipc, torch.Generator().manual_seed(0), num_classes=10)
-        x, source = ds.subset(idx).normalized(), f'real CIFAR-10 images from {data}'
-    else:
-        x, source = torch.randn(10 * ipc, 3, 32, 32, generator=torch.Generator().manual_seed(0)), 'random data'
-    torch.save(x.contiguous(), path)
-    return path, source
+    print(json.dumps(measure_iteration(iteration, args.steps, args.repeats)))
 
 
 def main() -> int:
@@ -83,7 +63,7 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix='bench_distill_') as tmp:
         for ipc in args.ipc:
-            path, source = _images(ipc, Path(tmp), args.data)
+            path, source = save_images(ipc, Path(tmp), args.data)
             for steps in args.steps:
                 if f'{ipc}:{steps}' in args.skip:
                     continue

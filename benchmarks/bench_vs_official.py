@@ -36,8 +36,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / 'benchmarks'))
-from _memory import timed_peak  # noqa: E402
-from _mtt import mtt_problem, timm_dd_iteration  # noqa: E402
+from _mtt import measure_iteration, mtt_problem, save_images, timm_dd_iteration  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / 'shared' / 'data' / 'cifar10-jpeg'
 DEFAULT_OFFICIAL = REPO / 'carry' / 'mtt-distillation'
@@ -62,23 +61,7 @@ def _child(args) -> None:
     else:
         iteration = timm_dd_iteration(args.mode, images, args.width)
 
-    iteration(1, 0)
-    times, rss0, rss1, method = timed_peak(lambda r: iteration(args.steps1, r), args.repeats)
-    print(json.dumps({'seconds': min(times), 'all_seconds': times, 'peak_rss_growth_mb': rss1 - rss0,
-                      'peak_rss_mb': rss1, 'baseline_rss_mb': rss0, 'peak_method': method}))
-
-
-def _images(ipc: int, folder: Path, data: Path) -> tuple:
-    path = folder / f'ipc{ipc}.pt'
-    if (data / 'train.zip').is_file():
-        from timm_dd.data import load_dataset, select_ipc
-        ds = load_dataset(str(data), 'train')
-        idx = select_ipc(ds.labels, ipc, torch.Generator().manual_seed(0), num_classes=10)
-        x, source = ds.subset(idx).normalized(), f'real CIFAR-10 images from {data}'
-    else:
-        x, source = torch.randn(10 * ipc, 3, 32, 32, generator=torch.Generator().manual_seed(0)), 'random data'
-    torch.save(x.contiguous(), path)
-    return path, source
+    print(json.dumps(measure_iteration(iteration, args.steps1, args.repeats)))
 
 
 def _pairs(specs) -> list:
@@ -131,7 +114,7 @@ def main(argv=None) -> int:
         paths = {}
         for ipc, steps, mode, kind in jobs:
             if ipc not in paths:
-                paths[ipc], sources[ipc] = _images(ipc, Path(tmp), args.data)
+                paths[ipc], sources[ipc] = save_images(ipc, Path(tmp), args.data)
             if any(r['ipc'] == ipc and r['syn_steps'] == steps and r['mode'] == mode for r in rows):
                 continue  # a memory setting equal to a speed setting
             cmd = [sys.executable, str(Path(__file__).resolve()), '--child', '--images', str(paths[ipc]), '--mode',

@@ -432,7 +432,7 @@ def section_official(s: Settings, fm, images, labels, syn_lr, th0, target, devic
                                            device, s.repeats, per_row)))
     # exactness: same batches, no DSA, float64, a few steps
     n64 = min(3, steps)
-    fm64_model = fm.module.double()
+    fm.module.double()  # in place: the exactness comparison below runs in float64
     try:
         off64 = OfficialMTT(official, channel=3, num_classes=10, im_size=size, net_width=s.width, device=device,
                             dtype=torch.float64)

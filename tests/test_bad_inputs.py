@@ -6,7 +6,6 @@ the cases here must be the same set (tested), so the documentation cannot drift 
 import errno
 import importlib.util
 import json
-import os
 import re
 import zipfile
 from pathlib import Path

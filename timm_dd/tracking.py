@@ -4,7 +4,7 @@ Set up by the command lines (``--log-with``, ``Accelerator(log_with=...)`` + ``i
 reports when trackers exist, from the main process (Accelerate's trackers log there). The JSONL metrics written
 next to the runs stay the always-on local record.
 """
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import torch
 

@@ -6,7 +6,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-import yaml
 
 from ..fields import coerce_field
 from .schedules import LR_SCHEDULES, KeepRateSchedule, LRSchedule

@@ -89,7 +89,6 @@ def prepare_data(
     (default) or 'zca' (ZCA of [0, 1] pixels with ``zca_eps``, fitted on the train split: the space of MTT's --zca
     sets, e.g. for an ELF feature model that must live in the set's space).
     """
-    from ..hub import load_distilled  # imported here: only this path needs huggingface_hub
     if (data is None) == (real_ipc is None):
         raise ValueError('give either a distilled set (data) or real_ipc, not both and not neither')
     if data is not None:

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 import torch.nn as nn
 from accelerate import Accelerator
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..augment import DSA
