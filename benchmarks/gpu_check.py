@@ -15,7 +15,7 @@ Sections (each under its own time limit; the whole run under ``--budget`` second
    The start point is a fresh initialization and the target a 1e-3 perturbation of it (the cost does not depend
    on the expert).
 2. ``experts``: seconds per epoch of expert training on the CIFAR-10 training set
-   (``timm_dd.distill.train_expert`` with the preset's ``ExpertConfig``: batch 256, DSA, SGD lr 0.01).
+   (``timm_dd.distill.experts.train_expert`` with the preset's ``ExpertConfig``: batch 256, DSA, SGD lr 0.01).
 3. ``dpkd``: seconds per epoch of the ``dpkd`` recipe (Lion, DropPath schedule, 2-fold DSA, KD from a ConvNet-3
    teacher; the teacher is untrained here since only the cost is measured) on ``resnet18_dd`` and 100 images.
 4. ``real``: a short real run with the library's end-to-end functions (``get_preset('cifar10-ipc10-mtt')``,
@@ -285,7 +285,7 @@ def find_data(arg: Optional[str]) -> Optional[Path]:
 
 
 def load_data(s: Settings, data_path: Optional[Path], accelerator, device) -> tuple:
-    """``(cfg, DistillData or None, description)`` for the run's preset (CIFAR-10 in the ZCA space on a GPU run)."""
+    """``(cfg, DataSplits or None, description)`` for the run's preset (CIFAR-10 in the ZCA space on a GPU run)."""
     from timm_dd.distill import get_preset, prepare_data
     cfg = get_preset(s.preset, s.overrides)
     if s.mode == 'smoke':
@@ -302,9 +302,9 @@ def timing_images(s: Settings, data, num_classes: int = 10) -> tuple:
     """``[C*ipc, 3, H, W]`` images (first real ones per class when CIFAR is loaded, else random) and labels."""
     from timm_dd.data import select_ipc
     n = num_classes * s.timing_ipc
-    if data is not None and data.in_chans == 3 and data.image_size == s.timing_size:
-        idx = select_ipc(data.train_labels, s.timing_ipc, torch.Generator().manual_seed(0), num_classes=num_classes)
-        return data.train_images[idx].clone(), torch.arange(num_classes).repeat_interleave(s.timing_ipc), 'real'
+    if data is not None and data.in_chans == 3 and data.img_size == s.timing_size:
+        idx = select_ipc(data.train.labels, s.timing_ipc, torch.Generator().manual_seed(0), num_classes=num_classes)
+        return data.train.images[idx].clone(), torch.arange(num_classes).repeat_interleave(s.timing_ipc), 'real'
     x = torch.randn(n, 3, s.timing_size, s.timing_size, generator=torch.Generator().manual_seed(0))
     return x, torch.arange(num_classes).repeat_interleave(s.timing_ipc), 'random'
 
@@ -455,10 +455,10 @@ def section_official(s: Settings, fm, images, labels, syn_lr, th0, target, devic
 
 
 def section_experts(s: Settings, cfg, data, device, accelerator, limit: float) -> Dict[str, Any]:
-    from timm_dd.distill import ExpertConfig, train_expert
-    from timm_dd.distill import model_kwargs
+    from timm_dd.distill.experts import ExpertConfig, train_expert
+    from timm_dd.distill.run import model_kwargs
     if data is not None:
-        x, y, mk = data.train_images, data.train_labels, model_kwargs(cfg, data)
+        x, y, mk = data.train.images, data.train.labels, model_kwargs(cfg, data)
         source = f'{cfg.dataset} train split ({x.shape[0]:,} images, {"ZCA" if cfg.zca else "normalized"})'
     else:
         x = torch.randn(50000, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -495,13 +495,14 @@ def section_dpkd(s: Settings, cfg, data, device, accelerator, limit: float) -> D
     import timm_dd  # noqa: F401
     from timm_dd.data import select_ipc
     from timm_dd.train.config import load_config
-    from timm_dd.train.trainer import TrainSet, train_model
+    from timm_dd.data import ImageSet
+    from timm_dd.train.trainer import train_model
 
     if data is not None:
-        idx = select_ipc(data.train_labels, 10, torch.Generator().manual_seed(0), num_classes=data.num_classes)
-        x, y, k = data.train_images[idx], data.train_labels[idx], data.num_classes
-        tx, ty = data.test_images[:1000], data.test_labels[:1000]
-        chans, size, source = data.in_chans, data.image_size, f'{x.shape[0]} {cfg.dataset} train images (10 per class)'
+        idx = select_ipc(data.train.labels, 10, torch.Generator().manual_seed(0), num_classes=data.num_classes)
+        x, y, k = data.train.images[idx], data.train.labels[idx], data.num_classes
+        tx, ty = data.test.images[:1000], data.test.labels[:1000]
+        chans, size, source = data.in_chans, data.img_size, f'{x.shape[0]} {cfg.dataset} train images (10 per class)'
     else:
         g = torch.Generator().manual_seed(0)
         x, y, k = torch.randn(100, 3, 32, 32, generator=g), torch.arange(100) % 10, 10
@@ -517,7 +518,7 @@ def section_dpkd(s: Settings, cfg, data, device, accelerator, limit: float) -> D
         torch.manual_seed(0)
         model = timm.create_model('resnet18_dd', num_classes=k, in_chans=chans, img_size=size, **s.dpkd_model_kwargs)
         teacher = timm.create_model('convnet3', num_classes=k, in_chans=chans, img_size=size, **s.teacher_kwargs)
-        return train_model(model, TrainSet(x, y, k), _test_loader(accelerator, tx, ty), make(epochs), accelerator,
+        return train_model(model, ImageSet(x, y, num_classes=k), _test_loader(accelerator, tx, ty), make(epochs), accelerator,
                            model_name='resnet18_dd', teacher=teacher)
 
     run(2)  # warm-up
@@ -539,16 +540,18 @@ def section_dpkd(s: Settings, cfg, data, device, accelerator, limit: float) -> D
 
 
 def _eval_convnet(cfg, data, images, labels, lr: float, epochs: int, seeds: int, accelerator) -> List[float]:
-    from timm_dd.distill import create_arch, model_kwargs
+    from timm_dd.distill.experts import create_arch
+    from timm_dd.distill.run import model_kwargs
     from timm_dd.train.config import load_config
-    from timm_dd.train.trainer import TrainSet, train_model
+    from timm_dd.data import ImageSet
+    from timm_dd.train.trainer import train_model
     accs = []
     for seed in range(seeds):
         tcfg = load_config('baseline', dict(epochs=epochs, eval_every=0, lr=lr, seed=seed, checkpoint_every=10 ** 6))
         torch.manual_seed(1000 + seed)
         model = create_arch(cfg.arch, model_kwargs(cfg, data))
-        res = train_model(model, TrainSet(images.detach().cpu().float(), labels.cpu(), data.num_classes),
-                          _test_loader(accelerator, data.test_images, data.test_labels), tcfg, accelerator,
+        res = train_model(model, ImageSet(images.detach().cpu().float(), labels.cpu(), num_classes=data.num_classes),
+                          _test_loader(accelerator, data.test.images, data.test.labels), tcfg, accelerator,
                           model_name=cfg.arch)
         accs.append(res.final_acc)
     return accs
@@ -612,8 +615,8 @@ def section_real(s: Settings, cfg, data, device, accelerator, clock: Clock, work
 
     # evaluation: ConvNet-3, baseline recipe, distilled (learned lr) vs random real images (lr cfg.eval_lr); the
     # epochs are the published 1000 when the time left allows (calibrated on a short run), else fewer
-    idx = select_ipc(data.train_labels, s.real_ipc, torch.Generator().manual_seed(12345), num_classes=data.num_classes)
-    real_x, real_y = data.train_images[idx], data.train_labels[idx]
+    idx = select_ipc(data.train.labels, s.real_ipc, torch.Generator().manual_seed(12345), num_classes=data.num_classes)
+    real_x, real_y = data.train.images[idx], data.train.labels[idx]
     t0 = time.perf_counter()
     calib = 20
     _eval_convnet(cfg, data, real_x, real_y, cfg.eval_lr, calib, 1, accelerator)
@@ -790,7 +793,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     def _data():
         nonlocal cfg, data
         cfg, data, desc = load_data(s, data_path, accelerator, device)
-        return dict(description=desc, train=list(data.train_images.shape) if data is not None else None)
+        return dict(description=desc, train=list(data.train.images.shape) if data is not None else None)
 
     run_section('data', _data)
     if cfg is None:

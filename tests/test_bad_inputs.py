@@ -268,10 +268,10 @@ def _(tmp, capsys):
 
 @case('nan-training-images')
 def _(tmp, capsys):
-    from timm_dd.train.trainer import TrainSet
+    from timm_dd.data import ImageSet
     x = torch.randn(4, 1, 8, 8)
     x[0, 0, 0, 0] = float('inf')
-    return lambda: TrainSet(x, torch.arange(4), 4), ValueError, r'NaN or Inf'
+    return lambda: ImageSet(x, torch.arange(4), num_classes=4), ValueError, r'NaN or Inf'
 
 
 @case('teacher-other-channels')

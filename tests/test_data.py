@@ -10,7 +10,7 @@ from PIL import Image
 import timm_dd.data.datasets as dsmod
 from timm_dd.data.cache import load_cached
 from timm_dd.data import (
-    CIFAR10_CLASSES, CIFAR10_MEAN, DIGITS_MEAN, DIGITS_STD, IMAGENET_MEAN, ImageDataset, load_dataset, select_ipc,
+    CIFAR10_CLASSES, CIFAR10_MEAN, DIGITS_MEAN, DIGITS_STD, IMAGENET_MEAN, ImageSet, load_dataset, select_ipc,
 )
 
 SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / 'shared' / 'data' / 'cifar10-jpeg'
@@ -99,9 +99,9 @@ def test_image_dataset_helpers():
     torch.testing.assert_close(norm, (ds.images - DIGITS_MEAN[0]) / DIGITS_STD[0])
     assert 'digits' in repr(ds)
     with pytest.raises(ValueError):
-        ImageDataset(ds.images, ds.labels[:-1], ds.class_names, ds.mean, ds.std)
+        ImageSet(ds.images, ds.labels[:-1], ds.class_names, ds.mean, ds.std)
     with pytest.raises(ValueError):
-        ImageDataset(ds.images, ds.labels, ds.class_names, (0.5, 0.5, 0.5), ds.std)
+        ImageSet(ds.images, ds.labels, ds.class_names, (0.5, 0.5, 0.5), ds.std)
 
 
 def test_folder_loading(tmp_path):

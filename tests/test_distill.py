@@ -15,11 +15,10 @@ import timm_dd  # noqa: F401
 from timm_dd.augment import DSA
 from timm_dd.distill import (
     DistillationDiverged, DistributionMatching, ExpertFileError, ExpertPool, ExpertTrajectory, FlatModel,
-    TrajectoryMatching, get_preset, list_presets, match_recompute, match_unrolled, plan_steps, save_trajectory,
-    train_experts, ExpertConfig,
+    TrajectoryMatching, get_preset, list_presets, plan_steps, save_trajectory, train_experts, ExpertConfig,
 )
 from timm_dd.distill import experts as experts_mod
-from timm_dd.distill.matching import StepPlan, _select_step
+from timm_dd.distill.matching import StepPlan, _select_step, match_recompute, match_unrolled
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -315,12 +314,12 @@ def test_resume_with_changed_settings_is_refused_or_forced(tmp_path):
 
 def test_cifar100_presets_use_cifar10_statistics_as_mtt_does():
     from timm_dd.constants import CIFAR10_MEAN, CIFAR10_STD
-    from timm_dd.distill.run import _normalization
+    from timm_dd.data import ImageSet, ImageSpace
+    from timm_dd.distill.run import normalization_space
     assert get_preset('cifar100-ipc10-mtt').normalization == 'cifar10'
     assert get_preset('cifar100-ipc10-att').normalization == 'cifar10'
     assert get_preset('cifar10-ipc10-mtt').normalization == 'dataset'
 
-    class Train:
-        mean, std = (0.5, 0.5, 0.5), (0.2, 0.2, 0.2)
-    assert _normalization(get_preset('cifar100-ipc10-mtt'), Train) == (tuple(CIFAR10_MEAN), tuple(CIFAR10_STD))
-    assert _normalization(get_preset('cifar10-ipc10-mtt'), Train) == (Train.mean, Train.std)
+    train = ImageSet(torch.rand(2, 3, 4, 4), torch.tensor([0, 1]), mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2))
+    assert normalization_space(get_preset('cifar100-ipc10-mtt'), train) == ImageSpace(CIFAR10_MEAN, CIFAR10_STD)
+    assert normalization_space(get_preset('cifar10-ipc10-mtt'), train) == ImageSpace(train.mean, train.std)

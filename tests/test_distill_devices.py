@@ -142,7 +142,7 @@ def test_every_tensor_of_the_loop_is_on_the_accelerator_device(tmp_path, device,
 
 @pytest.mark.parametrize('device', DEVICES)
 def test_expert_training_runs_on_the_device(device):
-    from timm_dd.distill import ExpertConfig, train_expert
+    from timm_dd.distill.experts import ExpertConfig, train_expert
     cfg = ExpertConfig(arch='convnet3', model_kwargs=dict(num_classes=2, in_chans=1, img_size=8, width=4),
                        epochs=2, batch_size=4)
     images, labels = torch.randn(8, 1, 8, 8), torch.arange(8) % 2

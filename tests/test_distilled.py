@@ -86,7 +86,7 @@ def test_round_trip_full(tmp_path, dtype):
     back = DistilledSet.load(out)
     _assert_same(dset, back)
     assert back.images.dtype == dtype and back.lr.shape == () and back.lr.dtype == torch.float32
-    assert (back.num_classes, back.num_images, back.image_size) == (K, K * IPC, (C, H, W))
+    assert (back.num_classes, back.num_images, back.image_shape, back.image_size) == (K, K * IPC, (C, H, W), (H, W))
     assert repr(back).startswith("DistilledSet(method='MTT'") and len(repr(back)) < 300
     _assert_same(dset, load_distilled_folder(str(out)))
 
@@ -321,7 +321,7 @@ def test_failed_save_keeps_previous_set(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise OSError('disk full')
 
-    monkeypatch.setattr(ds_mod, '_write_text', boom)  # tensors written, config/card not
+    monkeypatch.setattr(ds_mod, 'render_card', boom)  # tensors and config written, card not
     with pytest.raises(OSError, match='disk full'):
         _full_set().save(folder)
     monkeypatch.undo()
@@ -346,7 +346,7 @@ def test_failed_save_keeps_previous_set(tmp_path, monkeypatch):
     _assert_same(good, DistilledSet.load(folder))
 
     # a failed first save leaves nothing behind
-    monkeypatch.setattr(ds_mod, '_write_text', boom)
+    monkeypatch.setattr(ds_mod, 'render_card', boom)
     with pytest.raises(OSError):
         good.save(tmp_path / 'new')
     monkeypatch.undo()

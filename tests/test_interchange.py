@@ -128,9 +128,9 @@ def test_train_reads_other_layouts_and_applies_the_soft_label_temperature(tmp_pa
 
 
 def test_probabilities_that_do_not_sum_to_one_are_an_error():
-    from timm_dd.train.trainer import TrainSet
+    from timm_dd.data import ImageSet
     with pytest.raises(ValueError, match='rows summing to 1'):
-        TrainSet(torch.randn(4, 1, 8, 8), torch.rand(4, 3), 3)
+        ImageSet(torch.randn(4, 1, 8, 8), torch.rand(4, 3), num_classes=3)
 
 
 def test_elf_feature_model_must_live_in_the_sets_space(tmp_path, digits):
@@ -166,5 +166,5 @@ def test_real_data_in_zca_space_records_it():
     bundle = prepare_data(dataset='digits', real_ipc=1, image_size=16, image_space='zca')
     assert bundle.source['image_space'] == 'zca' and bundle.source['zca_eps'] == 0.1
     zca = ZCA.fit(load_dataset('digits', 'train', image_size=16).images, eps=0.1)
-    assert torch.allclose(bundle.test_images[:5], zca.transform(load_dataset('digits', 'test', image_size=16)
+    assert torch.allclose(bundle.test.images[:5], zca.transform(load_dataset('digits', 'test', image_size=16)
                                                                 .images[:5]), atol=1e-5)

@@ -16,7 +16,8 @@ from timm_dd.data import load_dataset, select_ipc
 from timm_dd.distilled import DistilledSet
 from timm_dd.train.config import load_config
 from timm_dd.train.experiment import create_student, prepare_data, run_experiment
-from timm_dd.train.trainer import TrainSet, train_model
+from timm_dd.data import ImageSet
+from timm_dd.train.trainer import train_model
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_RESNET = dict(widths=(4, 8, 8, 16))
@@ -32,7 +33,7 @@ def digits():
     train, test = load_dataset('digits', 'train'), load_dataset('digits', 'test')
     idx = select_ipc(train.labels, 2, generator=torch.Generator().manual_seed(0))
     sub = train.subset(idx)
-    return TrainSet(sub.normalized(), sub.labels, 10, list(sub.class_names)), test
+    return ImageSet(sub.normalized(), sub.labels, list(sub.class_names), num_classes=10), test
 
 
 def _loader(accelerator, test, n=100):
@@ -165,7 +166,7 @@ def test_learned_lr_and_soft_labels_from_distilled_set(tmp_path):
     bundle = prepare_data(str(path), soft_label_temperature=0.5)
     assert bundle.train.learned_lr == pytest.approx(0.02)
     assert torch.allclose(bundle.train.labels, torch.softmax(soft / 0.5, dim=1))  # the temperature, applied once
-    assert bundle.test_images.shape == (364, 1, 32, 32)
+    assert bundle.test.images.shape == (364, 1, 32, 32)
 
 
 def _run_cli(args, tmp_path, launcher=None, timeout=600):
@@ -305,7 +306,7 @@ def test_stacked_seeds_equal_sequential_runs(accelerator):
     """parallel: vmap trains three seeds at once; each equals its own sequential run."""
     from timm_dd.train.batched import train_seeds_batched
     g = torch.Generator().manual_seed(0)
-    train_set = TrainSet(torch.randn(20, 1, 8, 8, generator=g), torch.arange(20) % 4, 4)
+    train_set = ImageSet(torch.randn(20, 1, 8, 8, generator=g), torch.arange(20) % 4, num_classes=4)
     test = TensorDataset(torch.randn(50, 1, 8, 8, generator=g), torch.arange(50) % 4)
     loader = DataLoader(test, batch_size=16)
     cfg = load_config('baseline', dict(epochs=4, batch_size=8, eval_every=2, lr=0.05))

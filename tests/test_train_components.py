@@ -165,9 +165,10 @@ def test_momentum_is_reset_at_the_decay():
     from accelerate import Accelerator
     from torch.utils.data import DataLoader, TensorDataset
     from timm_dd.train.config import load_config
-    from timm_dd.train.trainer import TrainSet, train_model
+    from timm_dd.data import ImageSet
+    from timm_dd.train.trainer import train_model
     g = torch.Generator().manual_seed(0)
-    data = TrainSet(torch.randn(8, 1, 8, 8, generator=g), torch.arange(8) % 2, 2)
+    data = ImageSet(torch.randn(8, 1, 8, 8, generator=g), torch.arange(8) % 2, num_classes=2)
     loader = DataLoader(TensorDataset(torch.randn(4, 1, 8, 8), torch.arange(4) % 2), batch_size=4)
     weights = {}
     for reset in (True, False):

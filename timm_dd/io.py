@@ -1,4 +1,4 @@
-"""Crash-safe file writes: the one place that writes a file atomically.
+"""Crash-safe file writes (the one place that writes a file) and the checksums that identify files and tensors.
 
 A file is written to a temporary sibling with a name unique to the writing process (``mkstemp``), flushed to disk
 and renamed into place, so a reader sees either the previous complete file or the new complete one, never half
@@ -7,6 +7,7 @@ of one, and two processes never share a temporary name. Files get the mode ``ope
 """
 import contextlib
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -15,8 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, List, Union
 
-__all__ = ['atomic_write', 'atomic_write_json', 'atomic_write_with', 'default_file_mode', 'FolderLock', 'FolderInUseError', 'atomic_folder',
-           'remove_stale_temporaries']
+__all__ = ['atomic_write', 'atomic_write_json', 'atomic_write_with', 'default_file_mode', 'FolderLock',
+           'FolderInUseError', 'atomic_folder', 'remove_stale_temporaries', 'file_sha256', 'tensor_checksum', 'append_line']
 
 _logger = logging.getLogger(__name__)
 
@@ -218,3 +219,26 @@ class FolderLock:
         if self._file is not None:
             self._file.close()  # closing releases the lock
             self._file = None
+
+
+def file_sha256(path: PathLike, chunk_size: int = 1 << 22) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(chunk_size), b''):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tensor_checksum(t: Any) -> str:
+    """SHA-256 of a tensor's fp32 contents (shape included): identifies a dataset or an expert epoch."""
+    t = t.detach().float().cpu().contiguous()
+    h = hashlib.sha256(str(tuple(t.shape)).encode())
+    h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def append_line(path: PathLike, line: str) -> None:
+    """Append one line to a log file (``metrics.jsonl``); one process owns each such file."""
+    with open(path, 'a', encoding='utf-8') as f:
+        f.write(line.rstrip('\n') + '\n')

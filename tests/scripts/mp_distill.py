@@ -99,9 +99,12 @@ class OneProcess:
     autocast = acc.autocast
 
 
-from timm_dd.distill import DistillData, make_evaluator  # noqa: E402
-data = DistillData(real, real_y, torch.randn(20, 1, 8, 8, generator=torch.Generator().manual_seed(7)),
-                   torch.arange(20) % 3, ['a', 'b', 'c'], [0.0], [1.0], None, 'random')
+from timm_dd.data import DataSplits, ImageSet, ImageSpace  # noqa: E402
+from timm_dd.distill import make_evaluator  # noqa: E402
+space = ImageSpace.normalized([0.0], [1.0])
+data = DataSplits(ImageSet(real, real_y, ['a', 'b', 'c'], space=space),
+                  ImageSet(torch.randn(20, 1, 8, 8, generator=torch.Generator().manual_seed(7)), torch.arange(20) % 3,
+                           ['a', 'b', 'c'], space=space), 'random')
 cfg = get_preset(None, dict(method='mtt', ipc=2, eval_seeds=3, eval_epochs=3, model_kwargs=dict(width=4)))
 ref = make_evaluator(cfg, data, OneProcess(), grid=False)(0, images, None, 0.01)
 split = make_evaluator(cfg, data, acc, grid=False)(0, images, None, 0.01)

@@ -123,7 +123,7 @@ def resolve_config(argv: List[str]):
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = apply_deprecations(sys.argv[1:] if argv is None else list(argv))
-    import timm_dd  # noqa: F401  (registers the models)
+    from .. import models  # noqa: F401  (registers the models with timm)
     from ..hub import HubError
     from ..io import FolderInUseError, FolderLock
     from ..launch import exit_with_launcher
@@ -180,7 +180,7 @@ def _run(args: argparse.Namespace, cfg: Any, models: List[str], seeds: List[int]
                               soft_label_temperature=cfg.soft_label_temperature, layout=args.data_layout,
                               image_space=args.image_space)
     accelerator.print(f'training set: {bundle.description}: {len(bundle.train)} images, '
-                      f'test set: {len(bundle.test_labels)} images; {accelerator.num_processes} process(es) on '
+                      f'test set: {len(bundle.test)} images; {accelerator.num_processes} process(es) on '
                       f'{accelerator.device}')
     result = run_experiment(cfg, models, seeds, bundle, out_dir, accelerator,
                             model_kwargs=_key_values(args.model_kwargs), resume=args.resume,

@@ -1,6 +1,10 @@
-"""Datasets held in memory as tensors, a decode cache and class-balanced selection."""
+"""Labelled image sets in memory (:class:`ImageSet`), the space their images are in (:class:`ImageSpace`), loaders
+for CIFAR-10/100, image folders, zip archives and digits, a decode cache, ZCA and class-balanced selection."""
 from .cache import default_cache_dir
 from .datasets import (
     BUILTIN_DATASETS, CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, DIGITS_MEAN,
-    DIGITS_STD, IMAGENET_MEAN, IMAGENET_STD, IMG_EXTENSIONS, ImageDataset, load_dataset, select_ipc,
+    DIGITS_STD, IMAGENET_MEAN, IMAGENET_STD, IMG_EXTENSIONS, load_dataset, select_ipc,
 )
+from .sets import DataSplits, ImageSet
+from .space import ImageSpace
+from .zca import ZCA

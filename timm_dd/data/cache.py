@@ -16,9 +16,9 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from ..io import atomic_write_with
+from ..io import atomic_write_with, file_sha256
 
-__all__ = ['CACHE_VERSION', 'default_cache_dir', 'file_sha256', 'tree_fingerprint', 'cache_key', 'load_cached',
+__all__ = ['CACHE_VERSION', 'default_cache_dir', 'tree_fingerprint', 'cache_key', 'load_cached',
            'save_cached']
 
 _logger = logging.getLogger(__name__)
@@ -33,15 +33,6 @@ def default_cache_dir() -> Path:
     """``$TIMM_DD_CACHE`` if set, else ``~/.cache/timm_dd/datasets``."""
     env = os.environ.get('TIMM_DD_CACHE')
     return Path(env).expanduser() if env else Path.home() / '.cache' / 'timm_dd' / 'datasets'
-
-
-def file_sha256(path: PathLike, chunk_size: int = 1 << 22) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(chunk_size), b''):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def tree_fingerprint(root: PathLike) -> str:

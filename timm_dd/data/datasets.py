@@ -12,7 +12,7 @@ image many times, so a per-item ``Dataset`` would only add overhead). Sources:
   is greyscale, else RGB (alpha dropped). Decoded tensors are cached on disk (see :mod:`timm_dd.data.cache`).
 * ``'digits'``: scikit-learn's bundled 8x8 digits (1,797 images, values 0..16), works offline.
 
-Normalization statistics (``ImageDataset.mean`` / ``std``): the values researchers use for CIFAR-10/100; for
+Normalization statistics (``ImageSet.mean`` / ``std``; the images themselves stay [0, 1] pixels): the values researchers use for CIFAR-10/100; for
 folders and archives CIFAR-10's when the class names are exactly the 10 CIFAR-10 classes in order and the
 images are RGB, ImageNet's for other RGB data, and the mean of ImageNet's three channels for greyscale data;
 for digits the statistics of its train split (see :data:`DIGITS_MEAN`).
@@ -22,7 +22,6 @@ import logging
 import os
 import time
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
@@ -30,17 +29,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .cache import cache_key, default_cache_dir, file_sha256, load_cached, save_cached, tree_fingerprint
+from ..constants import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD
+from ..io import file_sha256
+from .cache import cache_key, default_cache_dir, load_cached, save_cached, tree_fingerprint
+from .sets import ImageSet
 
 __all__ = [
-    'ImageDataset', 'load_dataset', 'select_ipc', 'BUILTIN_DATASETS', 'CIFAR10_CLASSES', 'CIFAR10_MEAN',
+    'load_dataset', 'select_ipc', 'BUILTIN_DATASETS', 'CIFAR10_CLASSES', 'CIFAR10_MEAN',
     'CIFAR10_STD', 'CIFAR100_MEAN', 'CIFAR100_STD', 'IMAGENET_MEAN', 'IMAGENET_STD', 'DIGITS_MEAN', 'DIGITS_STD',
     'IMG_EXTENSIONS',
 ]
 
+
 _logger = logging.getLogger(__name__)
 
-from ..constants import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD
 # greyscale folders: the mean of ImageNet's channel statistics
 GREY_MEAN = (0.449,)
 GREY_STD = (0.226,)
@@ -60,74 +62,6 @@ DIGITS_TRAIN_FRACTION = 0.8
 ImageSize = Union[int, Tuple[int, int]]
 
 
-@dataclass
-class ImageDataset:
-    """A whole labelled image set in memory.
-
-    Attributes:
-        images: float32 ``[N, C, H, W]``, pixel values in [0, 1].
-        labels: int64 ``[N]`` in ``[0, num_classes)``.
-        class_names: name of each class, indexed by label.
-        mean: per-channel normalization mean (see the module docstring for how it is chosen).
-        std: per-channel normalization std.
-        name: short name of the source (``'cifar10'``, ``'digits'``, a folder or archive name).
-        split: the split that was loaded (``'train'``, ``'test'``, ...).
-    """
-    images: torch.Tensor
-    labels: torch.Tensor
-    class_names: List[str]
-    mean: Tuple[float, ...]
-    std: Tuple[float, ...]
-    name: str = ''
-    split: str = ''
-
-    def __post_init__(self):
-        if self.images.ndim != 4 or not self.images.is_floating_point():
-            raise ValueError(f'images must be a float [N, C, H, W] tensor, got {self.images.dtype} '
-                             f'{tuple(self.images.shape)}')
-        if self.labels.shape != (self.images.shape[0],) or self.labels.dtype != torch.int64:
-            raise ValueError(f'labels must be int64 [{self.images.shape[0]}], got {self.labels.dtype} '
-                             f'{tuple(self.labels.shape)}')
-        self.class_names = list(self.class_names)
-        self.mean, self.std = tuple(float(m) for m in self.mean), tuple(float(s) for s in self.std)
-        c = self.images.shape[1]
-        if len(self.mean) != c or len(self.std) != c:
-            raise ValueError(f'mean/std need {c} values, got {self.mean} / {self.std}')
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def image_size(self) -> Tuple[int, int]:
-        return tuple(self.images.shape[-2:])
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def normalized(self) -> torch.Tensor:
-        """``(images - mean) / std`` per channel (a new tensor)."""
-        shape = (1, -1, 1, 1)
-        mean = torch.tensor(self.mean, dtype=self.images.dtype, device=self.images.device).view(shape)
-        std = torch.tensor(self.std, dtype=self.images.dtype, device=self.images.device).view(shape)
-        return (self.images - mean) / std
-
-    def subset(self, indices: Union[torch.Tensor, Sequence[int]]) -> 'ImageDataset':
-        """A new dataset holding the images at ``indices`` (in that order), with the same metadata."""
-        idx = torch.as_tensor(indices, dtype=torch.long, device=self.images.device)
-        return ImageDataset(self.images[idx], self.labels[idx.to(self.labels.device)], list(self.class_names),
-                            self.mean, self.std, self.name, self.split)
-
-    def to(self, device: Union[str, torch.device]) -> 'ImageDataset':
-        """A copy with images and labels on ``device``."""
-        return ImageDataset(self.images.to(device), self.labels.to(device), list(self.class_names), self.mean,
-                            self.std, self.name, self.split)
-
-    def __repr__(self) -> str:
-        return (f'ImageDataset(name={self.name!r}, split={self.split!r}, images={tuple(self.images.shape)}, '
-                f'num_classes={self.num_classes})')
-
-
 def load_dataset(
         name_or_path: str,
         split: str = 'train',
@@ -136,7 +70,7 @@ def load_dataset(
         cache_dir: Optional[Union[str, os.PathLike]] = None,
         image_size: Optional[ImageSize] = None,
         use_cache: bool = True,
-) -> ImageDataset:
+) -> ImageSet:
     """Load a whole dataset split into memory.
 
     Args:
@@ -154,7 +88,7 @@ def load_dataset(
         use_cache: read/write the decode cache (folders and archives only; CIFAR and digits need no decoding).
 
     Returns:
-        The :class:`ImageDataset`.
+        The :class:`ImageSet`.
 
     Raises:
         FileNotFoundError: missing CIFAR files (with how to get them), missing path or split, empty classes.
@@ -237,7 +171,7 @@ def _load_cifar(
         root: Optional[Union[str, os.PathLike]],
         download: bool,
         size: Optional[Tuple[int, int]],
-) -> ImageDataset:
+) -> ImageSet:
     if split not in ('train', 'test'):
         raise ValueError(f"{name} has splits 'train' and 'test', got {split!r}")
     from torchvision import datasets as tvd
@@ -254,7 +188,7 @@ def _load_cifar(
             f'or root=<folder> pointing at a folder that holds {cls.base_folder}/.') from None
     images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).float().div_(255)
     mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == 'cifar10' else (CIFAR100_MEAN, CIFAR100_STD)
-    return ImageDataset(_resize_float(images, size), torch.as_tensor(ds.targets, dtype=torch.int64),
+    return ImageSet(_resize_float(images, size), torch.as_tensor(ds.targets, dtype=torch.int64),
                         list(ds.classes), mean, std, name, split)
 
 
@@ -267,7 +201,7 @@ def _digits_split_indices(targets: torch.Tensor, split: str) -> torch.Tensor:
     return (keep if split == 'train' else ~keep).nonzero().flatten()
 
 
-def _load_digits(split: str, size: Optional[Tuple[int, int]]) -> ImageDataset:
+def _load_digits(split: str, size: Optional[Tuple[int, int]]) -> ImageSet:
     """scikit-learn's digits as 1x32x32 images in [0, 1].
 
     Pixels are divided by 16 and upsampled from 8x8 with bilinear interpolation (``align_corners=False``, to
@@ -283,7 +217,7 @@ def _load_digits(split: str, size: Optional[Tuple[int, int]]) -> ImageDataset:
     idx = _digits_split_indices(targets, split)
     x = torch.as_tensor(bunch.images, dtype=torch.float32)[idx].unsqueeze(1) / 16.0
     x = F.interpolate(x, size=size or (DIGITS_SIZE, DIGITS_SIZE), mode='bilinear', align_corners=False)
-    return ImageDataset(x.contiguous(), targets[idx].contiguous(), [str(i) for i in range(10)], DIGITS_MEAN,
+    return ImageSet(x.contiguous(), targets[idx].contiguous(), [str(i) for i in range(10)], DIGITS_MEAN,
                         DIGITS_STD, 'digits', split)
 
 
@@ -416,7 +350,7 @@ def _load_image_tree(
         cache_dir: Optional[Union[str, os.PathLike]],
         size: Optional[Tuple[int, int]],
         use_cache: bool,
-) -> ImageDataset:
+) -> ImageSet:
     kind, src, name = _resolve_tree(path, split)
     if kind == 'zip' and src == path and src.stem in _SPLIT_NAMES:
         split = src.stem  # an archive named after its split ('test.zip') is that split
@@ -457,6 +391,6 @@ def _tree_dataset(
         class_names: List[str],
         name: str,
         split: str,
-) -> ImageDataset:
+) -> ImageSet:
     mean, std = _tree_stats(class_names, images_u8.shape[1])
-    return ImageDataset(images_u8.float().div_(255), labels, class_names, mean, std, name, split)
+    return ImageSet(images_u8.float().div_(255), labels, class_names, mean, std, name, split)

@@ -1,15 +1,24 @@
 """Dataset distillation: expert trajectories, MTT / ATT trajectory matching (unrolled or exact recomputed
-meta-gradient), distribution matching (DM), presets, checkpoints and end-to-end runs."""
+meta-gradient), distribution matching (DM), presets and end-to-end runs.
+
+Runs: :func:`prepare_data`, :func:`run_experts`, :func:`run_distill` (what ``distill.py`` calls), with a preset
+(:func:`get_preset`, :func:`list_presets`). Methods: :class:`TrajectoryMatching`, :class:`DistributionMatching`
+on the shared :class:`Distiller` loop. Experts: :func:`train_experts`, :class:`ExpertPool`. The exact meta-gradient
+as a building block: :func:`trajectory_match` with :class:`FlatModel` and :func:`plan_steps`.
+"""
+from .distiller import Distiller
 from .dm import DistributionMatching
-from .experts import (
-    ExpertConfig, ExpertFileError, ExpertPool, ExpertTrajectory, create_arch, expert_filename, flat_params,
-    generator_for, param_spec, save_trajectory, train_expert, train_experts,
-)
-from .matching import (
-    ATT_NORMS, GRAD_MODES, FlatModel, MatchResult, Shards, StepPlan, match_recompute, match_unrolled, plan_steps,
-    trajectory_match,
-)
-from .presets import METHODS, PRESETS, DistillConfig, get_preset, list_presets, parse_override
-from .run import DistillData, build_set, make_evaluator, model_kwargs, prepare_data, run_distill, run_experts
-from .state import CHECKPOINT_FILE, DistillationDiverged, check_finite_state, load_checkpoint, save_checkpoint
+from .experts import ExpertConfig, ExpertFileError, ExpertPool, ExpertTrajectory, save_trajectory, train_experts
+from .matching import ATT_NORMS, GRAD_MODES, FlatModel, MatchResult, Shards, StepPlan, plan_steps, trajectory_match
+from .presets import METHODS, PRESETS, DistillConfig, get_preset, list_presets
+from .run import build_set, make_evaluator, prepare_data, run_distill, run_experts
+from .state import DistillationDiverged
 from .tm import TrajectoryMatching, init_synthetic
+
+__all__ = [
+    'Distiller', 'DistributionMatching', 'TrajectoryMatching', 'init_synthetic', 'ExpertConfig', 'ExpertFileError',
+    'ExpertPool', 'ExpertTrajectory', 'save_trajectory', 'train_experts', 'ATT_NORMS', 'GRAD_MODES', 'FlatModel',
+    'MatchResult', 'Shards', 'StepPlan', 'plan_steps', 'trajectory_match', 'METHODS', 'PRESETS', 'DistillConfig', 'get_preset',
+    'list_presets', 'build_set', 'make_evaluator', 'prepare_data', 'run_distill', 'run_experts',
+    'DistillationDiverged',
+]

@@ -10,7 +10,6 @@ Files are written to a temporary sibling and renamed into place, so a file that 
 :func:`train_experts` skips finished experts. With several processes expert ``i`` is trained by process
 ``i % num_processes``.
 """
-import hashlib
 import json
 import logging
 import math
@@ -27,13 +26,14 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..augment import DSA
-from ..io import atomic_write_with
-from ..seeding import derive_seed, generator_for
+from ..io import atomic_write_with, tensor_checksum
+from ..seeding import generator_for, seeded
+from ..train.loop import CallbackHook, evaluate_tensors, fit, run_batches
 
 __all__ = [
     'ExpertConfig', 'ExpertFileError', 'ExpertTrajectory', 'ExpertPool', 'train_experts', 'train_expert',
     'save_trajectory', 'flat_params', 'param_spec', 'create_arch', 'expert_filename', 'EXPERT_META_KEY',
-    'tensor_checksum', 'MATCH_FIELDS',
+    'MATCH_FIELDS',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def _epoch_key(epoch: int) -> str:
 def create_arch(arch: str, model_kwargs: Dict[str, Any]) -> nn.Module:
     """``timm.create_model(arch, **model_kwargs)`` with timm_dd's models registered."""
     import timm
-    import timm_dd  # noqa: F401  registers the models
+    from .. import models  # noqa: F401  registers the models with timm
     return timm.create_model(arch, **model_kwargs)
 
 
@@ -101,14 +101,6 @@ class ExpertConfig:
             if value != theirs:
                 out.append(f'{name}: {theirs!r} (experts) vs {value!r} (asked for)')
         return out
-
-
-def tensor_checksum(t: torch.Tensor) -> str:
-    """SHA-256 of a tensor's fp32 contents (shape included): identifies a dataset or an expert epoch."""
-    t = t.detach().float().cpu().contiguous()
-    h = hashlib.sha256(str(tuple(t.shape)).encode())
-    h.update(t.numpy().tobytes())
-    return h.hexdigest()
 
 
 #: recipe fields that differ between the experts of one buffer (each expert has its own index and seed stream)
@@ -261,14 +253,10 @@ def train_expert(
 
     The init, batch order and DSA draws come from generators seeded by ``(cfg.seed, index)`` (CPU generators: the same
     draws on any device). ``progress`` shows a bar over the epochs with the running loss; ``log(values, epoch)``
-    receives the epoch's loss (for experiment trackers).
+    receives the epoch's loss (for experiment trackers). Runs on :func:`timm_dd.train.loop.fit`.
     """
-    init_gen_state = torch.random.get_rng_state()
-    torch.manual_seed(derive_seed(cfg.seed, index, 0))  # timm initializes from the global RNG
-    try:
+    with seeded(cfg.seed, index, 0):  # timm initializes from the global RNG
         model = create_arch(cfg.arch, cfg.model_kwargs).to(device)
-    finally:
-        torch.random.set_rng_state(init_gen_state)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     dsa = DSA(cfg.dsa_strategy) if cfg.dsa else None
     perm_gen, aug_gen = generator_for(cfg.seed, index, 1), generator_for(cfg.seed, index, 2)
@@ -276,48 +264,35 @@ def train_expert(
     n = images.shape[0]
     trajectory = [flat_params(model)]
     model.train()
-    pbar = tqdm(range(cfg.epochs), desc=f'expert {index}', leave=False, disable=not progress)
-    for epoch in pbar:
+
+    def loss_of(idx: torch.Tensor) -> torch.Tensor:
+        x = dsa(images[idx], generator=aug_gen) if dsa is not None else images[idx]
+        return F.cross_entropy(model(x), labels[idx])
+
+    def train_epoch(epoch: int) -> Dict[str, Any]:
         perm = torch.randperm(n, generator=perm_gen).to(device)
-        total = torch.zeros((), device=device)
-        for i in range(0, n, cfg.batch_size):
-            idx = perm[i:i + cfg.batch_size]
-            x = images[idx]
-            if dsa is not None:
-                x = dsa(x, generator=aug_gen)
-            loss = F.cross_entropy(model(x), labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach() * idx.numel()  # summed on the device: no synchronization per batch
-        epoch_loss = float(total) / n
-        if not math.isfinite(epoch_loss):
-            raise FloatingPointError(f'expert {index}: loss became {epoch_loss} in epoch {epoch}; lower the expert '
+        batches = [perm[i:i + cfg.batch_size] for i in range(0, n, cfg.batch_size)]
+        losses = run_batches(batches, loss_of, opt)
+        # weighted by batch size, summed on the device: no synchronization per batch
+        loss = float(sum(l * b.numel() for l, b in zip(losses, batches))) / n
+        if not math.isfinite(loss):
+            raise FloatingPointError(f'expert {index}: loss became {loss} in epoch {epoch}; lower the expert '
                                      f'lr (expert_lr={cfg.lr})')
+        return {'epoch': epoch, 'loss': loss}
+
+    def after_epoch(epoch: int, record: Dict[str, Any]) -> None:
         trajectory.append(flat_params(model))
-        pbar.set_postfix(loss=f'{epoch_loss:.4f}', refresh=False)
         if log is not None:
-            log({f'expert_{index:05d}/loss': epoch_loss}, epoch)
-        msg = f'expert {index} epoch {epoch + 1}/{cfg.epochs} train loss {epoch_loss:.4f}'
-        if test is not None and (epoch + 1 == cfg.epochs):
-            msg += f' test acc {_accuracy(model, test[0], test[1], device):.4f}'
-            _logger.info(msg)
+            log({f'expert_{index:05d}/loss': record['loss']}, epoch)
+        msg = f'expert {index} epoch {epoch + 1}/{cfg.epochs} train loss {record["loss"]:.4f}'
+        if test is not None and epoch + 1 == cfg.epochs:
+            _logger.info(msg + f' test acc {evaluate_tensors(model, test[0], test[1], device):.4f}')
         else:
             _logger.debug(msg)
-    pbar.close()
+
+    fit(range(cfg.epochs), train_epoch, [CallbackHook(after_epoch)], f'expert {index}', progress,
+        lambda record: {'loss': f'{record["loss"]:.4f}'})
     return trajectory
-
-
-@torch.no_grad()
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: Union[str, torch.device],
-              batch_size: int = 500) -> float:
-    model.eval()
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    for i in range(0, x.shape[0], batch_size):
-        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-        correct += (model(xb).argmax(1) == yb).sum()
-    model.train()
-    return int(correct) / max(1, x.shape[0])
 
 
 def _refuse_other_experts(folder: Path, cfg: ExpertConfig) -> None:

@@ -14,7 +14,6 @@ minibatch is split (exact), and the periodic evaluation's seeds are split (seed 
 """
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
@@ -22,17 +21,18 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
-from ..data import load_dataset
+from ..constants import CIFAR10_MEAN, CIFAR10_STD
+from ..data import DataSplits, ImageSet, ImageSpace, load_dataset
 from ..data.zca import ZCA
 from ..distilled import DistilledSet, make_class_grid, save_grid
 from .dm import DistributionMatching
 from .experts import ExpertConfig, ExpertPool, create_arch, train_experts
 from .presets import DistillConfig
 from .tm import TrajectoryMatching, init_synthetic
-from ..seeding import derive_seed, generator_for
+from ..seeding import generator_for, seeded
 from ..tracking import log_image, log_metrics
 
-__all__ = ['DistillData', 'apply_precision', 'prepare_data', 'model_kwargs', 'make_evaluator', 'run_experts', 'run_distill',
+__all__ = ['apply_precision', 'prepare_data', 'model_kwargs', 'make_evaluator', 'run_experts', 'run_distill',
            'expert_config']
 
 _logger = logging.getLogger(__name__)
@@ -40,45 +40,12 @@ _logger = logging.getLogger(__name__)
 _DATASET_ALIASES = {'tiny-imagenet': None, 'tiny': None}  # needs a folder (--data)
 
 
-@dataclass
-class DistillData:
-    """Train/test images already in the distillation space (normalized, or ZCA of [0, 1] pixels)."""
-    train_images: torch.Tensor
-    train_labels: torch.Tensor
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
-    class_names: List[str]
-    mean: List[float]
-    std: List[float]
-    zca: Optional[ZCA]
-    name: str
+def prepare_data(cfg: DistillConfig, data: Optional[Union[str, os.PathLike]] = None) -> DataSplits:
+    """Load ``cfg.dataset`` (or the folder/zip ``data``) and move both splits to the distillation space.
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def in_chans(self) -> int:
-        return self.train_images.shape[1]
-
-    @property
-    def image_size(self) -> int:
-        return self.train_images.shape[-1]
-
-    @property
-    def checksum(self) -> str:
-        """Identifies the training images in the distillation space (recorded by experts, checked when used)."""
-        if getattr(self, '_checksum', None) is None:
-            from .experts import tensor_checksum
-            self._checksum = tensor_checksum(self.train_images)
-        return self._checksum
-
-
-def prepare_data(cfg: DistillConfig, data: Optional[Union[str, os.PathLike]] = None) -> DistillData:
-    """Load ``cfg.dataset`` (or the folder/zip ``data``) and move it to the distillation space.
-
-    With ``cfg.zca`` the images stay [0, 1] pixels and a ZCA (``eps=cfg.zca_eps``) is fitted on the whole train
-    split and applied to both splits (MTT ``--zca``); otherwise they are mean/std normalized.
+    With ``cfg.zca`` the space is a ZCA (``eps=cfg.zca_eps``) of [0, 1] pixels fitted on the whole train split (MTT
+    ``--zca``); otherwise mean/std normalization (the dataset's statistics, or CIFAR-10's with
+    ``normalization: cifar10``).
     """
     source = str(data) if data is not None else cfg.dataset
     if data is None and cfg.dataset.lower() in _DATASET_ALIASES:
@@ -86,26 +53,17 @@ def prepare_data(cfg: DistillConfig, data: Optional[Union[str, os.PathLike]] = N
     kwargs = {'image_size': cfg.image_size} if cfg.image_size else {}
     train = load_dataset(source, 'train', **kwargs)
     test = load_dataset(source, 'test', **kwargs)
-    mean, std = _normalization(cfg, train)
-    if cfg.zca:
-        zca = ZCA.fit(train.images, eps=cfg.zca_eps)
-        train_x, test_x = zca.transform(train.images), zca.transform(test.images)
-    else:
-        zca = None
-        train_x, test_x = _normalize(train.images, mean, std), _normalize(test.images, mean, std)
-    return DistillData(train_x, train.labels, test_x, test.labels, list(train.class_names), list(mean), list(std),
-                       zca, cfg.dataset)
+    space = ImageSpace(zca=ZCA.fit(train.images, eps=cfg.zca_eps)) if cfg.zca else normalization_space(cfg, train)
+    return DataSplits(train.in_space(space), test.in_space(space), cfg.dataset, f'{cfg.dataset} ({space.name} space)',
+                      dict(kind='real', dataset=cfg.dataset, **space.to_dict()))
 
 
-def _normalization(cfg: DistillConfig, train) -> tuple:
+def normalization_space(cfg: DistillConfig, train: ImageSet) -> ImageSpace:
+    """The normalization of a non-ZCA run: the dataset's statistics, or CIFAR-10's (``normalization: cifar10``, what
+    the MTT code uses for CIFAR-100 too)."""
     if cfg.normalization == 'cifar10':
-        from ..constants import CIFAR10_MEAN, CIFAR10_STD
-        return tuple(CIFAR10_MEAN), tuple(CIFAR10_STD)
-    return tuple(train.mean), tuple(train.std)
-
-
-def _normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
-    return (images - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+        return ImageSpace.normalized(CIFAR10_MEAN, CIFAR10_STD)
+    return train.normalization
 
 
 def apply_precision(cfg: DistillConfig) -> None:
@@ -114,12 +72,12 @@ def apply_precision(cfg: DistillConfig) -> None:
     torch.backends.cudnn.allow_tf32 = cfg.matmul_precision != 'highest'
 
 
-def model_kwargs(cfg: DistillConfig, data: DistillData) -> Dict[str, Any]:
+def model_kwargs(cfg: DistillConfig, data: DataSplits) -> Dict[str, Any]:
     """``timm.create_model`` kwargs of the distillation architecture for ``data``."""
-    return dict(num_classes=data.num_classes, in_chans=data.in_chans, img_size=data.image_size, **cfg.model_kwargs)
+    return dict(num_classes=data.num_classes, in_chans=data.in_chans, img_size=data.img_size, **cfg.model_kwargs)
 
 
-def expert_config(cfg: DistillConfig, data: DistillData) -> ExpertConfig:
+def expert_config(cfg: DistillConfig, data: DataSplits) -> ExpertConfig:
     return ExpertConfig(
         arch=cfg.arch, model_kwargs=model_kwargs(cfg, data), num_experts=cfg.num_experts,
         epochs=cfg.expert_train_epochs, lr=cfg.expert_lr, batch_size=cfg.expert_batch, dsa=cfg.dsa,
@@ -129,15 +87,15 @@ def expert_config(cfg: DistillConfig, data: DistillData) -> ExpertConfig:
 
 def run_experts(
         cfg: DistillConfig,
-        data: DistillData,
+        data: DataSplits,
         out_dir: Union[str, os.PathLike],
         accelerator: Accelerator,
 ) -> List[Path]:
     """Train (or skip when finished) this process's share of ``cfg.num_experts`` experts into ``out_dir``, on
     ``accelerator.device``; returns when every process is done."""
     apply_precision(cfg)
-    paths = train_experts(data.train_images, data.train_labels, out_dir, expert_config(cfg, data),
-                          test=(data.test_images, data.test_labels), process_index=accelerator.process_index,
+    paths = train_experts(data.train.images, data.train.labels, out_dir, expert_config(cfg, data),
+                          test=(data.test.images, data.test.labels), process_index=accelerator.process_index,
                           num_processes=accelerator.num_processes, device=accelerator.device,
                           progress=accelerator.is_local_main_process,
                           log=lambda values, step: log_metrics(accelerator, values, step))
@@ -145,7 +103,7 @@ def run_experts(
     return paths
 
 
-def make_evaluator(cfg: DistillConfig, data: DistillData, accelerator: Accelerator, out_dir: Optional[Path] = None,
+def make_evaluator(cfg: DistillConfig, data: DataSplits, accelerator: Accelerator, out_dir: Optional[Path] = None,
                    grid: bool = True):
     """``eval_fn(iteration, images, ema_images, lr)``: trains ``cfg.eval_seeds`` fresh networks for
     ``cfg.eval_epochs`` epochs (baseline recipe, learned lr) on the current set and reports test accuracy; EMA images
@@ -156,9 +114,9 @@ def make_evaluator(cfg: DistillConfig, data: DistillData, accelerator: Accelerat
     """
     from torch.utils.data import DataLoader, TensorDataset
     from ..train.config import load_config
-    from ..train.trainer import TrainSet, train_model
+    from ..train.trainer import train_model
 
-    test_loader = DataLoader(TensorDataset(data.test_images, data.test_labels), batch_size=500,
+    test_loader = DataLoader(TensorDataset(data.test.images, data.test.labels), batch_size=500,
                              pin_memory=accelerator.device.type == 'cuda')
     labels = torch.arange(data.num_classes).repeat_interleave(cfg.ipc)
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -167,10 +125,11 @@ def make_evaluator(cfg: DistillConfig, data: DistillData, accelerator: Accelerat
         mine = []
         for s in range(rank, cfg.eval_seeds, world):
             tcfg = load_config(cfg.eval_recipe, dict(epochs=cfg.eval_epochs, eval_every=0, lr=lr, seed=s))
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(derive_seed(cfg.seed, s, 53))
+            with seeded(cfg.seed, s, 53):
                 model = create_arch(cfg.arch, model_kwargs(cfg, data))
-            res = train_model(model, TrainSet(images.cpu(), labels, data.num_classes, learned_lr=lr), test_loader,
+            train_set = ImageSet(images.cpu(), labels, data.class_names, space=data.space, learned_lr=lr,
+                                 num_classes=data.num_classes)
+            res = train_model(model, train_set, test_loader,
                               tcfg, accelerator, model_name=cfg.arch, desc=f'eval seed {s}', distributed=False)
             mine.append((s, res.final_acc))
         if world > 1:
@@ -195,7 +154,7 @@ def make_evaluator(cfg: DistillConfig, data: DistillData, accelerator: Accelerat
     return eval_fn
 
 
-def build_set(cfg: DistillConfig, data: DistillData, images: torch.Tensor, lr: Optional[float],
+def build_set(cfg: DistillConfig, data: DataSplits, images: torch.Tensor, lr: Optional[float],
               history: Optional[List[Dict[str, Any]]] = None, ema: Optional[torch.Tensor] = None) -> DistilledSet:
     """The :class:`DistilledSet` of the current images with every hyper-parameter in ``extra``."""
     extra = {'config': cfg.to_dict()}
@@ -206,14 +165,13 @@ def build_set(cfg: DistillConfig, data: DistillData, images: torch.Tensor, lr: O
     return DistilledSet(
         images=images.detach().cpu().float(), labels=torch.arange(data.num_classes).repeat_interleave(cfg.ipc),
         method=cfg.method.upper(), source_dataset=data.name, class_names=data.class_names, ipc=cfg.ipc,
-        image_space='zca' if cfg.zca else 'normalized',
-        normalization=None if cfg.zca else {'mean': data.mean, 'std': data.std},
-        lr=lr, zca=data.zca, distill_arch=cfg.arch, seed=cfg.seed, extra=extra)
+        image_space=data.space.name, normalization=data.space.normalization, lr=lr, zca=data.space.zca,
+        distill_arch=cfg.arch, seed=cfg.seed, extra=extra)
 
 
 def run_distill(
         cfg: DistillConfig,
-        data: DistillData,
+        data: DataSplits,
         expert_dir: Optional[Union[str, os.PathLike]],
         out_dir: Union[str, os.PathLike],
         accelerator: Accelerator,
@@ -245,12 +203,12 @@ def run_distill(
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    images, labels = init_synthetic(data.train_images, data.train_labels, data.num_classes, cfg.ipc,
+    images, labels = init_synthetic(data.train.images, data.train.labels, data.num_classes, cfg.ipc,
                                     generator_for(cfg.seed, 0, 3), cfg.pix_init)
     eval_fn = make_evaluator(cfg, data, accelerator, out_dir) if evaluate else None
     if cfg.method == 'dm':
         distiller = DistributionMatching(
-            cfg, images, labels, data.train_images, data.train_labels,
+            cfg, images, labels, data.train.images, data.train.labels,
             lambda: create_arch(cfg.arch, model_kwargs(cfg, data)), out_dir, eval_fn, accelerator)
     else:
         if expert_dir is None:

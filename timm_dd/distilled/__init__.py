@@ -1,6 +1,6 @@
-"""Distilled datasets: the :class:`DistilledSet` container, its folder format and image grids."""
-from .distilled_set import (
-    CARD_FILE, CONFIG_FILE, DISTILLED_FILE, FORMAT_NAME, FORMAT_VERSION, IMAGE_SPACES, SOFT_LABEL_KINDS, ZCA_FILE,
-    DistilledSet, DistilledSetError, load_distilled_folder,
-)
+"""Distilled datasets: the :class:`DistilledSet` container and its checks, its folder format, its card, image grids
+and other tools' layouts."""
+from .distilled_set import DistilledSet, load_distilled_folder
+from .format import CARD_FILE, CONFIG_FILE, DISTILLED_FILE, FORMAT_NAME, FORMAT_VERSION, ZCA_FILE, DistilledSetError
 from .grid import make_class_grid, save_grid
+from .validation import IMAGE_SPACES, SOFT_LABEL_KINDS

@@ -3,14 +3,14 @@
 The YAML header uses only standard Hub keys (``license``, ``pretty_name``, ``task_categories``, ``tags`` with
 ``dataset-distillation`` and ``ipc-N``, ``size_categories``, ``source_datasets``, and ``configs`` when a parquet
 view is pushed) so the Hub's YAML validation and dataset viewer accept it; everything else lives in
-``distill_config.json``, which is authoritative over the card.
+``distill_config.json``, which is authoritative over the card. The card is rendered from that config (the dict
+of :meth:`~timm_dd.distilled.DistilledSet.to_config`), so it can only state what the config records.
 """
 import json
 import re
-from typing import TYPE_CHECKING, Any, List, Optional
+from typing import Any, List, Mapping, Optional
 
-if TYPE_CHECKING:
-    from .distilled_set import DistilledSet
+from .format import CONFIG_FILE, DISTILLED_FILE, ZCA_FILE
 
 __all__ = ['render_card', 'card_data', 'size_category', 'pretty_name']
 
@@ -30,10 +30,10 @@ def size_category(n: int) -> str:
     return '1B<n<10B'
 
 
-def pretty_name(dset: 'DistilledSet') -> str:
+def pretty_name(config: Mapping[str, Any]) -> str:
     """E.g. 'cifar10 distilled with MTT (IPC 10)'."""
-    ipc = f' (IPC {dset.ipc})' if dset.ipc is not None else ''
-    return f'{dset.source_dataset} distilled with {dset.method}{ipc}'
+    ipc = f' (IPC {config["ipc"]})' if config.get('ipc') is not None else ''
+    return f'{config["source_dataset"]} distilled with {config["method"]}{ipc}'
 
 
 def _tag(s: str) -> str:
@@ -61,92 +61,99 @@ def _table(header: List[str], rows: List[List[Any]]) -> List[str]:
     return lines
 
 
-def card_data(dset: 'DistilledSet', parquet_file: Optional[str] = None):
+def card_data(config: Mapping[str, Any], parquet_file: Optional[str] = None):
     """The card's YAML header as ``huggingface_hub.DatasetCardData``."""
     from huggingface_hub import DatasetCardData
     tags = ['dataset-distillation', 'distilled', 'timm_dd']
-    if dset.ipc is not None:
-        tags.append(f'ipc-{dset.ipc}')
-    src_tag = _tag(dset.source_dataset)
+    if config.get('ipc') is not None:
+        tags.append(f'ipc-{config["ipc"]}')
+    src_tag = _tag(config['source_dataset'])
     if src_tag and src_tag not in tags:
         tags.append(src_tag)
     extra = {}
     if parquet_file is not None:  # what datasets.load_dataset(repo) and the dataset viewer read
         extra['configs'] = [{'config_name': 'default', 'data_files': [{'split': 'train', 'path': parquet_file}]}]
-    return DatasetCardData(license=dset.license or 'unknown', pretty_name=pretty_name(dset),
+    return DatasetCardData(license=config.get('license') or 'unknown', pretty_name=pretty_name(config),
                            task_categories=['image-classification'], tags=tags,
-                           size_categories=[size_category(dset.num_images)], source_datasets=[dset.source_dataset],
-                           **extra)
+                           size_categories=[size_category(config['num_images'])],
+                           source_datasets=[config['source_dataset']], **extra)
 
 
-def render_card(dset: 'DistilledSet', repo_id: Optional[str] = None, parquet_file: Optional[str] = None) -> str:
-    """Markdown dataset card with YAML front matter; ``repo_id`` is used in the usage snippet; ``parquet_file``
-    declares the parquet view."""
-    from .distilled_set import CONFIG_FILE, DISTILLED_FILE, ZCA_FILE
-    name = pretty_name(dset)
-    lines = ['---', card_data(dset, parquet_file).to_yaml(), '---', '', f'# {name}', '']
-    c, h, w = dset.image_size
-    space = {
-        'pixel': 'pixel space ([0, 1])',
-        'normalized': 'normalized space (`(pixel - mean) / std`)',
-        'zca': 'ZCA-whitened space (invert with `zca.safetensors`)',
-    }[dset.image_space]
-    lines += [
-        f'A synthetic training set of {dset.num_images} images of size {c}x{h}x{w} '
-        f'({dset.num_classes} classes) distilled from `{dset.source_dataset}` with **{dset.method}**, '
-        f'made with `timm_dd` {dset.library_version}.',
+_SPACE_TEXT = {
+    'pixel': 'pixel space ([0, 1])',
+    'normalized': 'normalized space (`(pixel - mean) / std`)',
+    'zca': 'ZCA-whitened space (invert with `zca.safetensors`)',
+}
+
+
+def _description(config: Mapping[str, Any]) -> List[str]:
+    c, h, w = config['image_size']
+    return [
+        f'A synthetic training set of {config["num_images"]} images of size {c}x{h}x{w} '
+        f'({config["num_classes"]} classes) distilled from `{config["source_dataset"]}` with **{config["method"]}**, '
+        f'made with `timm_dd` {config["library_version"]}.',
         '',
-        f'The images are learned float tensors stored exactly in `{DISTILLED_FILE}` '
-        f'({str(dset.images.dtype).replace("torch.", "")}), in {space}; training on them as PNG/JPEG would '
-        f'change the results. `{CONFIG_FILE}` holds the machine-readable metadata and is authoritative over '
-        f'this card.',
-        '',
-        '## Metadata',
-        '',
+        f'The images are learned float tensors stored exactly in `{DISTILLED_FILE}` ({config["image_dtype"]}), in '
+        f'{_SPACE_TEXT[config["image_space"]]}; training on them as PNG/JPEG would change the results. '
+        f'`{CONFIG_FILE}` holds the machine-readable metadata and is authoritative over this card.',
     ]
-    rows = [
-        ['method', dset.method],
-        ['source dataset', dset.source_dataset],
-        ['classes', dset.num_classes],
-        ['images per class (IPC)', dset.ipc],
-        ['images', dset.num_images],
-        ['image size (C, H, W)', list(dset.image_size)],
-        ['image space', dset.image_space],
-        ['normalization', dset.normalization],
-        ['ZCA', None if dset.zca is None else f'eps={dset.zca.eps} (`{ZCA_FILE}`)'],
-        ['labels', dset.label_type + (f' ({dset.soft_label_kind})' if dset.soft_labels is not None else '')],
-        ['soft label temperature', dset.soft_label_temperature],
-        ['learned lr', None if dset.lr is None else float(dset.lr)],
-        ['distillation architecture', dset.distill_arch],
-        ['seed', dset.seed],
+
+
+def _metadata_rows(config: Mapping[str, Any], lr: Optional[float]) -> List[List[Any]]:
+    zca, soft = config.get('zca'), config.get('label_type') == 'soft'
+    return [
+        ['method', config['method']],
+        ['source dataset', config['source_dataset']],
+        ['classes', config['num_classes']],
+        ['images per class (IPC)', config.get('ipc')],
+        ['images', config['num_images']],
+        ['image size (C, H, W)', list(config['image_size'])],
+        ['image space', config['image_space']],
+        ['normalization', config.get('normalization')],
+        ['ZCA', None if zca is None else f'eps={zca["eps"]} (`{ZCA_FILE}`)'],
+        ['labels', config['label_type'] + (f' ({config["soft_label_kind"]})' if soft else '')],
+        ['soft label temperature', config.get('soft_label_temperature')],
+        ['learned lr', lr],
+        ['distillation architecture', config.get('distill_arch')],
+        ['seed', config.get('seed')],
     ]
-    lines += _table(['key', 'value'], rows)
-    if dset.eval_results:
-        cols = list(_EVAL_COLUMNS)
-        for r in dset.eval_results:
-            cols += [k for k in r if k not in cols]
-        cols = [k for k in cols if any(k in r for r in dset.eval_results)]
-        lines += ['', '## Evaluation', '', *_table(cols, [[r.get(k) for k in cols] for r in dset.eval_results])]
-    if dset.extra:
-        lines += ['', '## Hyper-parameters', '', *_table(['name', 'value'], [[k, v] for k, v in dset.extra.items()])]
-    target = repo_id or '<repo_id or path>'
-    lines += [
-        '',
-        '## Usage',
-        '',
-        '```python',
-        'import timm_dd',
-        f'dset = timm_dd.load_distilled({target!r})',
+
+
+def _evaluation(results: List[Mapping[str, Any]]) -> List[str]:
+    if not results:
+        return []
+    cols = list(_EVAL_COLUMNS)
+    for r in results:
+        cols += [k for k in r if k not in cols]
+    cols = [k for k in cols if any(k in r for r in results)]
+    return ['', '## Evaluation', '', *_table(cols, [[r.get(k) for k in cols] for r in results])]
+
+
+def _usage(target: str, parquet_file: Optional[str]) -> List[str]:
+    lines = [
+        '', '## Usage', '', '```python', 'import timm_dd', f'dset = timm_dd.load_distilled({target!r})',
         'images, labels = dset.images, dset.labels  # images in the space named by dset.image_space',
-        'pixels = dset.to_pixel_space()  # [N, C, H, W], nominally in [0, 1]',
-        '```',
-        '',
+        'pixels = dset.to_pixel_space()  # [N, C, H, W], nominally in [0, 1]', '```', '',
     ]
     if parquet_file is not None:
         lines += ['With `datasets` (a preview, not the data: PNG `image` in pixel space, the exact `tensor`, '
                   'the `label`):', '', '```python', 'import datasets',
                   f'ds = datasets.load_dataset({target!r}, split="train")', '```', '']
-    if dset.class_names is not None:
-        names = ', '.join(f'{i}: {n}' for i, n in enumerate(dset.class_names))
+    return lines
+
+
+def render_card(config: Mapping[str, Any], lr: Optional[float] = None, repo_id: Optional[str] = None,
+                parquet_file: Optional[str] = None) -> str:
+    """Markdown dataset card with YAML front matter from a set's ``distill_config.json`` dict and its learned
+    ``lr``; ``repo_id`` is used in the usage snippet; ``parquet_file`` declares the parquet view."""
+    lines = ['---', card_data(config, parquet_file).to_yaml(), '---', '', f'# {pretty_name(config)}', '']
+    lines += _description(config) + ['', '## Metadata', '']
+    lines += _table(['key', 'value'], _metadata_rows(config, lr))
+    lines += _evaluation(config.get('eval') or [])
+    if config.get('extra'):
+        lines += ['', '## Hyper-parameters', '', *_table(['name', 'value'], [[k, v] for k, v in config['extra'].items()])]
+    lines += _usage(repo_id or '<repo_id or path>', parquet_file)
+    if config.get('class_names') is not None:
+        names = ', '.join(f'{i}: {n}' for i, n in enumerate(config['class_names']))
         lines += ['## Classes', '', names.replace('|', '\\|'), '']
     return '\n'.join(lines)

@@ -29,7 +29,7 @@ def make_class_grid(
     """
     if max_per_class < 1 or scale < 1 or padding < 0:
         raise ValueError(f'need max_per_class >= 1, scale >= 1, padding >= 0; got {max_per_class}, {scale}, {padding}')
-    c, h, w = dset.image_size
+    c, h, w = dset.image_shape
     if c not in (1, 3):
         raise ValueError(f'save_grid needs 1- or 3-channel images, got {c} channels')
     classes = list(range(dset.num_classes)) if classes is None else [int(k) for k in classes]

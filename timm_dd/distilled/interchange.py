@@ -69,7 +69,7 @@ def _load_tensor(path: Path) -> torch.Tensor:
 def detect_layout(source: Union[str, os.PathLike]) -> str:
     """``'timm_dd'`` for a timm_dd set or a Hub repo id, else the layout its files show (``mtt``, ``ddranking``, or
     ``folder`` for class folders of images)."""
-    from .distilled_set import CONFIG_FILE
+    from .format import CONFIG_FILE
     folder = Path(source)
     if not folder.is_dir() or (folder / CONFIG_FILE).is_file():
         return 'timm_dd'

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..io import atomic_write_with
+
 if TYPE_CHECKING:
     from .distilled_set import DistilledSet
 
@@ -29,7 +31,7 @@ def write_parquet_view(dset: 'DistilledSet', folder: Path) -> Path:
     mode = 'L' if pixels.shape[1] == 1 else 'RGB'
     previews = [Image.fromarray(p.squeeze(0).numpy() if mode == 'L' else p.permute(1, 2, 0).numpy(), mode)
                 for p in pixels]
-    c, h, w = dset.image_size
+    c, h, w = dset.image_shape
     names = list(dset.class_names) if dset.class_names else [str(i) for i in range(dset.num_classes)]
     labels = dset.labels if dset.soft_labels is None else dset.soft_labels.argmax(1)
     columns = {'image': previews, 'tensor': dset.images.float().cpu().numpy(), 'label': labels.tolist()}
@@ -41,5 +43,4 @@ def write_parquet_view(dset: 'DistilledSet', folder: Path) -> Path:
     table = datasets.Dataset.from_dict(columns, features=datasets.Features(features))
     path = Path(folder) / PARQUET_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(str(path))
-    return path
+    return atomic_write_with(path, lambda tmp: table.to_parquet(tmp))

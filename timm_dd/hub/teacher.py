@@ -16,6 +16,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 
 import torch.nn as nn
 
+from ..io import atomic_folder, atomic_write
 from ._errors import HubError, hub_error, with_retries
 from ._repo import prepare_repo, split_source
 
@@ -142,11 +143,13 @@ def save_teacher(
     _check_model_args(model, model_args)
     from ..models._common import describe_input
     describe_input(model)  # input_size / num_classes of this model, whatever was recorded before
-    save_for_hf(model, str(folder), model_config=_model_config(class_names, model), model_args=model_args,
-                safe_serialization=True)
     card = teacher_model_card(model, repo_id=repo_id, dataset=dataset, folder=folder)
     name = repo_id.split('/')[-1] if repo_id else folder.name
-    (folder / 'README.md').write_text(generate_readme(card, name), encoding='utf-8')
+    with atomic_folder(folder) as tmp:  # timm writes the files; the folder appears complete or not at all
+        save_for_hf(model, str(tmp), model_config=_model_config(class_names, model), model_args=model_args,
+                    safe_serialization=True)
+        with atomic_write(tmp / 'README.md', 'w') as f:
+            f.write(generate_readme(card, name))
     return folder
 
 

@@ -21,13 +21,14 @@ import torch.nn as nn
 from accelerate import Accelerator
 from torch.func import functional_call, stack_module_state, vmap
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from ..augment import DSA
+from ..data import ImageSet
 from ..seeding import generator_for
 from .config import TrainConfig
 from .losses import label_loss
-from .trainer import RunResult, TrainSet, create_optimizer, resolve_lr
+from .loop import CallbackHook, fit, run_batches
+from .trainer import RunResult, create_optimizer, eval_epochs, resolve_lr
 
 __all__ = ['train_seeds_batched', 'check_batchable']
 
@@ -45,7 +46,7 @@ def check_batchable(model: nn.Module, cfg: TrainConfig) -> None:
 def train_seeds_batched(
         models: Sequence[nn.Module],
         seeds: Sequence[int],
-        train_set: TrainSet,
+        train_set: ImageSet,
         test_loader: DataLoader,
         cfg: TrainConfig,
         accelerator: Accelerator,
@@ -88,24 +89,25 @@ def train_seeds_batched(
         return label_loss(functional_call(base, (p, b), (x,)), y)  # soft labels are probabilities already
 
     batched_loss = vmap(seed_loss, in_dims=(0, 0, 0, 0))
-    eval_epochs = {cfg.epochs - 1} if cfg.eval_every <= 0 else \
-        {0} | set(range(cfg.eval_every - 1, cfg.epochs, cfg.eval_every)) | {cfg.epochs - 1}
+    evaluated = eval_epochs(cfg)
     histories: List[List[Dict[str, Any]]] = [[] for _ in seeds]
     best = [(-1.0, -1)] * num_seeds
-    train_time = 0.0
+    clock = {'train_seconds': 0.0, 'lr': base_lr}
     base.train()
-    pbar = tqdm(range(cfg.epochs), desc=desc or f'{num_seeds} seeds (vmap)', leave=False)
-    for epoch in pbar:
+
+    def train_epoch(epoch: int) -> Dict[str, Any]:
         t0 = time.perf_counter()
         perms = [torch.randperm(n, generator=generator_for(s, epoch, 0)).to(device) for s in seeds]
         aug_gens = [generator_for(s, epoch, 0, 2) for s in seeds]
-        epoch_loss = torch.zeros(num_seeds, device=device)
         if cfg.reset_momentum_at_decay and epoch in lr_schedule.milestones:
             optimizer.state.clear()  # as train_model: MTT re-creates its optimizer at the decay
-        for it in range(iters_per_epoch):
-            lr = base_lr * lr_schedule.factor(epoch, it, iters_per_epoch)
+
+        def set_lr(it: int) -> None:
+            clock['lr'] = base_lr * lr_schedule.factor(epoch, it, iters_per_epoch)
             for group in optimizer.param_groups:
-                group['lr'] = lr
+                group['lr'] = clock['lr']
+
+        def loss_of(it: int) -> torch.Tensor:
             idx = [perm[it * cfg.batch_size:(it + 1) * cfg.batch_size] for perm in perms]
             xs = [images[i] for i in idx]
             if dsa is not None:
@@ -115,20 +117,27 @@ def train_seeds_batched(
                 losses = batched_loss(stacked, buffers, x, y)
             if not torch.isfinite(losses).all():
                 raise FloatingPointError(f'{desc}: loss became {losses.tolist()} at epoch {epoch}')
-            optimizer.zero_grad(set_to_none=True)
-            losses.sum().backward()  # seed i's parameters only see seed i's loss
-            optimizer.step()
-            epoch_loss += losses.detach()
-        train_time += time.perf_counter() - t0
-        if epoch in eval_epochs:
-            accs, count = _evaluate(base, stacked, buffers, test_loader, accelerator)
-            for i in range(num_seeds):
-                histories[i].append({'epoch': epoch, 'lr': lr, 'loss': float(epoch_loss[i]) / iters_per_epoch,
-                                     'test_acc': accs[i], 'test_count': count})
-                if accs[i] > best[i][0]:
-                    best[i] = (accs[i], epoch)
-            pbar.set_postfix(acc=f'{sum(accs) / num_seeds:.3f}', refresh=False)
-    pbar.close()
+            return losses
+
+        # the summed loss gives seed i's parameters only seed i's loss
+        losses = run_batches(range(iters_per_epoch), loss_of, optimizer, lambda l: l.sum().backward(), None, set_lr)
+        clock['train_seconds'] += time.perf_counter() - t0
+        return {'epoch': epoch, 'lr': clock['lr'], 'loss': torch.stack(losses).sum(0) / iters_per_epoch}
+
+    def evaluate_seeds(epoch: int, record: Dict[str, Any]) -> None:
+        if epoch not in evaluated:
+            return
+        accs, count = _evaluate(base, stacked, buffers, test_loader, accelerator)
+        record['acc'] = sum(accs) / num_seeds
+        for i in range(num_seeds):
+            histories[i].append({'epoch': epoch, 'lr': record['lr'], 'loss': float(record['loss'][i]),
+                                 'test_acc': accs[i], 'test_count': count})
+            if accs[i] > best[i][0]:
+                best[i] = (accs[i], epoch)
+
+    fit(range(cfg.epochs), train_epoch, [CallbackHook(evaluate_seeds)], desc or f'{num_seeds} seeds (vmap)', True,
+        lambda record: {'acc': f"{record['acc']:.3f}"} if 'acc' in record else {})
+    train_time = clock['train_seconds']
     for model, state in zip(models, _unstack(stacked, buffers, num_seeds)):
         model.load_state_dict(state)
     ips = n * cfg.epochs * num_seeds / train_time if train_time > 0 else float('nan')
@@ -153,7 +162,7 @@ def _evaluate(base: nn.Module, params: Dict[str, torch.Tensor], buffers: Dict[st
         correct += (logits.argmax(-1) == y).sum(1)
         total += y.numel()
     base.train()
-    # the same arithmetic as trainer.evaluate, so equal predictions give equal accuracies
+    # the same arithmetic as loop.evaluate, so equal predictions give equal accuracies
     return [(c / total.clamp(min=1)).item() for c in correct], int(total.item())
 
 

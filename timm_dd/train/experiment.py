@@ -13,53 +13,25 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import timm
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import gather_object
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ..data import load_dataset, select_ipc
+from ..data import DataSplits, ImageSpace, load_dataset, select_ipc
+from ..data.zca import ZCA
 from ..distilled import DistilledSet
 from ..io import atomic_write, atomic_write_json
 from ..layers import keep_rate_units
 from ..models import is_timm_dd_model
+from ..seeding import seeded
 from .config import TrainConfig, load_config
 from .elf import elf_split
-from .trainer import RunResult, TrainSet, train_model
+from .loop import evaluate
+from .trainer import RunResult, train_model
 
-__all__ = ['DataBundle', 'prepare_data', 'create_student', 'run_experiment', 'ExperimentResult', 'format_table']
+__all__ = ['prepare_data', 'create_student', 'run_experiment', 'ExperimentResult', 'format_table']
 
 _logger = logging.getLogger(__name__)
-
-
-@dataclass
-class DataBundle:
-    """A training set and the test set, both in the space the networks see (normalized or ZCA)."""
-    train: TrainSet
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
-    class_names: List[str]
-    description: str
-    source: Dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def in_chans(self) -> int:
-        return self.train.images.shape[1]
-
-    @property
-    def img_size(self) -> int:
-        return self.train.images.shape[-1]
-
-
-def _to_space(pixels: torch.Tensor, dset: DistilledSet) -> torch.Tensor:
-    """Map [0, 1] test pixels into the distilled set's image space."""
-    x = pixels
-    if dset.normalization:
-        mean = torch.tensor(dset.normalization['mean']).view(1, -1, 1, 1)
-        std = torch.tensor(dset.normalization['std']).view(1, -1, 1, 1)
-        x = (x - mean) / std
-    if dset.image_space == 'zca':
-        x = dset.zca.transform(x)
-    return x
 
 
 def prepare_data(
@@ -74,7 +46,7 @@ def prepare_data(
         layout: Optional[str] = None,
         image_space: Optional[str] = None,
         zca_eps: float = 0.1,
-) -> DataBundle:
+) -> DataSplits:
     """Load a distilled set (folder or Hub id) or draw ``real_ipc`` real images per class from ``dataset``
     (``real_ipc=-1``: all of them).
 
@@ -94,12 +66,10 @@ def prepare_data(
     if data is not None:
         dset = _load_set(data, layout, dataset, image_space, soft_label_temperature)
         source = dataset or dset.source_dataset
-        test = load_dataset(source, 'test', root=data_root, cache_dir=cache_dir, image_size=dset.image_size[-1])
+        test = load_dataset(source, 'test', root=data_root, cache_dir=cache_dir, image_size=dset.image_size)
         _check_classes(dset.class_names, test.class_names, dset.num_classes, test.num_classes, data, source)
-        labels = _soft_label_probs(dset, soft_label_temperature) if dset.soft_labels is not None else dset.labels
-        learned_lr = float(dset.lr) if dset.lr is not None else None
-        train = TrainSet(dset.images.float(), labels, dset.num_classes, list(dset.class_names or []), learned_lr)
-        return DataBundle(train, _to_space(test.images, dset), test.labels, list(test.class_names),
+        train = dset.to_image_set(soft_label_temperature)
+        return DataSplits(train, test.in_space(dset.space), source,
                           f'{dset.method} {dset.source_dataset} ipc {dset.ipc} ({data})',
                           dict(kind='distilled', path=str(data), method=dset.method, ipc=dset.ipc,
                                image_space=dset.image_space, source_dataset=dset.source_dataset,
@@ -117,15 +87,12 @@ def prepare_data(
         sub = train_full.subset(idx)
     space = image_space or 'normalized'
     if space == 'zca':  # MTT's --zca space: ZCA (eps zca_eps) of [0, 1] pixels, fitted on the whole train split
-        from ..data.zca import ZCA
-        zca = ZCA.fit(train_full.images, eps=zca_eps)
-        train_x, test_x = zca.transform(sub.images), zca.transform(test.images)
+        model_space = ImageSpace(zca=ZCA.fit(train_full.images, eps=zca_eps))
     elif space == 'normalized':
-        train_x, test_x = sub.normalized(), test.normalized()
+        model_space = train_full.normalization
     else:
         raise ValueError(f"real data can be used in 'normalized' or 'zca' space, got image_space={space!r}")
-    train = TrainSet(train_x, sub.labels, sub.num_classes, list(sub.class_names))
-    return DataBundle(train, test_x, test.labels, list(test.class_names),
+    return DataSplits(sub.in_space(model_space), test.in_space(model_space), dataset,
                       f'{real_ipc} real images per class of {dataset} (seed {seed}, {space} space)',
                       dict(kind='real', dataset=dataset, ipc=real_ipc, seed=seed, image_space=space,
                            mean=list(train_full.mean), std=list(train_full.std),
@@ -143,24 +110,6 @@ def _load_set(data: str, layout: Optional[str], dataset: Optional[str], image_sp
                             soft_label_temperature=soft_label_temperature)
 
 
-def _soft_label_probs(dset: DistilledSet, temperature: Optional[float]) -> torch.Tensor:
-    """The set's soft labels as probabilities: ``softmax(y / t)`` for logits, checked as they are for probs."""
-    y = dset.soft_labels.float()
-    if dset.soft_label_kind == 'probs':
-        sums = y.sum(1)
-        if (y < 0).any() or not torch.allclose(sums, torch.ones_like(sums), atol=1e-3):
-            raise ValueError(f'the soft labels are declared probabilities but their rows sum to '
-                             f'[{sums.min():.4f}, {sums.max():.4f}] (or are negative); are they logits?')
-        return y
-    t = temperature if temperature is not None else dset.soft_label_temperature
-    if t is None:
-        raise ValueError('the distilled set has soft labels as logits and no temperature: pass '
-                         '--soft-label-temperature (the recipe field soft_label_temperature; FRePo/DP+KD use 0.3)')
-    if not t > 0:
-        raise ValueError(f'soft_label_temperature must be positive, got {t}')
-    return torch.softmax(y / t, dim=1)
-
-
 def _normalization(norm: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     return {'mean': list(norm['mean']), 'std': list(norm['std'])} if norm else {}
 
@@ -174,9 +123,9 @@ def _check_classes(train_names, test_names, train_k: int, test_k: int, train_src
                          f'set ({test_src}) classes {list(test_names)}')
 
 
-def create_student(name: str, bundle: DataBundle, cfg: TrainConfig, **model_kwargs: Any) -> nn.Module:
+def create_student(name: str, bundle: DataSplits, cfg: TrainConfig, **model_kwargs: Any) -> nn.Module:
     """Create a timm_dd or stock timm model for the bundle's classes, channels and image size."""
-    kwargs = dict(num_classes=bundle.train.num_classes, in_chans=bundle.in_chans, **model_kwargs)
+    kwargs = dict(num_classes=bundle.num_classes, in_chans=bundle.in_chans, **model_kwargs)
     if is_timm_dd_model(name):
         kwargs.setdefault('img_size', bundle.img_size)
         if cfg.student_norm is not None:
@@ -190,7 +139,7 @@ def create_student(name: str, bundle: DataBundle, cfg: TrainConfig, **model_kwar
         model = timm.create_model(name, **kwargs)
     except ValueError as e:
         raise ValueError(f'cannot create {name} for {bundle.in_chans}x{bundle.img_size}x{bundle.img_size} images '
-                         f'and {bundle.train.num_classes} classes: {e}') from e
+                         f'and {bundle.num_classes} classes: {e}') from e
     except RuntimeError as e:
         if 'Unknown model' in str(e):
             raise ValueError(f'unknown model {name!r}; see timm.list_models() (timm_dd adds *_dd, *_mtt, convnet*)') from e
@@ -209,9 +158,9 @@ class ExperimentResult:
     data: Dict[str, Any]
 
 
-def _test_loader(bundle: DataBundle, cfg: TrainConfig, accelerator: Accelerator, distributed: bool) -> DataLoader:
+def _test_loader(bundle: DataSplits, cfg: TrainConfig, accelerator: Accelerator, distributed: bool) -> DataLoader:
     """Sharded over the processes for DDP runs; whole (and unprepared) when each process trains runs alone."""
-    ds = TensorDataset(bundle.test_images, bundle.test_labels)
+    ds = TensorDataset(bundle.test.images, bundle.test.labels)
     loader = DataLoader(ds, batch_size=cfg.test_batch_size, shuffle=False,
                         pin_memory=accelerator.device.type == 'cuda')
     return accelerator.prepare(loader) if distributed else loader
@@ -223,26 +172,25 @@ def _result_record(model: str, seed: int, result: RunResult) -> Dict[str, Any]:
                 train_seconds=result.train_seconds, images_per_second=result.images_per_second)
 
 
-def _train_or_load_teacher(cfg: TrainConfig, bundle: DataBundle, seed: int, accelerator: Accelerator,
+def _train_or_load_teacher(cfg: TrainConfig, bundle: DataSplits, seed: int, accelerator: Accelerator,
                            test_loader: DataLoader, out_dir: Path, resume: bool,
                            distributed: bool) -> Tuple[nn.Module, Dict[str, Any]]:
     from ..hub import load_teacher
-    from .trainer import evaluate
     if cfg.teacher:
         teacher = load_teacher(cfg.teacher)
-        if teacher.num_classes != bundle.train.num_classes:
+        if teacher.num_classes != bundle.num_classes:
             raise ValueError(f'the teacher {cfg.teacher} has {teacher.num_classes} classes but the training set has '
-                             f'{bundle.train.num_classes}')
+                             f'{bundle.num_classes}')
         _check_teacher_input(teacher, cfg.teacher, bundle)
         _check_same_space(cfg.teacher, 'teacher', bundle)
-        acc = evaluate(teacher.to(accelerator.device), test_loader, accelerator, distributed)
+        acc = evaluate(teacher.to(accelerator.device), test_loader, accelerator.device, accelerator, distributed)
         return teacher, dict(model=cfg.teacher, seed=seed, final_acc=acc['acc'], best_acc=acc['acc'], loaded=True)
     overrides = {'seed': seed, 'eval_every': 0}
     if cfg.teacher_epochs is not None:
         overrides['epochs'] = cfg.teacher_epochs
     teacher_cfg = load_config(cfg.teacher_recipe, overrides)
-    set_seed(seed)
-    teacher = create_student(cfg.teacher_model, bundle, teacher_cfg.replace(student_norm=cfg.teacher_norm))
+    with seeded(seed):
+        teacher = create_student(cfg.teacher_model, bundle, teacher_cfg.replace(student_norm=cfg.teacher_norm))
     run_dir = out_dir / 'teachers' / f'seed{seed}'
     record = _load_done(run_dir)
     if record is not None and resume:
@@ -260,7 +208,7 @@ def _train_or_load_teacher(cfg: TrainConfig, bundle: DataBundle, seed: int, acce
     return teacher, record
 
 
-def _check_teacher_input(teacher: nn.Module, name: str, bundle: DataBundle) -> None:
+def _check_teacher_input(teacher: nn.Module, name: str, bundle: DataSplits) -> None:
     """A loaded teacher must take the training images; say which teacher and which images when it does not."""
     x = bundle.train.images[:1]
     try:
@@ -272,12 +220,12 @@ def _check_teacher_input(teacher: nn.Module, name: str, bundle: DataBundle) -> N
                          f'{str(e).splitlines()[0]}; use a teacher made for this data') from None
 
 
-def _save_model(model: nn.Module, folder: Path, bundle: DataBundle, model_kwargs: Optional[Dict[str, Any]]) -> None:
+def _save_model(model: nn.Module, folder: Path, bundle: DataSplits, model_kwargs: Optional[Dict[str, Any]]) -> None:
     from ..hub import record_input, save_teacher
     src = bundle.source
     record_input(model, src.get('mean'), src.get('std'),
                  {k: src[k] for k in ('image_space', 'dataset', 'source_dataset', 'zca_eps') if k in src})
-    args = dict(num_classes=bundle.train.num_classes, in_chans=bundle.in_chans, **(model_kwargs or {}))
+    args = dict(num_classes=bundle.num_classes, in_chans=bundle.in_chans, **(model_kwargs or {}))
     if is_timm_dd_model(model.pretrained_cfg.get('architecture', '')):
         args.setdefault('img_size', bundle.img_size)
     save_teacher(model, folder, class_names=bundle.class_names, model_args=args)
@@ -297,7 +245,7 @@ def _save_done(run_dir: Path, record: Dict[str, Any]) -> None:
     atomic_write_json(run_dir / 'result.json', record, indent=2)
 
 
-def _elf_targets(cfg: TrainConfig, student: nn.Module, bundle: DataBundle, device: torch.device) -> torch.Tensor:
+def _elf_targets(cfg: TrainConfig, student: nn.Module, bundle: DataSplits, device: torch.device) -> torch.Tensor:
     from ..hub import load_teacher
     if not cfg.elf_feature_model:
         raise ValueError('ELF needs a feature model trained on real data (elf_feature_model); make one with '
@@ -318,7 +266,7 @@ def _elf_targets(cfg: TrainConfig, student: nn.Module, bundle: DataBundle, devic
     return feats.cpu()
 
 
-def _check_same_space(source: str, what: str, bundle: DataBundle) -> None:
+def _check_same_space(source: str, what: str, bundle: DataSplits) -> None:
     """A model that reads the training images (ELF's feature model, a loaded teacher) must have been trained in their
     image space: its recorded space (config.json ``image_space``, see ``record_input``) is compared when there is
     one."""
@@ -374,7 +322,7 @@ def run_experiment(
         cfg: TrainConfig,
         models: Sequence[str],
         seeds: Sequence[int],
-        bundle: DataBundle,
+        bundle: DataSplits,
         out_dir: Path,
         accelerator: Accelerator,
         model_kwargs: Optional[Dict[str, Any]] = None,
@@ -434,8 +382,8 @@ def run_experiment(
         if done is not None:
             runs.append((job, done))
             continue
-        set_seed(seed)
-        student = create_student(name, bundle, cfg, **(model_kwargs or {}))
+        with seeded(seed):
+            student = create_student(name, bundle, cfg, **(model_kwargs or {}))
         feats = _elf_targets(cfg, student, bundle, accelerator.device) if cfg.elf else None
         snapshot = (lambda done, m=student, d=run_dir: _save_model(m, d / f'model-epoch{done}', bundle, model_kwargs))
         result = train_model(student, bundle.train, test_loader, cfg.replace(seed=seed), accelerator, name,
@@ -456,7 +404,7 @@ def run_experiment(
     return result
 
 
-def _train_seeds_batched(cfg: TrainConfig, name: str, seeds: Sequence[int], bundle: DataBundle, out_dir: Path,
+def _train_seeds_batched(cfg: TrainConfig, name: str, seeds: Sequence[int], bundle: DataSplits, out_dir: Path,
                          accelerator: Accelerator, test_loader: DataLoader, model_kwargs: Optional[Dict[str, Any]],
                          resume: bool, save_models: bool, first_job: int) -> List[Tuple[int, Dict[str, Any]]]:
     """Every seed of ``name`` at once (``parallel: vmap``); finished runs are kept on ``resume``."""
@@ -467,8 +415,8 @@ def _train_seeds_batched(cfg: TrainConfig, name: str, seeds: Sequence[int], bund
         return [(first_job + i, d) for i, d in enumerate(done)]
     students = []
     for seed in seeds:
-        set_seed(seed)
-        students.append(create_student(name, bundle, cfg, **(model_kwargs or {})))
+        with seeded(seed):
+            students.append(create_student(name, bundle, cfg, **(model_kwargs or {})))
     results = train_seeds_batched(students, seeds, bundle.train, test_loader, cfg, accelerator,
                                   desc=f'{name} seeds {list(seeds)} (vmap)')
     records = []

@@ -12,59 +12,30 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from ..augment import DSA
-from ..io import atomic_write
+from ..data import ImageSet
+from ..io import append_line, atomic_write
 from ..layers import set_drop_generator, set_keep_rate
-from ..seeding import derive_seed, generator_for
+from ..seeding import derive_seed, generator_for, seeded
 from ..tracking import log_metrics
 from .config import TrainConfig
 from .elf import FeatureSplit, elf_split
+from .loop import Hook, evaluate, fit, run_batches
 from .losses import feature_loss, kd_loss, label_loss
 
-__all__ = ['TrainSet', 'RunResult', 'TrainTask', 'train_model', 'evaluate', 'create_optimizer']
+__all__ = ['RunResult', 'TrainTask', 'train_model', 'create_optimizer', 'resolve_lr', 'eval_epochs']
 
 _logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = 'checkpoint.pt'
 METRICS_FILE = 'metrics.jsonl'
-
-
-@dataclass
-class TrainSet:
-    """Images already in the model's input space, hard labels ``[N]`` or soft labels ``[N, K]``.
-
-    Soft labels are probabilities, each row summing to 1 (checked): :func:`~timm_dd.train.experiment.prepare_data`
-    turns a set's logit labels into probabilities with its temperature, once.
-    """
-    images: torch.Tensor
-    labels: torch.Tensor
-    num_classes: int
-    class_names: List[str] = field(default_factory=list)
-    learned_lr: Optional[float] = None
-
-    def __post_init__(self) -> None:
-        if self.images.dim() != 4:
-            raise ValueError(f'images must be [N, C, H, W], got shape {tuple(self.images.shape)}')
-        if self.labels.shape[0] != self.images.shape[0]:
-            raise ValueError(f'{self.labels.shape[0]} labels for {self.images.shape[0]} images')
-        if not torch.isfinite(self.images).all():
-            raise ValueError('training images contain NaN or Inf')
-        if self.labels.dim() == 2:
-            sums = self.labels.float().sum(1)
-            if (self.labels < 0).any() or not torch.allclose(sums, torch.ones_like(sums), atol=1e-3):
-                raise ValueError('soft labels must be probabilities (rows summing to 1); for logits use '
-                                 'softmax(y / t) first (prepare_data does it with soft_label_temperature)')
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
 
 
 @dataclass
@@ -118,33 +89,6 @@ def resolve_lr(cfg: TrainConfig, learned_lr: Optional[float]) -> float:
     return cfg.lr_fallback
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, accelerator: Accelerator,
-             distributed: bool = True) -> Dict[str, float]:
-    """Top-1 accuracy over the whole test set.
-
-    ``distributed=True``: ``loader`` comes from ``accelerator.prepare`` (each process sees a shard) and every sample
-    is counted exactly once across processes. ``False``: this process evaluates the whole (unprepared) loader
-    on ``accelerator.device`` alone.
-    """
-    was_training = model.training
-    model.eval()
-    device = accelerator.device
-    correct = torch.zeros((), device=device)
-    total = torch.zeros((), device=device)
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with accelerator.autocast():
-            logits = model(x)
-        preds, refs = logits.argmax(1), y
-        if distributed:
-            preds, refs = accelerator.gather_for_metrics((preds, refs))
-        correct += (preds == refs).sum()
-        total += refs.numel()
-    model.train(was_training)
-    return {'acc': (correct / total.clamp(min=1)).item(), 'count': int(total.item())}
-
-
 def _save_checkpoint(path: Path, task: nn.Module, optimizer: torch.optim.Optimizer, state: Dict[str, Any]) -> None:
     """One file, written atomically by one process: weights, optimizer state and the run state.
 
@@ -179,9 +123,177 @@ def _truncate_metrics(path: Path, epoch: int) -> None:
         f.writelines(lines)
 
 
+@dataclass
+class _Progress:
+    """What a checkpoint restores besides the weights: epochs done, evaluated epochs, best accuracy."""
+    epoch: int = 0
+    history: List[Dict[str, Any]] = field(default_factory=list)
+    best: Tuple[float, int] = (-1.0, -1)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {'epoch': self.epoch, 'history': self.history, 'best': list(self.best)}
+
+
+class _Run:
+    """One network's training run: the data on the device, the task, its optimizer, and one epoch of updates."""
+
+    def __init__(self, model: nn.Module, train_set: ImageSet, cfg: TrainConfig, accelerator: Accelerator,
+                 model_name: str, teacher: Optional[nn.Module], elf_features: Optional[torch.Tensor],
+                 distributed: bool, name: str):
+        self.cfg, self.accelerator, self.name = cfg, accelerator, name
+        self.device = device = accelerator.device
+        self.distributed = distributed and accelerator.num_processes > 1
+        self.rank, self.world = (accelerator.process_index, accelerator.num_processes) if self.distributed else (0, 1)
+        self.writer = accelerator.is_main_process or not self.distributed  # the one process writing this run's files
+        self.images, self.labels = train_set.images.to(device), train_set.labels.to(device)
+        self.features = elf_features.to(device) if elf_features is not None else None
+        self.base_lr = resolve_lr(cfg, train_set.learned_lr)
+        self.keep_schedule = cfg.keep_rate_schedule(model_name)
+        self.lr_schedule = cfg.lr_schedule_fn()
+        self.dsa = DSA(cfg.dsa_strategy, k=cfg.dsa_k) if cfg.dsa else None
+        self.task = TrainTask(model, elf=cfg.elf).to(device)
+        self.optimizer = create_optimizer(self.task, cfg, self.base_lr)
+        self.scaler = None
+        if self.distributed:
+            self.task, self.optimizer = accelerator.prepare(self.task, self.optimizer)
+        elif accelerator.mixed_precision == 'fp16':
+            self.scaler = torch.amp.GradScaler(device.type)
+        self.teacher = teacher.to(device).eval().requires_grad_(False) if teacher is not None else None  # never DDP
+        self.inner = accelerator.unwrap_model(self.task) if self.distributed else self.task
+        self.n = len(train_set)
+        self.iters_per_epoch = math.ceil(self.n / cfg.batch_size)
+        self.drop_gen = torch.Generator(device=device)
+        set_drop_generator(self.inner.model, self.drop_gen)
+        self.train_seconds, self.images_seen = 0.0, 0
+
+    def train_epoch(self, epoch: int) -> Dict[str, Any]:
+        """One epoch; every draw comes from generators of ``(seed, epoch, rank)`` (resumable exactly)."""
+        cfg, t0 = self.cfg, time.perf_counter()
+        keep_rate = self.keep_schedule(epoch)
+        set_keep_rate(self.inner.model, keep_rate)
+        self.drop_gen.manual_seed(derive_seed(cfg.seed, epoch, self.rank, 1))
+        self._aug_gen = generator_for(cfg.seed, epoch, self.rank, 2)
+        self._epoch = epoch
+        perm = torch.randperm(self.n, generator=generator_for(cfg.seed, epoch, 0)).to(self.device)
+        if cfg.reset_momentum_at_decay and epoch in self.lr_schedule.milestones:
+            getattr(self.optimizer, 'optimizer', self.optimizer).state.clear()  # MTT re-creates its optimizer here
+        batches = [perm[i:i + cfg.batch_size][self.rank::self.world] for i in range(0, self.n, cfg.batch_size)]
+        self.task.train()
+        with seeded(cfg.seed, epoch, self.rank, 3, device=self.device):  # dropout and other draws from the global RNG
+            losses = run_batches(batches, self._loss_of, self.optimizer, self._backward, self._step, self._set_lr)
+        self.train_seconds += time.perf_counter() - t0
+        self.images_seen += self.n  # over all processes
+        return {'epoch': epoch, 'keep_rate': keep_rate, 'lr': self._lr,
+                'loss': torch.stack(losses).sum().item() / self.iters_per_epoch}
+
+    def _set_lr(self, iteration: int) -> None:
+        self._lr = self.base_lr * self.lr_schedule.factor(self._epoch, iteration, self.iters_per_epoch)
+        for group in self.optimizer.param_groups:
+            group['lr'] = self._lr
+
+    def _loss_of(self, idx: torch.Tensor) -> torch.Tensor:
+        x, y = self.images[idx], self.labels[idx]
+        xa = self.dsa(x, generator=self._aug_gen) if self.dsa is not None else x
+        t = self.features[idx] if self.features is not None else None
+        with self.accelerator.autocast():
+            loss = _loss(self.task(xa, t), y, self.cfg, self.teacher, xa, t)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f'{self.name}: loss became {loss.item()} at epoch {self._epoch}')
+        return loss
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self.distributed:
+            self.accelerator.backward(loss)
+        elif self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+
+    def _step(self) -> None:
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+
+    def evaluate(self, test_loader: DataLoader) -> Dict[str, float]:
+        return evaluate(_LogitsOnly(self.task), test_loader, self.device, self.accelerator, self.distributed)
+
+
+class _EvaluationHook(Hook):
+    """Test accuracy at the evaluation epochs: recorded in the epoch's record, the history and the best."""
+
+    def __init__(self, run: _Run, test_loader: DataLoader, progress: _Progress):
+        self.run, self.test_loader, self.progress = run, test_loader, progress
+        self.epochs = eval_epochs(run.cfg)
+
+    def after_epoch(self, epoch: int, record: Dict[str, Any]) -> None:
+        if epoch not in self.epochs:
+            return
+        result = self.run.evaluate(self.test_loader)
+        record.update(test_acc=result['acc'], test_count=result['count'])
+        if result['acc'] > self.progress.best[0]:
+            self.progress.best = (result['acc'], epoch)
+        self.progress.history.append(record)
+
+
+class _MetricsHook(Hook):
+    """One JSON line per epoch in ``metrics.jsonl`` (the writing process) and the experiment trackers."""
+
+    def __init__(self, run: _Run, path: Optional[Path]):
+        self.run, self.path = run, path if run.writer else None
+
+    def after_epoch(self, epoch: int, record: Dict[str, Any]) -> None:
+        if self.path is not None:
+            append_line(self.path, json.dumps(record))
+        log_metrics(self.run.accelerator, {f'{self.run.name}/{k}': v for k, v in record.items() if k != 'epoch'},
+                    epoch)
+
+
+class _CheckpointHook(Hook):
+    """Snapshots after ``cfg.snapshot_epochs`` and the checkpoint every ``checkpoint_every`` epochs and at the end."""
+
+    def __init__(self, run: _Run, path: Optional[Path], progress: _Progress, last_epoch: int,
+                 snapshot: Optional[Callable[[int], None]]):
+        self.run, self.path, self.progress, self.last_epoch, self.snapshot = run, path, progress, last_epoch, snapshot
+
+    def after_epoch(self, epoch: int, record: Dict[str, Any]) -> None:
+        run, done = self.run, epoch + 1
+        self.progress.epoch = done
+        if self.snapshot is not None and run.writer and done in run.cfg.snapshot_epochs:
+            self.snapshot(done)
+        if self.path is None or not (done % run.cfg.checkpoint_every == 0 or epoch == self.last_epoch):
+            return
+        if run.writer:
+            _save_checkpoint(self.path, run.inner, run.optimizer, self.progress.to_dict())
+        if run.distributed:
+            run.accelerator.wait_for_everyone()  # nobody reads or rewrites the file while it is written
+
+
+def _restore(run: _Run, out_dir: Optional[Path], resume: bool) -> _Progress:
+    """The progress to continue from (a fresh one without ``resume`` or checkpoint); resets the metrics file."""
+    progress = _Progress()
+    if out_dir is None:
+        return progress
+    metrics_path, ckpt_path = out_dir / METRICS_FILE, out_dir / CHECKPOINT_FILE
+    if run.writer:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        if run.writer and metrics_path.exists():
+            metrics_path.unlink()
+        return progress
+    state = _load_checkpoint(ckpt_path, run.inner, run.optimizer, run.device)
+    if state is not None:
+        progress = _Progress(state['epoch'], state['history'], tuple(state['best']))
+        _logger.info('resumed %s from epoch %d', run.name, progress.epoch)
+    if run.writer:
+        _truncate_metrics(metrics_path, progress.epoch)
+    return progress
+
+
 def train_model(
         model: nn.Module,
-        train_set: TrainSet,
+        train_set: ImageSet,
         test_loader: DataLoader,
         cfg: TrainConfig,
         accelerator: Accelerator,
@@ -195,7 +307,8 @@ def train_model(
         distributed: bool = True,
         snapshot: Optional[Callable[[int], None]] = None,
 ) -> RunResult:
-    """Train ``model`` on ``train_set`` with recipe ``cfg`` on ``accelerator.device``.
+    """Train ``model`` on ``train_set`` (images in the model's input space) with recipe ``cfg`` on
+    ``accelerator.device``.
 
     ``distributed=True``: every process of ``accelerator`` calls this together; the model is wrapped in DDP and each
     process takes its slice of every batch (``test_loader`` must come from ``accelerator.prepare``).
@@ -206,133 +319,39 @@ def train_model(
     test resuming). ``snapshot(epochs_done)`` is called by the writing process after each epoch listed in
     ``cfg.snapshot_epochs``.
     """
-    device = accelerator.device
-    distributed = distributed and accelerator.num_processes > 1
-    rank, world = (accelerator.process_index, accelerator.num_processes) if distributed else (0, 1)
-    writer = accelerator.is_main_process or not distributed  # the one process that writes this run's files
     if cfg.kd and teacher is None:
         raise ValueError('the recipe uses knowledge distillation (kd: true) but no teacher was given')
     if cfg.elf and elf_features is None:
         raise ValueError('the recipe uses ELF (elf: true) but no feature targets were given')
-    if cfg.checkpoint_every < 1:
-        raise ValueError(f'checkpoint_every must be at least 1 epoch, got {cfg.checkpoint_every}')
-    images = train_set.images.to(device)
-    labels = train_set.labels.to(device)
-    features = elf_features.to(device) if elf_features is not None else None
-
-    base_lr = resolve_lr(cfg, train_set.learned_lr)
-    keep_schedule = cfg.keep_rate_schedule(model_name)
-    lr_schedule = cfg.lr_schedule_fn()
-    dsa = DSA(cfg.dsa_strategy, k=cfg.dsa_k) if cfg.dsa else None
-
-    task = TrainTask(model, elf=cfg.elf).to(device)
-    optimizer = create_optimizer(task, cfg, base_lr)
-    scaler = None
-    if distributed:
-        task, optimizer = accelerator.prepare(task, optimizer)
-    elif accelerator.mixed_precision == 'fp16':
-        scaler = torch.amp.GradScaler(device.type)
-    if teacher is not None:
-        teacher = teacher.to(device).eval().requires_grad_(False)  # never wrapped in DDP
-    inner = accelerator.unwrap_model(task) if distributed else task
-
-    start_epoch, history, best = 0, [], (-1.0, -1)
-    metrics_path = out_dir / METRICS_FILE if out_dir is not None else None
-    ckpt_path = out_dir / CHECKPOINT_FILE if out_dir is not None else None
-    if out_dir is not None and writer:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    if resume and ckpt_path is not None:
-        state = _load_checkpoint(ckpt_path, inner, optimizer, device)
-        if state is not None:
-            start_epoch, history = state['epoch'], state['history']
-            best = tuple(state['best'])
-            _logger.info('resumed %s from epoch %d', desc or model_name, start_epoch)
-        if metrics_path is not None and writer:
-            _truncate_metrics(metrics_path, start_epoch)
-    elif metrics_path is not None and writer and metrics_path.exists():
-        metrics_path.unlink()
-
-    n = len(train_set)
-    iters_per_epoch = math.ceil(n / cfg.batch_size)
-    drop_gen = torch.Generator(device=device)
-    set_drop_generator(inner.model, drop_gen)
-    eval_epochs = _eval_epochs(cfg)
+    name = desc or model_name
+    run = _Run(model, train_set, cfg, accelerator, model_name, teacher, elf_features, distributed, name)
+    progress = _restore(run, out_dir, resume)
     last_epoch = cfg.epochs - 1 if stop_after_epoch is None else min(stop_after_epoch, cfg.epochs - 1)
-    train_time, images_seen = 0.0, 0
-    pbar = tqdm(range(start_epoch, last_epoch + 1), desc=desc or model_name, leave=False,
-                disable=not (accelerator.is_local_main_process or not distributed))
-    task.train()
-    for epoch in pbar:
-        t0 = time.perf_counter()
-        keep_rate = keep_schedule(epoch)
-        set_keep_rate(inner.model, keep_rate)
-        drop_gen.manual_seed(derive_seed(cfg.seed, epoch, rank, 1))
-        aug_gen = generator_for(cfg.seed, epoch, rank, 2)
-        perm = torch.randperm(n, generator=generator_for(cfg.seed, epoch, 0)).to(device)
-        epoch_loss = torch.zeros((), device=device)
-        if cfg.reset_momentum_at_decay and epoch in lr_schedule.milestones:
-            getattr(optimizer, 'optimizer', optimizer).state.clear()  # MTT re-creates its optimizer here
-        for it in range(iters_per_epoch):
-            lr = base_lr * lr_schedule.factor(epoch, it, iters_per_epoch)
-            for group in optimizer.param_groups:
-                group['lr'] = lr
-            idx = perm[it * cfg.batch_size:(it + 1) * cfg.batch_size][rank::world]
-            x, y = images[idx], labels[idx]
-            xa = dsa(x, generator=aug_gen) if dsa is not None else x
-            t = features[idx] if features is not None else None
-            with accelerator.autocast():
-                out = task(xa, t)
-                loss = _loss(out, y, cfg, teacher, xa, t)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f'{desc or model_name}: loss became {loss.item()} at epoch {epoch}')
-            optimizer.zero_grad(set_to_none=True)
-            if distributed:
-                accelerator.backward(loss)
-                optimizer.step()
-            elif scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            epoch_loss += loss.detach()
-            images_seen += x.shape[0]
-        train_time += time.perf_counter() - t0
-        record = {'epoch': epoch, 'keep_rate': keep_rate, 'lr': lr, 'loss': epoch_loss.item() / iters_per_epoch}
-        postfix = {'loss': f"{record['loss']:.3f}", 'p': f'{keep_rate:.2f}'}
-        if epoch in eval_epochs or epoch == cfg.epochs - 1:
-            result = evaluate(_LogitsOnly(task), test_loader, accelerator, distributed)
-            record.update(test_acc=result['acc'], test_count=result['count'])
-            if result['acc'] > best[0]:
-                best = (result['acc'], epoch)
-            history.append(record)
-        if history:
-            postfix['acc'] = f"{history[-1]['test_acc']:.3f}"
-        pbar.set_postfix(postfix, refresh=False)
-        if metrics_path is not None and writer:
-            with open(metrics_path, 'a') as f:
-                f.write(json.dumps(record) + '\n')
-        log_metrics(accelerator, {f'{desc or model_name}/{k}': v for k, v in record.items() if k != 'epoch'}, epoch)
-        done = epoch + 1
-        if snapshot is not None and writer and done in cfg.snapshot_epochs:
-            snapshot(done)
-        if ckpt_path is not None and (done % cfg.checkpoint_every == 0 or epoch == last_epoch):
-            if writer:
-                _save_checkpoint(ckpt_path, inner, optimizer, {'epoch': done, 'history': history, 'best': list(best)})
-            if distributed:
-                accelerator.wait_for_everyone()  # nobody reads or rewrites the file while it is written
-    pbar.close()
+    ckpt_path = out_dir / CHECKPOINT_FILE if out_dir is not None else None
+    hooks = [_EvaluationHook(run, test_loader, progress), _MetricsHook(run, out_dir / METRICS_FILE if out_dir else None),
+             _CheckpointHook(run, ckpt_path, progress, last_epoch, snapshot)]
 
+    def postfix(record: Dict[str, Any]) -> Dict[str, str]:
+        out = {'loss': f"{record['loss']:.3f}", 'p': f"{record['keep_rate']:.2f}", 'lr': f"{record['lr']:.3g}"}
+        if progress.history:
+            out['acc'] = f"{progress.history[-1]['test_acc']:.3f}"
+        return out
+
+    fit(range(progress.epoch, last_epoch + 1), run.train_epoch, hooks, name,
+        accelerator.is_local_main_process or not run.distributed, postfix)
+    return _result(run, progress, test_loader, last_epoch)
+
+
+def _result(run: _Run, progress: _Progress, test_loader: DataLoader, last_epoch: int) -> RunResult:
+    history = progress.history
     if history and history[-1]['epoch'] == last_epoch:
         final = {'acc': history[-1]['test_acc'], 'count': history[-1]['test_count']}
     else:
-        final = evaluate(_LogitsOnly(task), test_loader, accelerator, distributed)
-    images_seen_total = images_seen * world
+        final = run.evaluate(test_loader)
     return RunResult(
-        final_acc=final['acc'], best_acc=max(best[0], final['acc']), best_epoch=best[1], history=history,
-        num_test_evaluated=final['count'], train_seconds=train_time,
-        images_per_second=images_seen_total / train_time if train_time > 0 else float('nan'))
+        final_acc=final['acc'], best_acc=max(progress.best[0], final['acc']), best_epoch=progress.best[1],
+        history=history, num_test_evaluated=final['count'], train_seconds=run.train_seconds,
+        images_per_second=run.images_seen / run.train_seconds if run.train_seconds > 0 else float('nan'))
 
 
 class _LogitsOnly(nn.Module):
@@ -344,7 +363,7 @@ class _LogitsOnly(nn.Module):
         return self.task(x)['logits']
 
 
-def _eval_epochs(cfg: TrainConfig) -> set:
+def eval_epochs(cfg: TrainConfig) -> set:
     if cfg.eval_every <= 0:
         return {cfg.epochs - 1}
     # as in the DP+KD code: after the first epoch, every `eval_every` epochs, and the last

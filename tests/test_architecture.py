@@ -1,0 +1,145 @@
+"""The package's shape, checked: imports go down the layers of ARCHITECTURE.md, and only ``timm_dd/io.py`` writes
+files (everything else goes through its helpers)."""
+import ast
+import re
+from pathlib import Path
+from typing import Dict, Iterator, List, Tuple
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / 'timm_dd'
+
+
+def _floors() -> Dict[str, int]:
+    """``{top-level module or package: floor}`` from ARCHITECTURE.md's layer table."""
+    floors = {}
+    for line in (ROOT / 'ARCHITECTURE.md').read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip('|').split('|')]
+        if len(cells) < 3 or not cells[0].isdigit():
+            continue
+        for name in re.findall(r'`([^`]+)`', cells[1]):
+            floors[name.rstrip('/').removesuffix('.py')] = int(cells[0])
+    return floors
+
+
+def _modules() -> Iterator[Tuple[Path, str]]:
+    for path in sorted(PACKAGE.rglob('*.py')):
+        rel = path.relative_to(ROOT).with_suffix('')
+        yield path, '.'.join(rel.parts)
+
+
+def _imports(path: Path, module: str) -> Iterator[Tuple[int, str]]:
+    """``(line, imported timm_dd module)`` for every import in ``path``, function-level ones included."""
+    package = module if path.name == '__init__.py' else module.rsplit('.', 1)[0]
+    package = package.removesuffix('.__init__')
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split('.')[:len(package.split('.')) - node.level + 1]
+                target = '.'.join(base + ([node.module] if node.module else []))
+                names = [target] if node.module else [f'{target}.{a.name}' for a in node.names]
+            else:
+                names = [node.module or '']
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        for name in names:
+            if name == 'timm_dd' or name.startswith('timm_dd.'):
+                yield node.lineno, name
+
+
+def _top(module: str) -> str:
+    parts = module.split('.')
+    return parts[1] if len(parts) > 1 else ''
+
+
+def test_every_module_has_a_floor():
+    floors = _floors()
+    assert floors, 'ARCHITECTURE.md has no layer table'
+    tops = {_top(m) for _, m in _modules()} - {'__init__', 'version'}
+    missing = sorted(tops - set(floors))
+    assert not missing, f'ARCHITECTURE.md does not place {missing} on a floor'
+
+
+def test_imports_go_down_the_layers():
+    floors, bad = _floors(), []
+    for path, module in _modules():
+        own = _top(module)
+        if own in ('__init__', 'version'):  # the package facade imports what it re-exports
+            continue
+        for line, target in _imports(path, module):
+            other = _top(target)
+            if other in ('', 'version') or other == own:
+                continue
+            if floors.get(other, 99) > floors[own]:
+                bad.append(f'{path.relative_to(ROOT)}:{line} ({own}, floor {floors[own]}) imports {target} '
+                           f'(floor {floors.get(other)})')
+    assert not bad, 'imports from a higher layer:\n' + '\n'.join(bad)
+
+
+_WRITE_MODES = re.compile(r'[wax+]')
+_SAVERS = {'save_file', 'savefig', 'write_text', 'write_bytes', 'to_parquet', 'dump'}
+_MODULE_SAVERS = {'torch', 'np', 'numpy'}  # torch.save / np.save (a set's own .save goes through the helpers)
+
+
+def _writes(tree: ast.AST) -> List[Tuple[int, str]]:
+    """Calls that write a file, except into a file object or path handed out by the io helpers
+    (``with atomic_write(...) as f`` / ``atomic_write_with(path, lambda tmp: ...)`` / ``with atomic_folder(...) as d``)."""
+    safe_names, out = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.With):
+            for item in node.items:
+                call = item.context_expr
+                if isinstance(call, ast.Call) and getattr(call.func, 'id', getattr(call.func, 'attr', '')) in (
+                        'atomic_write', 'atomic_folder') and isinstance(item.optional_vars, ast.Name):
+                    safe_names.add(item.optional_vars.id)
+        if isinstance(node, ast.Call) and getattr(node.func, 'id', '') == 'atomic_write_with':
+            for arg in node.args[1:]:
+                if isinstance(arg, ast.Lambda):
+                    safe_names.update(a.arg for a in arg.args.args)
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        name = getattr(node.func, 'id', getattr(node.func, 'attr', ''))
+        args = list(node.args) + [k.value for k in node.keywords]
+        uses_safe = any(isinstance(a, ast.Name) and a.id in safe_names for a in ast.walk(node) if a is not node)
+        if name == 'open':
+            mode = node.args[1] if len(node.args) > 1 else next((k.value for k in node.keywords if k.arg == 'mode'),
+                                                                None)
+            if isinstance(mode, ast.Constant) and _WRITE_MODES.search(str(mode.value)) and not uses_safe:
+                out.append((node.lineno, 'open(..., write mode)'))
+        elif (name in _SAVERS or name == 'save' and getattr(node.func, 'value', None) is not None
+              and getattr(node.func.value, 'id', '') in _MODULE_SAVERS) and not uses_safe and args:
+            if name == 'dump' and len(node.args) < 2:
+                continue
+            out.append((node.lineno, f'{name}(...)'))
+    return out
+
+
+def test_only_the_io_helpers_write_files():
+    bad = []
+    for path, module in _modules():
+        if path == PACKAGE / 'io.py':
+            continue
+        for line, what in _writes(ast.parse(path.read_text())):
+            bad.append(f'{path.relative_to(ROOT)}:{line}: {what}')
+    assert not bad, 'files written outside timm_dd/io.py helpers:\n' + '\n'.join(bad)
+
+
+def test_the_writer_check_catches_a_plain_write():
+    tree = ast.parse("with open(p, 'w') as f:\n    f.write('x')\nPath(p).write_text('x')\ntorch.save(x, p)\n")
+    assert sorted(w for _, w in _writes(tree)) == ['open(..., write mode)', 'save(...)', 'write_text(...)']
+    ok = ast.parse("with atomic_write(p) as f:\n    torch.save(x, f)\natomic_write_with(p, lambda tmp: save_file(t, tmp))\n")
+    assert _writes(ok) == []
+
+
+@pytest.mark.parametrize('source, expected', [
+    ('from ..train import trainer', 'timm_dd.train'),
+    ('from ..hub import load_teacher', 'timm_dd.hub'),
+])
+def test_the_layer_check_resolves_relative_imports(tmp_path, source, expected):
+    path = tmp_path / 'mod.py'
+    path.write_text(source)
+    assert [t for _, t in _imports(path, 'timm_dd.data.mod')][0].startswith(expected)

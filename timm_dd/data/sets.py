@@ -1,0 +1,189 @@
+"""The one in-memory container for labelled images, and the train/test pair a run works on.
+
+:class:`ImageSet` holds a whole set as tensors (distillation and training on tiny sets touch every image many
+times, so a per-item ``Dataset`` would only add overhead): images in a stated :class:`ImageSpace`, hard labels
+``[N]`` or soft labels ``[N, K]`` (probabilities), class names and, for a distilled set, its learned step size. A
+loaded dataset is an ``ImageSet`` of [0, 1] pixels with its normalization statistics; the trainer, the experiment
+runner and distillation all take ``ImageSet`` s; :class:`~timm_dd.distilled.DistilledSet` adds provenance and a
+file format and converts with ``to_image_set``.
+
+Sizes: ``image_size`` is ``(height, width)`` everywhere in the package; ``image_shape`` is ``(C, H, W)``.
+"""
+from dataclasses import dataclass, field, replace
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from .space import ImageSpace
+
+__all__ = ['ImageSet', 'DataSplits']
+
+
+@dataclass
+class ImageSet:
+    """A whole labelled image set in memory.
+
+    Attributes:
+        images: float ``[N, C, H, W]`` in ``space`` ([0, 1] pixels for a loaded dataset).
+        labels: int64 ``[N]`` in ``[0, num_classes)``, or soft labels ``[N, K]``: probabilities, rows summing to 1.
+        class_names: name of each class, indexed by label (may be empty when unknown).
+        mean: per-channel normalization mean of the source data (``None`` when unknown).
+        std: per-channel normalization std of the source data.
+        name: short name of the source (``'cifar10'``, ``'digits'``, a folder or archive name).
+        split: the split (``'train'``, ``'test'``, ...).
+        space: the space ``images`` are in (default: pixels).
+        learned_lr: a distilled set's learned step size (MTT/ATT), the default training lr.
+        num_classes: inferred from ``class_names``, the soft-label width or the largest label when not given.
+    """
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: List[str] = field(default_factory=list)
+    mean: Optional[Tuple[float, ...]] = None
+    std: Optional[Tuple[float, ...]] = None
+    name: str = ''
+    split: str = ''
+    space: ImageSpace = field(default_factory=ImageSpace)
+    learned_lr: Optional[float] = None
+    num_classes: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        self._check_images()
+        self.class_names = list(self.class_names)
+        if self.num_classes is None:
+            self.num_classes = self._infer_num_classes()
+        self._check_labels()
+        if self.mean is not None or self.std is not None:
+            stats = ImageSpace(self.mean, self.std)  # validates them
+            self.mean, self.std = stats.mean, stats.std
+            if len(self.mean) != self.images.shape[1]:
+                raise ValueError(f'mean/std need {self.images.shape[1]} values, got {self.mean} / {self.std}')
+
+    def _check_images(self) -> None:
+        x = self.images
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
+            raise ValueError(f'images must be a float [N, C, H, W] tensor, got {getattr(x, "dtype", type(x))} '
+                             f'{tuple(getattr(x, "shape", ()))}')
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError('images contain NaN or Inf')
+
+    def _infer_num_classes(self) -> int:
+        if self.class_names:
+            return len(self.class_names)
+        if self.labels.ndim == 2:
+            return self.labels.shape[1]
+        return int(self.labels.max()) + 1 if self.labels.numel() else 0
+
+    def _check_labels(self) -> None:
+        y, n = self.labels, self.images.shape[0]
+        if y.ndim == 2:
+            if y.shape != (n, self.num_classes) or not y.is_floating_point():
+                raise ValueError(f'soft labels must be float [{n}, {self.num_classes}], got {y.dtype} {tuple(y.shape)}')
+            sums = y.float().sum(1)
+            if bool((y < 0).any()) or not torch.allclose(sums, torch.ones_like(sums), atol=1e-3):
+                raise ValueError('soft labels must be probabilities (rows summing to 1); for logits use '
+                                 'softmax(y / t) first (DistilledSet.to_image_set does it with its temperature)')
+            return
+        if y.shape != (n,) or y.dtype != torch.int64:
+            raise ValueError(f'labels must be int64 [{n}] (or soft labels [{n}, K]), got {y.dtype} {tuple(y.shape)}')
+        if n and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+            raise ValueError(f'labels must lie in [0, {self.num_classes}), got [{int(y.min())}, {int(y.max())}]')
+
+    @property
+    def image_size(self) -> Tuple[int, int]:
+        """``(height, width)``."""
+        return tuple(self.images.shape[-2:])
+
+    @property
+    def image_shape(self) -> Tuple[int, int, int]:
+        """``(channels, height, width)``."""
+        return tuple(self.images.shape[1:])
+
+    @property
+    def in_chans(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def soft(self) -> bool:
+        return self.labels.ndim == 2
+
+    @property
+    def normalization(self) -> ImageSpace:
+        """The source data's normalization as a space (``ValueError`` when the statistics are unknown)."""
+        if self.mean is None:
+            raise ValueError(f'{self!r} has no normalization statistics (mean/std)')
+        return ImageSpace(self.mean, self.std)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def normalized(self) -> torch.Tensor:
+        """The images mapped from pixels into :attr:`normalization` (a new tensor)."""
+        return self.normalization.to_model(self.space.to_pixels(self.images) if self.space.name != 'pixel'
+                                           else self.images)
+
+    def in_space(self, space: ImageSpace) -> 'ImageSet':
+        """The same set with its images mapped into ``space`` (through pixels)."""
+        if space is self.space:
+            return self
+        pixels = self.images if self.space.name == 'pixel' else self.space.to_pixels(self.images)
+        return replace(self, images=space.to_model(pixels), space=space)
+
+    def subset(self, indices: Union[torch.Tensor, Sequence[int]]) -> 'ImageSet':
+        """A new set holding the images at ``indices`` (in that order), with the same metadata."""
+        idx = torch.as_tensor(indices, dtype=torch.long, device=self.images.device)
+        return replace(self, images=self.images[idx], labels=self.labels[idx.to(self.labels.device)])
+
+    def to(self, device: Union[str, torch.device]) -> 'ImageSet':
+        """A copy with images and labels on ``device``."""
+        return replace(self, images=self.images.to(device), labels=self.labels.to(device))
+
+    def __repr__(self) -> str:
+        return (f'ImageSet(name={self.name!r}, split={self.split!r}, images={tuple(self.images.shape)}, '
+                f'num_classes={self.num_classes}, space={self.space.name!r})')
+
+
+@dataclass
+class DataSplits:
+    """The training and test sets of a run, both in the space the networks see.
+
+    Attributes:
+        train: what the networks are trained on (a distilled set, real images per class, a whole split).
+        test: the test split in the same space and size.
+        name: the source dataset (``'cifar10'``, a folder).
+        description: one line for tables and logs.
+        source: JSON-serialisable provenance (recorded with results and saved models).
+    """
+    train: ImageSet
+    test: ImageSet
+    name: str = ''
+    description: str = ''
+    source: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def class_names(self) -> List[str]:
+        return self.train.class_names or self.test.class_names
+
+    @property
+    def num_classes(self) -> int:
+        return self.train.num_classes
+
+    @property
+    def in_chans(self) -> int:
+        return self.train.in_chans
+
+    @property
+    def img_size(self) -> int:
+        """The (square) side length, as timm's ``img_size``."""
+        return self.train.images.shape[-1]
+
+    @property
+    def space(self) -> ImageSpace:
+        return self.train.space
+
+    @property
+    def checksum(self) -> str:
+        """Identifies the training images (recorded by experts, checked when they are used)."""
+        if getattr(self, '_checksum', None) is None:
+            from ..io import tensor_checksum
+            self._checksum = tensor_checksum(self.train.images)
+        return self._checksum

@@ -1,0 +1,120 @@
+"""The one training loop: epochs of minibatch updates, with hooks after each epoch.
+
+:func:`fit` runs ``train_epoch(epoch) -> record`` for each epoch and hands the record to its hooks in order
+(evaluation, metric files, trackers, snapshots, checkpoints, an expert's trajectory ...); :func:`run_batches` is the
+inner update shared by the trainer and the expert trainer; :func:`evaluate` the one top-1 accuracy. The trainer
+(:mod:`timm_dd.train.trainer`), the expert trainer (:mod:`timm_dd.distill.experts`) and distillation's periodic
+evaluation (through the trainer) all run on it.
+"""
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+__all__ = ['Hook', 'fit', 'run_batches', 'evaluate', 'evaluate_tensors']
+
+Record = Dict[str, Any]
+
+
+class Hook:
+    """Something done after an epoch; ``record`` is the epoch's metrics, which a hook may extend (test accuracy)."""
+
+    def after_epoch(self, epoch: int, record: Record) -> None:
+        raise NotImplementedError
+
+
+class CallbackHook(Hook):
+    """A hook from a function ``fn(epoch, record)``."""
+
+    def __init__(self, fn: Callable[[int, Record], None]):
+        self.fn = fn
+
+    def after_epoch(self, epoch: int, record: Record) -> None:
+        self.fn(epoch, record)
+
+
+def fit(
+        epochs: Iterable[int],
+        train_epoch: Callable[[int], Record],
+        hooks: Sequence[Hook] = (),
+        desc: str = '',
+        progress: bool = False,
+        postfix: Optional[Callable[[Record], Dict[str, str]]] = None,
+) -> None:
+    """Run ``train_epoch`` for each of ``epochs`` and then every hook, with a progress bar (``progress``) whose
+    postfix shows ``postfix(record)``."""
+    pbar = tqdm(epochs, desc=desc, leave=False, disable=not progress)
+    for epoch in pbar:
+        record = train_epoch(epoch)
+        for hook in hooks:
+            hook.after_epoch(epoch, record)
+        if postfix is not None:
+            pbar.set_postfix(postfix(record), refresh=False)
+    pbar.close()
+
+
+def run_batches(
+        batches: Iterable[torch.Tensor],
+        loss_of: Callable[[torch.Tensor], torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        backward: Optional[Callable[[torch.Tensor], None]] = None,
+        step: Optional[Callable[[], None]] = None,
+        before_batch: Optional[Callable[[int], None]] = None,
+) -> List[torch.Tensor]:
+    """One epoch of updates: for each index batch, ``loss_of(idx)``, zero the gradients, backward, step.
+
+    ``backward``/``step`` replace ``loss.backward()``/``optimizer.step()`` (DDP through Accelerate, a grad
+    scaler); ``before_batch(i)`` runs first (per-iteration learning rates). Returns the detached losses, left on
+    their device so that the loop never waits for it.
+    """
+    losses = []
+    for i, idx in enumerate(batches):
+        if before_batch is not None:
+            before_batch(i)
+        loss = loss_of(idx)
+        optimizer.zero_grad(set_to_none=True)
+        (backward or torch.Tensor.backward)(loss)
+        (step or optimizer.step)()
+        losses.append(loss.detach())
+    return losses
+
+
+@torch.no_grad()
+def evaluate(
+        model: nn.Module,
+        loader: Iterable,
+        device: torch.device,
+        accelerator: Optional[Any] = None,
+        distributed: bool = False,
+) -> Dict[str, float]:
+    """Top-1 accuracy of ``model`` (in eval mode) over ``loader``'s ``(x, y)`` batches on ``device``.
+
+    With an ``accelerator`` the forward runs under its autocast; ``distributed=True``: ``loader`` comes from
+    ``accelerator.prepare`` (each process sees a shard) and every sample is counted exactly once across processes.
+    """
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), device=device)
+    total = torch.zeros((), device=device)
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if accelerator is not None:
+            with accelerator.autocast():
+                logits = model(x)
+        else:
+            logits = model(x)
+        preds, refs = logits.argmax(1), y
+        if distributed:
+            preds, refs = accelerator.gather_for_metrics((preds, refs))
+        correct += (preds == refs).sum()
+        total += refs.numel()
+    model.train(was_training)
+    return {'acc': (correct / total.clamp(min=1)).item(), 'count': int(total.item())}
+
+
+def evaluate_tensors(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
+                     batch_size: int = 500) -> float:
+    """Top-1 accuracy on in-memory tensors (:func:`evaluate` over their batches)."""
+    batches = zip(images.split(batch_size), labels.split(batch_size))
+    return evaluate(model, batches, device)['acc']
