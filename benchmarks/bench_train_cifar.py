@@ -41,7 +41,7 @@ def main() -> int:
 
     import timm_dd  # noqa: F401
     from timm_dd.train.config import load_config
-    from timm_dd.train.experiment import format_table, prepare_data, run_experiment
+    from timm_dd.train import format_table, prepare_data, run_experiment
 
     accelerator = Accelerator(cpu=True)
     bundle = prepare_data(dataset=str(args.data), real_ipc=args.real_ipc, seed=0)

@@ -79,7 +79,7 @@ def _overrides(recipe: str, epochs: Optional[int]) -> Dict[str, Any]:
 
 def run_table(args: argparse.Namespace, accelerator) -> Dict[str, Any]:
     from timm_dd.train.config import load_config
-    from timm_dd.train.experiment import prepare_data, run_experiment
+    from timm_dd.train import prepare_data, run_experiment
     bundle = prepare_data(args.data, dataset=args.dataset, layout=args.layout, image_space=args.image_space,
                           soft_label_temperature=args.soft_label_temperature)
     rows = []

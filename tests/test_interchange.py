@@ -122,7 +122,7 @@ def test_train_reads_other_layouts_and_applies_the_soft_label_temperature(tmp_pa
     assert '--soft-label-temperature' in capsys.readouterr().err
     assert train_cli.main(['--data', str(frepo), '--soft-label-temperature', '0.3', '--output',
                            str(tmp_path / 'c'), *common]) == 0  # detected layout (mtt), temperature given
-    from timm_dd.train.experiment import prepare_data
+    from timm_dd.train import prepare_data
     bundle = prepare_data(str(frepo), dataset='digits', layout='frepo', image_space='normalized')
     assert torch.allclose(bundle.train.labels, torch.softmax(logits / 0.3, dim=1))  # the layout's 0.3, once
 
@@ -136,7 +136,7 @@ def test_probabilities_that_do_not_sum_to_one_are_an_error():
 def test_elf_feature_model_must_live_in_the_sets_space(tmp_path, digits):
     from accelerate import Accelerator
     from timm_dd.train.config import load_config
-    from timm_dd.train.experiment import prepare_data, run_experiment
+    from timm_dd.train import prepare_data, run_experiment
     accelerator = Accelerator(cpu=True)
     train, idx = digits
     # the feature model: trained on real data in normalized space, snapshot after epoch 1 (ELF: 100)
@@ -162,7 +162,7 @@ def test_elf_feature_model_must_live_in_the_sets_space(tmp_path, digits):
 
 
 def test_real_data_in_zca_space_records_it():
-    from timm_dd.train.experiment import prepare_data
+    from timm_dd.train import prepare_data
     bundle = prepare_data(dataset='digits', real_ipc=1, image_size=16, image_space='zca')
     assert bundle.source['image_space'] == 'zca' and bundle.source['zca_eps'] == 0.1
     zca = ZCA.fit(load_dataset('digits', 'train', image_size=16).images, eps=0.1)

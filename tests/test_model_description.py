@@ -35,7 +35,7 @@ def test_teacher_trained_on_one_channel_16px_data_publishes_its_input(tmp_path):
     from accelerate import Accelerator
     from timm_dd.train.config import load_config
     accelerator = Accelerator(cpu=True)
-    from timm_dd.train.experiment import prepare_data, run_experiment
+    from timm_dd.train import prepare_data, run_experiment
     bundle = prepare_data(dataset='digits', real_ipc=1, image_size=16)
     cfg = load_config('dpkd', dict(epochs=1, final_epochs=1, period=1, teacher_epochs=1, eval_every=0))
     run_experiment(cfg, ['convnet3'], [0], bundle, tmp_path / 'o', accelerator, model_kwargs=dict(width=4))

@@ -15,7 +15,7 @@ import timm_dd
 from timm_dd.data import load_dataset, select_ipc
 from timm_dd.distilled import DistilledSet
 from timm_dd.train.config import load_config
-from timm_dd.train.experiment import create_student, prepare_data, run_experiment
+from timm_dd.train import create_student, prepare_data, run_experiment
 from timm_dd.data import ImageSet
 from timm_dd.train.trainer import train_model
 

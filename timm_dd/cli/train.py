@@ -123,7 +123,7 @@ def resolve_config(argv: List[str]):
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = apply_deprecations(sys.argv[1:] if argv is None else list(argv))
-    from .. import models  # noqa: F401  (registers the models with timm)
+    from .. import models as _registered  # noqa: F401  (registers the models with timm)
     from ..hub import HubError
     from ..io import FolderInUseError, FolderLock
     from ..launch import exit_with_launcher
@@ -165,7 +165,7 @@ def _run(args: argparse.Namespace, cfg: Any, models: List[str], seeds: List[int]
     import yaml
 
     from ..io import atomic_write
-    from ..train.experiment import format_table, prepare_data, run_experiment
+    from ..train import format_table, prepare_data, run_experiment
     if accelerator.is_main_process:
         record = {k: v for k, v in vars(args).items() if k not in ('config',)}
         with atomic_write(out_dir / 'args.yaml', 'w') as f:  # `-c args.yaml` repeats this run

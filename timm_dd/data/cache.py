@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from ..io import atomic_write_with, file_sha256
+from ..io import atomic_write_with
 
 __all__ = ['CACHE_VERSION', 'default_cache_dir', 'tree_fingerprint', 'cache_key', 'load_cached',
            'save_cached']

@@ -23,7 +23,7 @@ import os
 import time
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Tuple, Union
 
 import numpy as np
 import torch

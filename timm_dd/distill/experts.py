@@ -58,7 +58,7 @@ def _epoch_key(epoch: int) -> str:
 def create_arch(arch: str, model_kwargs: Dict[str, Any]) -> nn.Module:
     """``timm.create_model(arch, **model_kwargs)`` with timm_dd's models registered."""
     import timm
-    from .. import models  # noqa: F401  registers the models with timm
+    from .. import models as _registered  # noqa: F401  registers the models with timm
     return timm.create_model(arch, **model_kwargs)
 
 

@@ -4,3 +4,8 @@ from .distilled_set import DistilledSet, load_distilled_folder
 from .format import CARD_FILE, CONFIG_FILE, DISTILLED_FILE, FORMAT_NAME, FORMAT_VERSION, ZCA_FILE, DistilledSetError
 from .grid import make_class_grid, save_grid
 from .validation import IMAGE_SPACES, SOFT_LABEL_KINDS
+
+__all__ = [
+    'DistilledSet', 'DistilledSetError', 'load_distilled_folder', 'make_class_grid', 'save_grid', 'CARD_FILE',
+    'CONFIG_FILE', 'DISTILLED_FILE', 'FORMAT_NAME', 'FORMAT_VERSION', 'ZCA_FILE', 'IMAGE_SPACES', 'SOFT_LABEL_KINDS',
+]

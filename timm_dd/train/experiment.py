@@ -1,152 +1,32 @@
-"""Cross-architecture experiments: data preparation, teachers, several networks x seeds, one results table.
+"""Cross-architecture experiments: several networks x seeds (and their teachers) on one :class:`DataSplits`, spread
+over the processes, merged into one results table.
 
-``train.py`` is a thin command line over :func:`prepare_data` and :func:`run_experiment`.
+``train.py`` is a thin command line over :func:`~timm_dd.train.prepare.prepare_data` and :func:`run_experiment`.
 """
 import json
 import logging
 import math
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import timm
-import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ..data import DataSplits, ImageSpace, load_dataset, select_ipc
-from ..data.zca import ZCA
-from ..distilled import DistilledSet
+from ..data import DataSplits
 from ..io import atomic_write, atomic_write_json
-from ..layers import keep_rate_units
-from ..models import is_timm_dd_model
 from ..seeding import seeded
-from .config import TrainConfig, load_config
-from .elf import elf_split
-from .loop import evaluate
-from .trainer import RunResult, train_model
+from .config import TrainConfig
+from .networks import create_student, elf_targets, load_done, result_record, save_done, save_model, \
+    train_or_load_teacher
+from .trainer import train_model
 
-__all__ = ['prepare_data', 'create_student', 'run_experiment', 'ExperimentResult', 'format_table']
+__all__ = ['run_experiment', 'ExperimentResult', 'check_resume', 'format_table', 'summarize']
 
 _logger = logging.getLogger(__name__)
-
-
-def prepare_data(
-        data: Optional[str] = None,
-        real_ipc: Optional[int] = None,
-        dataset: Optional[str] = None,
-        data_root: Optional[str] = None,
-        seed: int = 0,
-        cache_dir: Optional[str] = None,
-        image_size: Optional[int] = None,
-        soft_label_temperature: Optional[float] = None,
-        layout: Optional[str] = None,
-        image_space: Optional[str] = None,
-        zca_eps: float = 0.1,
-) -> DataSplits:
-    """Load a distilled set (folder or Hub id) or draw ``real_ipc`` real images per class from ``dataset``
-    (``real_ipc=-1``: all of them).
-
-    The test set is ``dataset`` (or the distilled set's ``source_dataset``), mapped into the training set's
-    image space and size. Class names of the two must agree. ``image_size`` resizes a real dataset.
-
-    A set made by another tool (a folder of ``images_best.pt`` / ``images.pt`` ... files, see
-    :func:`timm_dd.import_distilled`) is imported on the fly: ``layout`` (detected from the files when not given),
-    ``image_space`` and ``dataset`` state what the files cannot. Soft labels become probabilities here, once:
-    logits through ``softmax(y / t)`` with ``soft_label_temperature`` (or the set's own temperature; neither is an
-    error), probabilities as they are (checked to sum to 1). Real data is used in ``image_space`` 'normalized'
-    (default) or 'zca' (ZCA of [0, 1] pixels with ``zca_eps``, fitted on the train split: the space of MTT's --zca
-    sets, e.g. for an ELF feature model that must live in the set's space).
-    """
-    if (data is None) == (real_ipc is None):
-        raise ValueError('give either a distilled set (data) or real_ipc, not both and not neither')
-    if data is not None:
-        dset = _load_set(data, layout, dataset, image_space, soft_label_temperature)
-        source = dataset or dset.source_dataset
-        test = load_dataset(source, 'test', root=data_root, cache_dir=cache_dir, image_size=dset.image_size)
-        _check_classes(dset.class_names, test.class_names, dset.num_classes, test.num_classes, data, source)
-        train = dset.to_image_set(soft_label_temperature)
-        return DataSplits(train, test.in_space(dset.space), source,
-                          f'{dset.method} {dset.source_dataset} ipc {dset.ipc} ({data})',
-                          dict(kind='distilled', path=str(data), method=dset.method, ipc=dset.ipc,
-                               image_space=dset.image_space, source_dataset=dset.source_dataset,
-                               **_normalization(dset.normalization)))
-    if dataset is None:
-        raise ValueError('real_ipc needs a dataset (e.g. digits, cifar10, or a folder/zip)')
-    train_full = load_dataset(dataset, 'train', root=data_root, cache_dir=cache_dir, image_size=image_size)
-    test = load_dataset(dataset, 'test', root=data_root, cache_dir=cache_dir, image_size=image_size)
-    _check_classes(train_full.class_names, test.class_names, train_full.num_classes, test.num_classes, dataset, dataset)
-    if real_ipc < 0:  # the whole training set (e.g. for the ELF feature model)
-        sub = train_full
-    else:
-        idx = select_ipc(train_full.labels, real_ipc, generator=torch.Generator().manual_seed(seed),
-                         num_classes=train_full.num_classes)
-        sub = train_full.subset(idx)
-    space = image_space or 'normalized'
-    if space == 'zca':  # MTT's --zca space: ZCA (eps zca_eps) of [0, 1] pixels, fitted on the whole train split
-        model_space = ImageSpace(zca=ZCA.fit(train_full.images, eps=zca_eps))
-    elif space == 'normalized':
-        model_space = train_full.normalization
-    else:
-        raise ValueError(f"real data can be used in 'normalized' or 'zca' space, got image_space={space!r}")
-    return DataSplits(sub.in_space(model_space), test.in_space(model_space), dataset,
-                      f'{real_ipc} real images per class of {dataset} (seed {seed}, {space} space)',
-                      dict(kind='real', dataset=dataset, ipc=real_ipc, seed=seed, image_space=space,
-                           mean=list(train_full.mean), std=list(train_full.std),
-                           **({'zca_eps': zca_eps} if space == 'zca' else {})))
-
-
-def _load_set(data: str, layout: Optional[str], dataset: Optional[str], image_space: Optional[str],
-              soft_label_temperature: Optional[float]) -> DistilledSet:
-    from ..distilled.interchange import detect_layout
-    from ..hub import import_distilled, load_distilled
-    layout = layout or detect_layout(data)
-    if layout == 'timm_dd':
-        return load_distilled(data)
-    return import_distilled(data, layout, dataset=dataset, image_space=image_space,
-                            soft_label_temperature=soft_label_temperature)
-
-
-def _normalization(norm: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    return {'mean': list(norm['mean']), 'std': list(norm['std'])} if norm else {}
-
-
-def _check_classes(train_names, test_names, train_k: int, test_k: int, train_src: str, test_src: str) -> None:
-    if train_k != test_k:
-        raise ValueError(f'the training set ({train_src}) has {train_k} classes but the test set ({test_src}) has '
-                         f'{test_k}; evaluate on the dataset the set was distilled from')
-    if train_names and test_names and list(train_names) != list(test_names):
-        raise ValueError(f'the classes of the training set ({train_src}) {list(train_names)} differ from the test '
-                         f'set ({test_src}) classes {list(test_names)}')
-
-
-def create_student(name: str, bundle: DataSplits, cfg: TrainConfig, **model_kwargs: Any) -> nn.Module:
-    """Create a timm_dd or stock timm model for the bundle's classes, channels and image size."""
-    kwargs = dict(num_classes=bundle.num_classes, in_chans=bundle.in_chans, **model_kwargs)
-    if is_timm_dd_model(name):
-        kwargs.setdefault('img_size', bundle.img_size)
-        if cfg.student_norm is not None:
-            kwargs.setdefault('norm', cfg.student_norm)
-    elif cfg.student_norm is not None:
-        _logger.warning('student_norm=%s applies to timm_dd models; %s keeps its own norm', cfg.student_norm, name)
-    elif cfg.drop_path:
-        # stock timm models only hold DropPath modules when built with a rate > 0; the schedule then drives them
-        kwargs.setdefault('drop_path_rate', 0.1)
-    try:
-        model = timm.create_model(name, **kwargs)
-    except ValueError as e:
-        raise ValueError(f'cannot create {name} for {bundle.in_chans}x{bundle.img_size}x{bundle.img_size} images '
-                         f'and {bundle.num_classes} classes: {e}') from e
-    except RuntimeError as e:
-        if 'Unknown model' in str(e):
-            raise ValueError(f'unknown model {name!r}; see timm.list_models() (timm_dd adds *_dd, *_mtt, convnet*)') from e
-        raise
-    if cfg.drop_path and not keep_rate_units(model):
-        _logger.warning('%s has no droppable units; the keep-rate schedule does nothing for it', name)
-    return model
 
 
 @dataclass
@@ -164,122 +44,6 @@ def _test_loader(bundle: DataSplits, cfg: TrainConfig, accelerator: Accelerator,
     loader = DataLoader(ds, batch_size=cfg.test_batch_size, shuffle=False,
                         pin_memory=accelerator.device.type == 'cuda')
     return accelerator.prepare(loader) if distributed else loader
-
-
-def _result_record(model: str, seed: int, result: RunResult) -> Dict[str, Any]:
-    return dict(model=model, seed=seed, final_acc=result.final_acc, best_acc=result.best_acc,
-                best_epoch=result.best_epoch, test_count=result.num_test_evaluated,
-                train_seconds=result.train_seconds, images_per_second=result.images_per_second)
-
-
-def _train_or_load_teacher(cfg: TrainConfig, bundle: DataSplits, seed: int, accelerator: Accelerator,
-                           test_loader: DataLoader, out_dir: Path, resume: bool,
-                           distributed: bool) -> Tuple[nn.Module, Dict[str, Any]]:
-    from ..hub import load_teacher
-    if cfg.teacher:
-        teacher = load_teacher(cfg.teacher)
-        if teacher.num_classes != bundle.num_classes:
-            raise ValueError(f'the teacher {cfg.teacher} has {teacher.num_classes} classes but the training set has '
-                             f'{bundle.num_classes}')
-        _check_teacher_input(teacher, cfg.teacher, bundle)
-        _check_same_space(cfg.teacher, 'teacher', bundle)
-        acc = evaluate(teacher.to(accelerator.device), test_loader, accelerator.device, accelerator, distributed)
-        return teacher, dict(model=cfg.teacher, seed=seed, final_acc=acc['acc'], best_acc=acc['acc'], loaded=True)
-    overrides = {'seed': seed, 'eval_every': 0}
-    if cfg.teacher_epochs is not None:
-        overrides['epochs'] = cfg.teacher_epochs
-    teacher_cfg = load_config(cfg.teacher_recipe, overrides)
-    with seeded(seed):
-        teacher = create_student(cfg.teacher_model, bundle, teacher_cfg.replace(student_norm=cfg.teacher_norm))
-    run_dir = out_dir / 'teachers' / f'seed{seed}'
-    record = _load_done(run_dir)
-    if record is not None and resume:
-        teacher.load_state_dict(_load_weights(run_dir / 'model'))
-        return teacher, record
-    result = train_model(teacher, bundle.train, test_loader, teacher_cfg, accelerator, cfg.teacher_model,
-                         out_dir=run_dir, resume=resume, desc=f'teacher {cfg.teacher_model} seed {seed}',
-                         distributed=distributed)
-    record = _result_record(cfg.teacher_model, seed, result)
-    if accelerator.is_main_process or not distributed:
-        _save_model(teacher, run_dir / 'model', bundle, None)
-        _save_done(run_dir, record)
-    if distributed:
-        accelerator.wait_for_everyone()
-    return teacher, record
-
-
-def _check_teacher_input(teacher: nn.Module, name: str, bundle: DataSplits) -> None:
-    """A loaded teacher must take the training images; say which teacher and which images when it does not."""
-    x = bundle.train.images[:1]
-    try:
-        with torch.no_grad():
-            teacher.eval()(x)
-    except RuntimeError as e:
-        shape = 'x'.join(str(d) for d in x.shape[1:])
-        raise ValueError(f'the teacher {name} cannot take the training images ({shape}, channels x height x width): '
-                         f'{str(e).splitlines()[0]}; use a teacher made for this data') from None
-
-
-def _save_model(model: nn.Module, folder: Path, bundle: DataSplits, model_kwargs: Optional[Dict[str, Any]]) -> None:
-    from ..hub import record_input, save_teacher
-    src = bundle.source
-    record_input(model, src.get('mean'), src.get('std'),
-                 {k: src[k] for k in ('image_space', 'dataset', 'source_dataset', 'zca_eps') if k in src})
-    args = dict(num_classes=bundle.num_classes, in_chans=bundle.in_chans, **(model_kwargs or {}))
-    if is_timm_dd_model(model.pretrained_cfg.get('architecture', '')):
-        args.setdefault('img_size', bundle.img_size)
-    save_teacher(model, folder, class_names=bundle.class_names, model_args=args)
-
-
-def _load_weights(folder: Path) -> Dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-    return load_file(str(folder / 'model.safetensors'))
-
-
-def _load_done(run_dir: Path) -> Optional[Dict[str, Any]]:
-    path = run_dir / 'result.json'
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _save_done(run_dir: Path, record: Dict[str, Any]) -> None:
-    atomic_write_json(run_dir / 'result.json', record, indent=2)
-
-
-def _elf_targets(cfg: TrainConfig, student: nn.Module, bundle: DataSplits, device: torch.device) -> torch.Tensor:
-    from ..hub import load_teacher
-    if not cfg.elf_feature_model:
-        raise ValueError('ELF needs a feature model trained on real data (elf_feature_model); make one with '
-                         '`python train.py --dataset <data> --real-ipc -1 --model convnet3 --model-kwargs width=512 '
-                         '--config baseline --save-model <dir>` and pass --elf-feature-model <dir>')
-    source = cfg.elf_feature_model
-    snapshot = Path(source) / f'model-epoch{cfg.elf_feature_epoch}'
-    if Path(source).is_dir() and not (Path(source) / 'config.json').is_file() and snapshot.is_dir():
-        source = str(snapshot)  # a run folder: the ELF code's feature model is the one after epoch 100
-    _check_same_space(source, 'ELF feature model', bundle)
-    phi = load_teacher(source).to(device).eval()
-    split = elf_split(student)
-    with torch.no_grad():
-        feats = torch.cat([phi.forward_features(chunk.to(device)) for chunk in bundle.train.images.split(256)])
-    if tuple(feats.shape[1:]) != tuple(split.feature_shape):
-        raise ValueError(f'the ELF feature model outputs {tuple(feats.shape[1:])} but the student\'s split expects '
-                         f'{split.feature_shape}; use a ConvNet of width {split.feature_shape[0]}')
-    return feats.cpu()
-
-
-def _check_same_space(source: str, what: str, bundle: DataSplits) -> None:
-    """A model that reads the training images (ELF's feature model, a loaded teacher) must have been trained in their
-    image space: its recorded space (config.json ``image_space``, see ``record_input``) is compared when there is
-    one."""
-    from ..hub import model_image_space
-    recorded = model_image_space(source)
-    if not recorded or 'image_space' not in recorded:
-        return
-    ours = bundle.source.get('image_space')
-    if recorded['image_space'] != ours:
-        data = bundle.source.get('dataset') or bundle.source.get('source_dataset') or '<data>'
-        flag = f' --image-space {ours}' if ours in ('zca', 'normalized') else ''
-        raise ValueError(f'the {what} {source} was trained in {recorded["image_space"]} space, the training set is in '
-                         f'{ours} space: train one in that space (`train.py --dataset {data} --real-ipc -1{flag} ...`)')
 
 
 RUN_CONFIG_FILE = 'run_config.json'
@@ -318,6 +82,107 @@ def check_resume(out_dir: Path, record: Dict[str, Any], resume: bool, force: boo
         _logger.warning('resuming %s with changed settings: %s', out_dir, '; '.join(diffs))
 
 
+class _Experiment:
+    """Where each run of an experiment goes and how it is trained: ``parallel: runs`` gives job ``j`` to process
+    ``j % K`` (trained alone); ``ddp`` has every process take part in every run; ``vmap`` stacks the seeds of a
+    network."""
+
+    def __init__(self, cfg: TrainConfig, bundle: DataSplits, out_dir: Path, accelerator: Accelerator,
+                 model_kwargs: Optional[Dict[str, Any]], resume: bool, save_models: bool):
+        self.cfg, self.bundle, self.out_dir, self.accelerator = cfg, bundle, out_dir, accelerator
+        self.model_kwargs, self.resume, self.save_models = dict(model_kwargs or {}), resume, save_models
+        self.distributed = cfg.parallel == 'ddp' and accelerator.num_processes > 1
+        self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        self.test_loader = _test_loader(bundle, cfg, accelerator, self.distributed)
+
+    @property
+    def writer(self) -> bool:
+        return self.accelerator.is_main_process or not self.distributed
+
+    def owned(self, job: int) -> bool:
+        return self.distributed or job % self.world == self.rank
+
+    def teacher(self, seed: int, resume: bool) -> Tuple[nn.Module, Dict[str, Any]]:
+        return train_or_load_teacher(self.cfg, self.bundle, seed, self.accelerator, self.test_loader, self.out_dir,
+                                     resume, self.distributed)
+
+    def teachers(self, seeds: Sequence[int]) -> Tuple[Dict[int, nn.Module], List[Tuple[int, Dict[str, Any]]]]:
+        """Every seed's teacher (trained by its owner, loaded by the others) and this process's teacher records."""
+        cfg, teachers, records = self.cfg, {}, []
+        teacher_seeds = seeds[:1] if cfg.teacher else seeds  # one loaded teacher serves every seed
+        for job, seed in enumerate(teacher_seeds):
+            if self.owned(job) or cfg.teacher:
+                teachers[seed], record = self.teacher(seed, self.resume)
+                if self.owned(job):
+                    records.append((job, record))
+        if not self.distributed and self.world > 1 and not cfg.teacher:
+            self.accelerator.wait_for_everyone()  # every teacher is on disk: load the ones other processes trained
+            for seed in teacher_seeds:
+                if seed not in teachers:
+                    teachers[seed] = self.teacher(seed, True)[0]
+        if cfg.teacher:
+            teachers = {s: teachers[teacher_seeds[0]] for s in seeds}
+        return teachers, records
+
+    def student(self, name: str, seed: int, teacher: Optional[nn.Module]) -> Dict[str, Any]:
+        """Train (or, on resume, read back) one network with one seed; returns its record."""
+        run_dir = self.out_dir / 'runs' / name / f'seed{seed}'
+        done = load_done(run_dir) if self.resume else None
+        if done is not None:
+            return done
+        bundle, kwargs = self.bundle, self.model_kwargs
+        with seeded(seed):
+            student = create_student(name, bundle, self.cfg, **kwargs)
+        feats = elf_targets(self.cfg, student, bundle, self.accelerator.device) if self.cfg.elf else None
+        snapshot = (lambda epochs, m=student: save_model(m, run_dir / f'model-epoch{epochs}', bundle, kwargs))
+        result = train_model(student, bundle.train, self.test_loader, self.cfg.replace(seed=seed), self.accelerator,
+                             name, teacher=teacher, elf_features=feats, out_dir=run_dir, resume=self.resume,
+                             desc=f'{name} seed {seed}', distributed=self.distributed, snapshot=snapshot)
+        record = dict(result_record(name, seed, result), process=self.rank)
+        if self.writer:
+            if self.save_models:
+                save_model(student, run_dir / 'model', bundle, kwargs)
+            save_done(run_dir, record)
+        return record
+
+    def seeds_batched(self, name: str, seeds: Sequence[int], first_job: int) -> List[Tuple[int, Dict[str, Any]]]:
+        """Every seed of ``name`` at once (``parallel: vmap``); finished runs are kept on ``resume``."""
+        from .batched import train_seeds_batched
+        run_dirs = [self.out_dir / 'runs' / name / f'seed{seed}' for seed in seeds]
+        done = [load_done(d) if self.resume else None for d in run_dirs]
+        if all(d is not None for d in done):
+            return [(first_job + i, d) for i, d in enumerate(done)]
+        students = []
+        for seed in seeds:
+            with seeded(seed):
+                students.append(create_student(name, self.bundle, self.cfg, **self.model_kwargs))
+        results = train_seeds_batched(students, seeds, self.bundle.train, self.test_loader, self.cfg,
+                                      self.accelerator, desc=f'{name} seeds {list(seeds)} (vmap)')
+        records = []
+        for i, (seed, student, result, run_dir) in enumerate(zip(seeds, students, results, run_dirs)):
+            record = dict(result_record(name, seed, result), process=self.rank)
+            if self.save_models:
+                save_model(student, run_dir / 'model', self.bundle, self.model_kwargs)
+            save_done(run_dir, record)
+            records.append((first_job + i, record))
+        return records
+
+    def students(self, models: Sequence[str], seeds: Sequence[int],
+                 teachers: Dict[int, nn.Module]) -> List[Tuple[int, Dict[str, Any]]]:
+        """This process's share of the (network, seed) runs, as ``(job, record)``."""
+        if self.cfg.parallel == 'vmap':
+            return [run for job, name in enumerate(models) if job % self.world == self.rank
+                    for run in self.seeds_batched(name, seeds, first_job=job * len(seeds))]
+        jobs = enumerate((name, seed) for name in models for seed in seeds)
+        return [(job, self.student(name, seed, teachers.get(seed))) for job, (name, seed) in jobs if self.owned(job)]
+
+    def merge(self, jobs: List[Tuple[int, Dict[str, Any]]]) -> List[Dict[str, Any]]:
+        """Every process's records, in job order: the same list on every process as in a one-process run."""
+        if not self.distributed and self.world > 1:
+            jobs = gather_object(jobs)
+        return [record for _, record in sorted(jobs, key=lambda job: job[0])]
+
+
 def run_experiment(
         cfg: TrainConfig,
         models: Sequence[str],
@@ -340,101 +205,16 @@ def run_experiment(
     check_resume(out_dir, run_record, resume, force_resume)
     if accelerator.is_main_process:
         atomic_write_json(out_dir / RUN_CONFIG_FILE, run_record, indent=2)
-    distributed = cfg.parallel == 'ddp' and accelerator.num_processes > 1
-    rank, world = accelerator.process_index, accelerator.num_processes
-
-    def owned(job: int) -> bool:  # 'runs': job j goes to process j % K; 'ddp': every process takes part in every run
-        return distributed or job % world == rank
-
-    test_loader = _test_loader(bundle, cfg, accelerator, distributed)
-    teacher_runs: List[Tuple[int, Dict[str, Any]]] = []
-    teachers: Dict[int, nn.Module] = {}
-    if cfg.kd:
-        teacher_seeds = seeds[:1] if cfg.teacher else seeds  # one loaded teacher serves every seed
-        for job, seed in enumerate(teacher_seeds):
-            if owned(job) or cfg.teacher:
-                teacher, record = _train_or_load_teacher(cfg, bundle, seed, accelerator, test_loader, out_dir, resume,
-                                                         distributed)
-                teachers[seed] = teacher
-                if owned(job):
-                    teacher_runs.append((job, record))
-        if not distributed and world > 1 and not cfg.teacher:
-            accelerator.wait_for_everyone()  # every teacher is on disk: load the ones other processes trained
-            for seed in teacher_seeds:
-                if seed not in teachers:
-                    teachers[seed] = _train_or_load_teacher(cfg, bundle, seed, accelerator, test_loader, out_dir,
-                                                            True, distributed)[0]
-        if cfg.teacher:
-            teachers = {s: teachers[teacher_seeds[0]] for s in seeds}
-    runs: List[Tuple[int, Dict[str, Any]]] = []
-    if cfg.parallel == 'vmap':
-        for job, name in enumerate(models):
-            if job % world == rank:
-                runs += _train_seeds_batched(cfg, name, seeds, bundle, out_dir, accelerator, test_loader, model_kwargs,
-                                             resume, save_models, first_job=job * len(seeds))
-    for job, (name, seed) in enumerate((name, seed) for name in models for seed in seeds):
-        if cfg.parallel == 'vmap':
-            break
-        if not owned(job):
-            continue
-        run_dir = out_dir / 'runs' / name / f'seed{seed}'
-        done = _load_done(run_dir) if resume else None
-        if done is not None:
-            runs.append((job, done))
-            continue
-        with seeded(seed):
-            student = create_student(name, bundle, cfg, **(model_kwargs or {}))
-        feats = _elf_targets(cfg, student, bundle, accelerator.device) if cfg.elf else None
-        snapshot = (lambda done, m=student, d=run_dir: _save_model(m, d / f'model-epoch{done}', bundle, model_kwargs))
-        result = train_model(student, bundle.train, test_loader, cfg.replace(seed=seed), accelerator, name,
-                             teacher=teachers.get(seed), elf_features=feats, out_dir=run_dir, resume=resume,
-                             desc=f'{name} seed {seed}', distributed=distributed, snapshot=snapshot)
-        record = dict(_result_record(name, seed, result), process=rank)
-        runs.append((job, record))
-        if accelerator.is_main_process or not distributed:
-            if save_models:
-                _save_model(student, run_dir / 'model', bundle, model_kwargs)
-            _save_done(run_dir, record)
-    runs, teacher_runs = _merge_jobs(runs, accelerator, distributed), _merge_jobs(teacher_runs, accelerator, distributed)
-    table = summarize(runs, teacher_runs)
-    result = ExperimentResult(runs, teacher_runs, table, cfg.to_dict(), dict(bundle.source, description=bundle.description))
+    experiment = _Experiment(cfg, bundle, out_dir, accelerator, model_kwargs, resume, save_models)
+    teachers, teacher_runs = experiment.teachers(seeds) if cfg.kd else ({}, [])
+    runs = experiment.merge(experiment.students(models, seeds, teachers))
+    teacher_runs = experiment.merge(teacher_runs)
+    result = ExperimentResult(runs, teacher_runs, summarize(runs, teacher_runs), cfg.to_dict(),
+                              dict(bundle.source, description=bundle.description))
     if accelerator.is_main_process:
         write_results(result, out_dir)
     accelerator.wait_for_everyone()
     return result
-
-
-def _train_seeds_batched(cfg: TrainConfig, name: str, seeds: Sequence[int], bundle: DataSplits, out_dir: Path,
-                         accelerator: Accelerator, test_loader: DataLoader, model_kwargs: Optional[Dict[str, Any]],
-                         resume: bool, save_models: bool, first_job: int) -> List[Tuple[int, Dict[str, Any]]]:
-    """Every seed of ``name`` at once (``parallel: vmap``); finished runs are kept on ``resume``."""
-    from .batched import train_seeds_batched
-    run_dirs = [out_dir / 'runs' / name / f'seed{seed}' for seed in seeds]
-    done = [_load_done(d) if resume else None for d in run_dirs]
-    if all(d is not None for d in done):
-        return [(first_job + i, d) for i, d in enumerate(done)]
-    students = []
-    for seed in seeds:
-        with seeded(seed):
-            students.append(create_student(name, bundle, cfg, **(model_kwargs or {})))
-    results = train_seeds_batched(students, seeds, bundle.train, test_loader, cfg, accelerator,
-                                  desc=f'{name} seeds {list(seeds)} (vmap)')
-    records = []
-    for i, (seed, student, result, run_dir) in enumerate(zip(seeds, students, results, run_dirs)):
-        record = dict(_result_record(name, seed, result), process=accelerator.process_index)
-        if save_models:
-            _save_model(student, run_dir / 'model', bundle, model_kwargs)
-        _save_done(run_dir, record)
-        records.append((first_job + i, record))
-    return records
-
-
-def _merge_jobs(jobs: List[Tuple[int, Dict[str, Any]]], accelerator: Accelerator,
-                distributed: bool) -> List[Dict[str, Any]]:
-    """Every process's records, in job order: the same list on every process as in a one-process run."""
-    if not distributed and accelerator.num_processes > 1:
-        jobs = gather_object(jobs)
-    return [record for _, record in sorted(jobs, key=lambda job: job[0])]
 
 
 def _mean_std(values: List[float]) -> Tuple[float, float]:

@@ -1,0 +1,103 @@
+"""The data of a cross-architecture experiment: a distilled set (any layout) or real images per class, and the test
+split, both in the space the networks see (a :class:`~timm_dd.data.DataSplits`)."""
+import logging
+from typing import Any, Dict, Optional
+
+import torch
+
+from ..data import DataSplits, ImageSpace, load_dataset, select_ipc
+from ..data.zca import ZCA
+from ..distilled import DistilledSet
+
+__all__ = ['prepare_data']
+
+_logger = logging.getLogger(__name__)
+
+
+def prepare_data(
+        data: Optional[str] = None,
+        real_ipc: Optional[int] = None,
+        dataset: Optional[str] = None,
+        data_root: Optional[str] = None,
+        seed: int = 0,
+        cache_dir: Optional[str] = None,
+        image_size: Optional[int] = None,
+        soft_label_temperature: Optional[float] = None,
+        layout: Optional[str] = None,
+        image_space: Optional[str] = None,
+        zca_eps: float = 0.1,
+) -> DataSplits:
+    """Load a distilled set (folder or Hub id) or draw ``real_ipc`` real images per class from ``dataset``
+    (``real_ipc=-1``: all of them).
+
+    The test set is ``dataset`` (or the distilled set's ``source_dataset``), mapped into the training set's
+    image space and size. Class names of the two must agree. ``image_size`` resizes a real dataset.
+
+    A set made by another tool (a folder of ``images_best.pt`` / ``images.pt`` ... files, see
+    :func:`timm_dd.import_distilled`) is imported on the fly: ``layout`` (detected from the files when not given),
+    ``image_space`` and ``dataset`` state what the files cannot. Soft labels become probabilities here, once:
+    logits through ``softmax(y / t)`` with ``soft_label_temperature`` (or the set's own temperature; neither is an
+    error), probabilities as they are (checked to sum to 1). Real data is used in ``image_space`` 'normalized'
+    (default) or 'zca' (ZCA of [0, 1] pixels with ``zca_eps``, fitted on the train split: the space of MTT's --zca
+    sets, e.g. for an ELF feature model that must live in the set's space).
+    """
+    if (data is None) == (real_ipc is None):
+        raise ValueError('give either a distilled set (data) or real_ipc, not both and not neither')
+    if data is not None:
+        dset = _load_set(data, layout, dataset, image_space, soft_label_temperature)
+        source = dataset or dset.source_dataset
+        test = load_dataset(source, 'test', root=data_root, cache_dir=cache_dir, image_size=dset.image_size)
+        _check_classes(dset.class_names, test.class_names, dset.num_classes, test.num_classes, data, source)
+        train = dset.to_image_set(soft_label_temperature)
+        return DataSplits(train, test.in_space(dset.space), source,
+                          f'{dset.method} {dset.source_dataset} ipc {dset.ipc} ({data})',
+                          dict(kind='distilled', path=str(data), method=dset.method, ipc=dset.ipc,
+                               image_space=dset.image_space, source_dataset=dset.source_dataset,
+                               **_normalization(dset.normalization)))
+    if dataset is None:
+        raise ValueError('real_ipc needs a dataset (e.g. digits, cifar10, or a folder/zip)')
+    train_full = load_dataset(dataset, 'train', root=data_root, cache_dir=cache_dir, image_size=image_size)
+    test = load_dataset(dataset, 'test', root=data_root, cache_dir=cache_dir, image_size=image_size)
+    _check_classes(train_full.class_names, test.class_names, train_full.num_classes, test.num_classes, dataset, dataset)
+    if real_ipc < 0:  # the whole training set (e.g. for the ELF feature model)
+        sub = train_full
+    else:
+        idx = select_ipc(train_full.labels, real_ipc, generator=torch.Generator().manual_seed(seed),
+                         num_classes=train_full.num_classes)
+        sub = train_full.subset(idx)
+    space = image_space or 'normalized'
+    if space == 'zca':  # MTT's --zca space: ZCA (eps zca_eps) of [0, 1] pixels, fitted on the whole train split
+        model_space = ImageSpace(zca=ZCA.fit(train_full.images, eps=zca_eps))
+    elif space == 'normalized':
+        model_space = train_full.normalization
+    else:
+        raise ValueError(f"real data can be used in 'normalized' or 'zca' space, got image_space={space!r}")
+    return DataSplits(sub.in_space(model_space), test.in_space(model_space), dataset,
+                      f'{real_ipc} real images per class of {dataset} (seed {seed}, {space} space)',
+                      dict(kind='real', dataset=dataset, ipc=real_ipc, seed=seed, image_space=space,
+                           mean=list(train_full.mean), std=list(train_full.std),
+                           **({'zca_eps': zca_eps} if space == 'zca' else {})))
+
+
+def _load_set(data: str, layout: Optional[str], dataset: Optional[str], image_space: Optional[str],
+              soft_label_temperature: Optional[float]) -> DistilledSet:
+    from ..distilled.interchange import detect_layout
+    from ..hub import import_distilled, load_distilled
+    layout = layout or detect_layout(data)
+    if layout == 'timm_dd':
+        return load_distilled(data)
+    return import_distilled(data, layout, dataset=dataset, image_space=image_space,
+                            soft_label_temperature=soft_label_temperature)
+
+
+def _normalization(norm: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    return {'mean': list(norm['mean']), 'std': list(norm['std'])} if norm else {}
+
+
+def _check_classes(train_names, test_names, train_k: int, test_k: int, train_src: str, test_src: str) -> None:
+    if train_k != test_k:
+        raise ValueError(f'the training set ({train_src}) has {train_k} classes but the test set ({test_src}) has '
+                         f'{test_k}; evaluate on the dataset the set was distilled from')
+    if train_names and test_names and list(train_names) != list(test_names):
+        raise ValueError(f'the classes of the training set ({train_src}) {list(train_names)} differ from the test '
+                         f'set ({test_src}) classes {list(test_names)}')
