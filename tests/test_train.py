@@ -267,13 +267,26 @@ def test_two_processes_checkpoint_with_a_slow_rank(tmp_path):
            '--mixed_precision', 'no', '--dynamo_backend', 'no', str(wrapper), str(REPO / 'train.py'),
            '-c', 'baseline', '--dataset', 'digits', '--real-ipc', '1', '--model', 'convnet3', '--model-kwargs',
            'width=4', '--epochs', '3', '--eval-every', '0', '--checkpoint-every', '1', '--output', str(out),
-           '--no-plots', '--set', 'parallel=ddp']
+           '--no-plots', '--set', 'parallel=ddp', '--keep-checkpoints']
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dir = out / 'runs' / 'convnet3' / 'seed0'
     assert sorted(p.name for p in run_dir.iterdir()) == ['checkpoint.pt', 'metrics.jsonl', 'result.json']
     assert torch.load(run_dir / 'checkpoint.pt', weights_only=True)['state']['epoch'] == 3
     assert not (tmp_path / 'rank1.log').exists(), (tmp_path / 'rank1.log').read_text()
+
+
+def test_finished_runs_leave_no_resume_checkpoint_unless_kept(tmp_path, accelerator):
+    bundle = prepare_data(dataset='digits', real_ipc=1, image_size=8)
+    kwargs = dict(width=4)
+    for keep in (False, True):
+        cfg = load_config('dpkd', dict(epochs=2, eval_every=0, checkpoint_every=1, keep_checkpoints=keep,
+                                       teacher_epochs=1, period=1, final_epochs=1))
+        out = tmp_path / f'keep{keep}'
+        run_experiment(cfg, ['convnet3'], [0], bundle, out, accelerator, model_kwargs=kwargs)
+        left = sorted(p.relative_to(out).as_posix() for p in out.rglob('checkpoint.pt'))
+        assert left == (['runs/convnet3/seed0/checkpoint.pt', 'teachers/seed0/checkpoint.pt'] if keep else [])
+        assert (out / 'runs' / 'convnet3' / 'seed0' / 'result.json').is_file()
 
 
 def test_two_processes_share_the_runs_of_a_table(tmp_path):

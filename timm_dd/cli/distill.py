@@ -126,9 +126,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         _deterministic()
     import accelerate
 
-    from ..distill import DistillationDiverged, ExpertFileError, prepare_data, run_distill, run_experts
+    from ..distill import DistillationDiverged, ExpertFileError
     from ..hub import HubError
-    from ..io import FolderInUseError, FolderLock, atomic_write
+    from ..io import FolderInUseError, FolderLock
     from ..launch import exit_with_launcher
     exit_with_launcher()
     out = Path(args.output)
@@ -138,25 +138,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     setup_logging(args.log_level, acc.is_main_process)
     try:
         with FolderLock(out) if acc.is_main_process else contextlib.nullcontext():
-            if acc.is_main_process:
-                import yaml
-                record = {k: v for k, v in vars(args).items() if k not in ('config',)}
-                with atomic_write(out / f'args-{args.command}.yaml', 'w') as f:  # `-c` it to repeat the run
-                    yaml.safe_dump(dict(record, config_resolved=cfg.to_dict()), f, sort_keys=False)
-            if args.log_with:
-                acc.init_trackers(f'timm_dd-{args.command}', config={k: v if isinstance(v, (int, float, str, bool))
-                                                                      else str(v) for k, v in cfg.to_dict().items()})
-            with acc.main_process_first():  # one process fills the decoded-data cache, the others read it
-                data = prepare_data(cfg, args.dataset)
-            if args.command == 'experts':
-                run_experts(cfg, data, out, acc)
-                if args.push_to_hub and acc.is_main_process:
-                    from ..hub import push_expert_buffers
-                    push_expert_buffers(out, args.push_to_hub)
-                return 0
-            dset = run_distill(cfg, data, args.experts, out, acc, resume=args.resume, evaluate=not args.no_eval,
-                               push_to_hub=args.push_to_hub, force_resume=args.force_resume)
-        if acc.is_main_process:
+            dset = _run(args, cfg, out, acc)
+        if dset is not None and acc.is_main_process:
             line = _start_vs_end(dset, cfg)
             if line:
                 print(line)
@@ -171,6 +154,30 @@ def main(argv: Optional[List[str]] = None) -> int:
     finally:
         acc.end_training()
     return 0
+
+
+def _run(args: argparse.Namespace, cfg: Any, out: Path, acc: Any) -> Optional[Any]:
+    """Record the arguments, then train experts (returns ``None``) or distil (returns the set)."""
+    from ..distill import prepare_data, run_distill, run_experts
+    from ..io import atomic_write
+    if acc.is_main_process:
+        import yaml
+        record = {k: v for k, v in vars(args).items() if k not in ('config',)}
+        with atomic_write(out / f'args-{args.command}.yaml', 'w') as f:  # `-c` it to repeat the run
+            yaml.safe_dump(dict(record, config_resolved=cfg.to_dict()), f, sort_keys=False)
+    if args.log_with:
+        acc.init_trackers(f'timm_dd-{args.command}', config={k: v if isinstance(v, (int, float, str, bool))
+                                                              else str(v) for k, v in cfg.to_dict().items()})
+    with acc.main_process_first():  # one process fills the decoded-data cache, the others read it
+        data = prepare_data(cfg, args.dataset)
+    if args.command == 'experts':
+        run_experts(cfg, data, out, acc)
+        if args.push_to_hub and acc.is_main_process:
+            from ..hub import push_expert_buffers
+            push_expert_buffers(out, args.push_to_hub)
+        return None
+    return run_distill(cfg, data, args.experts, out, acc, resume=args.resume, evaluate=not args.no_eval,
+                       push_to_hub=args.push_to_hub, force_resume=args.force_resume)
 
 
 def _start_vs_end(dset, cfg) -> Optional[str]:

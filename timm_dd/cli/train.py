@@ -30,7 +30,7 @@ FLAG_FIELDS = {
     'kd_temperature': 'kd_temperature', 'distill_loss_weight': 'kd_alpha',
     'soft_label_temperature': 'soft_label_temperature', 'elf': 'elf', 'elf_feature_model': 'elf_feature_model',
     'eval_every': 'eval_every', 'checkpoint_every': 'checkpoint_every', 'mixed_precision': 'mixed_precision',
-    'parallel': 'parallel',
+    'parallel': 'parallel', 'recompute_bn': 'recompute_bn', 'keep_checkpoints': 'keep_checkpoints',
 }
 
 
@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--soft-label-temperature', type=float, help='tau for soft labels: softmax(y / tau)')
     g.add_argument('--elf', action=argparse.BooleanOptionalAction, default=None, help='ELF feature supervision')
     g.add_argument('--elf-feature-model', help='ELF feature model: timm local-dir folder or hf-hub:org/name')
+    g.add_argument('--recompute-bn', action=argparse.BooleanOptionalAction, default=None,
+                   help='recompute batch-norm statistics on the (un-augmented) training images before each '
+                        'evaluation: for schedules much shorter than the recipe\'s (off in published recipes)')
     g.add_argument('--eval-every', type=int)
     g.add_argument('--checkpoint-every', type=int)
     g.add_argument('--mixed-precision', choices=['no', 'fp16', 'bf16'],
@@ -92,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--force-resume', action='store_true',
                    help='with --resume: continue even though the recipe, data or model kwargs changed')
     g.add_argument('--save-models', action='store_true', help='save every trained network (timm local-dir layout)')
+    g.add_argument('--keep-checkpoints', action='store_true', default=None,
+                   help="keep each finished run's resume checkpoint (default: removed when the run is done)")
     g.add_argument('--push-teacher', metavar='REPO', help='push the first trained teacher to this Hub model repo')
     g.add_argument('--no-plots', action='store_true')
     return p
@@ -200,7 +205,8 @@ def _run(args: argparse.Namespace, cfg: Any, models: List[str], seeds: List[int]
             if not result.teacher_runs or result.teacher_runs[0].get('loaded'):
                 return report_user_error('--push-teacher needs a teacher trained in this run (kd on, no --teacher)')
             from ..hub import load_teacher, push_teacher
-            teacher_dir = out_dir / 'teachers' / f'seed{seeds[0]}' / 'model'
+            from ..train.networks import teacher_folder
+            teacher_dir = teacher_folder(out_dir, seeds[0]) / 'model'
             print('pushed teacher:', push_teacher(load_teacher(str(teacher_dir)), args.push_teacher,
                                                   class_names=bundle.class_names))
     return 0

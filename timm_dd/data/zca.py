@@ -1,6 +1,6 @@
 """ZCA whitening as used by MTT (``--zca``; kornia's ``ZCAWhitening(eps=0.1, compute_inv=True)``).
 
-Math (``trajectory-matching.md`` §3): flatten images to ``(N, D)``, ``mean`` over N,
+Math: flatten images to ``(N, D)``, ``mean`` over N,
 ``cov = Xcᵀ Xc / (N - 1)``, ``cov = U diag(S) Uᵀ``, ``W = U diag((S + eps)^-1/2) Uᵀ``; whitened
 ``y = (x - mean) @ W`` and back ``x = y @ W_inv + mean`` with ``W_inv = U diag((S + eps)^1/2) Uᵀ``.
 ``eps`` is added to the eigenvalues; MTT uses 0.1 (strong regularization), not kornia's 1e-6 default.
@@ -13,7 +13,7 @@ stored state is float32. Persistable state: ``mean_vector [1, D]``, ``transform_
 import logging
 import math
 import time
-from typing import Dict, Mapping, Optional, Union
+from typing import Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -42,6 +42,34 @@ def _gram(x: torch.Tensor) -> torch.Tensor:
         a = x.contiguous().numpy()
         return torch.from_numpy(np.dot(a.T, a))
     return x.T @ x
+
+
+def _mean_and_covariance(flat: torch.Tensor, chunk_size: int, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Two passes over chunks of ``[N, D]``: the float64 mean, then centered matmuls summed in ``dtype``."""
+    n, dim = flat.shape
+    mean = torch.zeros(dim, dtype=torch.float64, device=flat.device)
+    for i in range(0, n, chunk_size):
+        mean += flat[i:i + chunk_size].sum(0, dtype=torch.float64)
+    mean /= n
+    mm_dtype = torch.float32 if flat.dtype != torch.float64 else torch.float64
+    mean_mm = mean.to(mm_dtype)
+    cov = torch.zeros(dim, dim, dtype=dtype, device=flat.device)
+    for i in range(0, n, chunk_size):
+        xc = flat[i:i + chunk_size].to(mm_dtype) - mean_mm
+        cov += _gram(xc).to(dtype)
+    cov /= n - 1
+    return mean, (cov + cov.T) * 0.5
+
+
+def _eigh(cov: torch.Tensor, threads: Optional[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``torch.linalg.eigh`` with ``threads`` CPU threads for its duration (see :meth:`ZCA.fit`)."""
+    prev_threads = torch.get_num_threads()
+    if threads is not None and cov.device.type == 'cpu':
+        torch.set_num_threads(max(1, int(threads)))
+    try:
+        return torch.linalg.eigh(cov)
+    finally:
+        torch.set_num_threads(prev_threads)
 
 
 def _check_eps(eps: float) -> float:
@@ -129,31 +157,10 @@ class ZCA:
         if n < 2:
             raise ValueError(f'ZCA needs at least 2 images to estimate a covariance, got {n}')
         t0 = time.perf_counter()
-        flat = x.detach().reshape(n, -1)
-        dim = flat.shape[1]
-
-        # two passes over chunks: float64 mean, then centered float32 matmuls summed in `dtype`
-        mean = torch.zeros(dim, dtype=torch.float64, device=x.device)
-        for i in range(0, n, chunk_size):
-            mean += flat[i:i + chunk_size].sum(0, dtype=torch.float64)
-        mean /= n
-        mm_dtype = torch.float32 if x.dtype != torch.float64 else torch.float64
-        mean_mm = mean.to(mm_dtype)
-        cov = torch.zeros(dim, dim, dtype=dtype, device=x.device)
-        for i in range(0, n, chunk_size):
-            xc = flat[i:i + chunk_size].to(mm_dtype) - mean_mm
-            cov += _gram(xc).to(dtype)
-        cov /= n - 1
-        cov = (cov + cov.T) * 0.5
+        mean, cov = _mean_and_covariance(x.detach().reshape(n, -1), chunk_size, dtype)
+        dim = mean.shape[0]
         t1 = time.perf_counter()
-
-        prev_threads = torch.get_num_threads()
-        if eigh_threads is not None and cov.device.type == 'cpu':
-            torch.set_num_threads(max(1, int(eigh_threads)))
-        try:
-            evals, evecs = torch.linalg.eigh(cov)
-        finally:
-            torch.set_num_threads(prev_threads)
+        evals, evecs = _eigh(cov, eigh_threads)
         # tiny negative eigenvalues are rounding noise of a PSD matrix
         evals = evals.clamp_min(0) + eps
         if bool((evals <= 0).any()):

@@ -1,4 +1,4 @@
-"""Expert trajectories for trajectory matching (MTT/ATT ``buffer.py``, ``trajectory-matching.md`` §1).
+"""Expert trajectories for trajectory matching (MTT/ATT ``buffer.py``).
 
 One safetensors file per expert, ``expert_00000.safetensors``: tensor ``epoch_0000`` is the flat parameter vector at
 initialization and ``epoch_{k:04d}`` the one after ``k`` epochs (flat order = ``named_parameters()`` order). The header

@@ -1,4 +1,4 @@
-"""The MTT / ATT inner loop and its meta-gradient (``trajectory-matching.md`` §4, §5, §10, §11).
+"""The MTT / ATT inner loop and its meta-gradient.
 
 One outer iteration starts a student at an expert checkpoint ``θ_0 = θ*_t``, takes ``N`` plain SGD steps on the
 synthetic images ``θ_{k+1} = θ_k − α ∇θ CE(f(DSA_k(X[idx_k]); θ_k), y[idx_k])`` and matches

@@ -5,8 +5,8 @@ Preset names are ``<dataset>-ipc<N>-<method>``, e.g. ``cifar10-ipc10-mtt``; :fun
 (``timm_dd/configs/distill/<name>.yaml``, see :mod:`timm_dd.configs`); every preset records where its numbers come
 from in ``source``:
 
-* MTT: DC-Bench ``methods/tm/readme.md`` author commands (§6.1), the reference text copy.
-* ATT: ``NiaLiu/ATT`` ``figures/table.png`` + README commands (§6.5); iterations / eval_it / ema_decay from the
+* MTT: the MTT authors' commands as listed in DC-Bench's MTT readme.
+* ATT: the ATT repository's (``NiaLiu/ATT``) results table and README commands; iterations / eval_it / ema_decay from the
   README commands. Where the table and a command disagree (Tiny IPC 10, CIFAR-10 IPC 50 ``syn_steps``) the table
   is used. ATT has no Tiny ImageNet IPC 50 setting.
 * DM: ``VICO-UoE/DatasetCondensation`` ``main_DM.py`` defaults (lr_img 1.0, SGD momentum 0.5, batch_real 256,

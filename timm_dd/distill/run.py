@@ -25,6 +25,7 @@ from ..constants import CIFAR10_MEAN, CIFAR10_STD
 from ..data import DataSplits, ImageSet, ImageSpace, load_dataset
 from ..data.zca import ZCA
 from ..distilled import DistilledSet, make_class_grid, save_grid
+from .distiller import Distiller
 from .dm import DistributionMatching
 from .experts import ExpertConfig, ExpertPool, create_arch, train_experts
 from .presets import DistillConfig
@@ -199,44 +200,53 @@ def run_distill(
     """
     apply_precision(cfg)
     out_dir = Path(out_dir)
-    main = accelerator.is_main_process
-    if main:
+    if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    images, labels = init_synthetic(data.train.images, data.train.labels, data.num_classes, cfg.ipc,
-                                    generator_for(cfg.seed, 0, 3), cfg.pix_init)
-    eval_fn = make_evaluator(cfg, data, accelerator, out_dir) if evaluate else None
-    if cfg.method == 'dm':
-        distiller = DistributionMatching(
-            cfg, images, labels, data.train.images, data.train.labels,
-            lambda: create_arch(cfg.arch, model_kwargs(cfg, data)), out_dir, eval_fn, accelerator)
-    else:
-        if expert_dir is None:
-            raise ValueError(f'{cfg.method} needs an expert buffer folder')
-        pool = ExpertPool(expert_dir, min_epochs=cfg.min_expert_epochs, arch=cfg.arch, zca=cfg.zca,
-                          max_experts=cfg.max_experts, expected=expert_config(cfg, data))
-        distiller = TrajectoryMatching(cfg, images, labels, create_arch(cfg.arch, model_kwargs(cfg, data)), pool,
-                                       out_dir, eval_fn, accelerator)
+    distiller = _make_distiller(cfg, data, expert_dir, out_dir, accelerator, evaluate)
     if resume and distiller.resume(force_resume):
         _logger.info(f'resumed at iteration {distiller.iteration}')
     history = distiller.run(iterations)
-    lr = float(distiller.syn_lr.detach()) if cfg.method != 'dm' else None
-    dset = build_set(cfg, data, distiller.images, lr, history)
-    if main:  # the images are identical on every process; one writes
-        dset.save(out_dir / 'distilled')
-        save_grid(dset, out_dir / 'distilled.png')
-        if getattr(distiller, 'ema', None) is not None:
-            ema_set = build_set(cfg, data, distiller.ema, lr, history, ema=distiller.ema)
-            ema_set.save(out_dir / 'distilled_ema')
-        if distiller.best is not None:  # the published selection rule, labelled: it selects on the test set
-            best = build_set(cfg, data, distiller.best['images'], distiller.best['lr'], history)
-            best.extra.update(selection=f'images of iteration {distiller.best["iteration"]}, the evaluation with '
-                                        f'the best mean test accuracy ({distiller.best["acc_mean"]:.4f}): the MTT/ATT '
-                                        f'rule, which selects on the test set', selected_iteration=
-                              distiller.best['iteration'])
-            best.save(out_dir / 'distilled_best')
+    dset = build_set(cfg, data, distiller.images, distiller.learned_lr, history)
+    if accelerator.is_main_process:  # the images are identical on every process; one writes
+        _save_outputs(cfg, data, distiller, dset, history, out_dir)
         if push_to_hub:
             from ..hub import push_distilled
             push_distilled(dset, push_to_hub)
     accelerator.wait_for_everyone()
     return dset
+
+
+def _make_distiller(cfg: DistillConfig, data: DataSplits, expert_dir: Optional[Union[str, os.PathLike]],
+                    out_dir: Path, accelerator: Accelerator, evaluate: bool) -> Distiller:
+    """The method's :class:`Distiller` at its initial images (``ipc`` real images per class, or noise)."""
+    images, labels = init_synthetic(data.train.images, data.train.labels, data.num_classes, cfg.ipc,
+                                    generator_for(cfg.seed, 0, 3), cfg.pix_init)
+    eval_fn = make_evaluator(cfg, data, accelerator, out_dir) if evaluate else None
+    if cfg.method == 'dm':
+        return DistributionMatching(
+            cfg, images, labels, data.train.images, data.train.labels,
+            lambda: create_arch(cfg.arch, model_kwargs(cfg, data)), out_dir, eval_fn, accelerator)
+    if expert_dir is None:
+        raise ValueError(f'{cfg.method} needs an expert buffer folder')
+    pool = ExpertPool(expert_dir, min_epochs=cfg.min_expert_epochs, arch=cfg.arch, zca=cfg.zca,
+                      max_experts=cfg.max_experts, expected=expert_config(cfg, data))
+    return TrajectoryMatching(cfg, images, labels, create_arch(cfg.arch, model_kwargs(cfg, data)), pool, out_dir,
+                              eval_fn, accelerator)
+
+
+def _save_outputs(cfg: DistillConfig, data: DataSplits, distiller: Distiller, dset: DistilledSet,
+                  history: List[Dict[str, Any]], out_dir: Path) -> None:
+    """``distilled`` (+ its grid), ``distilled_ema`` (ATT) and ``distilled_best`` (the published selection rule)."""
+    dset.save(out_dir / 'distilled')
+    save_grid(dset, out_dir / 'distilled.png')
+    lr = distiller.learned_lr
+    if distiller.ema is not None:
+        build_set(cfg, data, distiller.ema, lr, history, ema=distiller.ema).save(out_dir / 'distilled_ema')
+    if distiller.best is not None:  # the published selection rule, labelled: it selects on the test set
+        best = build_set(cfg, data, distiller.best['images'], distiller.best['lr'], history)
+        best.extra.update(selection=f'images of iteration {distiller.best["iteration"]}, the evaluation with '
+                                    f'the best mean test accuracy ({distiller.best["acc_mean"]:.4f}): the MTT/ATT '
+                                    f'rule, which selects on the test set',
+                          selected_iteration=distiller.best['iteration'])
+        best.save(out_dir / 'distilled_best')

@@ -109,23 +109,8 @@ def import_distilled(
         ImportFacts: a fact the files cannot give is missing (the message lists them).
         ValueError: a file is unreadable, or the images do not look like the claimed space.
     """
-    if layout not in LAYOUTS:
-        raise ValueError(f'unknown layout {layout!r}; known layouts: {", ".join(LAYOUTS)}')
     folder = Path(source)
-    if not folder.is_dir():
-        raise FileNotFoundError(f'{folder}: no such folder')
-    if layout == 'folder':
-        image_space = image_space or 'pixel'
-    missing = []
-    if dataset is None:
-        missing.append('dataset (the real dataset it was distilled from: a name like cifar10, a folder or a zip; it '
-                       'gives the class names, normalization and ZCA)')
-    if image_space is None:
-        missing.append(f"image_space (one of {SPACES}: 'zca' for runs with --zca, else 'normalized')")
-    elif image_space not in SPACES:
-        raise ValueError(f'image_space must be one of {SPACES}, got {image_space!r}')
-    if missing:
-        raise ImportFacts(f'cannot import {source} ({layout} layout) without: ' + '; '.join(missing))
+    image_space = _check_facts(folder, layout, dataset, image_space)
     if layout == 'folder':
         images, labels, soft, file_lr, note = _read_folder(folder)
     else:
@@ -154,6 +139,28 @@ def import_distilled(
         extra={'imported_from': str(source), 'layout': layout, **({'note': note} if note else {})})
     _logger.info('imported %d images (%s, %s space) from %s', dset.num_images, layout, image_space, source)
     return dset
+
+
+def _check_facts(folder: Path, layout: str, dataset: Optional[str], image_space: Optional[str]) -> str:
+    """The image space to import in, once every fact the files cannot give is there (else :class:`ImportFacts`
+    listing the missing ones)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f'unknown layout {layout!r}; known layouts: {", ".join(LAYOUTS)}')
+    if not folder.is_dir():
+        raise FileNotFoundError(f'{folder}: no such folder')
+    if layout == 'folder':
+        image_space = image_space or 'pixel'
+    missing = []
+    if dataset is None:
+        missing.append('dataset (the real dataset it was distilled from: a name like cifar10, a folder or a zip; it '
+                       'gives the class names, normalization and ZCA)')
+    if image_space is None:
+        missing.append(f"image_space (one of {SPACES}: 'zca' for runs with --zca, else 'normalized')")
+    elif image_space not in SPACES:
+        raise ValueError(f'image_space must be one of {SPACES}, got {image_space!r}')
+    if missing:
+        raise ImportFacts(f'cannot import {folder} ({layout} layout) without: ' + '; '.join(missing))
+    return image_space
 
 
 def _read_tensors(folder: Path, layout: str):

@@ -157,69 +157,89 @@ def hub_error(
     Returns:
         A ``HubError`` to raise ``from None``, or None if ``err`` does not come from the Hub client.
     """
-    from huggingface_hub import constants
-    from huggingface_hub.utils import (
-        EntryNotFoundError, GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled,
-        RepositoryNotFoundError, RevisionNotFoundError,
-    )
+    from huggingface_hub.utils import GatedRepoError, OfflineModeIsEnabled, RepositoryNotFoundError
 
-    endpoint = constants.ENDPOINT
-    rev = revision or 'main'
-    filename = filename or _filename_from(err)
-    repo = f"{repo_type} repo '{repo_id}'"
-    where = f"{repo} at revision '{rev}'"
-    what = f"file '{filename}' of {where}" if filename else where
-    offline = bool(getattr(constants, 'HF_HUB_OFFLINE', False))
-
-    def make(message: str) -> HubError:
-        return HubError(f'Cannot {action} {repo_id!r}: {message}', repo_id, repo_type, revision, filename)
-
+    ctx = _Context(action, repo_id, repo_type, revision, filename or _filename_from(err), write)
     if write and isinstance(err, OfflineModeIsEnabled):
-        return make('HF_HUB_OFFLINE=1 is set, so nothing can be uploaded. Unset it (or set it to 0) to push.')
+        return ctx.error('HF_HUB_OFFLINE=1 is set, so nothing can be uploaded. Unset it (or set it to 0) to push.')
     if isinstance(err, GatedRepoError):
-        return make(
-            f'{repo} on {endpoint} is gated. Request access on its page, then authenticate ({_TOKEN_HINT}).')
+        return ctx.error(f'{ctx.repo} on {ctx.endpoint} is gated. Request access on its page, then authenticate '
+                         f'({_TOKEN_HINT}).')
     if isinstance(err, RepositoryNotFoundError):
         status = getattr(getattr(err, 'response', None), 'status_code', None)
         hint = 'a token with write access' if write else 'a token with read access'
-        return make(
-            f'{repo} was not found on {endpoint}'
-            f'{" (HTTP 401: not authenticated)" if status == 401 else ""}. Check the repo id and that it is a '
-            f'{repo_type} repo; if it is private, authenticate with {hint} ({_TOKEN_HINT}).')
+        return ctx.error(
+            f'{ctx.repo} was not found on {ctx.endpoint}{" (HTTP 401: not authenticated)" if status == 401 else ""}. '
+            f'Check the repo id and that it is a {repo_type} repo; if it is private, authenticate with {hint} '
+            f'({_TOKEN_HINT}).')
+    return _revision_or_file_error(err, ctx) or _http_error(err, ctx)
+
+
+class _Context:
+    """What a Hub error message names: the action, the repo, the revision and file, the endpoint."""
+
+    def __init__(self, action: str, repo_id: str, repo_type: str, revision: Optional[str], filename: Optional[str],
+                 write: bool):
+        from huggingface_hub import constants
+        self.action, self.repo_id, self.repo_type, self.revision, self.filename, self.write = \
+            action, repo_id, repo_type, revision, filename, write
+        self.endpoint = constants.ENDPOINT
+        self.rev = revision or 'main'
+        self.repo = f"{repo_type} repo '{repo_id}'"
+        where = f"{self.repo} at revision '{self.rev}'"
+        self.what = f"file '{filename}' of {where}" if filename else where
+        self.offline = bool(getattr(constants, 'HF_HUB_OFFLINE', False))
+        self.cache = Path(constants.HF_HUB_CACHE)
+
+    def error(self, message: str) -> HubError:
+        return HubError(f'Cannot {self.action} {self.repo_id!r}: {message}', self.repo_id, self.repo_type,
+                        self.revision, self.filename)
+
+
+def _revision_or_file_error(err: BaseException, ctx: _Context) -> Optional[HubError]:
+    """A missing revision, a file neither on the Hub nor in the cache, a missing file."""
+    from huggingface_hub.utils import (
+        EntryNotFoundError, LocalEntryNotFoundError, OfflineModeIsEnabled, RevisionNotFoundError,
+    )
     if isinstance(err, RevisionNotFoundError):
-        return make(
-            f"revision '{rev}' does not exist in {repo} on {endpoint}. Use an existing branch, tag or full "
-            f'commit sha (list them with `HfApi().list_repo_refs({repo_id!r}, repo_type={repo_type!r})`).')
-    if isinstance(err, LocalEntryNotFoundError) or isinstance(err, OfflineModeIsEnabled):
-        cache = Path(constants.HF_HUB_CACHE)
+        return ctx.error(
+            f"revision '{ctx.rev}' does not exist in {ctx.repo} on {ctx.endpoint}. Use an existing branch, tag or full "
+            f'commit sha (list them with `HfApi().list_repo_refs({ctx.repo_id!r}, repo_type={ctx.repo_type!r})`).')
+    if isinstance(err, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
         status = _status(err)
-        if status is not None and not offline:  # the Hub answered, with an error: say which
-            return make(f'the Hub at {endpoint} answered HTTP {status}'
-                        f'{" (a server error: try again later)" if status >= 500 else ""} and {what} is not in the '
-                        f'local cache ({cache}).')
-        if offline:
-            return make(
-                f'{what} is not in the local cache ({cache}) and HF_HUB_OFFLINE=1 forbids downloading it. '
+        if status is not None and not ctx.offline:  # the Hub answered, with an error: say which
+            return ctx.error(f'the Hub at {ctx.endpoint} answered HTTP {status}'
+                             f'{" (a server error: try again later)" if status >= 500 else ""} and {ctx.what} is not '
+                             f'in the local cache ({ctx.cache}).')
+        if ctx.offline:
+            return ctx.error(
+                f'{ctx.what} is not in the local cache ({ctx.cache}) and HF_HUB_OFFLINE=1 forbids downloading it. '
                 f'Download it once with network access (unset HF_HUB_OFFLINE), or pass a local folder.')
-        return make(
-            f'could not reach the Hub at {endpoint} and {what} is not in the local cache ({cache}). '
+        return ctx.error(
+            f'could not reach the Hub at {ctx.endpoint} and {ctx.what} is not in the local cache ({ctx.cache}). '
             f'Check the network connection and HF_ENDPOINT, or pass a local folder.')
     if isinstance(err, EntryNotFoundError):
-        return make(f'{what} does not exist on {endpoint}. Check the file name and the revision.')
+        return ctx.error(f'{ctx.what} does not exist on {ctx.endpoint}. Check the file name and the revision.')
+    return None
+
+
+def _http_error(err: BaseException, ctx: _Context) -> Optional[HubError]:
+    """Any other HTTP answer (permissions, server errors), or a connection that failed."""
+    from huggingface_hub.utils import HfHubHTTPError
     if isinstance(err, HfHubHTTPError):
         status = getattr(getattr(err, 'response', None), 'status_code', None)
         server = getattr(err, 'server_message', None) or ''
         detail = f' (server said: {server.strip()})' if server.strip() else ''
         if status in (401, 403):
-            verb = 'write to' if write else 'read'
-            return make(
-                f'no permission to {verb} {repo} on {endpoint} (HTTP {status}){detail}. '
-                f'Use a token with {"write" if write else "read"} access to that namespace ({_TOKEN_HINT}).')
+            verb = 'write to' if ctx.write else 'read'
+            return ctx.error(
+                f'no permission to {verb} {ctx.repo} on {ctx.endpoint} (HTTP {status}){detail}. '
+                f'Use a token with {"write" if ctx.write else "read"} access to that namespace ({_TOKEN_HINT}).')
         server_side = ' (a server error: try again later)' if status is not None and status >= 500 else ''
-        return make(f'the Hub at {endpoint} answered HTTP {status}{server_side} for {what}{detail}.')
+        return ctx.error(f'the Hub at {ctx.endpoint} answered HTTP {status}{server_side} for {ctx.what}{detail}.')
     if _is_transport_error(err):
-        return make(
-            f'could not connect to the Hub at {endpoint} ({type(err).__name__}: {err}). Check the network '
+        return ctx.error(
+            f'could not connect to the Hub at {ctx.endpoint} ({type(err).__name__}: {err}). Check the network '
             f'connection and HF_ENDPOINT; set HF_HUB_OFFLINE=1 to use cached files only.')
     return None
 

@@ -1,8 +1,8 @@
 """ Distilled datasets on the Hugging Face Hub (dataset repos)
 
 A distilled set is published as a dataset repo holding exactly what ``DistilledSet.save`` writes
-(``distilled.safetensors``, ``distill_config.json``, ``README.md`` and optionally ``zca.safetensors``), see
-``ecosystem.md`` §3.3. Downloads go through the standard Hub cache, so a set loaded once also loads with
+(``distilled.safetensors``, ``distill_config.json``, ``README.md`` and optionally ``zca.safetensors``; see
+:mod:`timm_dd.distilled.format`). Downloads go through the standard Hub cache, so a set loaded once also loads with
 ``HF_HUB_OFFLINE=1``.
 """
 import logging

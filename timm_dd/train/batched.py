@@ -67,83 +67,100 @@ def train_seeds_batched(
     Returns:
         One :class:`RunResult` per seed, in order.
     """
-    device = accelerator.device
     if len(models) != len(seeds):
         raise ValueError(f'{len(models)} models for {len(seeds)} seeds')
     check_batchable(models[0], cfg)
-    params, buffers = stack_module_state([m.to(device) for m in models])
-    base = copy.deepcopy(models[0])  # the structure functional_call runs; its own tensors are never used
-    base_lr = resolve_lr(cfg, train_set.learned_lr)
-    lr_schedule = cfg.lr_schedule_fn()
-    dsa = DSA(cfg.dsa_strategy, k=cfg.dsa_k) if cfg.dsa else None
-    holder = nn.Module()  # create_optimizer takes a module: hold the stacked leaves as parameters
-    for i, p in enumerate(params.values()):
-        holder.register_parameter(f'p{i}', nn.Parameter(p, requires_grad=True))
-    stacked = dict(zip(params.keys(), holder.parameters()))
-    optimizer = create_optimizer(holder, cfg, base_lr)
-    images, labels = train_set.images.to(device), train_set.labels.to(device)
-    n, num_seeds = len(train_set), len(seeds)
-    iters_per_epoch = math.ceil(n / cfg.batch_size)
-
-    def seed_loss(p: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor):
-        return label_loss(functional_call(base, (p, b), (x,)), y)  # soft labels are probabilities already
-
-    batched_loss = vmap(seed_loss, in_dims=(0, 0, 0, 0))
-    evaluated = eval_epochs(cfg)
-    histories: List[List[Dict[str, Any]]] = [[] for _ in seeds]
-    best = [(-1.0, -1)] * num_seeds
-    clock = {'train_seconds': 0.0, 'lr': base_lr}
-    base.train()
-
-    def train_epoch(epoch: int) -> Dict[str, Any]:
-        t0 = time.perf_counter()
-        perms = [torch.randperm(n, generator=generator_for(s, epoch, 0)).to(device) for s in seeds]
-        aug_gens = [generator_for(s, epoch, 0, 2) for s in seeds]
-        if cfg.reset_momentum_at_decay and epoch in lr_schedule.milestones:
-            optimizer.state.clear()  # as train_model: MTT re-creates its optimizer at the decay
-
-        def set_lr(it: int) -> None:
-            clock['lr'] = base_lr * lr_schedule.factor(epoch, it, iters_per_epoch)
-            for group in optimizer.param_groups:
-                group['lr'] = clock['lr']
-
-        def loss_of(it: int) -> torch.Tensor:
-            idx = [perm[it * cfg.batch_size:(it + 1) * cfg.batch_size] for perm in perms]
-            xs = [images[i] for i in idx]
-            if dsa is not None:
-                xs = [dsa(x, generator=g) for x, g in zip(xs, aug_gens)]
-            x, y = torch.stack(xs), torch.stack([labels[i] for i in idx])
-            with accelerator.autocast():
-                losses = batched_loss(stacked, buffers, x, y)
-            if not torch.isfinite(losses).all():
-                raise FloatingPointError(f'{desc}: loss became {losses.tolist()} at epoch {epoch}')
-            return losses
-
-        # the summed loss gives seed i's parameters only seed i's loss
-        losses = run_batches(range(iters_per_epoch), loss_of, optimizer, lambda l: l.sum().backward(), None, set_lr)
-        clock['train_seconds'] += time.perf_counter() - t0
-        return {'epoch': epoch, 'lr': clock['lr'], 'loss': torch.stack(losses).sum(0) / iters_per_epoch}
-
-    def evaluate_seeds(epoch: int, record: Dict[str, Any]) -> None:
-        if epoch not in evaluated:
-            return
-        accs, count = _evaluate(base, stacked, buffers, test_loader, accelerator)
-        record['acc'] = sum(accs) / num_seeds
-        for i in range(num_seeds):
-            histories[i].append({'epoch': epoch, 'lr': record['lr'], 'loss': float(record['loss'][i]),
-                                 'test_acc': accs[i], 'test_count': count})
-            if accs[i] > best[i][0]:
-                best[i] = (accs[i], epoch)
-
-    fit(range(cfg.epochs), train_epoch, [CallbackHook(evaluate_seeds)], desc or f'{num_seeds} seeds (vmap)', True,
+    run = _StackedRun(models, seeds, train_set, test_loader, cfg, accelerator, desc)
+    fit(range(cfg.epochs), run.train_epoch, [CallbackHook(run.evaluate)], desc or f'{len(seeds)} seeds (vmap)', True,
         lambda record: {'acc': f"{record['acc']:.3f}"} if 'acc' in record else {})
-    train_time = clock['train_seconds']
-    for model, state in zip(models, _unstack(stacked, buffers, num_seeds)):
+    for model, state in zip(models, _unstack(run.stacked, run.buffers, len(seeds))):
         model.load_state_dict(state)
-    ips = n * cfg.epochs * num_seeds / train_time if train_time > 0 else float('nan')
-    return [RunResult(final_acc=h[-1]['test_acc'], best_acc=best[i][0], best_epoch=best[i][1], history=h,
-                      num_test_evaluated=h[-1]['test_count'], train_seconds=train_time, images_per_second=ips)
-            for i, h in enumerate(histories)]
+    return run.results()
+
+
+class _StackedRun:
+    """The stacked parameters of every seed, one optimizer over them, one epoch of vmapped updates."""
+
+    def __init__(self, models: Sequence[nn.Module], seeds: Sequence[int], train_set: ImageSet,
+                 test_loader: DataLoader, cfg: TrainConfig, accelerator: Accelerator, desc: str):
+        self.cfg, self.seeds, self.accelerator, self.test_loader, self.desc = cfg, list(seeds), accelerator, \
+            test_loader, desc
+        self.device = device = accelerator.device
+        params, self.buffers = stack_module_state([m.to(device) for m in models])
+        self.base = copy.deepcopy(models[0])  # the structure functional_call runs; its own tensors are never used
+        self.base_lr = self.lr = resolve_lr(cfg, train_set.learned_lr)
+        self.lr_schedule = cfg.lr_schedule_fn()
+        self.dsa = DSA(cfg.dsa_strategy, k=cfg.dsa_k) if cfg.dsa else None
+        holder = nn.Module()  # create_optimizer takes a module: hold the stacked leaves as parameters
+        for i, p in enumerate(params.values()):
+            holder.register_parameter(f'p{i}', nn.Parameter(p, requires_grad=True))
+        self.stacked = dict(zip(params.keys(), holder.parameters()))
+        self.optimizer = create_optimizer(holder, cfg, self.base_lr)
+        self.images, self.labels = train_set.images.to(device), train_set.labels.to(device)
+        self.n = len(train_set)
+        self.iters_per_epoch = math.ceil(self.n / cfg.batch_size)
+        base = self.base
+
+        def seed_loss(p: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor):
+            return label_loss(functional_call(base, (p, b), (x,)), y)  # soft labels are probabilities already
+
+        self.batched_loss = vmap(seed_loss, in_dims=(0, 0, 0, 0))
+        self.evaluated = eval_epochs(cfg)
+        self.histories: List[List[Dict[str, Any]]] = [[] for _ in seeds]
+        self.best = [(-1.0, -1)] * len(seeds)
+        self.train_seconds = 0.0
+        self.base.train()
+
+    def train_epoch(self, epoch: int) -> Dict[str, Any]:
+        """One epoch for every seed, each with its own derived permutation and DSA stream."""
+        t0, cfg = time.perf_counter(), self.cfg
+        self._epoch = epoch
+        self._perms = [torch.randperm(self.n, generator=generator_for(s, epoch, 0)).to(self.device) for s in self.seeds]
+        self._aug_gens = [generator_for(s, epoch, 0, 2) for s in self.seeds]
+        if cfg.reset_momentum_at_decay and epoch in self.lr_schedule.milestones:
+            self.optimizer.state.clear()  # as train_model: MTT re-creates its optimizer at the decay
+        # the summed loss gives seed i's parameters only seed i's loss
+        losses = run_batches(range(self.iters_per_epoch), self._loss_of, self.optimizer, lambda l: l.sum().backward(),
+                             None, self._set_lr)
+        self.train_seconds += time.perf_counter() - t0
+        return {'epoch': epoch, 'lr': self.lr, 'loss': torch.stack(losses).sum(0) / self.iters_per_epoch}
+
+    def _set_lr(self, it: int) -> None:
+        self.lr = self.base_lr * self.lr_schedule.factor(self._epoch, it, self.iters_per_epoch)
+        for group in self.optimizer.param_groups:
+            group['lr'] = self.lr
+
+    def _loss_of(self, it: int) -> torch.Tensor:
+        bs = self.cfg.batch_size
+        idx = [perm[it * bs:(it + 1) * bs] for perm in self._perms]
+        xs = [self.images[i] for i in idx]
+        if self.dsa is not None:
+            xs = [self.dsa(x, generator=g) for x, g in zip(xs, self._aug_gens)]
+        x, y = torch.stack(xs), torch.stack([self.labels[i] for i in idx])
+        with self.accelerator.autocast():
+            losses = self.batched_loss(self.stacked, self.buffers, x, y)
+        if not torch.isfinite(losses).all():
+            raise FloatingPointError(f'{self.desc}: loss became {losses.tolist()} at epoch {self._epoch}')
+        return losses
+
+    def evaluate(self, epoch: int, record: Dict[str, Any]) -> None:
+        """Every seed's test accuracy at the evaluation epochs, into its history."""
+        if epoch not in self.evaluated:
+            return
+        accs, count = _evaluate(self.base, self.stacked, self.buffers, self.test_loader, self.accelerator)
+        record['acc'] = sum(accs) / len(accs)
+        for i, acc in enumerate(accs):
+            self.histories[i].append({'epoch': epoch, 'lr': record['lr'], 'loss': float(record['loss'][i]),
+                                      'test_acc': acc, 'test_count': count})
+            if acc > self.best[i][0]:
+                self.best[i] = (acc, epoch)
+
+    def results(self) -> List[RunResult]:
+        t = self.train_seconds
+        ips = self.n * self.cfg.epochs * len(self.seeds) / t if t > 0 else float('nan')
+        return [RunResult(final_acc=h[-1]['test_acc'], best_acc=self.best[i][0], best_epoch=self.best[i][1],
+                          history=h, num_test_evaluated=h[-1]['test_count'], train_seconds=t, images_per_second=ips)
+                for i, h in enumerate(self.histories)]
 
 
 @torch.no_grad()

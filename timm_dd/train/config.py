@@ -72,12 +72,18 @@ class TrainConfig:
     elf_feature_model: Optional[str] = None  # path / hf-hub: of a ConvNet trained on real data (or its run folder)
     # a run folder as elf_feature_model: use its snapshot after this epoch (ELF: epoch 100, before the lr decay)
     elf_feature_epoch: int = 100
+    # short runs of batch-norm networks: recompute the running statistics on the (un-augmented) training images before
+    # every evaluation; off in the published recipes (their 1000+ epochs leave the statistics current)
+    recompute_bn: bool = False
     # bookkeeping
     eval_every: int = 100  # 0: evaluate only after the last epoch
     # epochs after which the network is also saved (model-epoch<N>, timm local-dir layout; e.g. [100] for ELF's
     # feature model, which the ELF code takes after epoch 100, before its lr decay)
     snapshot_epochs: List[int] = field(default_factory=list)
     checkpoint_every: int = 100
+    # keep each finished run's resume checkpoint (checkpoint.pt, ~90 MB for a ResNet18); by default it is removed
+    # once the run's result.json is written, since a finished run is never resumed
+    keep_checkpoints: bool = False
     test_batch_size: int = 500
     seed: int = 0
     # None: what `accelerate config` / `accelerate launch --mixed_precision` chose; else 'no', 'fp16' or 'bf16'
@@ -86,7 +92,6 @@ class TrainConfig:
     # 'ddp': every run is trained by all processes (large training sets); 'vmap': all seeds of a network at once on
     # one device (stacked parameters; networks without batch norm, no DropPath/KD/ELF), networks split by process
     parallel: str = 'runs'
-    extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.opt == 'sgd':  # timm's 'sgd' is Nesterov; ours was plain momentum SGD

@@ -22,7 +22,7 @@ from ..models.convnet_dd import ConvNet
 from ..models.resnet_dd import ResNet
 from ..models.vgg_dd import VGG
 
-__all__ = ['FeatureSplit', 'elf_split', 'feature_model_width']
+__all__ = ['FeatureSplit', 'elf_split']
 
 
 class FeatureSplit:
@@ -96,7 +96,3 @@ def elf_split(model: nn.Module) -> FeatureSplit:
         raise ValueError('ELF defines no split point for AlexNet; train it without --elf')
     raise ValueError(f'ELF needs a declared split point; {type(model).__name__} is not a timm_dd ConvNet, ResNet or VGG')
 
-
-def feature_model_width(split: FeatureSplit) -> int:
-    """Width of the ConvNet feature model whose output matches the split (512 for ResNet18/VGG11)."""
-    return split.feature_shape[0]

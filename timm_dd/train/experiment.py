@@ -20,7 +20,7 @@ from ..data import DataSplits
 from ..io import atomic_write, atomic_write_json
 from ..seeding import seeded
 from .config import TrainConfig
-from .networks import create_student, elf_targets, load_done, result_record, save_done, save_model, \
+from .networks import create_student, elf_targets, load_done, result_record, run_folder, save_done, save_model, \
     train_or_load_teacher
 from .trainer import train_model
 
@@ -48,7 +48,7 @@ def _test_loader(bundle: DataSplits, cfg: TrainConfig, accelerator: Accelerator,
 
 RUN_CONFIG_FILE = 'run_config.json'
 #: recipe fields that may change when a run is resumed (bookkeeping only: they do not change the trained networks)
-RESUME_SAFE_FIELDS = ('checkpoint_every', 'test_batch_size', 'parallel')
+RESUME_SAFE_FIELDS = ('checkpoint_every', 'test_batch_size', 'parallel', 'keep_checkpoints')
 
 
 def _config_differences(saved: Dict[str, Any], current: Dict[str, Any], prefix: str = '') -> List[str]:
@@ -126,7 +126,7 @@ class _Experiment:
 
     def student(self, name: str, seed: int, teacher: Optional[nn.Module]) -> Dict[str, Any]:
         """Train (or, on resume, read back) one network with one seed; returns its record."""
-        run_dir = self.out_dir / 'runs' / name / f'seed{seed}'
+        run_dir = run_folder(self.out_dir, name, seed)
         done = load_done(run_dir) if self.resume else None
         if done is not None:
             return done
@@ -142,13 +142,13 @@ class _Experiment:
         if self.writer:
             if self.save_models:
                 save_model(student, run_dir / 'model', bundle, kwargs)
-            save_done(run_dir, record)
+            save_done(run_dir, record, self.cfg.keep_checkpoints)
         return record
 
     def seeds_batched(self, name: str, seeds: Sequence[int], first_job: int) -> List[Tuple[int, Dict[str, Any]]]:
         """Every seed of ``name`` at once (``parallel: vmap``); finished runs are kept on ``resume``."""
         from .batched import train_seeds_batched
-        run_dirs = [self.out_dir / 'runs' / name / f'seed{seed}' for seed in seeds]
+        run_dirs = [run_folder(self.out_dir, name, seed) for seed in seeds]
         done = [load_done(d) if self.resume else None for d in run_dirs]
         if all(d is not None for d in done):
             return [(first_job + i, d) for i, d in enumerate(done)]
@@ -163,7 +163,7 @@ class _Experiment:
             record = dict(result_record(name, seed, result), process=self.rank)
             if self.save_models:
                 save_model(student, run_dir / 'model', self.bundle, self.model_kwargs)
-            save_done(run_dir, record)
+            save_done(run_dir, record, self.cfg.keep_checkpoints)
             records.append((first_job + i, record))
         return records
 

@@ -19,12 +19,22 @@ from ..seeding import seeded
 from .config import TrainConfig, load_config
 from .elf import elf_split
 from .loop import evaluate
-from .trainer import RunResult, train_model
+from .trainer import CHECKPOINT_FILE, RunResult, train_model
 
-__all__ = ['create_student', 'train_or_load_teacher', 'elf_targets', 'save_model', 'load_done', 'save_done',
+__all__ = ['run_folder', 'teacher_folder', 'create_student', 'train_or_load_teacher', 'elf_targets', 'save_model', 'load_done', 'save_done',
            'result_record']
 
 _logger = logging.getLogger(__name__)
+
+
+def run_folder(out_dir: Path, model: str, seed: int) -> Path:
+    """Where an experiment keeps the run of ``model`` with ``seed``: ``runs/<model>/seed<k>``."""
+    return Path(out_dir) / 'runs' / model / f'seed{seed}'
+
+
+def teacher_folder(out_dir: Path, seed: int) -> Path:
+    """Where an experiment keeps the teacher of ``seed`` (its saved network is in ``model/``)."""
+    return Path(out_dir) / 'teachers' / f'seed{seed}'
 
 
 def create_student(name: str, bundle: DataSplits, cfg: TrainConfig, **model_kwargs: Any) -> nn.Module:
@@ -72,7 +82,7 @@ def train_or_load_teacher(cfg: TrainConfig, bundle: DataSplits, seed: int, accel
     teacher_cfg = load_config(cfg.teacher_recipe, overrides)
     with seeded(seed):
         teacher = create_student(cfg.teacher_model, bundle, teacher_cfg.replace(student_norm=cfg.teacher_norm))
-    run_dir = out_dir / 'teachers' / f'seed{seed}'
+    run_dir = teacher_folder(out_dir, seed)
     record = load_done(run_dir)
     if record is not None and resume:
         teacher.load_state_dict(_load_weights(run_dir / 'model'))
@@ -83,7 +93,7 @@ def train_or_load_teacher(cfg: TrainConfig, bundle: DataSplits, seed: int, accel
     record = result_record(cfg.teacher_model, seed, result)
     if accelerator.is_main_process or not distributed:
         save_model(teacher, run_dir / 'model', bundle, None)
-        save_done(run_dir, record)
+        save_done(run_dir, record, cfg.keep_checkpoints)
     if distributed:
         accelerator.wait_for_everyone()
     return teacher, record
@@ -122,8 +132,11 @@ def load_done(run_dir: Path) -> Optional[Dict[str, Any]]:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def save_done(run_dir: Path, record: Dict[str, Any]) -> None:
+def save_done(run_dir: Path, record: Dict[str, Any], keep_checkpoint: bool = False) -> None:
+    """Mark a run finished (``result.json``) and remove its resume checkpoint unless ``keep_checkpoint``."""
     atomic_write_json(run_dir / 'result.json', record, indent=2)
+    if not keep_checkpoint:
+        (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
 
 
 def elf_targets(cfg: TrainConfig, student: nn.Module, bundle: DataSplits, device: torch.device) -> torch.Tensor:
@@ -167,4 +180,5 @@ def result_record(model: str, seed: int, result: RunResult) -> Dict[str, Any]:
     """The ``result.json`` record of a finished run."""
     return dict(model=model, seed=seed, final_acc=result.final_acc, best_acc=result.best_acc,
                 best_epoch=result.best_epoch, test_count=result.num_test_evaluated,
-                train_seconds=result.train_seconds, images_per_second=result.images_per_second)
+                train_seconds=result.train_seconds, images_per_second=result.images_per_second,
+                train_acc=result.train_acc)

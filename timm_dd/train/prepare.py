@@ -43,21 +43,32 @@ def prepare_data(
     """
     if (data is None) == (real_ipc is None):
         raise ValueError('give either a distilled set (data) or real_ipc, not both and not neither')
+    loads = dict(root=data_root, cache_dir=cache_dir)
     if data is not None:
-        dset = _load_set(data, layout, dataset, image_space, soft_label_temperature)
-        source = dataset or dset.source_dataset
-        test = load_dataset(source, 'test', root=data_root, cache_dir=cache_dir, image_size=dset.image_size)
-        _check_classes(dset.class_names, test.class_names, dset.num_classes, test.num_classes, data, source)
-        train = dset.to_image_set(soft_label_temperature)
-        return DataSplits(train, test.in_space(dset.space), source,
-                          f'{dset.method} {dset.source_dataset} ipc {dset.ipc} ({data})',
-                          dict(kind='distilled', path=str(data), method=dset.method, ipc=dset.ipc,
-                               image_space=dset.image_space, source_dataset=dset.source_dataset,
-                               **_normalization(dset.normalization)))
+        return _distilled_splits(data, dataset, layout, image_space, soft_label_temperature, loads)
     if dataset is None:
         raise ValueError('real_ipc needs a dataset (e.g. digits, cifar10, or a folder/zip)')
-    train_full = load_dataset(dataset, 'train', root=data_root, cache_dir=cache_dir, image_size=image_size)
-    test = load_dataset(dataset, 'test', root=data_root, cache_dir=cache_dir, image_size=image_size)
+    return _real_splits(dataset, real_ipc, seed, image_space or 'normalized', zca_eps, dict(loads, image_size=image_size))
+
+
+def _distilled_splits(data: str, dataset: Optional[str], layout: Optional[str], image_space: Optional[str],
+                      soft_label_temperature: Optional[float], loads: Dict[str, Any]) -> DataSplits:
+    dset = _load_set(data, layout, dataset, image_space, soft_label_temperature)
+    source = dataset or dset.source_dataset
+    test = load_dataset(source, 'test', image_size=dset.image_size, **loads)
+    _check_classes(dset.class_names, test.class_names, dset.num_classes, test.num_classes, data, source)
+    train = dset.to_image_set(soft_label_temperature)
+    return DataSplits(train, test.in_space(dset.space), source,
+                      f'{dset.method} {dset.source_dataset} ipc {dset.ipc} ({data})',
+                      dict(kind='distilled', path=str(data), method=dset.method, ipc=dset.ipc,
+                           image_space=dset.image_space, source_dataset=dset.source_dataset,
+                           **_normalization(dset.normalization)))
+
+
+def _real_splits(dataset: str, real_ipc: int, seed: int, space: str, zca_eps: float,
+                 loads: Dict[str, Any]) -> DataSplits:
+    train_full = load_dataset(dataset, 'train', **loads)
+    test = load_dataset(dataset, 'test', **loads)
     _check_classes(train_full.class_names, test.class_names, train_full.num_classes, test.num_classes, dataset, dataset)
     if real_ipc < 0:  # the whole training set (e.g. for the ELF feature model)
         sub = train_full
@@ -65,7 +76,6 @@ def prepare_data(
         idx = select_ipc(train_full.labels, real_ipc, generator=torch.Generator().manual_seed(seed),
                          num_classes=train_full.num_classes)
         sub = train_full.subset(idx)
-    space = image_space or 'normalized'
     if space == 'zca':  # MTT's --zca space: ZCA (eps zca_eps) of [0, 1] pixels, fitted on the whole train split
         model_space = ImageSpace(zca=ZCA.fit(train_full.images, eps=zca_eps))
     elif space == 'normalized':

@@ -4,7 +4,7 @@ Both schedules are pure functions of (epoch, iteration) so a resumed run recompu
 """
 import math
 from dataclasses import asdict, dataclass
-from typing import Dict, List
+from typing import List
 
 __all__ = ['KeepRateSchedule', 'LRSchedule', 'LR_SCHEDULES', 'warmup_cosine']
 
@@ -51,17 +51,6 @@ class KeepRateSchedule:
             return self.p_final
         # round away float noise so the phase values print as 0.9, 0.8, ...
         return round(max(self.p_min, 1.0 - self.delta * (epoch // self.period)), 10)
-
-    def changes(self) -> Dict[int, float]:
-        """Epochs at which the keep rate changes (including epoch 0), for logs and plots."""
-        out: Dict[int, float] = {}
-        prev = None
-        for e in range(self.epochs):
-            p = self(e)
-            if p != prev:
-                out[e] = p
-                prev = p
-        return out
 
     def to_dict(self) -> dict:
         return asdict(self)

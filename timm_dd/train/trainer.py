@@ -25,6 +25,7 @@ from ..io import append_line, atomic_write
 from ..layers import set_drop_generator, set_keep_rate
 from ..seeding import derive_seed, generator_for, seeded
 from ..tracking import log_metrics
+from .batchnorm import STALE_BN_GAP, has_batchnorm, recompute_bn_stats, train_accuracies
 from .config import TrainConfig
 from .elf import FeatureSplit, elf_split
 from .loop import Hook, evaluate, fit, run_batches
@@ -47,6 +48,7 @@ class RunResult:
     num_test_evaluated: int
     train_seconds: float
     images_per_second: float
+    train_acc: Optional[float] = None  # on the un-augmented training images, eval mode, after the last epoch
 
 
 class TrainTask(nn.Module):
@@ -221,7 +223,9 @@ class _Run:
 
 
 class _EvaluationHook(Hook):
-    """Test accuracy at the evaluation epochs: recorded in the epoch's record, the history and the best."""
+    """Test accuracy at the evaluation epochs (after recomputing batch-norm statistics with ``recompute_bn``):
+    recorded in the epoch's record, the history and the best. The last evaluation also records the accuracy on the
+    training images in eval mode and with batch statistics, and warns when they differ (stale statistics)."""
 
     def __init__(self, run: _Run, test_loader: DataLoader, progress: _Progress):
         self.run, self.test_loader, self.progress = run, test_loader, progress
@@ -230,8 +234,13 @@ class _EvaluationHook(Hook):
     def after_epoch(self, epoch: int, record: Dict[str, Any]) -> None:
         if epoch not in self.epochs:
             return
-        result = self.run.evaluate(self.test_loader)
+        run, model = self.run, self.run.inner.model
+        if run.cfg.recompute_bn:
+            recompute_bn_stats(model, run.images, run.cfg.batch_size)
+        result = run.evaluate(self.test_loader)
         record.update(test_acc=result['acc'], test_count=result['count'])
+        if epoch == run.cfg.epochs - 1:
+            record.update(_train_set_accuracies(run, model))
         if result['acc'] > self.progress.best[0]:
             self.progress.best = (result['acc'], epoch)
         self.progress.history.append(record)
@@ -268,6 +277,18 @@ class _CheckpointHook(Hook):
             _save_checkpoint(self.path, run.inner, run.optimizer, self.progress.to_dict())
         if run.distributed:
             run.accelerator.wait_for_everyone()  # nobody reads or rewrites the file while it is written
+
+
+def _train_set_accuracies(run: _Run, model: nn.Module) -> Dict[str, float]:
+    """``train_acc`` (eval mode) and ``train_acc_batch_stats``; a warning naming ``--recompute-bn`` when the
+    running statistics are stale."""
+    eval_acc, batch_acc = train_accuracies(model, run.images, run.labels, run.cfg.batch_size)
+    if has_batchnorm(model) and batch_acc - eval_acc > STALE_BN_GAP:
+        _logger.warning('%s: on its own training images the network scores %.1f%% in eval mode but %.1f%% with batch '
+                        'statistics: its batch-norm running statistics are stale (a schedule this short leaves them '
+                        'behind the weights); the test accuracy is not the architecture\'s. Train longer or pass '
+                        '--recompute-bn (recipe field recompute_bn).', run.name, 100 * eval_acc, 100 * batch_acc)
+    return {'train_acc': eval_acc, 'train_acc_batch_stats': batch_acc}
 
 
 def _restore(run: _Run, out_dir: Optional[Path], resume: bool) -> _Progress:
@@ -351,6 +372,7 @@ def _result(run: _Run, progress: _Progress, test_loader: DataLoader, last_epoch:
     return RunResult(
         final_acc=final['acc'], best_acc=max(progress.best[0], final['acc']), best_epoch=progress.best[1],
         history=history, num_test_evaluated=final['count'], train_seconds=run.train_seconds,
+        train_acc=history[-1].get('train_acc') if history else None,
         images_per_second=run.images_seen / run.train_seconds if run.train_seconds > 0 else float('nan'))
 
 
