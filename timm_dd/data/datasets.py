@@ -3,8 +3,13 @@
 Everything is loaded into one float32 tensor ``[N, C, H, W]`` of pixels in [0, 1] (distillation touches every
 image many times, so a per-item ``Dataset`` would only add overhead). Sources:
 
-* ``'cifar10'`` / ``'cifar100'``: torchvision's python-pickle copies under ``root``. Nothing is downloaded
-  unless ``download=True``.
+* ``'cifar10'`` / ``'cifar100'``: torchvision's python-pickle copies under ``root`` (``root/cifar-10-batches-py``),
+  or, when those are absent, an image-folder/zip copy in ``root``: ``root`` itself or a sub-folder named after the
+  dataset (``root/cifar10``, ``root/cifar-10``, ``root/cifar10-jpeg``, ...) holding ``train/`` and ``test/`` class
+  folders or ``train.zip`` / ``test.zip``. Such a copy must have the dataset's classes (CIFAR-10's ten names; 100
+  classes for CIFAR-100, whose names sort alphabetically like torchvision's) and gets the dataset's name and
+  statistics. Nothing is downloaded unless ``download=True``. A folder given as the dataset itself that holds
+  torchvision's files (``DIR/cifar-10-batches-py``) is read as CIFAR too.
 * A directory in torchvision ``ImageFolder`` layout (``<class>/**/<image>``), or the same layout inside a
   ``.zip`` archive (class folders at the top, or inside one top-level folder). Given a parent folder holding
   ``<split>/`` or ``<split>.zip``, ``split`` picks one. Classes sort like ``ImageFolder`` (plain string sort);
@@ -146,7 +151,8 @@ def load_dataset(
         split: ``'train'`` or ``'test'`` (any name for folders: picks ``<split>/`` or ``<split>.zip``; a bare
             class-folder tree or an archive given directly is used as the requested split, except that an
             archive named after a split, such as ``test.zip``, is recorded as that split).
-        root: torchvision data folder for CIFAR (default ``$TIMM_DD_DATA`` or ``~/.cache/timm_dd/data``).
+        root: data folder for CIFAR (default ``$TIMM_DD_DATA`` or ``~/.cache/timm_dd/data``): torchvision's files
+            (``root/cifar-10-batches-py``), else an image-folder/zip copy (see the module docstring).
         download: let torchvision download CIFAR into ``root`` when missing.
         cache_dir: where decoded folder/zip images are cached (default :func:`default_cache_dir`).
         image_size: resize every image to ``(size, size)`` or ``(height, width)`` (bilinear, aspect ratio not
@@ -161,12 +167,17 @@ def load_dataset(
         ValueError: unknown split, undecodable image (naming the file), images of different sizes.
     """
     size = _check_size(image_size)
+    name_or_path = os.fspath(name_or_path)
     key = name_or_path.lower()
     if key in BUILTIN_DATASETS and os.path.sep not in name_or_path:
         if key == 'digits':
             return _load_digits(split, size)
-        return _load_cifar(key, split, root, download, size)
-    return _load_image_tree(Path(name_or_path).expanduser(), split, cache_dir, size, use_cache)
+        return _load_cifar(key, split, root, download, size, cache_dir, use_cache)
+    path = Path(name_or_path).expanduser()
+    for name, folder in _TORCHVISION_FOLDERS.items():  # a torchvision data folder given as the dataset
+        if (path / folder).is_dir() and _tree_copy(path) is None:
+            return _load_cifar(name, split, path, False, size, cache_dir, use_cache)
+    return _load_image_tree(path, split, cache_dir, size, use_cache)
 
 
 def select_ipc(
@@ -231,31 +242,93 @@ def _default_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / '.cache' / 'timm_dd' / 'data'
 
 
+_TORCHVISION_FOLDERS = {'cifar10': 'cifar-10-batches-py', 'cifar100': 'cifar-100-python'}
+
+
+def _tree_copy(folder: Path) -> Optional[Path]:
+    """``folder`` when it holds a train or test split as a folder or zip (an image-folder copy), else ``None``."""
+    if any((folder / s).is_dir() or (folder / f'{s}.zip').is_file() for s in ('train', 'test')):
+        return folder
+    return None
+
+
+def _find_cifar_copy(name: str, root: Path) -> Optional[Path]:
+    """An image-folder/zip copy of ``name`` in ``root``: ``root`` itself, else a sub-folder whose name is the
+    dataset's with any punctuation and an alphabetic suffix (``cifar10``, ``CIFAR-10``, ``cifar10-jpeg``; never
+    ``cifar100`` for ``cifar10``)."""
+    if not root.is_dir():
+        return None
+    if _tree_copy(root) is not None:
+        return root
+    for entry in sorted(root.iterdir()):
+        squashed = ''.join(ch for ch in entry.name.lower() if ch.isalnum())
+        if entry.is_dir() and squashed.startswith(name) and not squashed[len(name):len(name) + 1].isdigit():
+            if _tree_copy(entry) is not None:
+                return entry
+    return None
+
+
 def _load_cifar(
         name: str,
         split: str,
         root: Optional[Union[str, os.PathLike]],
         download: bool,
         size: Optional[Tuple[int, int]],
+        cache_dir: Optional[Union[str, os.PathLike]] = None,
+        use_cache: bool = True,
 ) -> ImageDataset:
     if split not in ('train', 'test'):
         raise ValueError(f"{name} has splits 'train' and 'test', got {split!r}")
+    root = Path(root).expanduser() if root is not None else _default_root()
+    tv_folder = _TORCHVISION_FOLDERS[name]
+    if not (root / tv_folder).is_dir():
+        copy = _find_cifar_copy(name, root)
+        if copy is not None:
+            return _load_cifar_copy(name, copy, split, cache_dir, size, use_cache)
     from torchvision import datasets as tvd
 
-    root = Path(root).expanduser() if root is not None else _default_root()
     cls = tvd.CIFAR10 if name == 'cifar10' else tvd.CIFAR100
     try:
         ds = cls(str(root), train=split == 'train', download=download)
     except RuntimeError as e:
         if download:
             raise
+        if (root / tv_folder).is_dir():
+            raise FileNotFoundError(f"torchvision's {name} files in {root / tv_folder} are incomplete or corrupted "
+                                    f"({e}); replace them, or pass --data-root DIR for another copy") from None
         raise FileNotFoundError(
-            f'{name} not found under {root} ({e}). Pass download=True to let torchvision download it there, '
-            f'or root=<folder> pointing at a folder that holds {cls.base_folder}/.') from None
+            f"{name} not found under {root}: it holds neither torchvision's {tv_folder}/ nor an "
+            f"image-folder/zip copy (train/ and test/ class folders, or train.zip and test.zip, in {root} or in "
+            f"{root / name}). On the command line pass --data-root DIR, a folder holding torchvision's {tv_folder}/ "
+            f"or such a copy, or --dataset DIR|ZIP for an image-folder copy itself; from Python, root=<folder>, or "
+            f"download=True to let torchvision download it into {root}.") from None
     images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).float().div_(255)
     mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == 'cifar10' else (CIFAR100_MEAN, CIFAR100_STD)
     return ImageDataset(_resize_float(images, size), torch.as_tensor(ds.targets, dtype=torch.int64),
                         list(ds.classes), mean, std, name, split)
+
+
+def _load_cifar_copy(
+        name: str,
+        folder: Path,
+        split: str,
+        cache_dir: Optional[Union[str, os.PathLike]],
+        size: Optional[Tuple[int, int]],
+        use_cache: bool,
+) -> ImageDataset:
+    """CIFAR-10/100 from an image-folder/zip copy, checked to have the dataset's classes."""
+    ds = _load_image_tree(folder, split, cache_dir, size, use_cache)
+    if name == 'cifar10' and tuple(ds.class_names) != CIFAR10_CLASSES:
+        raise ValueError(f'{folder} holds the classes {ds.class_names}, not CIFAR-10\'s {list(CIFAR10_CLASSES)}; '
+                         f'pass it as --dataset {folder} (its own classes) or point --data-root at a CIFAR-10 copy')
+    if name == 'cifar100' and ds.num_classes != 100:
+        raise ValueError(f'{folder} holds {ds.num_classes} classes, not CIFAR-100\'s 100; pass it as --dataset '
+                         f'{folder} (its own classes) or point --data-root at a CIFAR-100 copy')
+    if ds.images.shape[1] != 3:
+        raise ValueError(f'{folder} holds greyscale images; {name} is RGB')
+    _logger.info('%s %s read from the image-folder copy %s', name, split, folder)
+    mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == 'cifar10' else (CIFAR100_MEAN, CIFAR100_STD)
+    return ImageDataset(ds.images, ds.labels, ds.class_names, mean, std, name, split)
 
 
 def _digits_split_indices(targets: torch.Tensor, split: str) -> torch.Tensor:

@@ -22,7 +22,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
-from ..data import load_dataset
+from ..data import BUILTIN_DATASETS, load_dataset
 from ..data.zca import ZCA
 from ..distilled import DistilledSet, make_class_grid, save_grid
 from .dm import DistributionMatching
@@ -52,6 +52,7 @@ class DistillData:
     std: List[float]
     zca: Optional[ZCA]
     name: str
+    real_data: Optional[Dict[str, Any]] = None  # load_dataset's dataset/root when local: train.py finds the test split
 
     @property
     def num_classes(self) -> int:
@@ -74,8 +75,10 @@ class DistillData:
         return self._checksum
 
 
-def prepare_data(cfg: DistillConfig, data: Optional[Union[str, os.PathLike]] = None) -> DistillData:
-    """Load ``cfg.dataset`` (or the folder/zip ``data``) and move it to the distillation space.
+def prepare_data(cfg: DistillConfig, data: Optional[Union[str, os.PathLike]] = None,
+                 root: Optional[Union[str, os.PathLike]] = None) -> DistillData:
+    """Load ``cfg.dataset`` (or the folder/zip ``data``; CIFAR from the data folder ``root``) and move it to the
+    distillation space.
 
     With ``cfg.zca`` the images stay [0, 1] pixels and a ZCA (``eps=cfg.zca_eps``) is fitted on the whole train
     split and applied to both splits (MTT ``--zca``); otherwise they are mean/std normalized.
@@ -84,8 +87,12 @@ def prepare_data(cfg: DistillConfig, data: Optional[Union[str, os.PathLike]] = N
     if data is None and cfg.dataset.lower() in _DATASET_ALIASES:
         raise ValueError(f'dataset {cfg.dataset!r} has no built-in loader; pass its ImageFolder folder or zip as data')
     kwargs = {'image_size': cfg.image_size} if cfg.image_size else {}
-    train = load_dataset(source, 'train', **kwargs)
-    test = load_dataset(source, 'test', **kwargs)
+    train = load_dataset(source, 'train', root=root, **kwargs)
+    test = load_dataset(source, 'test', root=root, **kwargs)
+    local = (data is not None and str(data).lower() not in BUILTIN_DATASETS
+             and Path(data).expanduser().exists())
+    real = {'dataset': str(Path(data).expanduser().resolve()) if local else source,
+            'root': str(Path(root).expanduser().resolve()) if root is not None else None}
     mean, std = _normalization(cfg, train)
     if cfg.zca:
         zca = ZCA.fit(train.images, eps=cfg.zca_eps)
@@ -94,7 +101,7 @@ def prepare_data(cfg: DistillConfig, data: Optional[Union[str, os.PathLike]] = N
         zca = None
         train_x, test_x = _normalize(train.images, mean, std), _normalize(test.images, mean, std)
     return DistillData(train_x, train.labels, test_x, test.labels, list(train.class_names), list(mean), list(std),
-                       zca, cfg.dataset)
+                       zca, cfg.dataset, real if local or root is not None else None)
 
 
 def _normalization(cfg: DistillConfig, train) -> tuple:
@@ -199,6 +206,8 @@ def build_set(cfg: DistillConfig, data: DistillData, images: torch.Tensor, lr: O
               history: Optional[List[Dict[str, Any]]] = None, ema: Optional[torch.Tensor] = None) -> DistilledSet:
     """The :class:`DistilledSet` of the current images with every hyper-parameter in ``extra``."""
     extra = {'config': cfg.to_dict()}
+    if data.real_data:
+        extra['real_data'] = data.real_data
     if history:
         extra['history'] = history
     if ema is not None:

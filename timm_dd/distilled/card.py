@@ -22,6 +22,10 @@ _SIZE_BUCKETS = (
 _EVAL_COLUMNS = ('arch', 'top1_mean', 'top1_std', 'num_eval', 'protocol')
 
 
+# extra keys about the machine the set was made on (local paths): not shown on a card
+_LOCAL_KEYS = ('real_data',)
+
+
 def size_category(n: int) -> str:
     """Hub ``size_categories`` bucket for ``n`` samples."""
     for limit, name in _SIZE_BUCKETS:
@@ -127,8 +131,9 @@ def render_card(dset: 'DistilledSet', repo_id: Optional[str] = None, parquet_fil
             cols += [k for k in r if k not in cols]
         cols = [k for k in cols if any(k in r for r in dset.eval_results)]
         lines += ['', '## Evaluation', '', *_table(cols, [[r.get(k) for k in cols] for r in dset.eval_results])]
-    if dset.extra:
-        lines += ['', '## Hyper-parameters', '', *_table(['name', 'value'], [[k, v] for k, v in dset.extra.items()])]
+    params = [[k, v] for k, v in dset.extra.items() if k not in _LOCAL_KEYS]
+    if params:
+        lines += ['', '## Hyper-parameters', '', *_table(['name', 'value'], params)]
     target = repo_id or '<repo_id or path>'
     lines += [
         '',

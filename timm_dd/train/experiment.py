@@ -93,8 +93,7 @@ def prepare_data(
         raise ValueError('give either a distilled set (data) or real_ipc, not both and not neither')
     if data is not None:
         dset = _load_set(data, layout, dataset, image_space, soft_label_temperature)
-        source = dataset or dset.source_dataset
-        test = load_dataset(source, 'test', root=data_root, cache_dir=cache_dir, image_size=dset.image_size[-1])
+        source, test = _test_split(dset, data, dataset, data_root, cache_dir)
         _check_classes(dset.class_names, test.class_names, dset.num_classes, test.num_classes, data, source)
         labels = _soft_label_probs(dset, soft_label_temperature) if dset.soft_labels is not None else dset.labels
         learned_lr = float(dset.lr) if dset.lr is not None else None
@@ -130,6 +129,31 @@ def prepare_data(
                       dict(kind='real', dataset=dataset, ipc=real_ipc, seed=seed, image_space=space,
                            mean=list(train_full.mean), std=list(train_full.std),
                            **({'zca_eps': zca_eps} if space == 'zca' else {})))
+
+
+def _test_split(dset: DistilledSet, data: str, dataset: Optional[str], data_root: Optional[str],
+                cache_dir: Optional[str]) -> Tuple[str, Any]:
+    """``(source, test split)`` of the set's real dataset: ``dataset`` / ``data_root`` when given, else where the
+    distillation read it (``extra['real_data']``), else ``source_dataset``; a miss names the flags to pass."""
+    size = dset.image_size[-1]
+    recorded = dset.extra.get('real_data') if isinstance(dset.extra, dict) else None
+    gone = ''
+    if dataset is None and data_root is None and isinstance(recorded, dict) and recorded.get('dataset'):
+        try:
+            return recorded['dataset'], load_dataset(recorded['dataset'], 'test', root=recorded.get('root'),
+                                                     cache_dir=cache_dir, image_size=size)
+        except FileNotFoundError:
+            gone = f" (it was distilled from {recorded.get('root') or recorded['dataset']}, which no longer holds it)"
+            _logger.warning('the real data of %s is gone%s; trying %r', data, gone, dset.source_dataset)
+    source = dataset or dset.source_dataset
+    try:
+        return source, load_dataset(source, 'test', root=data_root, cache_dir=cache_dir, image_size=size)
+    except FileNotFoundError as e:
+        if dataset is not None:
+            raise
+        raise FileNotFoundError(
+            f'the test split of {source!r}, the dataset the set {data} was distilled from, was not found{gone}: '
+            f'pass --dataset NAME|DIR|ZIP (the real dataset it came from) or --data-root DIR. {e}') from None
 
 
 def _load_set(data: str, layout: Optional[str], dataset: Optional[str], image_space: Optional[str],
