@@ -389,6 +389,10 @@ def test_local_cifar10_copy_as_typed_and_found_again_from_a_distilled_set(tmp_pa
     dset = timm_dd.load_distilled(str(tmp_path / 'd' / 'distilled'))
     assert dset.source_dataset == 'cifar10' and dset.class_names[:2] == ['airplane', 'automobile']
     assert str(root.parent) not in (tmp_path / 'd' / 'distilled' / 'README.md').read_text()  # no local path on a card
+    from PIL import Image
+    from timm_dd.distilled.grid import class_grid_image
+    two_panels, layout = class_grid_image(dset, real=dset.images)  # the real images it started from, beside it
+    assert Image.open(tmp_path / 'd' / 'distilled.png').size == two_panels.size and len(layout.panels) == 2
     train = ['-c', 'baseline', '--data', str(tmp_path / 'd' / 'distilled'), *tiny]
     capsys.readouterr()
     assert train_cli.main([*train, '--output', str(tmp_path / 'on-set')]) == 0, capsys.readouterr().err

@@ -275,7 +275,7 @@ def run_distill(
     dset = build_set(cfg, data, distiller.images, lr, history)
     if main:  # the images are identical on every process; one writes
         dset.save(out_dir / 'distilled')
-        save_grid(dset, out_dir / 'distilled.png')
+        save_grid(dset, out_dir / 'distilled.png', real=images if cfg.pix_init == 'real' else None)  # beside its start
         if getattr(distiller, 'ema', None) is not None:
             ema_set = build_set(cfg, data, distiller.ema, lr, history, ema=distiller.ema)
             ema_set.save(out_dir / 'distilled_ema')

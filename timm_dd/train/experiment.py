@@ -24,6 +24,7 @@ from ..layers import keep_rate_units
 from ..models import is_timm_dd_model
 from .config import TrainConfig, load_config
 from .elf import elf_split
+from .report import format_table  # the one table renderer (also for merged results)
 from .trainer import RunResult, TrainSet, train_model
 
 __all__ = ['DataBundle', 'prepare_data', 'create_student', 'run_experiment', 'ExperimentResult', 'format_table']
@@ -531,29 +532,6 @@ def summarize(runs: List[Dict[str, Any]], teacher_runs: List[Dict[str, Any]]) ->
             best_std=best_std, gap_to_teacher=(final_mean - teacher_mean) if teacher_mean is not None else None,
             images_per_second=statistics.fmean(ips) if ips else None))
     return table
-
-
-def format_table(result: ExperimentResult) -> str:
-    """Markdown table: final accuracy (primary), best over evaluations (labelled), gap to the ConvNet teacher."""
-    cfg = result.config
-    lines = [
-        f"Recipe `{cfg['recipe']}` on {result.data.get('description', '')}; {cfg['epochs']} epochs, opt {cfg['opt']}, "
-        f"lr schedule {cfg['lr_schedule']}, DropPath {'on' if cfg['drop_path'] else 'off'}, "
-        f"KD {'on' if cfg['kd'] else 'off'}, DSA k={cfg['dsa_k'] if cfg['dsa'] else 0}, ELF {'on' if cfg['elf'] else 'off'}.",
-        '',
-        '| network | runs | final top-1 (%) | best over evaluations (%) | gap to teacher (pts) | train img/s |',
-        '|---|---|---|---|---|---|',
-    ]
-    if result.teacher_runs:
-        m, s = _mean_std([r['final_acc'] for r in result.teacher_runs])
-        lines.append(f"| teacher {result.teacher_runs[0]['model']} | {len(result.teacher_runs)} | "
-                     f"{100 * m:.2f} ± {100 * s:.2f} | - | - | - |")
-    for row in result.table:
-        gap = f"{100 * row['gap_to_teacher']:+.2f}" if row['gap_to_teacher'] is not None else '-'
-        ips = f"{row['images_per_second']:.0f}" if row['images_per_second'] else '-'
-        lines.append(f"| {row['model']} | {row['runs']} | {100 * row['final_mean']:.2f} ± {100 * row['final_std']:.2f} "
-                     f"| {100 * row['best_mean']:.2f} ± {100 * row['best_std']:.2f} | {gap} | {ips} |")
-    return '\n'.join(lines) + '\n'
 
 
 def write_results(result: ExperimentResult, out_dir: Path) -> None:
