@@ -1,7 +1,6 @@
 """What a researcher shows: the results table (one renderer for one run and for merged runs), the result figures
 and the distilled-image grid."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -350,6 +350,7 @@ def test_stacked_seeds_refuse_batch_norm_and_dpkd(accelerator):
 
 def _tiny_cifar10_copy(root: Path, per_class: int = 2) -> Path:
     """A CIFAR-10 image-folder copy as the shared JPEG copy is laid out: ``root/train.zip``, ``root/test.zip``."""
+    import io
     import zipfile
 
     import numpy as np
@@ -361,7 +362,7 @@ def _tiny_cifar10_copy(root: Path, per_class: int = 2) -> Path:
         with zipfile.ZipFile(root / f'{split}.zip', 'w') as zf:
             for c in CIFAR10_CLASSES:
                 for i in range(per_class):
-                    buf = __import__('io').BytesIO()
+                    buf = io.BytesIO()
                     Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(buf, format='PNG')
                     zf.writestr(f'{c}/{i:04d}.png', buf.getvalue())
     return root
