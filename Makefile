@@ -46,9 +46,10 @@ demo: install
 		echo "## Cross-architecture, $(DEMO_EPOCHS)-epoch schedules (published: 1000 / 4000)"; echo; \
 		echo "Schedules this short show the pipeline working, not DP+KD's published gains (its Lion lr is tuned"; \
 		echo "for 4000 epochs); the full protocol is GPU work (benchmarks/reproduce.py)."; echo; \
-		$(BIN)/python -c "from timm_dd.train.report import merge_results as m; \
-		print(m(['$(DEMO_OUT)/real-baseline', '$(DEMO_OUT)/real-dpkd', '$(DEMO_OUT)/att-baseline', \
-		'$(DEMO_OUT)/att-dpkd']))" ) | tee $(DEMO_OUT)/summary.md
+		$(BIN)/python -c "from timm_dd.train.plots import write_report as w; \
+		print(w(['$(DEMO_OUT)/real-baseline', '$(DEMO_OUT)/real-dpkd', '$(DEMO_OUT)/att-baseline', \
+		'$(DEMO_OUT)/att-dpkd'], '$(DEMO_OUT)/comparison.md', '$(DEMO_OUT)/comparison.png'))" ) \
+		| tee $(DEMO_OUT)/summary.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -140,6 +140,34 @@ def _(tmp, capsys):
                                    '--output', str(tmp / 'o')], capsys)), 2, r'no such folder'
 
 
+@case('cifar-not-in-data-root')
+def _(tmp, capsys):
+    (tmp / 'empty').mkdir()
+    return (lambda: _cli('train', ['-c', 'baseline', '--dataset', 'cifar10', '--data-root', str(tmp / 'empty'),
+                                   '--real-ipc', '1', '--model', 'convnet3', '--output', str(tmp / 'o'), '--cpu'],
+                         capsys)), 2, (r"neither torchvision's cifar-10-batches-py/ nor an image-folder/zip copy"
+                                       r'.*--data-root DIR.*--dataset DIR')
+
+
+@case('set-real-data-moved')
+def _(tmp, capsys):
+    import shutil
+    folder = tmp / 'mydata'
+    for split in ('train', 'test'):
+        for k in range(10):
+            (folder / split / f'class{k}').mkdir(parents=True)
+            from PIL import Image
+            Image.new('L', (8, 8), 10 * k).save(folder / split / f'class{k}' / '0.png')
+    g = torch.Generator().manual_seed(0)
+    DistilledSet(images=torch.randn(10, 1, 8, 8, generator=g), labels=torch.arange(10), method='DM',
+                 class_names=[f'class{k}' for k in range(10)], source_dataset='mydata', ipc=1, image_space='pixel',
+                 extra={'real_data': {'dataset': str(folder), 'root': None}}).save(tmp / 'set')
+    shutil.rmtree(folder)
+    return (lambda: _cli('train', ['-c', 'baseline', '--data', str(tmp / 'set'), '--model', 'convnet3',
+                                   '--output', str(tmp / 'o'), '--cpu'], capsys)), 2, \
+        r'no longer holds it.*pass --dataset NAME\|DIR\|ZIP .* or --data-root DIR'
+
+
 # --- experts ---------------------------------------------------------------------------------------------------
 
 @case('expert-truncated')
@@ -198,7 +226,7 @@ def _(tmp, capsys):
 @case('train-checkpoint-corrupt')
 def _(tmp, capsys):
     args = ['-c', 'baseline', '--dataset', 'digits', '--real-ipc', '1', '--model', 'convnet3', '--model-kwargs',
-            'width=4', '--epochs', '2', '--output', str(tmp / 'o'), '--no-plots', '--cpu']
+            'width=4', '--epochs', '2', '--output', str(tmp / 'o'), '--no-plots', '--cpu', '--keep-checkpoints']
     assert _cli('train', args, capsys)[0] == 0
     ckpt = tmp / 'o' / 'runs' / 'convnet3' / 'seed0' / 'checkpoint.pt'
     ckpt.write_bytes(ckpt.read_bytes()[:100])

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-import timm_dd.data.datasets as dsmod
+import timm_dd.data.folders as dsmod  # the image-folder reader, whose decoding the cache tests count
 from timm_dd.data.cache import load_cached
 from timm_dd.data import (
     CIFAR10_CLASSES, CIFAR10_MEAN, DIGITS_MEAN, DIGITS_STD, IMAGENET_MEAN, ImageSet, load_dataset, select_ipc,
@@ -245,6 +245,9 @@ def test_cifar10_missing_hint(tmp_path):
     with pytest.raises(FileNotFoundError, match='download=True') as info:
         load_dataset('cifar10', root=tmp_path / 'nothing_here')
     assert 'root=' in str(info.value)
+    # the command-line flags that fix it, not only the Python keyword
+    assert '--data-root DIR' in str(info.value) and '--dataset DIR' in str(info.value)
+    assert 'cifar-10-batches-py' in str(info.value) and 'train.zip' in str(info.value)
     with pytest.raises(FileNotFoundError, match='download=True'):
         load_dataset('cifar100', 'test', root=tmp_path / 'nothing_here')
     with pytest.raises(ValueError, match='split'):
@@ -271,3 +274,66 @@ def test_shared_cifar10_jpeg(shared_cifar):
     # the cached reload is identical
     again = load_dataset(str(SHARED_CIFAR), 'test', cache_dir=cache)
     assert torch.equal(again.images, test.images) and torch.equal(again.labels, test.labels)
+
+
+def _write_cifar_copy(root: Path, as_zip: bool = False, classes=CIFAR10_CLASSES, per_class: int = 2) -> None:
+    """A tiny CIFAR-10 image-folder copy: ``root/{train,test}/<class>/*.png`` (or ``train.zip`` / ``test.zip``)."""
+    for split, offset in (('train', 0), ('test', 50)):
+        tree = root / (f'_{split}_tree' if as_zip else split)
+        for label, c in enumerate(classes):
+            (tree / c).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.fromarray(_pixels(label, offset + i)).save(tree / c / f'{i:04d}.png')
+        if as_zip:
+            _zip_tree(tree, root / f'{split}.zip')
+            import shutil
+            shutil.rmtree(tree)
+
+
+@pytest.mark.parametrize('layout', ['root-folders', 'root-zips', 'sub-cifar10', 'sub-CIFAR-10-jpeg'])
+def test_cifar10_from_an_image_folder_copy_in_data_root(tmp_path, layout):
+    root = tmp_path / 'data'
+    where = {'root-folders': root, 'root-zips': root, 'sub-cifar10': root / 'cifar10',
+             'sub-CIFAR-10-jpeg': root / 'CIFAR-10-jpeg'}[layout]
+    _write_cifar_copy(where, as_zip=layout != 'root-folders')
+    _write_cifar_copy(root / 'cifar100', classes=[f'c{i:02d}' for i in range(10)])  # never taken for cifar10
+    for split, offset in (('train', 0), ('test', 50)):
+        ds = load_dataset('cifar10', split, root=root, cache_dir=tmp_path / 'c')
+        assert ds.name == 'cifar10' and ds.split == split
+        assert ds.class_names == list(CIFAR10_CLASSES) and ds.mean == CIFAR10_MEAN
+        assert ds.images.shape == (20, 3, 8, 8) and ds.labels.tolist() == [k for k in range(10) for _ in range(2)]
+        assert torch.equal(ds.images[3], torch.from_numpy(_pixels(1, offset + 1)).permute(2, 0, 1).float() / 255)
+    assert load_dataset('cifar10', 'test', root=root, cache_dir=tmp_path / 'c', image_size=4).image_size == (4, 4)
+
+
+def test_cifar10_copy_with_other_classes_is_refused(tmp_path):
+    _write_cifar_copy(tmp_path / 'cifar10', classes=[f'k{i}' for i in range(10)], per_class=1)
+    with pytest.raises(ValueError, match="not CIFAR-10's") as info:
+        load_dataset('cifar10', 'test', root=tmp_path, cache_dir=tmp_path / 'c')
+    assert '--dataset' in str(info.value)
+    other = tmp_path / 'other'
+    _write_cifar_copy(other / 'cifar100', per_class=1)  # a CIFAR-100 folder is not a CIFAR-10 copy
+    with pytest.raises(FileNotFoundError, match='--data-root'):
+        load_dataset('cifar10', 'test', root=other, cache_dir=tmp_path / 'c')
+
+
+def test_shared_cifar10_jpeg_through_data_root(shared_cifar):
+    data, cache = shared_cifar
+    for root in (SHARED_CIFAR, SHARED_CIFAR.parent):  # the copy itself, or the folder that holds it
+        test = load_dataset('cifar10', 'test', root=root, cache_dir=cache)
+        assert test.name == 'cifar10' and test.class_names == list(CIFAR10_CLASSES) and test.mean == CIFAR10_MEAN
+        assert torch.equal(test.images, data['test'].images) and torch.equal(test.labels, data['test'].labels)
+
+
+def test_shared_cifar10_jpeg_as_typed_on_the_command_line(shared_cifar, tmp_path, capsys):
+    """The README's `train.py --dataset cifar10 --data-root ../shared/data/cifar10-jpeg` (the decode cache of the
+    fixture keeps it quick)."""
+    import json
+    from timm_dd.cli import train as train_cli
+    _, cache = shared_cifar
+    out = tmp_path / 'out'
+    assert train_cli.main(['-c', 'baseline', '--dataset', 'cifar10', '--data-root', str(SHARED_CIFAR), '--real-ipc',
+                           '1', '--model', 'convnet3', '--model-kwargs', 'width=4', '--epochs', '1', '--no-plots',
+                           '--cpu', '--cache-dir', str(cache), '--output', str(out)]) == 0, capsys.readouterr().err
+    result = json.loads((out / 'results.json').read_text())
+    assert [r['test_count'] for r in result['runs']] == [10000] and result['data']['dataset'] == 'cifar10'

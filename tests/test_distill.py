@@ -288,11 +288,26 @@ def test_cli_end_to_end(tmp_path):
     assert dset.images.shape == (20, 1, 8, 8) and dset.method == 'ATT' and float(dset.lr) > 0
     assert dset.extra['config']['syn_steps'] == 2 and len(dset.extra['history']) == 3
     assert (tmp_path / 'run' / 'grid_000001.png').is_file() and (tmp_path / 'run' / 'distilled_ema').is_dir()
+    # the card states the effective settings (not the authors' after overrides) and the expert buffer used
+    card = (Path(out['out']) / 'README.md').read_text()
+    assert 'changed here (not the published settings)' in card and 'ipc=2' in card
+    assert dset.extra['experts']['experts'] == 1 and dset.extra['experts']['epochs'] == 3
+    assert str((tmp_path / 'buf').resolve()) in card and dset.extra['experts']['sha256'][:16] in card
+    assert 'Expert trajectories: 1 experts of 3 epochs' in card
     best = DistilledSet.load(tmp_path / 'run' / 'distilled_best')  # the MTT/ATT rule, labelled
     assert 'selects on the test set' in best.extra['selection'] and best.extra['selected_iteration'] in (0, 1, 2)
     r = run('distill', *common, '--experts', str(tmp_path / 'buf'), '--output', str(tmp_path / 'bad'),
             '--iterations', '1', '--no-eval', '--set', 'lr_teacher=-1')
     assert r.returncode == 2 and 'lr_teacher' in r.stderr
+
+
+def test_a_preset_with_changed_settings_says_so_in_its_source():
+    plain = get_preset('cifar10-ipc10-att')
+    assert 'changed here' not in plain.source
+    changed = get_preset('cifar10-ipc10-att', {'iterations': 20, 'ipc': 10})
+    assert changed.source.startswith(plain.source) and 'iterations=20' in changed.source
+    assert 'ipc=' not in changed.source  # the preset's own value is not a change
+    assert get_preset(None, {'iterations': 3}).source == get_preset(None).source  # no preset: nothing to claim
 
 
 def test_resume_with_changed_settings_is_refused_or_forced(tmp_path):

@@ -396,7 +396,7 @@ def test_to_pixel_space():
 def test_save_grid(tmp_path):
     p = _pixels()
     dset = _simple_set(images=(p - 0.5) / 0.25)
-    path = save_grid(dset, tmp_path / 'grids' / 'grid.png', padding=2)
+    path = save_grid(dset, tmp_path / 'grids' / 'grid.png', padding=2, scale=1, labels=False)  # the bare grid
     assert path == tmp_path / 'grids' / 'grid.png' and os.listdir(path.parent) == ['grid.png']
     img = Image.open(path)
     assert img.format == 'PNG' and img.mode == 'RGB'
@@ -407,7 +407,12 @@ def test_save_grid(tmp_path):
     assert (cell.float() - p[IPC] * 255).abs().max() <= 1
     # out-of-range values are clipped, more columns than images leave blank cells, scale upsamples
     wild = DistilledSet(torch.randn(K * IPC, C, H, W) * 5, _labels())
-    img = Image.open(save_grid(wild, tmp_path / 'wild.png', max_per_class=5, padding=0, scale=2, classes=[0, 2]))
+    img = Image.open(save_grid(wild, tmp_path / 'wild.png', max_per_class=5, padding=0, scale=2, classes=[0, 2],
+                               labels=False))
     assert img.size == (IPC * W * 2, 2 * H * 2)
-    img = Image.open(save_grid(_full_set(), tmp_path / 'zca.png', max_per_class=2))
+    img = Image.open(save_grid(_full_set(), tmp_path / 'zca.png', max_per_class=2, scale=1, labels=False))
     assert img.size == (2 * (W + 2) + 2, K * (H + 2) + 2)
+    # by default: upscaled to >= 64 px per image, with the class names in a column before the rows
+    img = Image.open(save_grid(dset, tmp_path / 'default.png'))
+    scale = -(-64 // min(H, W))
+    assert img.size[0] > IPC * (W * scale + 2) + 2 and img.size[1] >= K * (H * scale + 2) + 2

@@ -360,3 +360,62 @@ def test_stacked_seeds_refuse_batch_norm_and_dpkd(accelerator):
     conv = timm.create_model('convnet3', num_classes=4, in_chans=1, img_size=8, width=4)
     with pytest.raises(ValueError, match="'drop_path', 'kd'"):
         check_batchable(conv, load_config('dpkd'))
+
+
+def _tiny_cifar10_copy(root: Path, per_class: int = 2) -> Path:
+    """A CIFAR-10 image-folder copy as the shared JPEG copy is laid out: ``root/train.zip``, ``root/test.zip``."""
+    import io
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+    from timm_dd.data import CIFAR10_CLASSES
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split in ('train', 'test'):
+        with zipfile.ZipFile(root / f'{split}.zip', 'w') as zf:
+            for c in CIFAR10_CLASSES:
+                for i in range(per_class):
+                    buf = io.BytesIO()
+                    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(buf, format='PNG')
+                    zf.writestr(f'{c}/{i:04d}.png', buf.getvalue())
+    return root
+
+
+@pytest.mark.parametrize('how', ['data-root', 'folder'])
+def test_local_cifar10_copy_as_typed_and_found_again_from_a_distilled_set(tmp_path, monkeypatch, capsys, how):
+    """`--dataset cifar10 --data-root DIR` reads an image-folder copy; a set distilled from it finds its test split
+    again without flags, and names the flags to pass once the folder is gone."""
+    from timm_dd.cli import distill as distill_cli
+    from timm_dd.cli import train as train_cli
+    monkeypatch.setenv('TIMM_DD_DATA', str(tmp_path / 'no_default_data'))
+    monkeypatch.setenv('TIMM_DD_CACHE', str(tmp_path / 'cache'))
+    root = _tiny_cifar10_copy(tmp_path / 'data' / 'cifar10-jpeg')
+    data_args = ['--dataset', 'cifar10', '--data-root', str(root.parent)] if how == 'data-root' else \
+        ['--dataset', str(root)]
+    tiny = ['--model', 'convnet3', '--model-kwargs', 'width=4', '--epochs', '1', '--no-plots', '--cpu']
+    assert train_cli.main(['-c', 'baseline', *data_args, '--real-ipc', '1', *tiny,
+                           '--output', str(tmp_path / 'real')]) == 0, capsys.readouterr().err
+    result = json.loads((tmp_path / 'real' / 'results.json').read_text())
+    assert [r['test_count'] for r in result['runs']] == [20]  # the copy's test split: 2 images x 10 classes
+    assert distill_cli.main(['distill', '-c', 'cifar10-ipc10-dm', *data_args, '--set', 'model_kwargs={width: 4}',
+                             '--ipc', '1', '--iterations', '1', '--no-eval', '--output', str(tmp_path / 'd'),
+                             '--cpu']) == 0, capsys.readouterr().err
+    dset = timm_dd.load_distilled(str(tmp_path / 'd' / 'distilled'))
+    assert dset.source_dataset == 'cifar10' and dset.class_names[:2] == ['airplane', 'automobile']
+    assert str(root.parent) not in (tmp_path / 'd' / 'distilled' / 'README.md').read_text()  # no local path on a card
+    from PIL import Image
+    from timm_dd.distilled.grid import class_grid_image
+    two_panels, layout = class_grid_image(dset, real=dset.images)  # the real images it started from, beside it
+    assert Image.open(tmp_path / 'd' / 'distilled.png').size == two_panels.size and len(layout.panels) == 2
+    train = ['-c', 'baseline', '--data', str(tmp_path / 'd' / 'distilled'), *tiny]
+    capsys.readouterr()
+    assert train_cli.main([*train, '--output', str(tmp_path / 'on-set')]) == 0, capsys.readouterr().err
+    result = json.loads((tmp_path / 'on-set' / 'results.json').read_text())
+    assert [r['test_count'] for r in result['runs']] == [20]  # found again: no --dataset / --data-root needed
+    moved = root.rename(tmp_path / 'elsewhere')
+    assert train_cli.main([*train, '--output', str(tmp_path / 'gone')]) == 2
+    err = capsys.readouterr().err
+    assert '--dataset' in err and '--data-root' in err and 'cifar10' in err
+    assert 'no longer holds it' in err
+    assert train_cli.main([*train, '--dataset', str(moved), '--output', str(tmp_path / 'moved')]) == 0

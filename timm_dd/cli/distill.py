@@ -33,6 +33,8 @@ DEPRECATED = {'--data': ('--dataset', '--data names a distilled set in both comm
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     add_common_args(p, seeds=False)
     p.add_argument('--preset', dest='config', default=None, metavar='NAME', help='the same as -c: a preset name')
+    p.add_argument('--data-root', default=None, metavar='DIR',
+                   help="CIFAR's data folder: torchvision's cifar-10-batches-py, or an image-folder/zip copy")
     p.add_argument('--threads', type=int, default=None,
                    help='torch CPU threads (1 is much faster for tiny networks on a shared machine)')
     p.add_argument('--deterministic', action='store_true',
@@ -169,7 +171,7 @@ def _run(args: argparse.Namespace, cfg: Any, out: Path, acc: Any) -> Optional[An
         acc.init_trackers(f'timm_dd-{args.command}', config={k: v if isinstance(v, (int, float, str, bool))
                                                               else str(v) for k, v in cfg.to_dict().items()})
     with acc.main_process_first():  # one process fills the decoded-data cache, the others read it
-        data = prepare_data(cfg, args.dataset)
+        data = prepare_data(cfg, args.dataset, args.data_root)
     if args.command == 'experts':
         run_experts(cfg, data, out, acc)
         if args.push_to_hub and acc.is_main_process:

@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='image space of a --data set made by another tool (ZCA refitted on --dataset), or of real '
                         'data with --real-ipc (default normalized; zca: as MTT --zca)')
     g.add_argument('--real-ipc', type=int, help='train on K real images per class of --dataset instead (-1: all)')
-    g.add_argument('--data-root', help='where torchvision datasets live')
+    g.add_argument('--data-root', metavar='DIR', help="CIFAR's data folder: torchvision's cifar-10-batches-py, "
+                                                    'or an image-folder/zip copy (train/ test/ or train.zip test.zip)')
     g.add_argument('--img-size', type=int, help='resize the real dataset (with --real-ipc) to this size')
     g.add_argument('--cache-dir', help='decoded-dataset cache (default $TIMM_DD_CACHE or ~/.cache/timm_dd)')
     g = p.add_argument_group('model')

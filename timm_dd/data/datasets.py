@@ -3,13 +3,15 @@
 Everything is loaded into one float32 tensor ``[N, C, H, W]`` of pixels in [0, 1] (distillation touches every
 image many times, so a per-item ``Dataset`` would only add overhead). Sources:
 
-* ``'cifar10'`` / ``'cifar100'``: torchvision's python-pickle copies under ``root``. Nothing is downloaded
-  unless ``download=True``.
+* ``'cifar10'`` / ``'cifar100'``: torchvision's python-pickle copies under ``root`` (``root/cifar-10-batches-py``),
+  or, when those are absent, an image-folder/zip copy in ``root``: ``root`` itself or a sub-folder named after the
+  dataset (``root/cifar10``, ``root/cifar-10``, ``root/cifar10-jpeg``, ...) holding ``train/`` and ``test/`` class
+  folders or ``train.zip`` / ``test.zip``. Such a copy must have the dataset's classes (CIFAR-10's ten names; 100
+  classes for CIFAR-100, whose names sort alphabetically like torchvision's) and gets the dataset's name and
+  statistics. Nothing is downloaded unless ``download=True``. A folder given as the dataset itself that holds
+  torchvision's files (``DIR/cifar-10-batches-py``) is read as CIFAR too.
 * A directory in torchvision ``ImageFolder`` layout (``<class>/**/<image>``), or the same layout inside a
-  ``.zip`` archive (class folders at the top, or inside one top-level folder). Given a parent folder holding
-  ``<split>/`` or ``<split>.zip``, ``split`` picks one. Classes sort like ``ImageFolder`` (plain string sort);
-  hidden entries (``.*``, ``__MACOSX``) are skipped. Images are decoded with PIL: to 1 channel when every image
-  is greyscale, else RGB (alpha dropped). Decoded tensors are cached on disk (see :mod:`timm_dd.data.cache`).
+  ``.zip`` archive (see :mod:`timm_dd.data.folders`).
 * ``'digits'``: scikit-learn's bundled 8x8 digits (1,797 images, values 0..16), works offline.
 
 Normalization statistics (``ImageSet.mean`` / ``std``; the images themselves stay [0, 1] pixels): the values researchers use for CIFAR-10/100; for
@@ -17,21 +19,18 @@ folders and archives CIFAR-10's when the class names are exactly the 10 CIFAR-10
 images are RGB, ImageNet's for other RGB data, and the mean of ImageNet's three channels for greyscale data;
 for digits the statistics of its train split (see :data:`DIGITS_MEAN`).
 """
-import io
 import logging
 import os
-import time
-import zipfile
-from pathlib import Path, PurePosixPath
-from typing import Callable, List, Optional, Tuple, Union
+from pathlib import Path
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..constants import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD
-from ..io import file_sha256
-from .cache import cache_key, default_cache_dir, load_cached, save_cached, tree_fingerprint
+from ..constants import BUILTIN_DATASETS, CIFAR10_CLASSES
+from .folders import IMG_EXTENSIONS, load_image_tree
 from .sets import ImageSet
 
 __all__ = [
@@ -44,17 +43,10 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 # greyscale folders: the mean of ImageNet's channel statistics
-GREY_MEAN = (0.449,)
-GREY_STD = (0.226,)
 # mean / population std of all pixels of the digits train split after the 32x32 resize (tests recompute them)
 DIGITS_MEAN = (0.3053,)
 DIGITS_STD = (0.3228,)
 
-CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
-BUILTIN_DATASETS = ('cifar10', 'cifar100', 'digits')
-IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
-_SPLIT_NAMES = ('train', 'test', 'val', 'valid', 'validation')
-_GREY_MODES = ('1', 'L', 'LA', 'I', 'I;16', 'I;16B', 'I;16L', 'F')
 
 DIGITS_SIZE = 32
 DIGITS_TRAIN_FRACTION = 0.8
@@ -80,7 +72,8 @@ def load_dataset(
         split: ``'train'`` or ``'test'`` (any name for folders: picks ``<split>/`` or ``<split>.zip``; a bare
             class-folder tree or an archive given directly is used as the requested split, except that an
             archive named after a split, such as ``test.zip``, is recorded as that split).
-        root: torchvision data folder for CIFAR (default ``$TIMM_DD_DATA`` or ``~/.cache/timm_dd/data``).
+        root: data folder for CIFAR (default ``$TIMM_DD_DATA`` or ``~/.cache/timm_dd/data``): torchvision's files
+            (``root/cifar-10-batches-py``), else an image-folder/zip copy (see the module docstring).
         download: let torchvision download CIFAR into ``root`` when missing.
         cache_dir: where decoded folder/zip images are cached (default :func:`default_cache_dir`).
         image_size: resize every image to ``(size, size)`` or ``(height, width)`` (bilinear, aspect ratio not
@@ -95,12 +88,17 @@ def load_dataset(
         ValueError: unknown split, undecodable image (naming the file), images of different sizes.
     """
     size = _check_size(image_size)
+    name_or_path = os.fspath(name_or_path)
     key = name_or_path.lower()
     if key in BUILTIN_DATASETS and os.path.sep not in name_or_path:
         if key == 'digits':
             return _load_digits(split, size)
-        return _load_cifar(key, split, root, download, size)
-    return _load_image_tree(Path(name_or_path).expanduser(), split, cache_dir, size, use_cache)
+        return _load_cifar(key, split, root, download, size, cache_dir, use_cache)
+    path = Path(name_or_path).expanduser()
+    for name, folder in _TORCHVISION_FOLDERS.items():  # a torchvision data folder given as the dataset
+        if (path / folder).is_dir() and _tree_copy(path) is None:
+            return _load_cifar(name, split, path, False, size, cache_dir, use_cache)
+    return load_image_tree(path, split, cache_dir, size, use_cache)
 
 
 def select_ipc(
@@ -165,31 +163,93 @@ def _default_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / '.cache' / 'timm_dd' / 'data'
 
 
+_TORCHVISION_FOLDERS = {'cifar10': 'cifar-10-batches-py', 'cifar100': 'cifar-100-python'}
+
+
+def _tree_copy(folder: Path) -> Optional[Path]:
+    """``folder`` when it holds a train or test split as a folder or zip (an image-folder copy), else ``None``."""
+    if any((folder / s).is_dir() or (folder / f'{s}.zip').is_file() for s in ('train', 'test')):
+        return folder
+    return None
+
+
+def _find_cifar_copy(name: str, root: Path) -> Optional[Path]:
+    """An image-folder/zip copy of ``name`` in ``root``: ``root`` itself, else a sub-folder whose name is the
+    dataset's with any punctuation and an alphabetic suffix (``cifar10``, ``CIFAR-10``, ``cifar10-jpeg``; never
+    ``cifar100`` for ``cifar10``)."""
+    if not root.is_dir():
+        return None
+    if _tree_copy(root) is not None:
+        return root
+    for entry in sorted(root.iterdir()):
+        squashed = ''.join(ch for ch in entry.name.lower() if ch.isalnum())
+        if entry.is_dir() and squashed.startswith(name) and not squashed[len(name):len(name) + 1].isdigit():
+            if _tree_copy(entry) is not None:
+                return entry
+    return None
+
+
 def _load_cifar(
         name: str,
         split: str,
         root: Optional[Union[str, os.PathLike]],
         download: bool,
         size: Optional[Tuple[int, int]],
+        cache_dir: Optional[Union[str, os.PathLike]] = None,
+        use_cache: bool = True,
 ) -> ImageSet:
     if split not in ('train', 'test'):
         raise ValueError(f"{name} has splits 'train' and 'test', got {split!r}")
+    root = Path(root).expanduser() if root is not None else _default_root()
+    tv_folder = _TORCHVISION_FOLDERS[name]
+    if not (root / tv_folder).is_dir():
+        copy = _find_cifar_copy(name, root)
+        if copy is not None:
+            return _load_cifar_copy(name, copy, split, cache_dir, size, use_cache)
     from torchvision import datasets as tvd
 
-    root = Path(root).expanduser() if root is not None else _default_root()
     cls = tvd.CIFAR10 if name == 'cifar10' else tvd.CIFAR100
     try:
         ds = cls(str(root), train=split == 'train', download=download)
     except RuntimeError as e:
         if download:
             raise
+        if (root / tv_folder).is_dir():
+            raise FileNotFoundError(f"torchvision's {name} files in {root / tv_folder} are incomplete or corrupted "
+                                    f"({e}); replace them, or pass --data-root DIR for another copy") from None
         raise FileNotFoundError(
-            f'{name} not found under {root} ({e}). Pass download=True to let torchvision download it there, '
-            f'or root=<folder> pointing at a folder that holds {cls.base_folder}/.') from None
+            f"{name} not found under {root}: it holds neither torchvision's {tv_folder}/ nor an "
+            f"image-folder/zip copy (train/ and test/ class folders, or train.zip and test.zip, in {root} or in "
+            f"{root / name}). On the command line pass --data-root DIR, a folder holding torchvision's {tv_folder}/ "
+            f"or such a copy, or --dataset DIR|ZIP for an image-folder copy itself; from Python, root=<folder>, or "
+            f"download=True to let torchvision download it into {root}.") from None
     images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).float().div_(255)
     mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == 'cifar10' else (CIFAR100_MEAN, CIFAR100_STD)
     return ImageSet(_resize_float(images, size), torch.as_tensor(ds.targets, dtype=torch.int64),
                         list(ds.classes), mean, std, name, split)
+
+
+def _load_cifar_copy(
+        name: str,
+        folder: Path,
+        split: str,
+        cache_dir: Optional[Union[str, os.PathLike]],
+        size: Optional[Tuple[int, int]],
+        use_cache: bool,
+) -> ImageSet:
+    """CIFAR-10/100 from an image-folder/zip copy, checked to have the dataset's classes."""
+    ds = load_image_tree(folder, split, cache_dir, size, use_cache)
+    if name == 'cifar10' and tuple(ds.class_names) != CIFAR10_CLASSES:
+        raise ValueError(f'{folder} holds the classes {ds.class_names}, not CIFAR-10\'s {list(CIFAR10_CLASSES)}; '
+                         f'pass it as --dataset {folder} (its own classes) or point --data-root at a CIFAR-10 copy')
+    if name == 'cifar100' and ds.num_classes != 100:
+        raise ValueError(f'{folder} holds {ds.num_classes} classes, not CIFAR-100\'s 100; pass it as --dataset '
+                         f'{folder} (its own classes) or point --data-root at a CIFAR-100 copy')
+    if ds.images.shape[1] != 3:
+        raise ValueError(f'{folder} holds greyscale images; {name} is RGB')
+    _logger.info('%s %s read from the image-folder copy %s', name, split, folder)
+    mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == 'cifar10' else (CIFAR100_MEAN, CIFAR100_STD)
+    return ImageSet(ds.images, ds.labels, ds.class_names, mean, std, name, split)
 
 
 def _digits_split_indices(targets: torch.Tensor, split: str) -> torch.Tensor:
@@ -219,178 +279,3 @@ def _load_digits(split: str, size: Optional[Tuple[int, int]]) -> ImageSet:
     x = F.interpolate(x, size=size or (DIGITS_SIZE, DIGITS_SIZE), mode='bilinear', align_corners=False)
     return ImageSet(x.contiguous(), targets[idx].contiguous(), [str(i) for i in range(10)], DIGITS_MEAN,
                         DIGITS_STD, 'digits', split)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# image folders and zip archives
-
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMG_EXTENSIONS)
-
-
-def _hidden(part: str) -> bool:
-    return part.startswith('.') or part == '__MACOSX'
-
-
-def _resolve_tree(path: Path, split: str) -> Tuple[str, Path, str]:
-    """``(kind, path, name)`` with kind ``'zip'`` or ``'dir'``."""
-    if path.is_file():
-        if not zipfile.is_zipfile(path):
-            raise ValueError(f'{path} is not a zip archive (expected a dataset name {BUILTIN_DATASETS}, a folder '
-                             f'or a .zip)')
-        name = path.parent.name if path.stem in _SPLIT_NAMES else path.stem
-        return 'zip', path, name
-    if not path.is_dir():
-        raise FileNotFoundError(f'no dataset {str(path)!r}: not one of {BUILTIN_DATASETS} and no such file or '
-                                f'folder')
-    if (path / split).is_dir():
-        return 'dir', path / split, path.name
-    if (path / f'{split}.zip').is_file():
-        return 'zip', path / f'{split}.zip', path.name
-    found = [s for s in _SPLIT_NAMES if (path / s).is_dir() or (path / f'{s}.zip').is_file()]
-    if found:
-        raise FileNotFoundError(f'no split {split!r} in {path} (neither {split}/ nor {split}.zip); found {found}')
-    return 'dir', path, path.name
-
-
-def _list_zip(zf: zipfile.ZipFile, source: Path) -> Tuple[List[str], List[Tuple[str, int]]]:
-    """Class names (sorted) and, per image in label-then-path order, ``(member name, label)``."""
-    members = [m.filename for m in zf.infolist() if not m.is_dir()]
-    rel = [PurePosixPath(m) for m in members]
-    visible = [p for p in rel if not any(_hidden(s) for s in p.parts)]
-    tops = {p.parts[0] for p in visible}
-    # class folders wrapped in one top-level folder: strip it
-    if len(tops) == 1 and visible and all(len(p.parts) >= 3 for p in visible):
-        rel = [PurePosixPath(*p.parts[1:]) if p.parts[0] in tops else p for p in rel]
-    return _class_entries(rel, members, source)
-
-
-def _list_dir(root: Path) -> Tuple[List[str], List[Tuple[str, int]]]:
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not _hidden(e.name))
-    rel, full = [], []
-    for c in classes:
-        for dirpath, _, filenames in sorted(os.walk(root / c, followlinks=True)):
-            for fn in sorted(filenames):
-                p = Path(dirpath) / fn
-                rel.append(PurePosixPath(p.relative_to(root).as_posix()))
-                full.append(str(p))
-    return _class_entries(rel, full, root, classes)
-
-
-def _class_entries(
-        rel: List[PurePosixPath],
-        keys: List[str],
-        source: Path,
-        all_classes: Optional[List[str]] = None,
-) -> Tuple[List[str], List[Tuple[str, int]]]:
-    by_class = {}
-    for p, k in zip(rel, keys):
-        if len(p.parts) >= 2 and not any(_hidden(s) for s in p.parts) and _is_image(p.name):
-            by_class.setdefault(p.parts[0], []).append((p, k))
-    classes = sorted(set(by_class) | set(all_classes or ()))
-    empty = [c for c in classes if c not in by_class]
-    if empty or not classes:
-        raise FileNotFoundError(f'no image files ({", ".join(IMG_EXTENSIONS)}) for the classes {empty} in '
-                                f'{source}' if classes else f'no class folders with images in {source}')
-    entries = []
-    for label, c in enumerate(classes):
-        entries.extend((k, label) for _, k in sorted(by_class[c], key=lambda e: e[0].parts))
-    return classes, entries
-
-
-def _decode_image(fp, size: Optional[Tuple[int, int]]) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(fp) as im:
-        im.load()  # decode now so truncated files fail here
-        im = im.convert('L' if im.mode in _GREY_MODES else 'RGB')
-        if size is not None and im.size != (size[1], size[0]):
-            im = im.resize((size[1], size[0]), Image.BILINEAR)
-        arr = np.asarray(im, dtype=np.uint8)
-    return arr[:, :, None] if arr.ndim == 2 else arr
-
-
-def _decode_all(
-        entries: List[Tuple[str, int]],
-        read: Callable[[str], object],
-        source: Path,
-        size: Optional[Tuple[int, int]],
-) -> torch.Tensor:
-    """uint8 ``[N, C, H, W]`` from the images named in ``entries``; ``read(key)`` gives a file object/path."""
-    arrays = []
-    first = None
-    for key, _ in entries:
-        try:
-            arr = _decode_image(read(key), size)
-        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
-            raise ValueError(f'cannot decode image {key!r} in {source}: {type(e).__name__}: {e}') from e
-        if first is None:
-            first = (key, arr.shape[:2])
-        elif arr.shape[:2] != first[1]:
-            raise ValueError(
-                f'images differ in size: {first[0]!r} is {first[1][1]}x{first[1][0]} but {key!r} is '
-                f'{arr.shape[1]}x{arr.shape[0]} (width x height) in {source}; pass image_size= to resize all')
-        arrays.append(arr)
-    if any(a.shape[2] == 3 for a in arrays):
-        arrays = [np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a for a in arrays]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-
-
-def _tree_stats(class_names: List[str], channels: int) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
-    if channels == 1:
-        return GREY_MEAN, GREY_STD
-    if tuple(class_names) == CIFAR10_CLASSES:
-        return CIFAR10_MEAN, CIFAR10_STD
-    return IMAGENET_MEAN, IMAGENET_STD
-
-
-def _load_image_tree(
-        path: Path,
-        split: str,
-        cache_dir: Optional[Union[str, os.PathLike]],
-        size: Optional[Tuple[int, int]],
-        use_cache: bool,
-) -> ImageSet:
-    kind, src, name = _resolve_tree(path, split)
-    if kind == 'zip' and src == path and src.stem in _SPLIT_NAMES:
-        split = src.stem  # an archive named after its split ('test.zip') is that split
-    cache_file = None
-    if use_cache:
-        checksum = file_sha256(src) if kind == 'zip' else tree_fingerprint(src)
-        key = cache_key(kind=kind, checksum=checksum, image_size=size)
-        safe = ''.join(ch if ch.isalnum() or ch in '-_.' else '_' for ch in f'{name}-{split}')
-        cache_file = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-        cache_file = cache_file / f'{safe}-{key[:24]}.safetensors'
-        cached = load_cached(cache_file)
-        if cached is not None:
-            images_u8, labels, class_names, _ = cached
-            _logger.debug('loaded %s from cache %s', src, cache_file)
-            return _tree_dataset(images_u8, labels, class_names, name, split)
-
-    t0 = time.perf_counter()
-    if kind == 'zip':
-        with zipfile.ZipFile(src) as zf:
-            class_names, entries = _list_zip(zf, src)
-            images_u8 = _decode_all(entries, lambda k: io.BytesIO(zf.read(k)), src, size)
-    else:
-        class_names, entries = _list_dir(src)
-        images_u8 = _decode_all(entries, lambda k: k, src, size)
-    labels = torch.tensor([label for _, label in entries], dtype=torch.int64)
-    _logger.info('decoded %d images from %s in %.1f s', len(entries), src, time.perf_counter() - t0)
-    if cache_file is not None:
-        try:
-            save_cached(cache_file, images_u8, labels, class_names, {'source': str(src)})
-        except OSError as e:  # a read-only cache must not stop loading
-            _logger.warning('could not write cache file %s: %s', cache_file, e)
-    return _tree_dataset(images_u8, labels, class_names, name, split)
-
-
-def _tree_dataset(
-        images_u8: torch.Tensor,
-        labels: torch.Tensor,
-        class_names: List[str],
-        name: str,
-        split: str,
-) -> ImageSet:
-    mean, std = _tree_stats(class_names, images_u8.shape[1])
-    return ImageSet(images_u8.float().div_(255), labels, class_names, mean, std, name, split)

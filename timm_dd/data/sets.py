@@ -16,11 +16,30 @@ import torch
 
 from .space import ImageSpace
 
-__all__ = ['ImageSet', 'DataSplits']
+__all__ = ['ImageSet', 'DataSplits', 'HasImages']
+
+
+class HasImages:
+    """The size properties of anything that holds ``images [N, C, H, W]`` (an image set, a distilled set)."""
+    images: torch.Tensor
+
+    @property
+    def image_size(self) -> Tuple[int, int]:
+        """``(height, width)``."""
+        return tuple(self.images.shape[-2:])
+
+    @property
+    def image_shape(self) -> Tuple[int, int, int]:
+        """``(channels, height, width)``."""
+        return tuple(self.images.shape[1:])
+
+    @property
+    def in_chans(self) -> int:
+        return self.images.shape[1]
 
 
 @dataclass
-class ImageSet:
+class ImageSet(HasImages):
     """A whole labelled image set in memory.
 
     Attributes:
@@ -87,20 +106,6 @@ class ImageSet:
             raise ValueError(f'labels must be int64 [{n}] (or soft labels [{n}, K]), got {y.dtype} {tuple(y.shape)}')
         if n and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
             raise ValueError(f'labels must lie in [0, {self.num_classes}), got [{int(y.min())}, {int(y.max())}]')
-
-    @property
-    def image_size(self) -> Tuple[int, int]:
-        """``(height, width)``."""
-        return tuple(self.images.shape[-2:])
-
-    @property
-    def image_shape(self) -> Tuple[int, int, int]:
-        """``(channels, height, width)``."""
-        return tuple(self.images.shape[1:])
-
-    @property
-    def in_chans(self) -> int:
-        return self.images.shape[1]
 
     @property
     def soft(self) -> bool:

@@ -10,6 +10,7 @@ Files are written to a temporary sibling and renamed into place, so a file that 
 :func:`train_experts` skips finished experts. With several processes expert ``i`` is trained by process
 ``i % num_processes``.
 """
+import hashlib
 import json
 import logging
 import math
@@ -234,6 +235,17 @@ class ExpertPool:
     def __len__(self) -> int:
         return len(self.experts)
 
+    def provenance(self) -> Dict[str, Any]:
+        """What a distilled set records about the buffer it used: where, how many experts of how many epochs,
+        their recipe, and a sha256 over every expert's per-epoch checksums (identifies the exact trajectories)."""
+        h = hashlib.sha256()
+        for e in self.experts:
+            h.update(json.dumps([e.path.name, e.meta.get('checksums')]).encode())
+        meta = self.experts[0].meta
+        return {'path': str(self.folder.resolve()), 'experts': len(self.experts),
+                'epochs': min(e.num_epochs for e in self.experts), 'arch': meta.get('arch'), 'lr': meta.get('lr'),
+                'batch_size': meta.get('batch_size'), 'dataset': meta.get('dataset'), 'sha256': h.hexdigest()}
+
     def __getitem__(self, i: int) -> ExpertTrajectory:
         return self.experts[i]
 
@@ -272,7 +284,7 @@ def train_expert(
     def train_epoch(epoch: int) -> Dict[str, Any]:
         perm = torch.randperm(n, generator=perm_gen).to(device)
         batches = [perm[i:i + cfg.batch_size] for i in range(0, n, cfg.batch_size)]
-        losses = run_batches(batches, loss_of, opt)
+        losses = run_batches(batches, loss_of, opt, progress=progress, desc=f'expert {index} epoch {epoch + 1}')
         # weighted by batch size, summed on the device: no synchronization per batch
         loss = float(sum(l * b.numel() for l, b in zip(losses, batches))) / n
         if not math.isfinite(loss):

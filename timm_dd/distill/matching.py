@@ -6,7 +6,7 @@ synthetic images ``θ_{k+1} = θ_k − α ∇θ CE(f(DSA_k(X[idx_k]); θ_k), y[i
 (ATT, ties to the later step). The gradient of ``L`` w.r.t. the images ``X`` and the step size ``α`` is computed
 
 * ``'unrolled'``: one autograd graph over all steps (memory grows with ``N``), or
-* ``'recompute'``: exact reverse accumulation (§10); the forward stores only ``θ_0..θ_K`` and the backward
+* ``'recompute'``: exact reverse accumulation; the forward stores only ``θ_0..θ_K`` and the backward
   rebuilds one step's graph at a time from ``θ_k`` and the recorded batch indices and DSA draws, so activation
   memory is that of one step.
 
@@ -131,7 +131,7 @@ def plan_steps(
         generator: torch.Generator,
         device: torch.device = torch.device('cpu'),
 ) -> StepPlan:
-    """Draw every inner step's batch and DSA parameters from ``generator`` (reference order, §4.3).
+    """Draw every inner step's batch and DSA parameters from ``generator`` (the reference code's order).
 
     Batches are chunks of a fresh ``randperm`` of size ``batch_syn`` (default: all images), popped from the end
     (the possibly short chunk comes first), refilled when empty; not class-balanced.
@@ -252,7 +252,7 @@ def match_recompute(
         att_norm: str = 'l1',
         shards: Shards = Shards(),
 ) -> MatchResult:
-    """Exact meta-gradient by reverse accumulation with per-step recomputation (§10).
+    """Exact meta-gradient by reverse accumulation with per-step recomputation.
 
     Adjoint ``λ_K = ∂L/∂θ_K``; for ``k = K-1..0``: rebuild step ``k``'s gradient ``g_k`` with ``create_graph`` from
     the stored ``θ_k``, take ``(h, d) = ∇_(θ_k, X) ⟨λ, g_k⟩``, then ``dL/dX -= α d``, ``dL/dα -= ⟨λ, g_k⟩`` and

@@ -14,7 +14,7 @@ from in ``source``:
 * ``digits-ipc10-att``: a tiny CPU demo / test setting, not a published one.
 """
 import dataclasses
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Dict, List, Mapping, Optional, Union
 
 from ..fields import coerce_field
@@ -141,17 +141,30 @@ def get_preset(name: Optional[Union[str, Mapping[str, Any]]] = None,
     Unknown preset names or field names are an error, so a typo never silently falls back to a default.
     """
     if isinstance(name, Mapping):
-        values, overrides = {}, {**name, **(overrides or {})}
+        base = _typed(dict(name))
     else:
         if name is not None and name not in PRESETS:
             raise ValueError(f'unknown preset {name!r}; known presets: {", ".join(list_presets())}')
-        values = dict(PRESETS[name]) if name is not None else {}
-    overrides = dict(overrides or {})
-    known = {f.name for f in fields(DistillConfig)}
-    unknown = sorted(set(overrides) - known)
+        base = dict(PRESETS[name]) if name is not None else {}
+    cfg = DistillConfig(**{**base, **_typed(dict(overrides or {}))})
+    # a named preset (or one read from a YAML file with its source) run with other values says so
+    return _note_changes(cfg, DistillConfig(**base)) if base.get('source') else cfg
+
+
+def _typed(values: Dict[str, Any]) -> Dict[str, Any]:
+    """``values`` coerced to the fields' types (YAML 1.1 reads '1e-5' as a string; a bad value is an error naming
+    the field and its type); unknown keys are an error, so a typo never silently falls back to a default."""
+    known = {f.name: f.type for f in fields(DistillConfig)}
+    unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(f'unknown distillation config keys {unknown}; known keys: {sorted(known)}')
-    types = {f.name: f.type for f in fields(DistillConfig)}
-    # typed: YAML 1.1 reads '1e-5' as a string, a bad value is an error naming the field and its type
-    values.update({k: coerce_field(k, v, types[k]) for k, v in overrides.items()})
-    return DistillConfig(**values)
+    return {k: coerce_field(k, v, known[k]) for k, v in values.items()}
+
+
+def _note_changes(cfg: DistillConfig, preset: DistillConfig) -> DistillConfig:
+    """A preset run with changed settings says so in its ``source``: a set made with them is not the authors'."""
+    changed = [f'{f.name}={getattr(cfg, f.name)!r}' for f in fields(DistillConfig)
+               if f.name != 'source' and getattr(cfg, f.name) != getattr(preset, f.name)]
+    if not changed or cfg.source != preset.source:
+        return cfg
+    return replace(cfg, source=f'{preset.source}; changed here (not the published settings): {", ".join(changed)}')

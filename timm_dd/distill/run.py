@@ -22,7 +22,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from ..constants import CIFAR10_MEAN, CIFAR10_STD
-from ..data import DataSplits, ImageSet, ImageSpace, load_dataset
+from ..data import BUILTIN_DATASETS, DataSplits, ImageSet, ImageSpace, load_dataset
 from ..data.zca import ZCA
 from ..distilled import DistilledSet, make_class_grid, save_grid
 from .distiller import Distiller
@@ -41,8 +41,11 @@ _logger = logging.getLogger(__name__)
 _DATASET_ALIASES = {'tiny-imagenet': None, 'tiny': None}  # needs a folder (--data)
 
 
-def prepare_data(cfg: DistillConfig, data: Optional[Union[str, os.PathLike]] = None) -> DataSplits:
-    """Load ``cfg.dataset`` (or the folder/zip ``data``) and move both splits to the distillation space.
+def prepare_data(cfg: DistillConfig, data: Optional[Union[str, os.PathLike]] = None,
+                 root: Optional[Union[str, os.PathLike]] = None) -> DataSplits:
+    """Load ``cfg.dataset`` (or the folder/zip ``data``; CIFAR from the data folder ``root``) and move both splits
+    to the distillation space. Where local data was read is recorded (``source['real_data']``), so that training on
+    the distilled set finds its test split again.
 
     With ``cfg.zca`` the space is a ZCA (``eps=cfg.zca_eps``) of [0, 1] pixels fitted on the whole train split (MTT
     ``--zca``); otherwise mean/std normalization (the dataset's statistics, or CIFAR-10's with
@@ -52,11 +55,25 @@ def prepare_data(cfg: DistillConfig, data: Optional[Union[str, os.PathLike]] = N
     if data is None and cfg.dataset.lower() in _DATASET_ALIASES:
         raise ValueError(f'dataset {cfg.dataset!r} has no built-in loader; pass its ImageFolder folder or zip as data')
     kwargs = {'image_size': cfg.image_size} if cfg.image_size else {}
-    train = load_dataset(source, 'train', **kwargs)
-    test = load_dataset(source, 'test', **kwargs)
+    train = load_dataset(source, 'train', root=root, **kwargs)
+    test = load_dataset(source, 'test', root=root, **kwargs)
     space = ImageSpace(zca=ZCA.fit(train.images, eps=cfg.zca_eps)) if cfg.zca else normalization_space(cfg, train)
+    provenance = dict(kind='real', dataset=cfg.dataset, **space.to_dict())
+    real_data = _real_data(source, data, root)
+    if real_data is not None:
+        provenance['real_data'] = real_data
     return DataSplits(train.in_space(space), test.in_space(space), cfg.dataset, f'{cfg.dataset} ({space.name} space)',
-                      dict(kind='real', dataset=cfg.dataset, **space.to_dict()))
+                      provenance)
+
+
+def _real_data(source: str, data: Optional[Union[str, os.PathLike]],
+               root: Optional[Union[str, os.PathLike]]) -> Optional[Dict[str, Any]]:
+    """``load_dataset``'s dataset and root when the data was read locally (a folder, a zip or a ``root``)."""
+    local = data is not None and str(data).lower() not in BUILTIN_DATASETS and Path(data).expanduser().exists()
+    if not local and root is None:
+        return None
+    return {'dataset': str(Path(data).expanduser().resolve()) if local else source,
+            'root': str(Path(root).expanduser().resolve()) if root is not None else None}
 
 
 def normalization_space(cfg: DistillConfig, train: ImageSet) -> ImageSpace:
@@ -156,9 +173,15 @@ def make_evaluator(cfg: DistillConfig, data: DataSplits, accelerator: Accelerato
 
 
 def build_set(cfg: DistillConfig, data: DataSplits, images: torch.Tensor, lr: Optional[float],
-              history: Optional[List[Dict[str, Any]]] = None, ema: Optional[torch.Tensor] = None) -> DistilledSet:
-    """The :class:`DistilledSet` of the current images with every hyper-parameter in ``extra``."""
+              history: Optional[List[Dict[str, Any]]] = None, ema: Optional[torch.Tensor] = None,
+              experts: Optional[Dict[str, Any]] = None) -> DistilledSet:
+    """The :class:`DistilledSet` of the current images with every effective setting in ``extra['config']`` and
+    the expert buffer used in ``extra['experts']`` (see :meth:`ExpertPool.provenance`)."""
     extra = {'config': cfg.to_dict()}
+    if experts is not None:
+        extra['experts'] = experts
+    if data.source.get('real_data'):
+        extra['real_data'] = data.source['real_data']
     if history:
         extra['history'] = history
     if ema is not None:
@@ -203,13 +226,16 @@ def run_distill(
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    distiller = _make_distiller(cfg, data, expert_dir, out_dir, accelerator, evaluate)
+    images, labels = init_synthetic(data.train.images, data.train.labels, data.num_classes, cfg.ipc,
+                                    generator_for(cfg.seed, 0, 3), cfg.pix_init)
+    distiller = _make_distiller(cfg, data, images, labels, expert_dir, out_dir, accelerator, evaluate)
     if resume and distiller.resume(force_resume):
         _logger.info(f'resumed at iteration {distiller.iteration}')
     history = distiller.run(iterations)
-    dset = build_set(cfg, data, distiller.images, distiller.learned_lr, history)
+    experts = distiller.experts.provenance() if isinstance(distiller, TrajectoryMatching) else None
+    dset = build_set(cfg, data, distiller.images, distiller.learned_lr, history, experts=experts)
     if accelerator.is_main_process:  # the images are identical on every process; one writes
-        _save_outputs(cfg, data, distiller, dset, history, out_dir)
+        _save_outputs(cfg, data, distiller, dset, out_dir, images if cfg.pix_init == 'real' else None)
         if push_to_hub:
             from ..hub import push_distilled
             push_distilled(dset, push_to_hub)
@@ -217,11 +243,10 @@ def run_distill(
     return dset
 
 
-def _make_distiller(cfg: DistillConfig, data: DataSplits, expert_dir: Optional[Union[str, os.PathLike]],
-                    out_dir: Path, accelerator: Accelerator, evaluate: bool) -> Distiller:
-    """The method's :class:`Distiller` at its initial images (``ipc`` real images per class, or noise)."""
-    images, labels = init_synthetic(data.train.images, data.train.labels, data.num_classes, cfg.ipc,
-                                    generator_for(cfg.seed, 0, 3), cfg.pix_init)
+def _make_distiller(cfg: DistillConfig, data: DataSplits, images: torch.Tensor, labels: torch.Tensor,
+                    expert_dir: Optional[Union[str, os.PathLike]], out_dir: Path, accelerator: Accelerator,
+                    evaluate: bool) -> Distiller:
+    """The method's :class:`Distiller` starting from ``images`` (see :func:`init_synthetic`)."""
     eval_fn = make_evaluator(cfg, data, accelerator, out_dir) if evaluate else None
     if cfg.method == 'dm':
         return DistributionMatching(
@@ -235,16 +260,18 @@ def _make_distiller(cfg: DistillConfig, data: DataSplits, expert_dir: Optional[U
                               eval_fn, accelerator)
 
 
-def _save_outputs(cfg: DistillConfig, data: DataSplits, distiller: Distiller, dset: DistilledSet,
-                  history: List[Dict[str, Any]], out_dir: Path) -> None:
-    """``distilled`` (+ its grid), ``distilled_ema`` (ATT) and ``distilled_best`` (the published selection rule)."""
+def _save_outputs(cfg: DistillConfig, data: DataSplits, distiller: Distiller, dset: DistilledSet, out_dir: Path,
+                  initial: Optional[torch.Tensor]) -> None:
+    """``distilled`` (+ its grid beside the real images it started from), ``distilled_ema`` (ATT) and
+    ``distilled_best`` (the published selection rule)."""
     dset.save(out_dir / 'distilled')
-    save_grid(dset, out_dir / 'distilled.png')
-    lr = distiller.learned_lr
+    save_grid(dset, out_dir / 'distilled.png', real=initial)
+    lr, history, experts = distiller.learned_lr, distiller.history, dset.extra.get('experts')
     if distiller.ema is not None:
-        build_set(cfg, data, distiller.ema, lr, history, ema=distiller.ema).save(out_dir / 'distilled_ema')
+        build_set(cfg, data, distiller.ema, lr, history, ema=distiller.ema, experts=experts).save(
+            out_dir / 'distilled_ema')
     if distiller.best is not None:  # the published selection rule, labelled: it selects on the test set
-        best = build_set(cfg, data, distiller.best['images'], distiller.best['lr'], history)
+        best = build_set(cfg, data, distiller.best['images'], distiller.best['lr'], history, experts=experts)
         best.extra.update(selection=f'images of iteration {distiller.best["iteration"]}, the evaluation with '
                                     f'the best mean test accuracy ({distiller.best["acc_mean"]:.4f}): the MTT/ATT '
                                     f'rule, which selects on the test set',

@@ -22,6 +22,10 @@ _SIZE_BUCKETS = (
 _EVAL_COLUMNS = ('arch', 'top1_mean', 'top1_std', 'num_eval', 'protocol')
 
 
+# extra keys about the machine the set was made on (local paths): not shown on a card
+_LOCAL_KEYS = ('real_data',)
+
+
 def size_category(n: int) -> str:
     """Hub ``size_categories`` bucket for ``n`` samples."""
     for limit, name in _SIZE_BUCKETS:
@@ -99,6 +103,21 @@ def _description(config: Mapping[str, Any]) -> List[str]:
     ]
 
 
+def _provenance(config: Mapping[str, Any]) -> List[str]:
+    """Where the settings come from (a preset's source, with what was changed) and the expert buffer used."""
+    extra = config.get('extra') or {}
+    settings = (extra.get('config') or {}).get('source') if isinstance(extra.get('config'), dict) else None
+    experts = extra.get('experts')
+    lines = []
+    if settings:
+        lines += ['', f'Settings: {settings}. Every effective value is in the hyper-parameters below.']
+    if isinstance(experts, dict):
+        lines += ['', f'Expert trajectories: {experts.get("experts")} experts of {experts.get("epochs")} epochs '
+                      f'({experts.get("arch")}, lr {experts.get("lr")}, batch {experts.get("batch_size")}) from '
+                      f'`{experts.get("path")}`, sha256 `{str(experts.get("sha256"))[:16]}`.']
+    return lines
+
+
 def _metadata_rows(config: Mapping[str, Any], lr: Optional[float]) -> List[List[Any]]:
     zca, soft = config.get('zca'), config.get('label_type') == 'soft'
     return [
@@ -147,11 +166,12 @@ def render_card(config: Mapping[str, Any], lr: Optional[float] = None, repo_id: 
     """Markdown dataset card with YAML front matter from a set's ``distill_config.json`` dict and its learned
     ``lr``; ``repo_id`` is used in the usage snippet; ``parquet_file`` declares the parquet view."""
     lines = ['---', card_data(config, parquet_file).to_yaml(), '---', '', f'# {pretty_name(config)}', '']
-    lines += _description(config) + ['', '## Metadata', '']
+    lines += _description(config) + _provenance(config) + ['', '## Metadata', '']
     lines += _table(['key', 'value'], _metadata_rows(config, lr))
     lines += _evaluation(config.get('eval') or [])
-    if config.get('extra'):
-        lines += ['', '## Hyper-parameters', '', *_table(['name', 'value'], [[k, v] for k, v in config['extra'].items()])]
+    params = [[k, v] for k, v in (config.get('extra') or {}).items() if k not in _LOCAL_KEYS]
+    if params:
+        lines += ['', '## Hyper-parameters', '', *_table(['name', 'value'], params)]
     lines += _usage(repo_id or '<repo_id or path>', parquet_file)
     if config.get('class_names') is not None:
         names = ', '.join(f'{i}: {n}' for i, n in enumerate(config['class_names']))

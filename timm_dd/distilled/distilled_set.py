@@ -9,11 +9,12 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import torch
 
 from ..data import ImageSet, ImageSpace
+from ..data.sets import HasImages
 from ..data.zca import ZCA
 from ..version import __version__
 from .card import render_card
@@ -27,7 +28,7 @@ _logger = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
-class DistilledSet:
+class DistilledSet(HasImages):
     """Distilled images with their labels, optional soft labels / learned LR / ZCA, and metadata.
 
     Validated on construction (:meth:`validate`), so an invalid set can be neither built nor saved.
@@ -136,16 +137,6 @@ class DistilledSet:
     @property
     def num_images(self) -> int:
         return self.images.shape[0]
-
-    @property
-    def image_size(self) -> Tuple[int, int]:
-        """``(height, width)``."""
-        return tuple(self.images.shape[-2:])
-
-    @property
-    def image_shape(self) -> Tuple[int, int, int]:
-        """``(channels, height, width)``."""
-        return tuple(self.images.shape[1:])
 
     @property
     def label_type(self) -> str:

@@ -7,21 +7,21 @@ soft labels when the set has them); ``soft_label``, the soft labels as stored. N
 (``pip install "timm_dd[hub]"``).
 """
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
 from ..io import atomic_write_with
 
-if TYPE_CHECKING:
-    from .distilled_set import DistilledSet
+# a DistilledSet, typed loosely: the set's module calls this one
+DistilledSet = Any
 
 __all__ = ['PARQUET_FILE', 'write_parquet_view']
 
 PARQUET_FILE = 'data/train-00000-of-00001.parquet'
 
 
-def write_parquet_view(dset: 'DistilledSet', folder: Path) -> Path:
+def write_parquet_view(dset: DistilledSet, folder: Path) -> Path:
     """Write ``folder / PARQUET_FILE`` for ``dset``; returns its path."""
     from .._optional import require
     datasets = require('datasets', 'hub', 'the Hub dataset viewer (parquet view) of a distilled set')

@@ -5,7 +5,7 @@ loader can say which file holds it.
 """
 import json
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -13,8 +13,8 @@ from ..data.space import SPACE_NAMES
 from ..data.zca import ZCA
 from .format import DistilledSetError
 
-if TYPE_CHECKING:  # annotations only
-    from .distilled_set import DistilledSet
+# the checks read a DistilledSet's fields; typed loosely so that this module does not import the set's module
+DistilledSet = Any
 
 __all__ = ['validate', 'IMAGE_SPACES', 'SOFT_LABEL_KINDS']
 
@@ -52,7 +52,7 @@ def check_images(x: Any) -> None:
         _fail('images', 'images contain NaN or Inf values')
 
 
-def check_labels(dset: 'DistilledSet') -> None:
+def check_labels(dset: DistilledSet) -> None:
     n, k, y = dset.images.shape[0], dset.num_classes, dset.labels
     if not is_int(k) or k < 1:
         _fail('num_classes', f'num_classes must be a positive int, got {k!r}')
@@ -72,7 +72,7 @@ def check_labels(dset: 'DistilledSet') -> None:
         _fail('ipc', f'ipc must be a positive int or None, got {dset.ipc!r}')
 
 
-def check_soft_labels(dset: 'DistilledSet') -> None:
+def check_soft_labels(dset: DistilledSet) -> None:
     s, n, k = dset.soft_labels, dset.images.shape[0], dset.num_classes
     if s is None:
         if dset.soft_label_kind is not None or dset.soft_label_temperature is not None:
@@ -106,7 +106,7 @@ def check_lr(lr: Any) -> None:
         _fail('lr', f'learned lr must be positive, got {float(lr)}')
 
 
-def check_normalization(dset: 'DistilledSet') -> None:
+def check_normalization(dset: DistilledSet) -> None:
     norm, c = dset.normalization, dset.images.shape[1]
     if norm is not None:
         if not isinstance(norm, dict) or set(norm) != {'mean', 'std'}:
@@ -123,7 +123,7 @@ def check_normalization(dset: 'DistilledSet') -> None:
         _fail('normalization', "image_space='pixel' must not have a normalization (images are in [0, 1])")
 
 
-def check_zca(dset: 'DistilledSet') -> None:
+def check_zca(dset: DistilledSet) -> None:
     z = dset.zca
     if dset.image_space != 'zca':
         if z is not None:
@@ -138,7 +138,7 @@ def check_zca(dset: 'DistilledSet') -> None:
         _fail('zca', 'ZCA has no transform_inv (fit with compute_inv=True); it is needed to recover pixels')
 
 
-def check_metadata(dset: 'DistilledSet') -> None:
+def check_metadata(dset: DistilledSet) -> None:
     for name in ('method', 'source_dataset', 'library_version'):
         v = getattr(dset, name)
         if not isinstance(v, str) or not v:
@@ -160,7 +160,7 @@ def check_metadata(dset: 'DistilledSet') -> None:
             _fail(name, f'{name} must be JSON-serializable without NaN/Inf: {e}')
 
 
-def validate(dset: 'DistilledSet') -> None:
+def validate(dset: DistilledSet) -> None:
     """Every check, in the order a reader would look: images, labels, soft labels, lr, space, metadata."""
     check_images(dset.images)
     check_labels(dset)

@@ -28,7 +28,8 @@ from ..seeding import generator_for
 from .config import TrainConfig
 from .losses import label_loss
 from .loop import CallbackHook, fit, run_batches
-from .trainer import RunResult, create_optimizer, eval_epochs, resolve_lr
+from .task import create_optimizer, resolve_lr
+from .trainer import RunResult, eval_epochs
 
 __all__ = ['train_seeds_batched', 'check_batchable']
 

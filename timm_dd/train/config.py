@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 from ..fields import coerce_field
 from .schedules import LR_SCHEDULES, KeepRateSchedule, LRSchedule
 
-__all__ = ['TrainConfig', 'load_config', 'OPTIMIZERS']
+__all__ = ['TrainConfig', 'load_config', 'short_run_note', 'OPTIMIZERS']
 
 OPTIMIZERS = ('momentum', 'lion', 'adamw')  # timm's names; 'sgd' (ours before) is a deprecated alias of 'momentum'
 PARALLEL_MODES = ('runs', 'ddp', 'vmap')
@@ -177,3 +177,17 @@ def _read_recipe(recipe: Union[str, Path], config_dir: Optional[Union[str, Path]
         values = merged
     values.setdefault('recipe', path.stem)
     return values
+
+
+def short_run_note(cfg: TrainConfig, fraction: float = 0.5) -> Optional[str]:
+    """A note when ``cfg`` trains fewer than ``fraction`` of its shipped recipe's epochs (the published protocol),
+    saying by how much and that its numbers are not comparable to published ones; ``None`` otherwise."""
+    from ..configs import config_names
+    if cfg.recipe not in config_names('train'):
+        return None
+    protocol = load_config(cfg.recipe).epochs
+    if cfg.epochs >= fraction * protocol:
+        return None
+    return (f'this run trains {cfg.epochs} epochs, {cfg.epochs / protocol:.0%} of recipe {cfg.recipe!r}\'s '
+            f'{protocol} (its published protocol): its accuracies are not comparable to published ones, and a '
+            f'schedule this short can leave batch-norm statistics stale (--recompute-bn)')

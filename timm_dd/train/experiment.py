@@ -7,7 +7,7 @@ import json
 import logging
 import math
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from ..data import DataSplits
 from ..io import atomic_write, atomic_write_json
 from ..seeding import seeded
-from .config import TrainConfig
+from .config import TrainConfig, short_run_note
+from .report import format_table  # the one table renderer (also for merged results)
 from .networks import create_student, elf_targets, load_done, result_record, run_folder, save_done, save_model, \
     train_or_load_teacher
 from .trainer import train_model
@@ -36,6 +37,7 @@ class ExperimentResult:
     table: List[Dict[str, Any]]
     config: Dict[str, Any]
     data: Dict[str, Any]
+    notes: List[str] = field(default_factory=list)  # what a reader of the numbers must know (a short schedule)
 
 
 def _test_loader(bundle: DataSplits, cfg: TrainConfig, accelerator: Accelerator, distributed: bool) -> DataLoader:
@@ -205,12 +207,15 @@ def run_experiment(
     check_resume(out_dir, run_record, resume, force_resume)
     if accelerator.is_main_process:
         atomic_write_json(out_dir / RUN_CONFIG_FILE, run_record, indent=2)
+    notes = [note] if (note := short_run_note(cfg)) else []
+    for note in notes:
+        _logger.warning(note)
     experiment = _Experiment(cfg, bundle, out_dir, accelerator, model_kwargs, resume, save_models)
     teachers, teacher_runs = experiment.teachers(seeds) if cfg.kd else ({}, [])
     runs = experiment.merge(experiment.students(models, seeds, teachers))
     teacher_runs = experiment.merge(teacher_runs)
     result = ExperimentResult(runs, teacher_runs, summarize(runs, teacher_runs), cfg.to_dict(),
-                              dict(bundle.source, description=bundle.description))
+                              dict(bundle.source, description=bundle.description), notes)
     if accelerator.is_main_process:
         write_results(result, out_dir)
     accelerator.wait_for_everyone()
@@ -235,29 +240,6 @@ def summarize(runs: List[Dict[str, Any]], teacher_runs: List[Dict[str, Any]]) ->
             best_std=best_std, gap_to_teacher=(final_mean - teacher_mean) if teacher_mean is not None else None,
             images_per_second=statistics.fmean(ips) if ips else None))
     return table
-
-
-def format_table(result: ExperimentResult) -> str:
-    """Markdown table: final accuracy (primary), best over evaluations (labelled), gap to the ConvNet teacher."""
-    cfg = result.config
-    lines = [
-        f"Recipe `{cfg['recipe']}` on {result.data.get('description', '')}; {cfg['epochs']} epochs, opt {cfg['opt']}, "
-        f"lr schedule {cfg['lr_schedule']}, DropPath {'on' if cfg['drop_path'] else 'off'}, "
-        f"KD {'on' if cfg['kd'] else 'off'}, DSA k={cfg['dsa_k'] if cfg['dsa'] else 0}, ELF {'on' if cfg['elf'] else 'off'}.",
-        '',
-        '| network | runs | final top-1 (%) | best over evaluations (%) | gap to teacher (pts) | train img/s |',
-        '|---|---|---|---|---|---|',
-    ]
-    if result.teacher_runs:
-        m, s = _mean_std([r['final_acc'] for r in result.teacher_runs])
-        lines.append(f"| teacher {result.teacher_runs[0]['model']} | {len(result.teacher_runs)} | "
-                     f"{100 * m:.2f} ± {100 * s:.2f} | - | - | - |")
-    for row in result.table:
-        gap = f"{100 * row['gap_to_teacher']:+.2f}" if row['gap_to_teacher'] is not None else '-'
-        ips = f"{row['images_per_second']:.0f}" if row['images_per_second'] else '-'
-        lines.append(f"| {row['model']} | {row['runs']} | {100 * row['final_mean']:.2f} ± {100 * row['final_std']:.2f} "
-                     f"| {100 * row['best_mean']:.2f} ± {100 * row['best_std']:.2f} | {gap} | {ips} |")
-    return '\n'.join(lines) + '\n'
 
 
 def write_results(result: ExperimentResult, out_dir: Path) -> None:

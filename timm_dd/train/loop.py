@@ -61,15 +61,18 @@ def run_batches(
         backward: Optional[Callable[[torch.Tensor], None]] = None,
         step: Optional[Callable[[], None]] = None,
         before_batch: Optional[Callable[[int], None]] = None,
+        progress: bool = False,
+        desc: str = '',
 ) -> List[torch.Tensor]:
     """One epoch of updates: for each index batch, ``loss_of(idx)``, zero the gradients, backward, step.
 
     ``backward``/``step`` replace ``loss.backward()``/``optimizer.step()`` (DDP through Accelerate, a grad
-    scaler); ``before_batch(i)`` runs first (per-iteration learning rates). Returns the detached losses, left on
-    their device so that the loop never waits for it.
+    scaler); ``before_batch(i)`` runs first (per-iteration learning rates). ``progress``: a bar over the batches
+    of a long epoch (say, an expert's pass over CIFAR-10), so that something moves within seconds. Returns the
+    detached losses, left on their device so that the loop never waits for it.
     """
     losses = []
-    for i, idx in enumerate(batches):
+    for i, idx in enumerate(_batch_bar(batches, progress, desc)):
         if before_batch is not None:
             before_batch(i)
         loss = loss_of(idx)
@@ -80,6 +83,18 @@ def run_batches(
     return losses
 
 
+#: epochs (or test sets) with at least this many batches get their own progress bar
+LONG_PASS_BATCHES = 20
+
+
+def _batch_bar(batches: Iterable, progress: bool, desc: str) -> Iterable:
+    try:
+        long_pass = len(batches) >= LONG_PASS_BATCHES
+    except TypeError:  # an iterator of unknown length
+        long_pass = True
+    return tqdm(batches, desc=desc, leave=False, disable=not (progress and long_pass))
+
+
 @torch.no_grad()
 def evaluate(
         model: nn.Module,
@@ -87,17 +102,19 @@ def evaluate(
         device: torch.device,
         accelerator: Optional[Any] = None,
         distributed: bool = False,
+        progress: bool = False,
 ) -> Dict[str, float]:
     """Top-1 accuracy of ``model`` (in eval mode) over ``loader``'s ``(x, y)`` batches on ``device``.
 
     With an ``accelerator`` the forward runs under its autocast; ``distributed=True``: ``loader`` comes from
     ``accelerator.prepare`` (each process sees a shard) and every sample is counted exactly once across processes.
+    ``progress``: a bar over the batches of a long test set.
     """
     was_training = model.training
     model.eval()
     correct = torch.zeros((), device=device)
     total = torch.zeros((), device=device)
-    for x, y in loader:
+    for x, y in _batch_bar(loader, progress, 'evaluating'):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if accelerator is not None:
             with accelerator.autocast():

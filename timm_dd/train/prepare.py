@@ -1,11 +1,11 @@
 """The data of a cross-architecture experiment: a distilled set (any layout) or real images per class, and the test
 split, both in the space the networks see (a :class:`~timm_dd.data.DataSplits`)."""
 import logging
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from ..data import DataSplits, ImageSpace, load_dataset, select_ipc
+from ..data import DataSplits, ImageSet, ImageSpace, load_dataset, select_ipc
 from ..data.zca import ZCA
 from ..distilled import DistilledSet
 
@@ -54,8 +54,7 @@ def prepare_data(
 def _distilled_splits(data: str, dataset: Optional[str], layout: Optional[str], image_space: Optional[str],
                       soft_label_temperature: Optional[float], loads: Dict[str, Any]) -> DataSplits:
     dset = _load_set(data, layout, dataset, image_space, soft_label_temperature)
-    source = dataset or dset.source_dataset
-    test = load_dataset(source, 'test', image_size=dset.image_size, **loads)
+    source, test = _test_split(dset, data, dataset, loads)
     _check_classes(dset.class_names, test.class_names, dset.num_classes, test.num_classes, data, source)
     train = dset.to_image_set(soft_label_temperature)
     return DataSplits(train, test.in_space(dset.space), source,
@@ -87,6 +86,29 @@ def _real_splits(dataset: str, real_ipc: int, seed: int, space: str, zca_eps: fl
                       dict(kind='real', dataset=dataset, ipc=real_ipc, seed=seed, image_space=space,
                            mean=list(train_full.mean), std=list(train_full.std),
                            **({'zca_eps': zca_eps} if space == 'zca' else {})))
+
+
+def _test_split(dset: DistilledSet, data: str, dataset: Optional[str], loads: Dict[str, Any]) -> Tuple[str, ImageSet]:
+    """``(source, test split)`` of the set's real dataset: ``dataset`` / ``root`` when given, else where the
+    distillation read it (``extra['real_data']``), else ``source_dataset``; a miss names the flags to pass."""
+    recorded = dset.extra.get('real_data') if isinstance(dset.extra, dict) else None
+    gone = ''
+    if dataset is None and loads.get('root') is None and isinstance(recorded, dict) and recorded.get('dataset'):
+        try:
+            return recorded['dataset'], load_dataset(recorded['dataset'], 'test', image_size=dset.image_size,
+                                                     **dict(loads, root=recorded.get('root')))
+        except FileNotFoundError:
+            gone = f" (it was distilled from {recorded.get('root') or recorded['dataset']}, which no longer holds it)"
+            _logger.warning('the real data of %s is gone%s; trying %r', data, gone, dset.source_dataset)
+    source = dataset or dset.source_dataset
+    try:
+        return source, load_dataset(source, 'test', image_size=dset.image_size, **loads)
+    except FileNotFoundError as e:
+        if dataset is not None:
+            raise
+        raise FileNotFoundError(
+            f'the test split of {source!r}, the dataset the set {data} was distilled from, was not found{gone}: '
+            f'pass --dataset NAME|DIR|ZIP (the real dataset it came from) or --data-root DIR. {e}') from None
 
 
 def _load_set(data: str, layout: Optional[str], dataset: Optional[str], image_space: Optional[str],

@@ -27,11 +27,10 @@ from ..seeding import derive_seed, generator_for, seeded
 from ..tracking import log_metrics
 from .batchnorm import STALE_BN_GAP, has_batchnorm, recompute_bn_stats, train_accuracies
 from .config import TrainConfig
-from .elf import FeatureSplit, elf_split
 from .loop import Hook, evaluate, fit, run_batches
-from .losses import feature_loss, kd_loss, label_loss
+from .task import LogitsOnly, TrainTask, create_optimizer, resolve_lr, task_loss
 
-__all__ = ['RunResult', 'TrainTask', 'train_model', 'create_optimizer', 'resolve_lr', 'eval_epochs']
+__all__ = ['RunResult', 'train_model', 'eval_epochs']
 
 _logger = logging.getLogger(__name__)
 
@@ -49,46 +48,6 @@ class RunResult:
     train_seconds: float
     images_per_second: float
     train_acc: Optional[float] = None  # on the un-augmented training images, eval mode, after the last epoch
-
-
-class TrainTask(nn.Module):
-    """Wraps the student so that everything that needs gradients runs inside one ``forward`` (what DDP
-    synchronizes): the plain model, or ELF's front/rear with the rear also applied to the target features."""
-
-    def __init__(self, model: nn.Module, elf: bool = False):
-        super().__init__()
-        self.model = model
-        self.split: Optional[FeatureSplit] = elf_split(model) if elf else None
-
-    def forward(self, x: torch.Tensor, features: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
-        if self.split is None:
-            return {'logits': self.model(x)}
-        front = self.split.front(x)
-        out = {'logits': self.split.rear(front), 'front': front}
-        if features is not None:
-            out['rear_on_features'] = self.split.rear(features)
-        return out
-
-
-def create_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    """SGD with momentum (timm's ``momentum``; coupled wd), Lion (timm's, decoupled wd on all parameters) or AdamW."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.opt == 'momentum':
-        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.opt == 'lion':
-        from timm.optim import Lion
-        return Lion(params, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-
-
-def resolve_lr(cfg: TrainConfig, learned_lr: Optional[float]) -> float:
-    if cfg.lr is not None:
-        return cfg.lr
-    if learned_lr is not None:
-        if not (learned_lr > 0 and math.isfinite(learned_lr)):
-            raise ValueError(f'the distilled set\'s learned lr must be positive and finite, got {learned_lr}')
-        return float(learned_lr)
-    return cfg.lr_fallback
 
 
 def _save_checkpoint(path: Path, task: nn.Module, optimizer: torch.optim.Optimizer, state: Dict[str, Any]) -> None:
@@ -167,6 +126,7 @@ class _Run:
         self.drop_gen = torch.Generator(device=device)
         set_drop_generator(self.inner.model, self.drop_gen)
         self.train_seconds, self.images_seen = 0.0, 0
+        self.show_progress = accelerator.is_local_main_process or not self.distributed
 
     def train_epoch(self, epoch: int) -> Dict[str, Any]:
         """One epoch; every draw comes from generators of ``(seed, epoch, rank)`` (resumable exactly)."""
@@ -182,7 +142,8 @@ class _Run:
         batches = [perm[i:i + cfg.batch_size][self.rank::self.world] for i in range(0, self.n, cfg.batch_size)]
         self.task.train()
         with seeded(cfg.seed, epoch, self.rank, 3, device=self.device):  # dropout and other draws from the global RNG
-            losses = run_batches(batches, self._loss_of, self.optimizer, self._backward, self._step, self._set_lr)
+            losses = run_batches(batches, self._loss_of, self.optimizer, self._backward, self._step, self._set_lr,
+                                 self.show_progress, f'epoch {epoch}')
         self.train_seconds += time.perf_counter() - t0
         self.images_seen += self.n  # over all processes
         return {'epoch': epoch, 'keep_rate': keep_rate, 'lr': self._lr,
@@ -198,7 +159,7 @@ class _Run:
         xa = self.dsa(x, generator=self._aug_gen) if self.dsa is not None else x
         t = self.features[idx] if self.features is not None else None
         with self.accelerator.autocast():
-            loss = _loss(self.task(xa, t), y, self.cfg, self.teacher, xa, t)
+            loss = task_loss(self.task(xa, t), y, self.cfg, self.teacher, xa, t)
         if not torch.isfinite(loss):
             raise FloatingPointError(f'{self.name}: loss became {loss.item()} at epoch {self._epoch}')
         return loss
@@ -219,7 +180,8 @@ class _Run:
             self.optimizer.step()
 
     def evaluate(self, test_loader: DataLoader) -> Dict[str, float]:
-        return evaluate(_LogitsOnly(self.task), test_loader, self.device, self.accelerator, self.distributed)
+        return evaluate(LogitsOnly(self.task), test_loader, self.device, self.accelerator, self.distributed,
+                        self.show_progress)
 
 
 class _EvaluationHook(Hook):
@@ -358,8 +320,7 @@ def train_model(
             out['acc'] = f"{progress.history[-1]['test_acc']:.3f}"
         return out
 
-    fit(range(progress.epoch, last_epoch + 1), run.train_epoch, hooks, name,
-        accelerator.is_local_main_process or not run.distributed, postfix)
+    fit(range(progress.epoch, last_epoch + 1), run.train_epoch, hooks, name, run.show_progress, postfix)
     return _result(run, progress, test_loader, last_epoch)
 
 
@@ -376,32 +337,8 @@ def _result(run: _Run, progress: _Progress, test_loader: DataLoader, last_epoch:
         images_per_second=run.images_seen / run.train_seconds if run.train_seconds > 0 else float('nan'))
 
 
-class _LogitsOnly(nn.Module):
-    def __init__(self, task: nn.Module):
-        super().__init__()
-        self.task = task
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.task(x)['logits']
-
-
 def eval_epochs(cfg: TrainConfig) -> set:
     if cfg.eval_every <= 0:
         return {cfg.epochs - 1}
     # as in the DP+KD code: after the first epoch, every `eval_every` epochs, and the last
     return {0} | set(range(cfg.eval_every - 1, cfg.epochs, cfg.eval_every)) | {cfg.epochs - 1}
-
-
-def _loss(out: Dict[str, torch.Tensor], y: torch.Tensor, cfg: TrainConfig, teacher: Optional[nn.Module],
-          xa: torch.Tensor, features: Optional[torch.Tensor]) -> torch.Tensor:
-    logits = out['logits']
-    if cfg.kd:
-        with torch.no_grad():
-            teacher_logits = teacher(xa)  # the same augmented batch as the student
-        loss = kd_loss(logits, teacher_logits, y, cfg.kd_alpha, cfg.kd_temperature)['loss']
-    else:
-        loss = label_loss(logits, y)
-    if cfg.elf:
-        loss = loss + cfg.elf_lambda_rear * label_loss(out['rear_on_features'], y)
-        loss = loss + cfg.elf_lambda_front * feature_loss(out['front'], features, cfg.elf_feature_loss)
-    return loss

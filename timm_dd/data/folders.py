@@ -1,0 +1,205 @@
+"""Image datasets stored as files: a directory in torchvision's ``ImageFolder`` layout, or the same inside a zip.
+
+Class folders at the top (or inside one top-level folder of an archive); a parent folder holding ``<split>/`` or
+``<split>.zip`` gives the split. Classes sort like ``ImageFolder`` (plain string sort); hidden entries (``.*``,
+``__MACOSX``) are skipped. Images are decoded with PIL: to 1 channel when every image is greyscale, else RGB (alpha
+dropped). Decoded tensors are cached on disk (see :mod:`timm_dd.data.cache`).
+"""
+import io
+import logging
+import os
+import time
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Callable, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from ..constants import BUILTIN_DATASETS, CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD
+from ..io import file_sha256
+from .cache import cache_key, default_cache_dir, load_cached, save_cached, tree_fingerprint
+from .sets import ImageSet
+
+__all__ = ['load_image_tree', 'IMG_EXTENSIONS', 'SPLIT_NAMES']
+
+_logger = logging.getLogger(__name__)
+
+IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
+SPLIT_NAMES = ('train', 'test', 'val', 'valid', 'validation')
+_GREY_MODES = ('1', 'L', 'LA', 'I', 'I;16', 'I;16B', 'I;16L', 'F')
+# greyscale folders: the mean of ImageNet's channel statistics
+GREY_MEAN = (0.449,)
+GREY_STD = (0.226,)
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def _hidden(part: str) -> bool:
+    return part.startswith('.') or part == '__MACOSX'
+
+
+def _resolve_tree(path: Path, split: str) -> Tuple[str, Path, str]:
+    """``(kind, path, name)`` with kind ``'zip'`` or ``'dir'``."""
+    if path.is_file():
+        if not zipfile.is_zipfile(path):
+            raise ValueError(f'{path} is not a zip archive (expected a dataset name {BUILTIN_DATASETS}, a folder '
+                             f'or a .zip)')
+        name = path.parent.name if path.stem in SPLIT_NAMES else path.stem
+        return 'zip', path, name
+    if not path.is_dir():
+        raise FileNotFoundError(f'no dataset {str(path)!r}: not one of {BUILTIN_DATASETS} and no such file or '
+                                f'folder')
+    if (path / split).is_dir():
+        return 'dir', path / split, path.name
+    if (path / f'{split}.zip').is_file():
+        return 'zip', path / f'{split}.zip', path.name
+    found = [s for s in SPLIT_NAMES if (path / s).is_dir() or (path / f'{s}.zip').is_file()]
+    if found:
+        raise FileNotFoundError(f'no split {split!r} in {path} (neither {split}/ nor {split}.zip); found {found}')
+    return 'dir', path, path.name
+
+
+def _list_zip(zf: zipfile.ZipFile, source: Path) -> Tuple[List[str], List[Tuple[str, int]]]:
+    """Class names (sorted) and, per image in label-then-path order, ``(member name, label)``."""
+    members = [m.filename for m in zf.infolist() if not m.is_dir()]
+    rel = [PurePosixPath(m) for m in members]
+    visible = [p for p in rel if not any(_hidden(s) for s in p.parts)]
+    tops = {p.parts[0] for p in visible}
+    # class folders wrapped in one top-level folder: strip it
+    if len(tops) == 1 and visible and all(len(p.parts) >= 3 for p in visible):
+        rel = [PurePosixPath(*p.parts[1:]) if p.parts[0] in tops else p for p in rel]
+    return _class_entries(rel, members, source)
+
+
+def _list_dir(root: Path) -> Tuple[List[str], List[Tuple[str, int]]]:
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not _hidden(e.name))
+    rel, full = [], []
+    for c in classes:
+        for dirpath, _, filenames in sorted(os.walk(root / c, followlinks=True)):
+            for fn in sorted(filenames):
+                p = Path(dirpath) / fn
+                rel.append(PurePosixPath(p.relative_to(root).as_posix()))
+                full.append(str(p))
+    return _class_entries(rel, full, root, classes)
+
+
+def _class_entries(
+        rel: List[PurePosixPath],
+        keys: List[str],
+        source: Path,
+        all_classes: Optional[List[str]] = None,
+) -> Tuple[List[str], List[Tuple[str, int]]]:
+    by_class = {}
+    for p, k in zip(rel, keys):
+        if len(p.parts) >= 2 and not any(_hidden(s) for s in p.parts) and _is_image(p.name):
+            by_class.setdefault(p.parts[0], []).append((p, k))
+    classes = sorted(set(by_class) | set(all_classes or ()))
+    empty = [c for c in classes if c not in by_class]
+    if empty or not classes:
+        raise FileNotFoundError(f'no image files ({", ".join(IMG_EXTENSIONS)}) for the classes {empty} in '
+                                f'{source}' if classes else f'no class folders with images in {source}')
+    entries = []
+    for label, c in enumerate(classes):
+        entries.extend((k, label) for _, k in sorted(by_class[c], key=lambda e: e[0].parts))
+    return classes, entries
+
+
+def _decode_image(fp, size: Optional[Tuple[int, int]]) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(fp) as im:
+        im.load()  # decode now so truncated files fail here
+        im = im.convert('L' if im.mode in _GREY_MODES else 'RGB')
+        if size is not None and im.size != (size[1], size[0]):
+            im = im.resize((size[1], size[0]), Image.BILINEAR)
+        arr = np.asarray(im, dtype=np.uint8)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def _decode_all(
+        entries: List[Tuple[str, int]],
+        read: Callable[[str], object],
+        source: Path,
+        size: Optional[Tuple[int, int]],
+) -> torch.Tensor:
+    """uint8 ``[N, C, H, W]`` from the images named in ``entries``; ``read(key)`` gives a file object/path."""
+    arrays = []
+    first = None
+    for key, _ in entries:
+        try:
+            arr = _decode_image(read(key), size)
+        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+            raise ValueError(f'cannot decode image {key!r} in {source}: {type(e).__name__}: {e}') from e
+        if first is None:
+            first = (key, arr.shape[:2])
+        elif arr.shape[:2] != first[1]:
+            raise ValueError(
+                f'images differ in size: {first[0]!r} is {first[1][1]}x{first[1][0]} but {key!r} is '
+                f'{arr.shape[1]}x{arr.shape[0]} (width x height) in {source}; pass image_size= to resize all')
+        arrays.append(arr)
+    if any(a.shape[2] == 3 for a in arrays):
+        arrays = [np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a for a in arrays]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def _tree_stats(class_names: List[str], channels: int) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    if channels == 1:
+        return GREY_MEAN, GREY_STD
+    if tuple(class_names) == CIFAR10_CLASSES:
+        return CIFAR10_MEAN, CIFAR10_STD
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def load_image_tree(
+        path: Path,
+        split: str,
+        cache_dir: Optional[Union[str, os.PathLike]],
+        size: Optional[Tuple[int, int]],
+        use_cache: bool,
+) -> ImageSet:
+    kind, src, name = _resolve_tree(path, split)
+    if kind == 'zip' and src == path and src.stem in SPLIT_NAMES:
+        split = src.stem  # an archive named after its split ('test.zip') is that split
+    cache_file = None
+    if use_cache:
+        checksum = file_sha256(src) if kind == 'zip' else tree_fingerprint(src)
+        key = cache_key(kind=kind, checksum=checksum, image_size=size)
+        safe = ''.join(ch if ch.isalnum() or ch in '-_.' else '_' for ch in f'{name}-{split}')
+        cache_file = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        cache_file = cache_file / f'{safe}-{key[:24]}.safetensors'
+        cached = load_cached(cache_file)
+        if cached is not None:
+            images_u8, labels, class_names, _ = cached
+            _logger.debug('loaded %s from cache %s', src, cache_file)
+            return _tree_dataset(images_u8, labels, class_names, name, split)
+
+    t0 = time.perf_counter()
+    if kind == 'zip':
+        with zipfile.ZipFile(src) as zf:
+            class_names, entries = _list_zip(zf, src)
+            images_u8 = _decode_all(entries, lambda k: io.BytesIO(zf.read(k)), src, size)
+    else:
+        class_names, entries = _list_dir(src)
+        images_u8 = _decode_all(entries, lambda k: k, src, size)
+    labels = torch.tensor([label for _, label in entries], dtype=torch.int64)
+    _logger.info('decoded %d images from %s in %.1f s', len(entries), src, time.perf_counter() - t0)
+    if cache_file is not None:
+        try:
+            save_cached(cache_file, images_u8, labels, class_names, {'source': str(src)})
+        except OSError as e:  # a read-only cache must not stop loading
+            _logger.warning('could not write cache file %s: %s', cache_file, e)
+    return _tree_dataset(images_u8, labels, class_names, name, split)
+
+
+def _tree_dataset(
+        images_u8: torch.Tensor,
+        labels: torch.Tensor,
+        class_names: List[str],
+        name: str,
+        split: str,
+) -> ImageSet:
+    mean, std = _tree_stats(class_names, images_u8.shape[1])
+    return ImageSet(images_u8.float().div_(255), labels, class_names, mean, std, name, split)

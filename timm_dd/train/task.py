@@ -1,0 +1,79 @@
+"""What one training step optimizes: the task module (the student, or ELF's front and rear), its loss (labels, KD,
+ELF features), and the optimizer of a recipe."""
+import math
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+
+from .config import TrainConfig
+from .elf import FeatureSplit, elf_split
+from .losses import feature_loss, kd_loss, label_loss
+
+__all__ = ['TrainTask', 'LogitsOnly', 'task_loss', 'create_optimizer', 'resolve_lr']
+
+
+class TrainTask(nn.Module):
+    """Wraps the student so that everything that needs gradients runs inside one ``forward`` (what DDP
+    synchronizes): the plain model, or ELF's front/rear with the rear also applied to the target features."""
+
+    def __init__(self, model: nn.Module, elf: bool = False):
+        super().__init__()
+        self.model = model
+        self.split: Optional[FeatureSplit] = elf_split(model) if elf else None
+
+    def forward(self, x: torch.Tensor, features: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        if self.split is None:
+            return {'logits': self.model(x)}
+        front = self.split.front(x)
+        out = {'logits': self.split.rear(front), 'front': front}
+        if features is not None:
+            out['rear_on_features'] = self.split.rear(features)
+        return out
+
+
+def create_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    """SGD with momentum (timm's ``momentum``; coupled wd), Lion (timm's, decoupled wd on all parameters) or AdamW."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.opt == 'momentum':
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.opt == 'lion':
+        from timm.optim import Lion
+        return Lion(params, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+
+
+def resolve_lr(cfg: TrainConfig, learned_lr: Optional[float]) -> float:
+    if cfg.lr is not None:
+        return cfg.lr
+    if learned_lr is not None:
+        if not (learned_lr > 0 and math.isfinite(learned_lr)):
+            raise ValueError(f'the distilled set\'s learned lr must be positive and finite, got {learned_lr}')
+        return float(learned_lr)
+    return cfg.lr_fallback
+
+
+class LogitsOnly(nn.Module):
+    """The logits of a :class:`TrainTask` (what evaluation looks at)."""
+
+    def __init__(self, task: nn.Module):
+        super().__init__()
+        self.task = task
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.task(x)['logits']
+
+
+def task_loss(out: Dict[str, torch.Tensor], y: torch.Tensor, cfg: TrainConfig, teacher: Optional[nn.Module],
+          xa: torch.Tensor, features: Optional[torch.Tensor]) -> torch.Tensor:
+    logits = out['logits']
+    if cfg.kd:
+        with torch.no_grad():
+            teacher_logits = teacher(xa)  # the same augmented batch as the student
+        loss = kd_loss(logits, teacher_logits, y, cfg.kd_alpha, cfg.kd_temperature)['loss']
+    else:
+        loss = label_loss(logits, y)
+    if cfg.elf:
+        loss = loss + cfg.elf_lambda_rear * label_loss(out['rear_on_features'], y)
+        loss = loss + cfg.elf_lambda_front * feature_loss(out['front'], features, cfg.elf_feature_loss)
+    return loss
