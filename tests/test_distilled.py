@@ -14,7 +14,7 @@ import timm_dd
 from timm_dd.data.zca import ZCA
 from timm_dd.distilled import (
     CARD_FILE, CONFIG_FILE, DISTILLED_FILE, FORMAT_NAME, FORMAT_VERSION, ZCA_FILE, DistilledSet, DistilledSetError,
-    load_distilled_folder, save_grid,
+    save_grid,
 )
 from timm_dd.distilled import distilled_set as ds_mod
 
@@ -88,7 +88,7 @@ def test_round_trip_full(tmp_path, dtype):
     assert back.images.dtype == dtype and back.lr.shape == () and back.lr.dtype == torch.float32
     assert (back.num_classes, back.num_images, back.image_shape, back.image_size) == (K, K * IPC, (C, H, W), (H, W))
     assert repr(back).startswith("DistilledSet(method='MTT'") and len(repr(back)) < 300
-    _assert_same(dset, load_distilled_folder(str(out)))
+    _assert_same(dset, DistilledSet.load(str(out)))
 
     cfg = json.loads((out / CONFIG_FILE).read_text())
     assert cfg['format'] == FORMAT_NAME and cfg['format_version'] == FORMAT_VERSION

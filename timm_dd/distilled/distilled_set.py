@@ -22,7 +22,7 @@ from .format import DistilledSetError, file_of_field, read_set_folder, safetenso
     write_set_folder, ZCA_FILE, FORMAT_NAME, FORMAT_VERSION
 from .validation import is_number, validate
 
-__all__ = ['DistilledSet', 'load_distilled_folder']
+__all__ = ['DistilledSet']
 
 _logger = logging.getLogger(__name__)
 
@@ -303,11 +303,3 @@ class DistilledSet(HasImages):
             verify_checksums(folder, config)
         return dset
 
-
-def load_distilled_folder(
-        folder: Union[str, os.PathLike],
-        verify: bool = True,
-        device: str = 'cpu',
-) -> DistilledSet:
-    """Load and validate the distilled set in ``folder`` (see :meth:`DistilledSet.load`)."""
-    return DistilledSet.load(folder, verify=verify, device=device)

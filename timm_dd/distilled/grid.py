@@ -134,27 +134,11 @@ def class_grid_image(
         scale = max(1, math.ceil(min_size / min(h, w)))
     if scale < 1:
         raise ValueError(f'need scale >= 1, got {scale}')
-    panels = []
-    if real is not None:
-        if isinstance(real, DistilledSet):
-            if real.image_shape != dset.image_shape or real.num_classes != dset.num_classes:
-                raise ValueError(f'the real images ({real.image_shape}, {real.num_classes} classes) do not match the '
-                                 f'set ({dset.image_shape}, {dset.num_classes} classes)')
-            panels.append((real, None, real.labels))
-        else:
-            if tuple(real.shape) != tuple(dset.images.shape):
-                raise ValueError(f'real images must have the shape of the set\'s images {tuple(dset.images.shape)} '
-                                 f'(the same label order), got {tuple(real.shape)}')
-            panels.append((dset, real, dset.labels))
-    panels.append((dset, None, dset.labels))
+    panels = _panels(dset, real)
     cols = max(max(1, min(max_per_class, int((lab.detach().cpu() == k).sum()))) for _, _, lab in panels
                for k in classes)
-    grids = []
-    for owner, images, lab in panels:
-        cells, _ = _class_cells(owner, images, lab, classes, max_per_class, cols, pad_value)
-        cells = cells.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3) if scale > 1 else cells
-        grid = make_grid(cells, nrow=cols, padding=padding, pad_value=pad_value)
-        grids.append(grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
+    grids = [_panel_pixels(owner, images, lab, classes, max_per_class, cols, pad_value, scale, padding)
+             for owner, images, lab in panels]
     if titles is None:
         method = str(dset.method or 'distilled')
         titles = (['real images it started from'] if real is not None else []) + \
@@ -173,8 +157,7 @@ def class_grid_image(
     layout = _layout(titles, names, cols, (ch, cw), scale, padding, label_w, title_h, gw, gap)
     if not labels and len(grids) == 1:  # exactly make_class_grid's picture
         return Image.fromarray(np.ascontiguousarray(grids[0])), layout
-    width = label_w + len(grids) * gw + (len(grids) - 1) * gap
-    canvas = Image.new('RGB', (width, title_h + gh), (255, 255, 255))
+    canvas = Image.new('RGB', (label_w + len(grids) * gw + (len(grids) - 1) * gap, title_h + gh), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     for p, grid in enumerate(grids):
         left = label_w + p * (gw + gap)
@@ -182,12 +165,35 @@ def class_grid_image(
         if title_h:
             tw, _ = _text_size(draw, titles[p], font)
             _draw_text(draw, (left + max(0, (gw - tw) // 2), 4), titles[p], font)
-    if labels:
-        for r, name in enumerate(names):
-            tw, th = _text_size(draw, name, font)
-            top = title_h + padding + r * (ch + padding)
-            _draw_text(draw, (label_w - 6 - tw, top + (ch - th) // 2), name, font)
+    for r, name in enumerate(names if labels else []):
+        tw, th = _text_size(draw, name, font)
+        _draw_text(draw, (label_w - 6 - tw, title_h + padding + r * (ch + padding) + (ch - th) // 2), name, font)
     return canvas, layout
+
+
+def _panels(dset: DistilledSet, real: Optional[Union[torch.Tensor, DistilledSet]]) -> List[tuple]:
+    """``(owner, images or None, labels)`` per panel: the real images first (when given), then the set."""
+    panels = []
+    if isinstance(real, DistilledSet):
+        if real.image_shape != dset.image_shape or real.num_classes != dset.num_classes:
+            raise ValueError(f'the real images ({real.image_shape}, {real.num_classes} classes) do not match the '
+                             f'set ({dset.image_shape}, {dset.num_classes} classes)')
+        panels.append((real, None, real.labels))
+    elif real is not None:
+        if tuple(real.shape) != tuple(dset.images.shape):
+            raise ValueError(f'real images must have the shape of the set\'s images {tuple(dset.images.shape)} '
+                             f'(the same label order), got {tuple(real.shape)}')
+        panels.append((dset, real, dset.labels))
+    return panels + [(dset, None, dset.labels)]
+
+
+def _panel_pixels(owner: DistilledSet, images: Optional[torch.Tensor], labels: torch.Tensor, classes: List[int],
+                  max_per_class: int, cols: int, pad_value: float, scale: int, padding: int) -> np.ndarray:
+    """One panel's grid as uint8 ``[H, W, 3]``, upscaled by ``scale`` (nearest)."""
+    cells, _ = _class_cells(owner, images, labels, classes, max_per_class, cols, pad_value)
+    cells = cells.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3) if scale > 1 else cells
+    grid = make_grid(cells, nrow=cols, padding=padding, pad_value=pad_value)
+    return grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 def _layout(titles, names, cols, cell, scale, padding, left, top, panel_w, gap) -> GridLayout:
