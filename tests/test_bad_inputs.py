@@ -272,6 +272,13 @@ def _(tmp, capsys):
                                    '--output', str(tmp / 'o'), '--cpu'], capsys)), 2, r"unknown model 'resnet9000'"
 
 
+@case('model-kwargs-not-taken')
+def _(tmp, capsys):
+    args = ['-c', 'baseline', '--dataset', 'digits', '--real-ipc', '1', '--models', 'convnet3', 'resnet18_dd',
+            '--model-kwargs', 'width=4', '--epochs', '1', '--output', str(tmp / 'o'), '--no-plots', '--cpu']
+    return (lambda: _cli('train', args, capsys)), 2, r'resnet18_dd with --model-kwargs .*width'
+
+
 @case('unknown-recipe')
 def _(tmp, capsys):
     return (lambda: _cli('train', ['-c', 'nosuchrecipe', '--model', 'convnet3'], capsys)), 2, r'nosuchrecipe.*not found'

@@ -21,6 +21,14 @@ def test_set_is_typed_and_repeatable():
     assert dcfg.lr_img == 1000.0 and dcfg.ipc == 2
 
 
+def test_first_hour_flags_reach_the_recipe():
+    _, cfg = train_cli.resolve_config(['-c', 'baseline', '--model', 'resnet18_dd', '--recompute-bn',
+                                       '--keep-checkpoints'])
+    assert cfg.recompute_bn is True and cfg.keep_checkpoints is True
+    _, cfg = train_cli.resolve_config(['-c', 'baseline', '--model', 'resnet18_dd'])
+    assert cfg.recompute_bn is False and cfg.keep_checkpoints is False  # off in the published recipes
+
+
 def test_flags_win_over_the_config_file_and_set_over_the_recipe(tmp_path):
     recipe = tmp_path / 'mine.yaml'
     recipe.write_text(yaml.safe_dump({'base': 'dpkd', 'epochs': 11, 'models': ['resnet18_dd'], 'seeds': [3, 4]}))

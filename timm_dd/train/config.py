@@ -188,6 +188,7 @@ def short_run_note(cfg: TrainConfig, fraction: float = 0.5) -> Optional[str]:
     protocol = load_config(cfg.recipe).epochs
     if cfg.epochs >= fraction * protocol:
         return None
-    return (f'this run trains {cfg.epochs} epochs, {cfg.epochs / protocol:.0%} of recipe {cfg.recipe!r}\'s '
-            f'{protocol} (its published protocol): its accuracies are not comparable to published ones, and a '
-            f'schedule this short can leave batch-norm statistics stale (--recompute-bn)')
+    share = cfg.epochs / protocol
+    return (f'this run trains {cfg.epochs} epochs, {share:.0%}{"" if share >= 0.01 else " (under 1%)"} of the '
+            f'{protocol} of recipe {cfg.recipe} (its published protocol): its accuracies are not comparable to '
+            f'published ones, and a schedule this short can leave batch-norm statistics stale (--recompute-bn)')

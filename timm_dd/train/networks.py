@@ -54,6 +54,9 @@ def create_student(name: str, bundle: DataSplits, cfg: TrainConfig, **model_kwar
     except ValueError as e:
         raise ValueError(f'cannot create {name} for {bundle.in_chans}x{bundle.img_size}x{bundle.img_size} images '
                          f'and {bundle.num_classes} classes: {e}') from e
+    except TypeError as e:  # a keyword the architecture does not take (--model-kwargs)
+        raise ValueError(f'cannot create {name} with --model-kwargs {model_kwargs or {}}: {e}; drop the keywords '
+                         f'{name} does not take (each of --models gets the same --model-kwargs)') from e
     except RuntimeError as e:
         if 'Unknown model' in str(e):
             raise ValueError(f'unknown model {name!r}; see timm.list_models() (timm_dd adds *_dd, *_mtt, convnet*)') from e
