@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 # cross-architecture comparison on the distilled set
 DEMO_EPOCHS ?= 40
 DEMO_OUT ?= output/demo
-DEMO_TRAIN = --seeds 0 --epochs $(DEMO_EPOCHS) --eval-every 10 --cpu --teacher-epochs $(DEMO_EPOCHS) \
+DEMO_TRAIN = --seeds 0 --epochs $(DEMO_EPOCHS) --eval-every 10 --cpu --teacher-epochs $(DEMO_EPOCHS) --recompute-bn \
 	--final-epochs $$(( $(DEMO_EPOCHS) / 4 )) --period $$(( $(DEMO_EPOCHS) / 8 ))
 DEMO_REAL = --dataset digits --real-ipc 10 --img-size 16
 

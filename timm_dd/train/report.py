@@ -123,8 +123,8 @@ def format_table(results: Any) -> str:
         table += _rows(r)
     if not many:
         return '\n'.join([_settings(results[0]), *_notes(results[0]), ''] + table) + '\n'
-    return '\n'.join(table + [''] + [f'- {_settings(r)}' for r in results]
-                     + [note for r in results for note in _notes(r)]) + '\n'
+    notes = list(dict.fromkeys(note for r in results for note in _notes(r)))  # each once, in order
+    return '\n'.join(table + [''] + [f'- {_settings(r)}' for r in results] + notes) + '\n'
 
 
 def _notes(result: Dict[str, Any]) -> List[str]:
