@@ -38,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='timm-dd-train', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
+    for add_group in (_data_args, _model_args, _recipe_args, _run_args):
+        add_group(p)
+    return p
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group('data')
     g.add_argument('--data', help='distilled set: a folder or a Hugging Face Hub dataset id (timm_dd sets, and the '
                                   'MTT/ATT/DATM, FRePo and DD-Ranking layouts)')
@@ -51,10 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                     'or an image-folder/zip copy (train/ test/ or train.zip test.zip)')
     g.add_argument('--img-size', type=int, help='resize the real dataset (with --real-ipc) to this size')
     g.add_argument('--cache-dir', help='decoded-dataset cache (default $TIMM_DD_CACHE or ~/.cache/timm_dd)')
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group('model')
     g.add_argument('--model', help='one network (timm_dd or stock timm model name)')
     g.add_argument('--models', nargs='+', help='several networks for a cross-architecture table')
     g.add_argument('--model-kwargs', nargs='*', metavar='K=V', help='extra create_model kwargs, e.g. width=512')
+
+
+def _recipe_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group('recipe overrides')
     g.add_argument('--epochs', type=int)
     g.add_argument('-b', '--batch-size', type=int)
@@ -91,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='runs (default): one (network, seed) run per process, for small training sets; ddp: every '
                         'run with DDP over all processes, for large ones; vmap: all seeds of a network at once on '
                         'one device (no batch norm, DropPath, KD or ELF)')
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group('run')
     g.add_argument('--resume', action='store_true', help='continue an interrupted run in --output')
     g.add_argument('--force-resume', action='store_true',
@@ -100,7 +115,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep each finished run's resume checkpoint (default: removed when the run is done)")
     g.add_argument('--push-teacher', metavar='REPO', help='push the first trained teacher to this Hub model repo')
     g.add_argument('--no-plots', action='store_true')
-    return p
 
 
 def _key_values(items: Optional[List[str]]) -> Dict[str, Any]:
