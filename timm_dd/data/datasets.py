@@ -226,7 +226,7 @@ def _load_cifar(
     images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).float().div_(255)
     mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == 'cifar10' else (CIFAR100_MEAN, CIFAR100_STD)
     return ImageSet(_resize_float(images, size), torch.as_tensor(ds.targets, dtype=torch.int64),
-                        list(ds.classes), mean, std, name, split)
+                    list(ds.classes), mean, std, name, split)
 
 
 def _load_cifar_copy(
