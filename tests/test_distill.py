@@ -292,7 +292,8 @@ def test_cli_end_to_end(tmp_path):
     card = (Path(out['out']) / 'README.md').read_text()
     assert 'changed here (not the published settings)' in card and 'ipc=2' in card
     assert dset.extra['experts']['experts'] == 1 and dset.extra['experts']['epochs'] == 3
-    assert str((tmp_path / 'buf').resolve()) in card and dset.extra['experts']['sha256'][:16] in card
+    assert dset.extra['experts']['path'] == str((tmp_path / 'buf').resolve())  # the full path stays in the config
+    assert 'buffer `buf`' in card and str(tmp_path / 'buf') not in card and dset.extra['experts']['sha256'][:16] in card
     assert 'Expert trajectories: 1 experts of 3 epochs' in card
     best = DistilledSet.load(tmp_path / 'run' / 'distilled_best')  # the MTT/ATT rule, labelled
     assert 'selects on the test set' in best.extra['selection'] and best.extra['selected_iteration'] in (0, 1, 2)

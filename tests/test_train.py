@@ -419,3 +419,18 @@ def test_local_cifar10_copy_as_typed_and_found_again_from_a_distilled_set(tmp_pa
     assert '--dataset' in err and '--data-root' in err and 'cifar10' in err
     assert 'no longer holds it' in err
     assert train_cli.main([*train, '--dataset', str(moved), '--output', str(tmp_path / 'moved')]) == 0
+
+
+def test_resume_accepts_a_run_recorded_before_new_recipe_fields(tmp_path):
+    from timm_dd.train.experiment import check_resume
+    cfg = load_config('baseline', dict(epochs=2))
+    record = {'config': cfg.to_dict(), 'data': {'kind': 'real'}, 'model_kwargs': {}}
+    old = json.loads(json.dumps(record))
+    del old['config']['recompute_bn']
+    old['config']['extra'] = {}  # a field older versions recorded
+    (tmp_path / 'run_config.json').write_text(json.dumps(old))
+    check_resume(tmp_path, record, resume=True)  # the same run: resumes
+    changed = json.loads(json.dumps(record))
+    changed['config']['recompute_bn'] = True
+    with pytest.raises(ValueError, match='recompute_bn: None -> True'):
+        check_resume(tmp_path, changed, resume=True)

@@ -43,7 +43,7 @@ def atomic_write(path: PathLike, mode: str = 'wb') -> Iterator[IO[Any]]:
     """
     path = Path(path)
     with _replacing(path, '.tmp') as (fd, _):
-        with os.fdopen(fd, mode) as f:
+        with os.fdopen(fd, mode, **({} if 'b' in mode else {'encoding': 'utf-8'})) as f:  # text is UTF-8
             yield f
             f.flush()
             os.fsync(f.fileno())

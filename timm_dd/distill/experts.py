@@ -241,10 +241,12 @@ class ExpertPool:
         h = hashlib.sha256()
         for e in self.experts:
             h.update(json.dumps([e.path.name, e.meta.get('checksums')]).encode())
+        identified = all(e.meta.get('checksums') for e in self.experts)  # files of older versions have none
         meta = self.experts[0].meta
         return {'path': str(self.folder.resolve()), 'experts': len(self.experts),
                 'epochs': min(e.num_epochs for e in self.experts), 'arch': meta.get('arch'), 'lr': meta.get('lr'),
-                'batch_size': meta.get('batch_size'), 'dataset': meta.get('dataset'), 'sha256': h.hexdigest()}
+                'batch_size': meta.get('batch_size'), 'dataset': meta.get('dataset'),
+                'sha256': h.hexdigest() if identified else None}
 
     def __getitem__(self, i: int) -> ExpertTrajectory:
         return self.experts[i]

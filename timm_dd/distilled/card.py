@@ -8,6 +8,7 @@ of :meth:`~timm_dd.distilled.DistilledSet.to_config`), so it can only state what
 """
 import json
 import re
+from pathlib import Path
 from typing import Any, List, Mapping, Optional
 
 from .format import CONFIG_FILE, DISTILLED_FILE, ZCA_FILE
@@ -23,7 +24,7 @@ _EVAL_COLUMNS = ('arch', 'top1_mean', 'top1_std', 'num_eval', 'protocol')
 
 
 # extra keys about the machine the set was made on (local paths): not shown on a card
-_LOCAL_KEYS = ('real_data',)
+_LOCAL_KEYS = ('real_data', 'experts')  # the experts are stated above the table, by folder name
 
 
 def size_category(n: int) -> str:
@@ -113,8 +114,9 @@ def _provenance(config: Mapping[str, Any]) -> List[str]:
         lines += ['', f'Settings: {settings}. Every effective value is in the hyper-parameters below.']
     if isinstance(experts, dict):
         lines += ['', f'Expert trajectories: {experts.get("experts")} experts of {experts.get("epochs")} epochs '
-                      f'({experts.get("arch")}, lr {experts.get("lr")}, batch {experts.get("batch_size")}) from '
-                      f'`{experts.get("path")}`, sha256 `{str(experts.get("sha256"))[:16]}`.']
+                      f'({experts.get("arch")}, lr {experts.get("lr")}, batch {experts.get("batch_size")}) from the '
+                      f'buffer `{Path(str(experts.get("path"))).name}`, sha256 `{str(experts.get("sha256"))[:16]}` '
+                      f'(over every expert\'s per-epoch checksums).']
     return lines
 
 

@@ -18,8 +18,8 @@ from ..data.sets import HasImages
 from ..data.zca import ZCA
 from ..version import __version__
 from .card import render_card
-from .format import DistilledSetError, file_of_field, read_set_folder, safetensors_header, verify_checksums, \
-    write_set_folder, ZCA_FILE, FORMAT_NAME, FORMAT_VERSION
+from .format import DISTILLED_FILE, FORMAT_NAME, FORMAT_VERSION, ZCA_FILE, DistilledSetError, file_of_field, \
+    read_set_folder, safetensors_header, verify_checksums, write_set_folder
 from .validation import is_number, validate
 
 __all__ = ['DistilledSet']
@@ -298,7 +298,8 @@ class DistilledSet(HasImages):
         except DistilledSetError as e:
             raise DistilledSetError(f'{folder / file_of_field(e.field)}: {e}', field=e.field) from e
         if dset.labels is not labels:
-            raise DistilledSetError(f'{folder}: labels must be stored as int64, got {labels.dtype}', field='labels')
+            raise DistilledSetError(f'{folder / DISTILLED_FILE}: labels must be stored as int64, got {labels.dtype}',
+                                    field='labels')
         if verify:
             verify_checksums(folder, config)
         return dset

@@ -145,6 +145,9 @@ def save_teacher(
     describe_input(model)  # input_size / num_classes of this model, whatever was recorded before
     card = teacher_model_card(model, repo_id=repo_id, dataset=dataset, folder=folder)
     name = repo_id.split('/')[-1] if repo_id else folder.name
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / 'config.json').is_file():
+        raise FileExistsError(f'{folder} is a non-empty folder without config.json; refusing to replace it with a '
+                              f'teacher (choose an empty or new folder)')
     with atomic_folder(folder) as tmp:  # timm writes the files; the folder appears complete or not at all
         save_for_hf(model, str(tmp), model_config=_model_config(class_names, model), model_args=model_args,
                     safe_serialization=True)

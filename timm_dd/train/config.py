@@ -154,6 +154,9 @@ def load_config(recipe: Union[str, Path, Dict[str, Any]], overrides: Optional[Di
     else:
         values = _read_recipe(recipe, config_dir)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if 'extra' in values:  # a free-form field of older versions that nothing read
+        warnings.warn(f"the recipe field 'extra' is no longer used and is ignored: {values.pop('extra')!r}",
+                      FutureWarning, stacklevel=2)
     types = {f.name: f.type for f in fields(TrainConfig)}
     unknown = sorted(set(values) - set(types))
     if unknown:

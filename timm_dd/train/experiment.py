@@ -53,12 +53,22 @@ RUN_CONFIG_FILE = 'run_config.json'
 RESUME_SAFE_FIELDS = ('checkpoint_every', 'test_batch_size', 'parallel', 'keep_checkpoints')
 
 
+#: recipe fields added since a run may have been recorded, with the value that reproduces the old behaviour, and
+#: removed fields: a run recorded before them resumes as long as the current value is that one
+_NEW_FIELD_DEFAULTS = {'config.recompute_bn': False, 'config.extra': None}
+
+
 def _config_differences(saved: Dict[str, Any], current: Dict[str, Any], prefix: str = '') -> List[str]:
     out = []
     for key in sorted(set(saved) | set(current)):
         if key in RESUME_SAFE_FIELDS:
             continue
         a, b = saved.get(key), current.get(key)
+        name = f'{prefix}{key}'
+        if name in _NEW_FIELD_DEFAULTS and key not in saved and b == _NEW_FIELD_DEFAULTS[name]:
+            continue  # recorded by an older version, before the field existed
+        if name in _NEW_FIELD_DEFAULTS and key not in current and a in ({}, None):
+            continue  # a field that no longer exists, at its empty value
         if isinstance(a, dict) and isinstance(b, dict):
             out += _config_differences(a, b, f'{prefix}{key}.')
         elif a != b:

@@ -79,7 +79,7 @@ def train_or_load_teacher(cfg: TrainConfig, bundle: DataSplits, seed: int, accel
         _check_same_space(cfg.teacher, 'teacher', bundle)
         acc = evaluate(teacher.to(accelerator.device), test_loader, accelerator.device, accelerator, distributed)
         return teacher, dict(model=cfg.teacher, seed=seed, final_acc=acc['acc'], best_acc=acc['acc'], loaded=True)
-    overrides = {'seed': seed, 'eval_every': 0}
+    overrides = {'seed': seed, 'eval_every': 0, 'recompute_bn': cfg.recompute_bn}
     if cfg.teacher_epochs is not None:
         overrides['epochs'] = cfg.teacher_epochs
     teacher_cfg = load_config(cfg.teacher_recipe, overrides)

@@ -245,7 +245,7 @@ def _train_set_accuracies(run: _Run, model: nn.Module) -> Dict[str, float]:
     """``train_acc`` (eval mode) and ``train_acc_batch_stats``; a warning naming ``--recompute-bn`` when the
     running statistics are stale."""
     eval_acc, batch_acc = train_accuracies(model, run.images, run.labels, run.cfg.batch_size)
-    if has_batchnorm(model) and batch_acc - eval_acc > STALE_BN_GAP:
+    if run.writer and has_batchnorm(model) and batch_acc - eval_acc > STALE_BN_GAP:
         _logger.warning('%s: on its own training images the network scores %.1f%% in eval mode but %.1f%% with batch '
                         'statistics: its batch-norm running statistics are stale (a schedule this short leaves them '
                         'behind the weights); the test accuracy is not the architecture\'s. Train longer or pass '
