@@ -288,6 +288,10 @@ def test_cli_end_to_end(tmp_path):
     assert dset.images.shape == (20, 1, 8, 8) and dset.method == 'ATT' and float(dset.lr) > 0
     assert dset.extra['config']['syn_steps'] == 2 and len(dset.extra['history']) == 3
     assert (tmp_path / 'run' / 'grid_000001.png').is_file() and (tmp_path / 'run' / 'distilled_ema').is_dir()
+    from PIL import Image
+    with Image.open(tmp_path / 'run' / 'grid_000001.png') as periodic:
+        with Image.open(tmp_path / 'run' / 'distilled.png') as final:
+            assert periodic.size == final.size  # both beside the real images the run started from (two panels)
     # the card states the effective settings (not the authors' after overrides) and the expert buffer used
     card = (Path(out['out']) / 'README.md').read_text()
     assert 'changed here (not the published settings)' in card and 'ipc=2' in card

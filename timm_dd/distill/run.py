@@ -122,10 +122,11 @@ def run_experts(
 
 
 def make_evaluator(cfg: DistillConfig, data: DataSplits, accelerator: Accelerator, out_dir: Optional[Path] = None,
-                   grid: bool = True):
+                   grid: bool = True, initial: Optional[torch.Tensor] = None):
     """``eval_fn(iteration, images, ema_images, lr)``: trains ``cfg.eval_seeds`` fresh networks for
     ``cfg.eval_epochs`` epochs (baseline recipe, learned lr) on the current set and reports test accuracy; EMA images
-    are evaluated on fresh networks too. Also writes ``grid_{iteration:06d}.png`` into ``out_dir`` (main process).
+    are evaluated on fresh networks too. Also writes ``grid_{iteration:06d}.png`` into ``out_dir`` (main process),
+    beside the real images the set started from when ``initial`` is given.
 
     Runs on ``accelerator.device`` with its mixed precision; with several processes seed ``s`` is trained by
     process ``s % K`` alone and the accuracies are gathered, so every process gets the one-process record.
@@ -165,7 +166,7 @@ def make_evaluator(cfg: DistillConfig, data: DataSplits, accelerator: Accelerato
                 record.update(ema_acc_mean=sum(accs) / len(accs), ema_accs=accs)
         if grid and out_dir is not None and accelerator.is_main_process:
             dset = build_set(cfg, data, images, lr if cfg.method != 'dm' else None)
-            save_grid(dset, out_dir / f'grid_{iteration:06d}.png')
+            save_grid(dset, out_dir / f'grid_{iteration:06d}.png', real=initial)
             log_image(accelerator, 'distilled images', make_class_grid(dset), iteration)
         return record
 
@@ -247,7 +248,8 @@ def _make_distiller(cfg: DistillConfig, data: DataSplits, images: torch.Tensor, 
                     expert_dir: Optional[Union[str, os.PathLike]], out_dir: Path, accelerator: Accelerator,
                     evaluate: bool) -> Distiller:
     """The method's :class:`Distiller` starting from ``images`` (see :func:`init_synthetic`)."""
-    eval_fn = make_evaluator(cfg, data, accelerator, out_dir) if evaluate else None
+    initial = images if cfg.pix_init == 'real' else None
+    eval_fn = make_evaluator(cfg, data, accelerator, out_dir, initial=initial) if evaluate else None
     if cfg.method == 'dm':
         return DistributionMatching(
             cfg, images, labels, data.train.images, data.train.labels,
