@@ -207,23 +207,13 @@ class PeakMemory:
 
 
 @contextlib.contextmanager
-def precision(tf32: bool):
-    """TF32 on (matmul precision 'high', cuDNN TF32) or strict fp32 for matmuls and convolutions."""
+def precision(tf32: bool, cudnn_tf32: Optional[bool] = None):
+    """TF32 on (matmul precision 'high', cuDNN TF32) or strict fp32 for matmuls and convolutions; ``cudnn_tf32``
+    sets the convolutions apart (``precision(False, True)``: PyTorch's out-of-the-box flags, how the official
+    script runs)."""
     old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-
-
-@contextlib.contextmanager
-def torch_default_precision():
-    """PyTorch's out-of-the-box flags (matmul TF32 off, cuDNN TF32 on): how the official script runs."""
-    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = tf32 if cudnn_tf32 is None else cudnn_tf32
     try:
         yield
     finally:
@@ -422,7 +412,7 @@ def section_official(s: Settings, fm, images, labels, syn_lr, th0, target, devic
     steps = s.timing_steps
     torch.manual_seed(0)
     rows = []
-    for name, ctx in (('official fp32', precision(False)), ('official torch-defaults', torch_default_precision())):
+    for name, ctx in (('official fp32', precision(False)), ('official torch-defaults', precision(False, True))):
         if rows and time.perf_counter() - t0 > limit:
             rows.append(dict(row=name, skipped='section time limit'))
             continue
