@@ -22,11 +22,13 @@ def mtt_problem(images: torch.Tensor, width: int = 128) -> Tuple[torch.nn.Module
 
 
 def timm_dd_iteration(mode: str, images: torch.Tensor, width: int = 128) -> Callable[[int, int], None]:
-    """``iteration(steps, seed)``: one timm_dd MTT iteration (``mode`` 'unrolled' or 'recompute')."""
+    """``iteration(steps, seed)``: one timm_dd MTT iteration (``mode`` 'unrolled' or 'recompute', with a
+    '+compile' suffix: the inner step's gradient through ``torch.compile``, as ``--set compile=true``)."""
     from timm_dd.augment import DSA
-    from timm_dd.distill import FlatModel, plan_steps, trajectory_match
+    from timm_dd.distill import FlatModel, StepGradient, plan_steps, trajectory_match
     model, labels, start, target, lr = mtt_problem(images, width)
-    fm, dsa = FlatModel(model), DSA()
+    mode, _, option = mode.partition('+')
+    fm, dsa = StepGradient(FlatModel(model), compile=option == 'compile'), DSA()
 
     def iteration(steps: int, seed: int) -> None:
         plan = plan_steps(images.shape[0], steps, None, 32, dsa, torch.Generator().manual_seed(seed))

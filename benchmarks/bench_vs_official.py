@@ -15,6 +15,10 @@ torch threads; a warm-up iteration with one inner step, then the peak RSS is res
 and the RSS read, ``--repeats`` timed iterations run, and ``peak_rss_growth_mb`` = VmHWM - RSS at the reset. The
 reported time is the best of the repeats.
 
+``--compile`` (on by default) adds both modes with the inner step's gradient compiled (``unrolled+compile``,
+``recompute+compile``: ``StepGradient(compile=True)``, what ``--set compile=true`` runs); their compilation happens
+in the warm-up iteration, outside the timing.
+
 Targets (reported, not asserted): unrolled <= 0.7x official time, recompute <= 1.0x official time, recompute at
 N = 50 <= 0.25x official peak memory growth.
 
@@ -40,7 +44,8 @@ from _mtt import measure_iteration, mtt_problem, save_images, timm_dd_iteration 
 
 DEFAULT_DATA = REPO.parent / 'shared' / 'data' / 'cifar10-jpeg'
 DEFAULT_OFFICIAL = REPO / 'carry' / 'mtt-distillation'
-MODES = ('unrolled', 'recompute', 'official')
+OURS = ('unrolled', 'recompute', 'unrolled+compile', 'recompute+compile')
+MODES = OURS + ('official',)
 TARGETS = {'unrolled_time': 0.7, 'recompute_time': 1.0, 'recompute_mem': 0.25}
 
 
@@ -86,6 +91,8 @@ def main(argv=None) -> int:
     parser.add_argument('--repeats', type=int, default=1, help='timed iterations per setting (best is reported)')
     parser.add_argument('--threads', type=int, default=1,
                         help='torch threads (1: on a shared, loaded 2-core box 2 threads were ~7x slower)')
+    parser.add_argument('--compile', action=argparse.BooleanOptionalAction, default=True,
+                        help="also time both modes with the inner step's gradient compiled (--set compile=true)")
     parser.add_argument('--width', type=int, default=128, help='ConvNet width (128: the published ConvNetD3)')
     parser.add_argument('--data', type=Path, default=DEFAULT_DATA)
     parser.add_argument('--out', type=Path, default=REPO / 'benchmarks' / 'results' / 'vs_official.json')
@@ -104,7 +111,8 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
 
-    jobs = [(ipc, steps, mode, 'speed') for ipc, steps in _pairs(args.settings) for mode in MODES]
+    modes = MODES if args.compile else tuple(m for m in MODES if '+compile' not in m)
+    jobs = [(ipc, steps, mode, 'speed') for ipc, steps in _pairs(args.settings) for mode in modes]
     jobs += [(ipc, steps, mode, 'memory') for ipc, steps in _pairs(args.mem_setting or [])
              for mode in ('recompute', 'official')]
     jobs = [j for j in jobs if f'{j[0]}:{j[1]}:{j[2]}' not in args.skip and f'{j[0]}:{j[1]}' not in args.skip]
@@ -139,7 +147,7 @@ def main(argv=None) -> int:
             continue
         c = dict(ipc=ipc, syn_steps=steps, official_seconds=off['seconds'],
                  official_growth_mb=off['peak_rss_growth_mb'])
-        for mode in ('unrolled', 'recompute'):
+        for mode in OURS:
             r = get(ipc, steps, mode)
             if r is not None:
                 c[f'{mode}_time_ratio'] = _ratio(r['seconds'], off['seconds'])
@@ -148,7 +156,8 @@ def main(argv=None) -> int:
     targets = []
     for c in comparisons:
         if (c['ipc'], c['syn_steps']) in _pairs(args.settings):
-            for mode, key in (('unrolled', 'unrolled_time'), ('recompute', 'recompute_time')):
+            for mode in OURS:
+                key = mode.split('+')[0] + '_time'
                 if c.get(f'{mode}_time_ratio') is not None:
                     targets.append(dict(target=f'{mode} time <= {TARGETS[key]}x official', ipc=c['ipc'],
                                         syn_steps=c['syn_steps'], ratio=c[f'{mode}_time_ratio'],
@@ -176,17 +185,18 @@ def main(argv=None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + '\n')
-    print(f'\n| IPC | N | official s | unrolled / official time | recompute / official time | '
-          f'official MB | unrolled / official mem | recompute / official mem |')
-    print('| --- | --- | --- | --- | --- | --- | --- | --- |')
+    ours = [m for m in OURS if any(f'{m}_time_ratio' in c for c in comparisons)]
+    print('\n| IPC | N | official s | official MB | ' + ' | '.join(f'{m} / official time' for m in ours) + ' | '
+          + ' | '.join(f'{m} / official mem' for m in ours) + ' |')
+    print('|' + ' --- |' * (4 + 2 * len(ours)))
 
     def f(x, spec='.2f'):
         return format(x, spec) if x is not None else '-'
 
     for c in comparisons:
-        print(f"| {c['ipc']} | {c['syn_steps']} | {c['official_seconds']:.2f} | {f(c.get('unrolled_time_ratio'))} | "
-              f"{f(c.get('recompute_time_ratio'))} | {c['official_growth_mb']:.0f} | "
-              f"{f(c.get('unrolled_mem_ratio'))} | {f(c.get('recompute_mem_ratio'))} |")
+        print(f"| {c['ipc']} | {c['syn_steps']} | {c['official_seconds']:.2f} | {c['official_growth_mb']:.0f} | "
+              + ' | '.join(f(c.get(f'{m}_time_ratio')) for m in ours) + ' | '
+              + ' | '.join(f(c.get(f'{m}_mem_ratio')) for m in ours) + ' |')
     print()
     for t in targets:
         print(f"target {t['target']} (IPC {t['ipc']}, N {t['syn_steps']}): {t['ratio']:.2f} "

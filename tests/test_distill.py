@@ -2,6 +2,7 @@
 guards, expert files, DM and the CLI. Everything is tiny (ConvNet width 4-8 at 8-16 px) so the file runs quickly."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,8 @@ import timm_dd  # noqa: F401
 from timm_dd.augment import DSA
 from timm_dd.distill import (
     DistillationDiverged, DistributionMatching, ExpertFileError, ExpertPool, ExpertTrajectory, FlatModel,
-    TrajectoryMatching, get_preset, list_presets, plan_steps, save_trajectory, train_experts, ExpertConfig,
+    StepGradient, TrajectoryMatching, get_preset, list_presets, plan_steps, save_trajectory, train_experts,
+    trajectory_match, ExpertConfig,
 )
 from timm_dd.distill import experts as experts_mod
 from timm_dd.distill.matching import StepPlan, _select_step, match_recompute, match_unrolled
@@ -79,6 +81,42 @@ def test_unrolled_equals_recompute_fp32(method):
     rel = float((a.grad_images - b.grad_images).norm() / a.grad_images.norm())
     assert rel < 1e-5
     assert float(a.grad_lr) == pytest.approx(float(b.grad_lr), rel=1e-5)
+
+
+_NO_CXX = not any(shutil.which(c) for c in (os.environ.get('CXX'), 'g++', 'clang++') if c)
+
+
+@pytest.mark.skipif(_NO_CXX, reason='torch.compile on the CPU needs a C++ compiler')
+def test_compiled_step_gives_the_same_meta_gradient():
+    # float64 separates a different function from summation order: eager and compiled must agree to ~1e-12
+    fm, x, y, th0, target = _problem(n=6, size=8, chans=2, classes=3, width=4)
+    dsa = DSA()
+    lr = torch.tensor(0.05, dtype=torch.float64)
+    compiled = StepGradient(fm, compile=True)
+    for method, mode in (('mtt', 'unrolled'), ('mtt', 'recompute'), ('att', 'recompute')):
+        plan = plan_steps(x.shape[0], 4, None, x.shape[-1], dsa, torch.Generator().manual_seed(6))
+        a = trajectory_match(mode, fm, x, y, lr, th0, target, plan, dsa, method)
+        b = trajectory_match(mode, compiled, x, y, lr, th0, target, plan, dsa, method)
+        assert a.n_opt == b.n_opt
+        assert float(b.loss) == pytest.approx(float(a.loss), rel=1e-12)
+        torch.testing.assert_close(b.grad_images, a.grad_images, rtol=1e-9, atol=1e-13)
+        torch.testing.assert_close(b.grad_lr, a.grad_lr, rtol=1e-9, atol=1e-13)
+    assert float(a.grad_images.abs().sum()) > 0
+
+
+@pytest.mark.skipif(_NO_CXX, reason='torch.compile on the CPU needs a C++ compiler')
+def test_compile_setting_runs_the_compiled_step(tmp_path):
+    torch.manual_seed(0)  # the same network, hence the same fake experts
+    eager = _tm(tmp_path / 'a', 'mtt')(None)
+    torch.manual_seed(0)
+    compiled = _tm(tmp_path / 'b', 'mtt', compile=True)(None)
+    assert compiled.step_grad.compile and not eager.step_grad.compile
+    eager.run(iterations=2)
+    compiled.run(iterations=2)
+    torch.testing.assert_close(compiled.images, eager.images, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(compiled.images, _tm(tmp_path / 'c', 'mtt')(None).images)
+    with pytest.raises(ValueError, match='compile applies to trajectory matching'):
+        get_preset(None, dict(method='dm', compile=True))
 
 
 def test_att_step_selection_rule():

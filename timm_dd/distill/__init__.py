@@ -9,7 +9,8 @@ as a building block: :func:`trajectory_match` with :class:`FlatModel` and :func:
 from .distiller import Distiller
 from .dm import DistributionMatching
 from .experts import ExpertConfig, ExpertFileError, ExpertPool, ExpertTrajectory, save_trajectory, train_experts
-from .matching import ATT_NORMS, GRAD_MODES, FlatModel, MatchResult, Shards, StepPlan, plan_steps, trajectory_match
+from .matching import (ATT_NORMS, GRAD_MODES, FlatModel, MatchResult, Shards, StepGradient, StepPlan, plan_steps,
+                       trajectory_match)
 from .presets import METHODS, PRESETS, DistillConfig, get_preset, list_presets
 from .run import build_set, make_evaluator, prepare_data, run_distill, run_experts
 from .state import DistillationDiverged
@@ -18,7 +19,8 @@ from .tm import TrajectoryMatching, init_synthetic
 __all__ = [
     'Distiller', 'DistributionMatching', 'TrajectoryMatching', 'init_synthetic', 'ExpertConfig', 'ExpertFileError',
     'ExpertPool', 'ExpertTrajectory', 'save_trajectory', 'train_experts', 'ATT_NORMS', 'GRAD_MODES', 'FlatModel',
-    'MatchResult', 'Shards', 'StepPlan', 'plan_steps', 'trajectory_match', 'METHODS', 'PRESETS', 'DistillConfig', 'get_preset',
+    'StepGradient', 'MatchResult', 'Shards', 'StepPlan', 'plan_steps', 'trajectory_match', 'METHODS', 'PRESETS',
+    'DistillConfig', 'get_preset',
     'list_presets', 'build_set', 'make_evaluator', 'prepare_data', 'run_distill', 'run_experts',
     'DistillationDiverged',
 ]

@@ -72,6 +72,10 @@ class DistillConfig:
     # fp32 matmul/conv precision of distillation and experts: 'highest' (exact fp32, the default) or 'high'
     # (TF32 on Ampere+ GPUs: faster, meta-gradient within ~1e-3); see torch.set_float32_matmul_precision
     matmul_precision: str = 'highest'
+    # MTT/ATT: torch.compile the inner step's gradient (fused kernels for its forward, backward and double backward;
+    # the same meta-gradient up to summation order). Compiles once per run (tens of seconds; a CPU needs a C++
+    # compiler); pays off on long runs
+    compile: bool = False
     # bookkeeping
     checkpoint_every: int = 100
     seed: int = 0
@@ -97,6 +101,9 @@ class DistillConfig:
             raise ValueError(f"normalization must be 'dataset' or 'cifar10', got {self.normalization!r}")
         if self.matmul_precision not in ('highest', 'high', 'medium'):
             raise ValueError(f"matmul_precision must be 'highest', 'high' or 'medium', got {self.matmul_precision!r}")
+        if self.compile and self.method == 'dm':
+            raise ValueError("compile applies to trajectory matching (method 'mtt' or 'att'); DM has no inner "
+                             "steps to compile: leave compile off")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f'ema_decay must be in [0, 1) or None, got {self.ema_decay}')
 

@@ -16,7 +16,7 @@ from ..augment import DSA
 from ..seeding import generator_for
 from .distiller import Distiller, EvalFn, set_hyper
 from .experts import ExpertPool
-from .matching import FlatModel, MatchResult, plan_steps, trajectory_match
+from .matching import FlatModel, MatchResult, StepGradient, plan_steps, trajectory_match
 from .presets import DistillConfig
 from .state import DistillationDiverged, to_device
 
@@ -83,6 +83,7 @@ class TrajectoryMatching(Distiller):
         if experts[0].num_params != self.fmodel.num_params:
             raise ValueError(f'experts have {experts[0].num_params} parameters, the model {self.fmodel.num_params}; '
                              f'were they trained with another architecture or width?')
+        self.step_grad = StepGradient(self.fmodel, compile=cfg.compile)
         self.dsa = DSA(cfg.dsa_strategy) if cfg.dsa else None
 
     def extra_state(self) -> Dict[str, Any]:
@@ -114,7 +115,7 @@ class TrajectoryMatching(Distiller):
         plan = plan_steps(self.images.shape[0], cfg.syn_steps, cfg.batch_syn, self.images.shape[-1], self.dsa, gen,
                           self.device)
         return trajectory_match(
-            grad_mode or cfg.grad_mode, self.fmodel, self.images, self.labels, self.syn_lr, theta_start,
+            grad_mode or cfg.grad_mode, self.step_grad, self.images, self.labels, self.syn_lr, theta_start,
             theta_target, plan, self.dsa, cfg.method, cfg.att_norm, self.shards)
 
     def step(self) -> Dict[str, Any]:
