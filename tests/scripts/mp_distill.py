@@ -11,7 +11,7 @@ from accelerate import Accelerator
 import timm_dd  # noqa: F401
 from timm_dd.augment import DSA
 from timm_dd.distill import (
-    DistributionMatching, ExpertPool, FlatModel, Shards, TrajectoryMatching, get_preset, plan_steps,
+    DistributionMatching, ExpertPool, FlatModel, Shards, StepGradient, TrajectoryMatching, get_preset, plan_steps,
     save_trajectory, trajectory_match,
 )
 
@@ -44,6 +44,16 @@ for mode in ('unrolled', 'recompute'):
         out[f'{mode}-{method}'] = dict(images=rel(many.grad_images, one.grad_images),
                                        lr=rel(many.grad_lr, one.grad_lr), loss=rel(many.loss, one.loss),
                                        n_opt=[one.n_opt, many.n_opt])
+
+# 1b. the compiled inner step (--set compile=true) splits the same way (all 7 images per step: one shape per rank)
+if len(sys.argv) > 3 and sys.argv[3] == 'compile':
+    compiled = StepGradient(fm, compile=True)
+    for mode in ('unrolled', 'recompute'):
+        plan = plan_steps(7, 3, None, 8, dsa, torch.Generator().manual_seed(2))
+        one = trajectory_match(mode, fm, x, y, lr, th0, target, plan, dsa, 'mtt')
+        many = trajectory_match(mode, compiled, x, y, lr, th0, target, plan, dsa, 'mtt', 'l1', shards)
+        out[f'compiled-{mode}'] = dict(images=rel(many.grad_images, one.grad_images),
+                                       lr=rel(many.grad_lr, one.grad_lr), loss=rel(many.loss, one.loss))
 
 # 2. a few outer iterations: the images stay identical on every process and equal the one-process run
 folder = sys.argv[2]
