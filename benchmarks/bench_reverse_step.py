@@ -12,9 +12,12 @@ parameter gradient ``g = ∇θ CE`` with a cotangent ``v``. Measured here, ConvN
   ``<∇θ CE, v>`` (``torch.autograd.forward_ad``), checked equal to ``reverse_over_reverse``;
 * ``composite_instance_norm``: ``reverse_over_reverse`` with the instance norm written as mean / variance
   arithmetic instead of ``nn.GroupNorm``'s fused kernel (whose double backward is a composite);
+* ``*_compiled``: ``first_order`` and ``reverse_over_reverse`` with the step's gradient through ``torch.compile``
+  (``StepGradient(compile=True)``, i.e. ``--set compile=true``; compiled before the timing);
 * a profile of ``reverse_over_reverse`` by operator family.
 
 Usage: python benchmarks/bench_reverse_step.py [--ipc 10] [--repeats 5] [--out benchmarks/results/reverse_step.json]
+(``--ipc 1 --out benchmarks/results/reverse_step_ipc1.json`` for the 10-image step)
 """
 import argparse
 import json
@@ -32,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / 'benchmarks'))
 from _mtt import mtt_problem, save_images  # noqa: E402
+from timm_dd.distill import FlatModel, StepGradient  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / 'shared' / 'data' / 'cifar10-jpeg'
 
@@ -61,8 +65,18 @@ def _variants(fm, x0: torch.Tensor, labels: torch.Tensor, theta: torch.Tensor,
             s = fwAD.unpack_dual(_ce_forward_mode(fm(fwAD.make_dual(th, v), x), labels)).tangent
         return torch.autograd.grad(s, (th, x))
 
+    compiled = StepGradient(fm, compile=True)
+
+    def first_order_compiled():
+        return compiled(theta.detach().requires_grad_(True), x0, labels)
+
+    def reverse_over_reverse_compiled():
+        x, th = x0.detach().requires_grad_(True), theta.detach().requires_grad_(True)
+        return torch.autograd.grad(compiled(th, x, labels, None, True), (th, x), grad_outputs=v)
+
     return {'first_order': first_order, 'reverse_over_reverse': reverse_over_reverse,
-            'reverse_over_forward': reverse_over_forward}
+            'reverse_over_forward': reverse_over_forward, 'first_order_compiled': first_order_compiled,
+            'reverse_over_reverse_compiled': reverse_over_reverse_compiled}
 
 
 def _composite_instance_norm(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,7 +128,6 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     import tempfile
-    from timm_dd.distill import FlatModel
     with tempfile.TemporaryDirectory() as tmp:
         path, source = save_images(args.ipc, Path(tmp), args.data)
         x0 = torch.load(path)
@@ -123,6 +136,7 @@ def main() -> None:
     v = 1e-3 * torch.randn(theta.shape, generator=torch.Generator().manual_seed(2))
     variants = _variants(fm, x0, labels, theta, v)
     rr, rf = variants['reverse_over_reverse'](), variants['reverse_over_forward']()
+    rc = variants['reverse_over_reverse_compiled']()  # compiles (outside the timing)
     seconds = {name: _best(f, args.repeats) for name, f in variants.items()}
     profile = _profile(variants['reverse_over_reverse'])
     native_forward = torch.nn.GroupNorm.forward
@@ -139,6 +153,7 @@ def main() -> None:
         'seconds': {k: round(t, 4) for k, t in seconds.items()},
         'ratio_to_reverse_over_reverse': {k: round(t / seconds['reverse_over_reverse'], 3) for k, t in seconds.items()},
         'agreement': {'reverse_over_forward_Hv': _rel(rr[0], rf[0]), 'reverse_over_forward_x': _rel(rr[1], rf[1]),
+                      'compiled_Hv': _rel(rr[0], rc[0]), 'compiled_x': _rel(rr[1], rc[1]),
                       'composite_Hv': _rel(rr[0], composite[0]), 'composite_x': _rel(rr[1], composite[1])},
         'profile_share_reverse_over_reverse': profile,
         'machine': platform.platform(), 'torch': torch.__version__,

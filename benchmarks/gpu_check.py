@@ -369,14 +369,18 @@ def section_mtt(s: Settings, cfg, data, device: torch.device, official: Optional
         if time.perf_counter() - t_section > limit * 0.75:
             speed_rows.append(dict(row=f'timm_dd recompute {name}', skipped='section time limit'))
             continue
-        with precision(tf32):
-            res = trajectory_match('recompute', step, x, labels, syn_lr, th0, target, ref_plan, dsa, 'mtt')
-            diff = dict(images=_rel(res.grad_images, ref.grad_images), lr=_rel(res.grad_lr, ref.grad_lr))
-            row = dict(row=f'timm_dd recompute {name}', grad_mode='recompute', precision='tf32' if tf32 else 'fp32',
-                       memory_format='channels_last' if x is cl else 'contiguous', compiled=step is compiled,
-                       grad_rel_diff=diff, grad_ok=max(diff.values()) < GRAD_TOL,
-                       effective=device.type == 'cuda' or not tf32,
-                       **_time_block(ours('recompute', x, step), device, s.repeats, per_row))
+        try:  # one failing option (say, compilation on an unusual set-up) must not lose the other rows
+            with precision(tf32):
+                res = trajectory_match('recompute', step, x, labels, syn_lr, th0, target, ref_plan, dsa, 'mtt')
+                diff = dict(images=_rel(res.grad_images, ref.grad_images), lr=_rel(res.grad_lr, ref.grad_lr))
+                row = dict(row=f'timm_dd recompute {name}', grad_mode='recompute',
+                           precision='tf32' if tf32 else 'fp32', compiled=step is compiled,
+                           memory_format='channels_last' if x is cl else 'contiguous', grad_rel_diff=diff,
+                           grad_ok=max(diff.values()) < GRAD_TOL, effective=device.type == 'cuda' or not tf32,
+                           **_time_block(ours('recompute', x, step), device, s.repeats, per_row))
+        except Exception as e:
+            print(traceback.format_exc(), file=sys.stderr, flush=True)
+            row = dict(row=f'timm_dd recompute {name}', skipped=f'failed: {type(e).__name__}: {e}'[:500])
         speed_rows.append(row)
     # the fp32 target (recompute <= 0.7x the official fp32 loop) may be met by the compiled step alone: its own row
     rows += [dict(r) for r in speed_rows if r.get('compiled') and r['precision'] == 'fp32' and r.get('grad_ok')]
@@ -560,7 +564,7 @@ def _eval_convnet(cfg, data, images, labels, lr: float, epochs: int, seeds: int,
 
 
 def section_real(s: Settings, cfg, data, device, accelerator, clock: Clock, workdir: Path, expert_spe: Optional[float],
-                 mtt_spi: Dict[str, float], max_iterations: int) -> Dict[str, Any]:
+                 mtt_spi: Dict[str, float], max_iterations: int, compile_step: bool = False) -> Dict[str, Any]:
     from timm_dd.data import select_ipc
     from timm_dd.distill import run_distill, run_experts
 
@@ -585,6 +589,8 @@ def section_real(s: Settings, cfg, data, device, accelerator, clock: Clock, work
                 grad_mode=grad_mode, max_experts=None)
     if s.real_syn_steps:
         over['syn_steps'] = s.real_syn_steps
+    if compile_step:  # the compiled inner step won the mtt section's speed variants
+        over['compile'] = True
     if any(f.name == 'matmul_precision' for f in dataclasses.fields(cfg)):  # the library sets the flags itself
         over['matmul_precision'] = 'high' if device.type == 'cuda' and torch.backends.cuda.matmul.allow_tf32 \
             else 'highest'
@@ -824,10 +830,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             result['skipped'].append('real: out of time')
         else:
             # the real run uses TF32 when it passed the gradient check in the mtt section, else strict fp32
-            tf32 = 'tf32' in (result['sections'].get('mtt', {}).get('speed_choice') or '')
-            with precision(tf32):
+            # (and the compiled inner step when it was the fastest variant on a GPU)
+            choice = result['sections'].get('mtt', {}).get('speed_choice') or ''
+            with precision('tf32' in choice):
                 run_section('real', lambda: section_real(s, cfg, data, device, accelerator, clock, workdir, spe,
-                                                         mtt_rows, max_iterations))
+                                                         mtt_rows, max_iterations,
+                                                         'compile' in choice and device.type == 'cuda'))
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
 
