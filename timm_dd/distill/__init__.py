@@ -4,7 +4,8 @@ meta-gradient), distribution matching (DM), presets and end-to-end runs.
 Runs: :func:`prepare_data`, :func:`run_experts`, :func:`run_distill` (what ``distill.py`` calls), with a preset
 (:func:`get_preset`, :func:`list_presets`). Methods: :class:`TrajectoryMatching`, :class:`DistributionMatching`
 on the shared :class:`Distiller` loop. Experts: :func:`train_experts`, :class:`ExpertPool`. The exact meta-gradient
-as a building block: :func:`trajectory_match` with :class:`FlatModel` and :func:`plan_steps`.
+as a building block: :func:`trajectory_match` with :class:`FlatModel` (or a :class:`StepGradient` of it, eager or
+compiled) and :func:`plan_steps`.
 """
 from .distiller import Distiller
 from .dm import DistributionMatching

@@ -183,7 +183,9 @@ class StepGradient:
     caller differentiates ``g``, the double backward become generated kernels with element-wise operations fused
     (fewer memory passes and kernel launches; the convolutions stay library calls). The value and its derivatives
     are the same functions, equal up to floating-point summation order. It compiles once per input shape and
-    grad mode (tens of seconds on a CPU, where it needs a C++ compiler).
+    grad mode (tens of seconds on a CPU, where it needs a C++ compiler). All instances share one compiled function
+    cache (``torch._dynamo.config.recompile_limit`` entries): a process that builds many of them for different
+    networks ends up running the later ones uncompiled, with a warning from PyTorch.
     """
 
     def __init__(self, fmodel: FlatModel, compile: bool = False):
