@@ -388,8 +388,10 @@ def section_mtt(s: Settings, cfg, data, device: torch.device, official: Optional
     best = min(ok, key=lambda r: r['seconds']) if ok else None
     if best is not None:
         rows.append(dict(best, row='timm_dd recompute+speed', chosen=best['row'].replace('timm_dd recompute ', '')))
+    plain = next(r for r in rows if r['row'] == 'timm_dd recompute')
     out = dict(setting=setting, rows=rows, speed_variants=speed_rows, grad_checks=checks, official=official_out,
                speed_choice=(best['row'] if best else None),
+               speed_beats_fp32=best is not None and best['seconds'] < plain['seconds'],
                speed_note=('fastest speed variant whose meta-gradient is within %g (relative L2) of the fp32 one'
                            % GRAD_TOL) if best else 'no speed variant passed the gradient check')
     off_rows = {r['row']: r for r in out['official'].get('rows', [])}
@@ -830,8 +832,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             result['skipped'].append('real: out of time')
         else:
             # the real run uses TF32 when it passed the gradient check in the mtt section, else strict fp32
-            # (and the compiled inner step when it was the fastest variant on a GPU)
-            choice = result['sections'].get('mtt', {}).get('speed_choice') or ''
+            # (and the compiled inner step when it was the fastest variant on a GPU); neither when the fastest
+            # variant is slower than plain fp32 recompute
+            mtt = result['sections'].get('mtt', {})
+            choice = (mtt.get('speed_choice') or '') if mtt.get('speed_beats_fp32') else ''
             with precision('tf32' in choice):
                 run_section('real', lambda: section_real(s, cfg, data, device, accelerator, clock, workdir, spe,
                                                          mtt_rows, max_iterations,
