@@ -357,14 +357,17 @@ def section_mtt(s: Settings, cfg, data, device: torch.device, official: Optional
     # speed options: each checked against the fp32 meta-gradient on the same plan; the compiled step first (the
     # likeliest to pay off; its warm-up includes the compilation)
     cl = images.contiguous(memory_format=torch.channels_last)
-    variants = [('tf32', True, images, fm), ('channels_last', False, cl, fm), ('tf32+channels_last', True, cl, fm)]
     speed_rows = []
     try:
         compiled = StepGradient(fm, compile=True)
-        variants = [('compile', False, images, compiled), ('tf32+compile', True, images, compiled)] + variants
     except RuntimeError as e:  # no C++ compiler for a CPU run
         compiled = None
         speed_rows.append(dict(row='timm_dd recompute compile', skipped=str(e)))
+    # TF32 changes nothing off CUDA (and each TF32 setting compiles its own graph): GPU only; the uncompiled
+    # variants before tf32+compile, whose compilation may use up the section's time
+    variants = [('compile', False, images, compiled), ('tf32', True, images, fm), ('channels_last', False, cl, fm),
+                ('tf32+channels_last', True, cl, fm), ('tf32+compile', True, images, compiled)]
+    variants = [v for v in variants if v[3] is not None and (device.type == 'cuda' or not v[1])]
     for name, tf32, x, step in variants:
         if time.perf_counter() - t_section > limit * 0.75:
             speed_rows.append(dict(row=f'timm_dd recompute {name}', skipped='section time limit'))
@@ -380,7 +383,7 @@ def section_mtt(s: Settings, cfg, data, device: torch.device, official: Optional
                            **_time_block(ours('recompute', x, step), device, s.repeats, per_row))
         except Exception as e:
             print(traceback.format_exc(), file=sys.stderr, flush=True)
-            row = dict(row=f'timm_dd recompute {name}', skipped=f'failed: {type(e).__name__}: {e}'[:500])
+            row = dict(row=f'timm_dd recompute {name}', skipped=f'failed: {type(e).__name__}: {e}'[:500], failed=True)
         speed_rows.append(row)
     # the fp32 target (recompute <= 0.7x the official fp32 loop) may be met by the compiled step alone: its own row
     rows += [dict(r) for r in speed_rows if r.get('compiled') and r['precision'] == 'fp32' and r.get('grad_ok')]
@@ -684,7 +687,9 @@ def markdown(result: Dict[str, Any]) -> str:
                          f"{_fmt(rr.get('time'), '.2f')} | {_fmt(rr.get('growth'), '.2f')} | "
                          f"{_fmt(max(diff.values()), '.1e') if diff else '-'} |")
         for r in mtt.get('speed_variants', []):
-            if 'skipped' not in r:
+            if 'skipped' in r:
+                lines.append(f"| ({r['row']}) | skipped: {r['skipped']} | | | | | |")
+            else:
                 lines.append(f"| ({r['row']}) | {_fmt(r['seconds'])} | {_fmt(r['peak_mb'], '.1f')} | "
                              f"{_fmt(r['growth_mb'], '.1f')} | | | {_fmt(max(r['grad_rel_diff'].values()), '.1e')}"
                              f"{'' if r['grad_ok'] else ' (over ' + str(GRAD_TOL) + ')'} |")

@@ -112,11 +112,30 @@ def test_compile_setting_runs_the_compiled_step(tmp_path):
     compiled = _tm(tmp_path / 'b', 'mtt', compile=True)(None)
     assert compiled.step_grad.compile and not eager.step_grad.compile
     eager.run(iterations=2)
+    graphs = torch._dynamo.utils.counters['stats']['unique_graphs']
     compiled.run(iterations=2)
+    # it did compile: one graph with and one without the outer gradient (recompute), whatever strides DSA left on
+    # the 1-channel images
+    assert 1 <= torch._dynamo.utils.counters['stats']['unique_graphs'] - graphs <= 2
     torch.testing.assert_close(compiled.images, eager.images, rtol=1e-4, atol=1e-5)
     assert not torch.equal(compiled.images, _tm(tmp_path / 'c', 'mtt')(None).images)
     with pytest.raises(ValueError, match='compile applies to trajectory matching'):
         get_preset(None, dict(method='dm', compile=True))
+    bn = timm.create_model('convnet3', num_classes=2, in_chans=1, img_size=8, width=4, norm='batch')
+    with pytest.raises(ValueError, match='without batch norm'):
+        StepGradient(FlatModel(bn), compile=True)
+
+
+def test_standard_layout_gives_row_major_strides():
+    from timm_dd.distill.matching import _standard_layout
+    x = torch.randn(3, 1, 4, 4).permute(0, 1, 3, 2)  # not contiguous
+    y = torch.randn(3, 4, 4, 1).permute(0, 3, 1, 2)  # "contiguous", with a channel stride of 1
+    assert y.is_contiguous() and y.stride() == (16, 1, 4, 1)
+    for t in (x, y):
+        out = _standard_layout(t)
+        assert out.stride() == (16, 16, 4, 1) and torch.equal(out, t)
+    z = torch.randn(3, 1, 4, 4)
+    assert _standard_layout(z) is z
 
 
 def test_att_step_selection_rule():

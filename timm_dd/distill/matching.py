@@ -163,7 +163,11 @@ class MatchResult:
     distances: Optional[List[float]] = None
 
 
-def _check_compiler(fmodel: FlatModel) -> None:
+def _check_compilable(fmodel: FlatModel) -> None:
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in fmodel.module.modules()):
+        # torch.func.grad refuses the in-place update of the running statistics
+        raise ValueError('compile=True needs a network without batch norm (its running statistics are updated in '
+                         'place during the step); use an instance/group-norm ConvNet, or leave compile off')
     # inductor generates C++ for the CPU; without a compiler it fails deep inside the first call
     param = next(fmodel.module.parameters(), None)
     if param is not None and param.device.type == 'cpu':
@@ -175,6 +179,19 @@ def _check_compiler(fmodel: FlatModel) -> None:
                                'install one, or leave compile off')
 
 
+def _standard_layout(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with row-major strides, size-1 dimensions included (``contiguous()`` leaves those as they are, and
+    the compiled function's guards would see a new layout)."""
+    stride, expected = x.stride(), []
+    step = 1
+    for size in reversed(x.shape):
+        expected.append(step)
+        step *= size
+    if tuple(reversed(expected)) == stride:
+        return x
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x)
+
+
 class StepGradient:
     """One inner step's parameter gradient ``g = ∇θ CE(f(x; θ), y)`` (the batch mean, or a shard's part of it).
 
@@ -183,7 +200,8 @@ class StepGradient:
     caller differentiates ``g``, the double backward become generated kernels with element-wise operations fused
     (fewer memory passes and kernel launches; the convolutions stay library calls). The value and its derivatives
     are the same functions, equal up to floating-point summation order. It compiles once per input shape and
-    grad mode (tens of seconds on a CPU, where it needs a C++ compiler). All instances share one compiled function
+    grad mode (and TF32 setting; tens of seconds on a CPU, where it needs a C++ compiler). Networks with batch
+    norm are refused (their running statistics change in place). All instances share one compiled function
     cache (``torch._dynamo.config.recompile_limit`` entries): a process that builds many of them for different
     networks ends up running the later ones uncompiled, with a warning from PyTorch.
     """
@@ -192,25 +210,33 @@ class StepGradient:
         self.fmodel = fmodel
         self.compile = compile
         if compile:
-            _check_compiler(fmodel)
-        self._compiled = torch.compile(torch.func.grad(self._loss), dynamic=False) if compile else None
+            _check_compilable(fmodel)
+        self._compiled = torch.compile(torch.func.grad(self._reduced_loss), dynamic=False) if compile else None
 
     def _loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, denom: Optional[int]) -> torch.Tensor:
         if denom is None:
             return F.cross_entropy(self.fmodel(theta, x), y)
         return F.cross_entropy(self.fmodel(theta, x), y, reduction='sum') / denom
 
+    def _reduced_loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, reduction: str) -> torch.Tensor:
+        return F.cross_entropy(self.fmodel(theta, x), y, reduction=reduction)
+
     def __call__(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, denom: Optional[int] = None,
                  create_graph: bool = False) -> torch.Tensor:
         """``g`` at ``theta`` (which must require grad); differentiable when ``create_graph``."""
-        if self._compiled is not None:
-            x = x.contiguous()  # DSA ops leave different strides; one layout, one compiled graph
-            if create_graph:
-                return self._compiled(theta, x, y, denom)
+        if self._compiled is None:
+            g, = torch.autograd.grad(self._loss(theta, x, y, denom), theta, create_graph=create_graph)
+            return g
+        x = _standard_layout(x)  # DSA ops leave different strides; one layout, one compiled graph
+        # a shard's gradient is the summed loss's over the batch size, divided outside: a new batch size does not
+        # compile again (the gradient is linear in the loss)
+        reduction = 'mean' if denom is None else 'sum'
+        if create_graph:
+            g = self._compiled(theta, x, y, reduction)
+        else:
             with torch.no_grad():
-                return self._compiled(theta.detach(), x.detach(), y, denom)
-        g, = torch.autograd.grad(self._loss(theta, x, y, denom), theta, create_graph=create_graph)
-        return g
+                g = self._compiled(theta.detach(), x.detach(), y, reduction)
+        return g if denom is None else g / denom
 
 
 def _as_step_gradient(fmodel: Union[FlatModel, StepGradient]) -> StepGradient:

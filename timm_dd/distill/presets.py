@@ -73,8 +73,8 @@ class DistillConfig:
     # (TF32 on Ampere+ GPUs: faster, meta-gradient within ~1e-3); see torch.set_float32_matmul_precision
     matmul_precision: str = 'highest'
     # MTT/ATT: torch.compile the inner step's gradient (fused kernels for its forward, backward and double backward;
-    # the same meta-gradient up to summation order). Compiles once per run (tens of seconds; a CPU needs a C++
-    # compiler); pays off on long runs
+    # the same meta-gradient up to summation order). Compiles in the first iterations (tens of seconds; a CPU needs
+    # a C++ compiler; not for batch-norm networks); pays off on long runs
     compile: bool = False
     # bookkeeping
     checkpoint_every: int = 100
