@@ -179,6 +179,8 @@ def main(argv=None) -> int:
                          'via /proc/self/clear_refs; growth = VmHWM after the timed iterations - RSS at reset',
         'time_method': f'best of {args.repeats} iteration(s) after the warm-up',
         'threads': args.threads,
+        'allocator_env': {k: os.environ[k] for k in ('GLIBC_TUNABLES', 'THP_MEM_ALLOC_ENABLE', 'LD_PRELOAD',
+                                                     'MALLOC_CONF') if k in os.environ},
         'machine': f'{platform.machine()} {os.cpu_count()} cores (shared, loaded), torch {torch.__version__}',
         'skipped': args.skip, 'rows': rows, 'comparisons': comparisons, 'targets': targets,
         'wall_seconds': time.perf_counter() - t_start,
