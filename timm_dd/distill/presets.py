@@ -74,7 +74,7 @@ class DistillConfig:
     matmul_precision: str = 'highest'
     # MTT/ATT: torch.compile the inner step's gradient (fused kernels for its forward, backward and double backward;
     # the same meta-gradient up to summation order). Compiles in the first iterations (tens of seconds; a CPU needs
-    # a C++ compiler; not for batch-norm networks); pays off on long runs
+    # a C++ compiler; not for batch-norm networks); meant for GPUs (on a CPU it is no faster, see the README)
     compile: bool = False
     # bookkeeping
     checkpoint_every: int = 100
