@@ -2,7 +2,6 @@
 guards, expert files, DM and the CLI. Everything is tiny (ConvNet width 4-8 at 8-16 px) so the file runs quickly."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,9 @@ from timm_dd.distill import (
     trajectory_match, ExpertConfig,
 )
 from timm_dd.distill import experts as experts_mod
-from timm_dd.distill.matching import StepPlan, _select_step, match_recompute, match_unrolled
+from timm_dd.distill.matching import (
+    StepPlan, _select_step, cpu_compiler_available, match_recompute, match_unrolled,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,7 +84,7 @@ def test_unrolled_equals_recompute_fp32(method):
     assert float(a.grad_lr) == pytest.approx(float(b.grad_lr), rel=1e-5)
 
 
-_NO_CXX = not any(shutil.which(c) for c in (os.environ.get('CXX'), 'g++', 'clang++') if c)
+_NO_CXX = not cpu_compiler_available()
 
 
 @pytest.mark.skipif(_NO_CXX, reason='torch.compile on the CPU needs a C++ compiler')

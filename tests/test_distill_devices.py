@@ -3,7 +3,6 @@ and DM split over two CPU processes equal the one-process computation; every ten
 ``accelerator.device`` (on a GPU too, when there is one)."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import timm_dd  # noqa: F401
 from timm_dd.distill import (
     DistributionMatching, ExpertPool, Shards, TrajectoryMatching, get_preset, save_trajectory,
 )
+from timm_dd.distill.matching import cpu_compiler_available
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICES = ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(not torch.cuda.is_available(), reason='no GPU'))]
@@ -28,7 +28,7 @@ def test_two_processes_give_the_one_process_gradient_and_images(tmp_path):
     cmd = [str(Path(sys.executable).with_name('accelerate')), 'launch', '--multi_gpu', '--num_processes', '2',
            '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no',
            str(REPO / 'tests' / 'scripts' / 'mp_distill.py'), str(tmp_path / 'out.json'), str(tmp_path / 'buf')]
-    has_cxx = any(shutil.which(c) for c in ('g++', 'clang++'))
+    has_cxx = cpu_compiler_available()
     cmd += ['compile'] if has_cxx else []  # also the compiled inner step (torch.compile needs a C++ compiler)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -4,13 +4,14 @@ import importlib.util
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from timm_dd.distill.matching import cpu_compiler_available
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / 'benchmarks' / 'gpu_check.py'
@@ -42,7 +43,7 @@ def test_smoke_mode_writes_every_section(tmp_path):
     for r in rows.values():
         assert _pos(r['seconds']) and _pos(r['peak_mb']) and r['growth_mb'] >= 0
     assert rows['timm_dd recompute+speed']['grad_ok']
-    if any(shutil.which(c) for c in ('g++', 'clang++')):  # the compiled step (--set compile=true) ran and agreed
+    if cpu_compiler_available():  # the compiled step (--set compile=true) ran and agreed
         compiled = rows.get('timm_dd recompute compile')
         assert compiled is not None, sec['mtt']['speed_variants']
         assert compiled['grad_ok'] and compiled['compiled']

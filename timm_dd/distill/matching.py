@@ -33,7 +33,7 @@ from torch.func import functional_call
 
 from ..augment import DSA, DSADraw
 
-__all__ = ['FlatModel', 'StepGradient', 'Shards', 'StepPlan', 'MatchResult', 'plan_steps', 'match_unrolled', 'match_recompute',
+__all__ = ['FlatModel', 'StepGradient', 'cpu_compiler_available', 'Shards', 'StepPlan', 'MatchResult', 'plan_steps', 'match_unrolled', 'match_recompute',
            'trajectory_match', 'GRAD_MODES', 'ATT_NORMS']
 
 GRAD_MODES = ('unrolled', 'recompute')
@@ -163,6 +163,14 @@ class MatchResult:
     distances: Optional[List[float]] = None
 
 
+def cpu_compiler_available() -> bool:
+    """Whether ``torch.compile`` can build CPU kernels here: a C++ compiler (inductor's, ``$CXX``, g++ or clang++)."""
+    import shutil
+    from torch._inductor import config as inductor_config
+    cxx = inductor_config.cpp.cxx[-1] if inductor_config.cpp.cxx else None
+    return any(shutil.which(c) for c in (cxx, os.environ.get('CXX'), 'g++', 'clang++') if c)
+
+
 def _check_compilable(fmodel: FlatModel) -> None:
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in fmodel.module.modules()):
         # torch.func.grad refuses the in-place update of the running statistics
@@ -170,13 +178,9 @@ def _check_compilable(fmodel: FlatModel) -> None:
                          'place during the step); use an instance/group-norm ConvNet, or leave compile off')
     # inductor generates C++ for the CPU; without a compiler it fails deep inside the first call
     param = next(fmodel.module.parameters(), None)
-    if param is not None and param.device.type == 'cpu':
-        import shutil
-        from torch._inductor import config as inductor_config
-        cxx = inductor_config.cpp.cxx[-1] if inductor_config.cpp.cxx else None
-        if not any(shutil.which(c) for c in (cxx, os.environ.get('CXX'), 'g++', 'clang++') if c):
-            raise RuntimeError('compile=True on the CPU needs a C++ compiler (g++ or clang++ on PATH, or $CXX); '
-                               'install one, or leave compile off')
+    if param is not None and param.device.type == 'cpu' and not cpu_compiler_available():
+        raise RuntimeError('compile=True on the CPU needs a C++ compiler (g++ or clang++ on PATH, or $CXX); '
+                           'install one, or leave compile off')
 
 
 def _standard_layout(x: torch.Tensor) -> torch.Tensor:
@@ -213,24 +217,20 @@ class StepGradient:
             _check_compilable(fmodel)
         self._compiled = torch.compile(torch.func.grad(self._reduced_loss), dynamic=False) if compile else None
 
-    def _loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, denom: Optional[int]) -> torch.Tensor:
-        if denom is None:
-            return F.cross_entropy(self.fmodel(theta, x), y)
-        return F.cross_entropy(self.fmodel(theta, x), y, reduction='sum') / denom
-
     def _reduced_loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, reduction: str) -> torch.Tensor:
         return F.cross_entropy(self.fmodel(theta, x), y, reduction=reduction)
 
     def __call__(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, denom: Optional[int] = None,
                  create_graph: bool = False) -> torch.Tensor:
         """``g`` at ``theta`` (which must require grad); differentiable when ``create_graph``."""
+        reduction = 'mean' if denom is None else 'sum'  # a shard: the summed loss over the whole batch's size
         if self._compiled is None:
-            g, = torch.autograd.grad(self._loss(theta, x, y, denom), theta, create_graph=create_graph)
+            loss = self._reduced_loss(theta, x, y, reduction)
+            g, = torch.autograd.grad(loss if denom is None else loss / denom, theta, create_graph=create_graph)
             return g
         x = _standard_layout(x)  # DSA ops leave different strides; one layout, one compiled graph
-        # a shard's gradient is the summed loss's over the batch size, divided outside: a new batch size does not
-        # compile again (the gradient is linear in the loss)
-        reduction = 'mean' if denom is None else 'sum'
+        # compiled, the division comes after the gradient (it is linear in the loss): a new batch size does not
+        # compile again
         if create_graph:
             g = self._compiled(theta, x, y, reduction)
         else:
