@@ -1,8 +1,17 @@
-"""Peak resident memory of this process, for the CPU benchmarks (Linux ``/proc``; ``ru_maxrss`` elsewhere)."""
+"""Peak resident memory of this process, for the CPU benchmarks (Linux ``/proc``; ``ru_maxrss`` elsewhere), and the
+allocator settings a CPU time depends on."""
+import os
 import resource
-from typing import Callable, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
-__all__ = ['status_mb', 'reset_peak', 'timed_peak']
+__all__ = ['status_mb', 'reset_peak', 'timed_peak', 'allocator_env']
+
+
+def allocator_env() -> Dict[str, str]:
+    """The environment variables that change how this process allocates memory (a third of a CPU iteration's time
+    can be page faults: BENCHMARKS.md), for the results' JSON."""
+    return {k: os.environ[k] for k in ('GLIBC_TUNABLES', 'THP_MEM_ALLOC_ENABLE', 'LD_PRELOAD', 'MALLOC_CONF')
+            if k in os.environ}
 
 
 def status_mb(key: str) -> float:

@@ -14,7 +14,12 @@ parameter gradient ``g = ∇θ CE`` with a cotangent ``v``. Measured here, ConvN
   arithmetic instead of ``nn.GroupNorm``'s fused kernel (whose double backward is a composite);
 * ``*_compiled``: ``first_order`` and ``reverse_over_reverse`` with the step's gradient through ``torch.compile``
   (``StepGradient(compile=True)``, i.e. ``--set compile=true``; compiled before the timing);
-* a profile of ``reverse_over_reverse`` by operator family.
+* a profile of ``reverse_over_reverse`` by operator family;
+* the convolution floor: the seconds the convolutions alone take in ``reverse_over_reverse`` and ``first_order``
+  (profiled, best of ``--repeats``) as a share of ``reverse_over_reverse``. Every exact formulation computes these
+  convolutions (nine per layer and step), so with everything else free an ``unrolled`` (or official) step could cost
+  no less than ``floor_unrolled`` of today's, and a ``recompute`` step (which adds a first-order sweep) no less than
+  ``floor_recompute``.
 
 Usage: python benchmarks/bench_reverse_step.py [--ipc 10] [--repeats 5] [--out benchmarks/results/reverse_step.json]
 (``--ipc 1 --out benchmarks/results/reverse_step_ipc1.json`` for the 10-image step)
@@ -34,6 +39,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / 'benchmarks'))
+from _memory import allocator_env  # noqa: E402
 from _mtt import mtt_problem, save_images  # noqa: E402
 from timm_dd.distill import FlatModel, StepGradient  # noqa: E402
 
@@ -119,6 +125,17 @@ def _profile(f: Callable[[], tuple]) -> Dict[str, float]:
     return out
 
 
+def _convolution_seconds(f: Callable[[], tuple], repeats: int) -> float:
+    # self CPU time of the convolution kernels (forward, backward and double backward), best of `repeats`
+    from torch.profiler import ProfilerActivity, profile
+    best = float('inf')
+    for _ in range(repeats):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            f()
+        best = min(best, sum(e.self_cpu_time_total for e in prof.key_averages() if 'conv' in e.key) / 1e6)
+    return best
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--ipc', type=int, default=10)
@@ -139,6 +156,11 @@ def main() -> None:
     rc = variants['reverse_over_reverse_compiled']()  # compiles (outside the timing)
     seconds = {name: _best(f, args.repeats) for name, f in variants.items()}
     profile = _profile(variants['reverse_over_reverse'])
+    conv = {name: _convolution_seconds(variants[name], args.repeats) for name in ('reverse_over_reverse', 'first_order')}
+    floor = {'convolution_seconds': {k: round(t, 4) for k, t in conv.items()},
+             'floor_unrolled': round(conv['reverse_over_reverse'] / seconds['reverse_over_reverse'], 3),
+             'floor_recompute': round((conv['reverse_over_reverse'] + conv['first_order'])
+                                      / seconds['reverse_over_reverse'], 3)}
     native_forward = torch.nn.GroupNorm.forward
     torch.nn.GroupNorm.forward = _composite_instance_norm
     try:
@@ -156,6 +178,8 @@ def main() -> None:
                       'compiled_Hv': _rel(rr[0], rc[0]), 'compiled_x': _rel(rr[1], rc[1]),
                       'composite_Hv': _rel(rr[0], composite[0]), 'composite_x': _rel(rr[1], composite[1])},
         'profile_share_reverse_over_reverse': profile,
+        'convolution_floor': floor,
+        'allocator_env': allocator_env(),
         'machine': platform.platform(), 'torch': torch.__version__,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

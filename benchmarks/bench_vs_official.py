@@ -40,6 +40,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / 'benchmarks'))
+from _memory import allocator_env  # noqa: E402
 from _mtt import measure_iteration, mtt_problem, save_images, timm_dd_iteration  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / 'shared' / 'data' / 'cifar10-jpeg'
@@ -179,8 +180,7 @@ def main(argv=None) -> int:
                          'via /proc/self/clear_refs; growth = VmHWM after the timed iterations - RSS at reset',
         'time_method': f'best of {args.repeats} iteration(s) after the warm-up',
         'threads': args.threads,
-        'allocator_env': {k: os.environ[k] for k in ('GLIBC_TUNABLES', 'THP_MEM_ALLOC_ENABLE', 'LD_PRELOAD',
-                                                     'MALLOC_CONF') if k in os.environ},
+        'allocator_env': allocator_env(),
         'machine': f'{platform.machine()} {os.cpu_count()} cores (shared, loaded), torch {torch.__version__}',
         'skipped': args.skip, 'rows': rows, 'comparisons': comparisons, 'targets': targets,
         'wall_seconds': time.perf_counter() - t_start,
