@@ -301,6 +301,31 @@ def _(tmp, capsys):
         2, r"lr='fast' is not a valid float"
 
 
+@case('config-not-yaml')
+def _(tmp, capsys):
+    (tmp / 'my.yaml').write_text('epochs: [1\nlr: 0.1\n')
+    return (lambda: _cli('train', ['-c', str(tmp / 'my.yaml'), '--model', 'convnet3'], capsys)), \
+        2, r'my\.yaml is not valid YAML: .*line 1'
+
+
+@case('set-list-syntax')
+def _(tmp, capsys):
+    return (lambda: _cli('train', ['-c', 'baseline', '--model', 'convnet3', '--set', 'lr_milestones=500'], capsys)), \
+        2, r"lr_milestones=500 is not a valid List\[int\].*--set key=\[1, 2\]"
+
+
+@case('data-is-run-folder')
+def _(tmp, capsys):
+    run = tmp / 'run'
+    run.mkdir()
+    for name in ('distilled', 'distilled_ema'):
+        _set(tmp).rename(run / name)
+    (run / 'grids').mkdir()
+    argv = ['--data', str(run), '--model', 'convnet3', '--epochs', '1', '--cpu', '--output', str(tmp / 'o')]
+    return (lambda: _cli('train', argv, capsys)), 2, \
+        r'not a distilled set but holds some: pass one of .*run/distilled, '
+
+
 @case('nan-training-images')
 def _(tmp, capsys):
     from timm_dd.data import ImageSet

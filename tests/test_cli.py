@@ -83,6 +83,9 @@ def test_deprecated_spellings_warn_and_work():
     with pytest.warns(FutureWarning, match="opt 'sgd' is deprecated"):
         _, cfg = train_cli.resolve_config(['--set', 'opt=sgd', '--model', 'm'])
     assert cfg.opt == 'momentum'
+    with pytest.warns(FutureWarning, match="opt 'sgd' is deprecated"):  # the flag, as its help says
+        _, cfg = train_cli.resolve_config(['--opt', 'sgd', '--model', 'm'])
+    assert cfg.opt == 'momentum'
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         train_cli.resolve_config(['-c', 'baseline', '--keep-rate-schedule', '--model', 'm'])  # no warning

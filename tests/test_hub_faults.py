@@ -106,3 +106,15 @@ def test_tokens_never_appear_in_messages_or_logs(hub_env, tmp_path, caplog):
         load_distilled(repo, cache_dir=tmp_path / 'cache2')
     hub_env.hub._faults.clear()
     assert secret not in str(err.value) and '***' in str(err.value)
+
+
+def test_offline_cache_miss_fails_at_once(hub_env, caplog):
+    # offline, a cache miss can never succeed: one attempt, no back-off, no "gave up after N attempts"
+    hub_env.set_offline()
+    caplog.set_level(logging.WARNING)
+    start = time.monotonic()
+    with pytest.raises(HubError) as err:
+        load_distilled(_repo('offline'), cache_dir=hub_env.home / 'offline-cache')
+    assert 'HF_HUB_OFFLINE=1' in str(err.value) and 'gave up' not in str(err.value)
+    assert not [r for r in caplog.records if 'retrying' in r.getMessage()]
+    assert time.monotonic() - start < 1.0  # the default back-off alone would wait 1 s + 2 s

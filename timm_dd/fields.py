@@ -42,7 +42,9 @@ def coerce_field(name: str, value: Any, declared: Any) -> Any:
         if origin is dict and not isinstance(value, dict):
             raise ValueError
     except (TypeError, ValueError):
-        raise ValueError(f'{name}={value!r} is not a valid {_type_name(declared)}') from None
+        hint = {list: ' (a list: --set key=[1, 2], or in YAML key: [1, 2])', tuple: ' (a list: --set key=[1, 2])',
+                dict: " (a mapping: --set 'key={a: 1}')"}.get(origin, '')
+        raise ValueError(f'{name}={value!r} is not a valid {_type_name(declared)}{hint}') from None
     return value
 
 

@@ -81,7 +81,11 @@ def parse_set(items: Optional[Sequence[str]]) -> Dict[str, Any]:
         if '=' not in item:
             raise ValueError(f'--set expects key=value, got {item!r}')
         key, raw = item.split('=', 1)
-        out[key.strip().replace('-', '_')] = yaml.safe_load(raw)
+        try:
+            out[key.strip().replace('-', '_')] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ValueError(f"--set {item}: the value is not valid YAML ({' '.join(str(e).split())}); "
+                             "quote strings, write lists as [1, 2]") from None
     return out
 
 

@@ -17,6 +17,7 @@ process), and evaluation seeds are split.
 import argparse
 import contextlib
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -138,6 +139,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                     project_dir=str(out / 'trackers')) if args.log_with else {}
     acc = accelerate.Accelerator(cpu=args.cpu, **tracking)
     setup_logging(args.log_level, acc.is_main_process)
+    if args.config is None:
+        logging.getLogger('timm_dd.cli').warning(
+            'no -c/--preset given: using the default settings (%s, %s, ipc %d, %s); `timm-dd-distill presets` lists '
+            'the presets', cfg.dataset, cfg.method, cfg.ipc, cfg.arch)
     try:
         with FolderLock(out) if acc.is_main_process else contextlib.nullcontext():
             dset = _run(args, cfg, out, acc)
@@ -194,8 +199,9 @@ def _start_vs_end(dset, cfg) -> Optional[str]:
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
         return f'{100 * statistics.fmean(accs):.1f} ± {100 * sd:.1f}'
     first, last = history[0], history[-1]
-    return (f'{cfg.arch} ({cfg.eval_epochs} epochs, {len(first["accs"])} seeds) trained on {cfg.ipc} random real images '
-            f'per class: {fmt(first["accs"])} %; on the {cfg.method.upper()} set distilled from them '
+    seeds = len(first['accs'])
+    return (f'{cfg.arch} ({cfg.eval_epochs} epochs, {seeds} seed{"s" if seeds != 1 else ""}) trained on {cfg.ipc} '
+            f'random real images per class: {fmt(first["accs"])} %; on the {cfg.method.upper()} set distilled from them '
             f'(iteration {last["iteration"]}): {fmt(last["accs"])} %')
 
 

@@ -1,12 +1,13 @@
 """Train test networks on a distilled (or real-subset) training set and report a cross-architecture table.
 
-Examples:
-    accelerate launch train.py -c dpkd --data ./my-distilled-set --model resnet18_dd
-    accelerate launch train.py -c baseline --data org/cifar10-mtt-ipc10 --models convnet3 resnet18_dd vgg11_dd \\
-        alexnet_dd resnet50_dd --seeds 0 1 2 3 4
-    python train.py -c dpkd --dataset digits --real-ipc 10 --models resnet18_dd --epochs 200 --cpu
-    python train.py -c output/train/dpkd/args.yaml              # repeat an earlier run
-    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 train.py ...   # two CPU processes
+Examples (``timm-dd-train`` is the installed command; in a checkout, ``python train.py`` is the same):
+    timm-dd-train -c dpkd --dataset digits --real-ipc 10 --models resnet18_dd --epochs 200 --cpu
+    timm-dd-train -c output/train/dpkd/args.yaml              # repeat an earlier run
+    accelerate launch -m timm_dd.cli.train -c dpkd --data ./my-distilled-set --model resnet18_dd
+    accelerate launch -m timm_dd.cli.train -c baseline --data org/cifar10-mtt-ipc10 \\
+        --models convnet3 resnet18_dd vgg11_dd alexnet_dd resnet50_dd --seeds 0 1 2 3 4
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m timm_dd.cli.train ...   # 2 CPU processes
+(``accelerate launch train.py ...`` in a checkout.)
 
 Like timm's train.py, a first pass reads ``-c`` (a shipped recipe name, a YAML file, or a run's args.yaml), whose
 values become the defaults; any flag given on the command line wins; ``--set key=value`` overrides any recipe field.
@@ -70,7 +71,7 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group('recipe overrides')
     g.add_argument('--epochs', type=int)
     g.add_argument('-b', '--batch-size', type=int)
-    g.add_argument('--opt', choices=['momentum', 'lion', 'adamw'],
+    g.add_argument('--opt', choices=['momentum', 'lion', 'adamw', 'sgd'],
                    help="momentum: SGD with momentum (timm's name; 'sgd' is accepted, deprecated)")
     g.add_argument('--lr', type=float, help='peak lr (default: the set\'s learned lr, or the recipe\'s)')
     g.add_argument('--weight-decay', type=float)

@@ -26,6 +26,10 @@ def config_names(kind: str) -> List[str]:
     return sorted(p.name[:-5] for p in _folder(kind).iterdir() if p.name.endswith('.yaml'))
 
 
+def _one_line(e: Exception) -> str:
+    return ' '.join(str(e).split())
+
+
 def read_config(kind: str, name_or_path: Union[str, Path]) -> Dict[str, Any]:
     """The mapping in a shipped configuration (by name) or in a YAML file (by path ending in .yaml/.yml)."""
     path = Path(name_or_path)
@@ -39,7 +43,10 @@ def read_config(kind: str, name_or_path: Union[str, Path]) -> Dict[str, Any]:
             what = 'training recipe' if kind == 'train' else 'distillation preset'
             raise FileNotFoundError(f'{what} {str(name_or_path)!r} not found; known: {", ".join(config_names(kind))}')
         text, where = entry.read_text(), f'{kind}/{name_or_path}.yaml'
-    values = yaml.safe_load(text) or {}
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f'{where} is not valid YAML: {_one_line(e)}') from None
     if not isinstance(values, dict):
         raise ValueError(f'{where} must hold a mapping of config keys')
     return values

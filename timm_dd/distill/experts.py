@@ -203,7 +203,7 @@ class ExpertPool:
             paths = paths[:max_experts]
         if not paths:
             raise ExpertFileError(f'{self.folder}: no expert_*.safetensors files (train them with '
-                                  f'`distill.py experts` or pull them from the Hub)')
+                                  f'`timm-dd-distill experts` (`distill.py experts` in a checkout) or pull them from the Hub)')
         self.experts = [ExpertTrajectory(p) for p in paths]
         for e in self.experts:
             if e.num_epochs < min_epochs:
@@ -225,7 +225,7 @@ class ExpertPool:
         hard = [d for d in diffs if d.split(':')[0] in MATCH_FIELDS]
         if hard:
             raise ExpertFileError(f'{self.folder}: the experts were made for another network or data than this run '
-                                  f'asks for: {"; ".join(hard)}. Train experts for this setting (`distill.py experts`) '
+                                  f'asks for: {"; ".join(hard)}. Train experts for this setting (`timm-dd-distill experts`) '
                                   f'or use the matching preset/--set values')
         soft = [d for d in diffs if d not in hard]
         if soft:

@@ -68,11 +68,16 @@ def _load_tensor(path: Path) -> torch.Tensor:
 
 def detect_layout(source: Union[str, os.PathLike]) -> str:
     """``'timm_dd'`` for a timm_dd set or a Hub repo id, else the layout its files show (``mtt``, ``ddranking``, or
-    ``folder`` for class folders of images)."""
+    ``folder`` for class folders of images); a folder that holds sets (a distillation run's output) is an error naming
+    them."""
     from .format import CONFIG_FILE
     folder = Path(source)
     if not folder.is_dir() or (folder / CONFIG_FILE).is_file():
         return 'timm_dd'
+    sets = sorted(p.name for p in folder.iterdir() if (p / CONFIG_FILE).is_file())
+    if sets:  # a distillation run's output folder: its sets are subfolders
+        raise ValueError(f'{folder} is not a distilled set but holds some: pass one of '
+                         + ', '.join(str(folder / name) for name in sets))
     if _first(folder, _FILES['mtt'][0]) is not None:
         return 'mtt'
     if _first(folder, _FILES['ddranking'][0]) is not None:

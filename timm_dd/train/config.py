@@ -192,6 +192,8 @@ def short_run_note(cfg: TrainConfig, fraction: float = 0.5) -> Optional[str]:
     if cfg.epochs >= fraction * protocol:
         return None
     share = cfg.epochs / protocol
+    bn = '' if cfg.recompute_bn else (', and a schedule this short can leave batch-norm statistics stale '
+                                      '(--recompute-bn)')
     return (f'this run trains {cfg.epochs} epochs, {share:.0%}{"" if share >= 0.01 else " (under 1%)"} of the '
             f'{protocol} of recipe {cfg.recipe} (its published protocol): its accuracies are not comparable to '
-            f'published ones, and a schedule this short can leave batch-norm statistics stale (--recompute-bn)')
+            f'published ones{bn}')

@@ -146,7 +146,7 @@ def elf_targets(cfg: TrainConfig, student: nn.Module, bundle: DataSplits, device
     from ..hub import load_teacher
     if not cfg.elf_feature_model:
         raise ValueError('ELF needs a feature model trained on real data (elf_feature_model); make one with '
-                         '`python train.py --dataset <data> --real-ipc -1 --model convnet3 --model-kwargs width=512 '
+                         '`timm-dd-train --dataset <data> --real-ipc -1 --model convnet3 --model-kwargs width=512 '
                          '--config baseline --save-model <dir>` and pass --elf-feature-model <dir>')
     source = cfg.elf_feature_model
     snapshot = Path(source) / f'model-epoch{cfg.elf_feature_epoch}'

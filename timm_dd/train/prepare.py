@@ -42,12 +42,13 @@ def prepare_data(
     sets, e.g. for an ELF feature model that must live in the set's space).
     """
     if (data is None) == (real_ipc is None):
-        raise ValueError('give either a distilled set (data) or real_ipc, not both and not neither')
+        raise ValueError('give either a distilled set (--data, `data`) or a number of real images per class '
+                         '(--real-ipc, `real_ipc`), not both and not neither')
     loads = dict(root=data_root, cache_dir=cache_dir)
     if data is not None:
         return _distilled_splits(data, dataset, layout, image_space, soft_label_temperature, loads)
     if dataset is None:
-        raise ValueError('real_ipc needs a dataset (e.g. digits, cifar10, or a folder/zip)')
+        raise ValueError('real_ipc (--real-ipc) needs a dataset (--dataset: e.g. digits, cifar10, or a folder/zip)')
     return _real_splits(dataset, real_ipc, seed, image_space or 'normalized', zca_eps, dict(loads, image_size=image_size))
 
 
