@@ -50,6 +50,7 @@ def test_installed_commands_and_recipes_work_outside_the_checkout(installed):
     assert str(REPO) not in where and 'site-packages' in where  # the installed wheel, not this checkout
     assert '--keep-rate-schedule' in _run([b / 'timm-dd-train', '--help'], work, env).stdout
     assert 'cifar10-ipc10-mtt' in _run([b / 'timm-dd-distill', 'presets'], work, env).stdout
+    assert '--distill-set' in _run([b / 'timm-dd-demo', '--help'], work, env).stdout  # the demo, without a Makefile
     _run([b / 'python', '-c', 'from timm_dd.train.config import load_config; c = load_config("dpkd-no-kd"); '
                               'assert c.opt == "lion" and not c.kd'], work, env)
     _run([b / 'timm-dd-train', '-c', 'baseline', '--dataset', 'digits', '--real-ipc', '1', '--model', 'convnet3',

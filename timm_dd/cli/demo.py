@@ -1,0 +1,113 @@
+"""The demo, the main job on embedded data (``make demo`` in a checkout, ``timm-dd-demo`` from a wheel).
+
+On scikit-learn's ``digits`` (8x8 handwritten digits, used at 16x16; no download), offline, on the CPU, with the
+training schedules shortened from 1000 / 4000 epochs to ``--epochs``:
+
+1. 10 real images per class: ConvNet-3 and ResNet18 with the ``baseline`` recipe, then ResNet18 with ``dpkd``
+   (DropPath + knowledge distillation from a ConvNet-3 teacher trained in the run);
+2. two short expert trajectories and an ATT distillation to 10 images per class (preset ``digits-ipc10-att``),
+   which reports the distillation network trained on the real images it started from against the distilled ones;
+3. the same baseline vs ``dpkd`` comparison on the distilled set;
+
+then one summary (``<output>/summary.md``: that line, then one table over the four training steps) and
+``comparison.png``. Each step is the ``timm-dd-train`` / ``timm-dd-distill`` command a user would type, run in its own
+process, so the demo's numbers are those commands' numbers.
+
+Usage: timm-dd-demo [--output output/demo] [--epochs 40] [--distill-set KEY=VALUE ...]
+"""
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+PRESET = 'digits-ipc10-att'
+CORE_CLAIM = 'random real images per class'  # the line distill prints: start vs end on the distillation network
+
+
+def train_flags(epochs: int) -> List[str]:
+    """The shortened protocol of every training step: all phases of the schedules scaled to ``epochs``."""
+    return ['--seeds', '0', '--epochs', str(epochs), '--eval-every', '10', '--cpu', '--recompute-bn',
+            '--teacher-epochs', str(epochs), '--final-epochs', str(max(1, epochs // 4)),
+            '--period', str(max(1, epochs // 8))]
+
+
+def steps(out: Path, epochs: int, distill_set: List[str]) -> List[List[str]]:
+    """The demo's commands, in order (``timm_dd.cli.<train|distill>`` argument lists)."""
+    real = ['--dataset', 'digits', '--real-ipc', '10', '--img-size', '16']
+    distilled = ['--data', str(out / 'att' / 'distilled')]
+    short = train_flags(epochs)
+    extra = [a for kv in distill_set for a in ('--set', kv)]
+    return [
+        ['train', '-c', 'baseline', '--models', 'convnet3', 'resnet18_dd', *real, *short,
+         '--output', str(out / 'real-baseline'), '--no-plots'],
+        ['train', '-c', 'dpkd', '--models', 'resnet18_dd', *real, *short, '--output', str(out / 'real-dpkd')],
+        ['distill', 'experts', '-c', PRESET, '--output', str(out / 'experts'), '--threads', '1', *extra],
+        ['distill', 'distill', '-c', PRESET, '--experts', str(out / 'experts'), '--output', str(out / 'att'),
+         '--threads', '1', *extra],
+        ['train', '-c', 'baseline', '--models', 'convnet3', 'resnet18_dd', *distilled, *short,
+         '--output', str(out / 'att-baseline'), '--no-plots'],
+        ['train', '-c', 'dpkd', '--models', 'resnet18_dd', *distilled, *short, '--output', str(out / 'att-dpkd')],
+    ]
+
+
+def _summary(out: Path, epochs: int, distill_stdout: str) -> str:
+    from ..train.plots import write_report
+    claim = [line for line in distill_stdout.splitlines() if CORE_CLAIM in line]
+    table = write_report([out / 'real-baseline', out / 'real-dpkd', out / 'att-baseline', out / 'att-dpkd'],
+                         out / 'comparison.md', out / 'comparison.png')
+    return '\n'.join([
+        '## Distillation on the distillation network (the core claim)', '', *(claim or ['(no evaluation ran)']), '',
+        f'## Cross-architecture, {epochs}-epoch schedules (published: 1000 / 4000)', '',
+        "Schedules this short show the pipeline working, not DP+KD's published gains (its Lion lr is tuned",
+        'for 4000 epochs); the full protocol is GPU work (benchmarks/reproduce.py).', '', table, ''])
+
+
+def _write_text(path: Path, text: str) -> None:
+    from ..io import atomic_write
+    with atomic_write(path, 'w') as f:
+        f.write(text)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog='timm-dd-demo', description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--output', default='output/demo', help='folder of every step (default: output/demo)')
+    p.add_argument('--epochs', type=int, default=40, help='training schedule length (published: 1000 / 4000)')
+    p.add_argument('--distill-set', nargs='*', default=[], metavar='KEY=VALUE',
+                   help=f'overrides of preset {PRESET} for the expert and distillation steps, e.g. iterations=50')
+    args = p.parse_args(argv)
+    if args.epochs < 1:
+        p.error('--epochs must be at least 1')
+    try:  # a typo in an override fails here, not after the first training steps
+        from ..distill import get_preset
+        from .common import parse_set, report_user_error
+        get_preset(PRESET, parse_set(args.distill_set))
+    except ValueError as e:
+        return report_user_error(e)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f'== timm_dd demo: digits at 16 px, schedules shortened to {args.epochs} epochs (from 1000/4000) ==',
+          flush=True)
+    distill_stdout = ''
+    for step in steps(out, args.epochs, args.distill_set):
+        cmd = [sys.executable, '-m', f'timm_dd.cli.{step[0]}', *step[1:]]
+        print('$ timm-dd-' + ' '.join(step), flush=True)
+        capture = step[:2] == ['distill', 'distill']
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE if capture else None, text=True)
+        if capture:
+            distill_stdout = proc.stdout
+            print(distill_stdout, end='', flush=True)
+            _write_text(out / 'att.log', distill_stdout)
+        if proc.returncode != 0:
+            print(f'error: the demo step `timm-dd-{" ".join(step)}` failed (exit status {proc.returncode})',
+                  file=sys.stderr)
+            return proc.returncode
+    summary = _summary(out, args.epochs, distill_stdout)
+    _write_text(out / 'summary.md', summary)
+    print(summary)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
