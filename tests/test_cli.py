@@ -157,3 +157,21 @@ def test_distill_args_yaml_round_trips(tmp_path):
     _, first = distill_cli.resolve_config(argv)
     assert cfg.to_dict() == first.to_dict() and cfg.iterations == 1 and cfg.ipc == 1
     assert args.output == str(tmp_path / 'd') and args.no_eval and args.cpu
+
+
+def test_allocator_tip_only_where_page_faults_are_likely(monkeypatch):
+    import sys
+
+    import torch
+
+    from timm_dd.cli.distill import _page_faults_likely
+    cpu = torch.device('cpu')
+    monkeypatch.setattr(sys, 'platform', 'linux')
+    monkeypatch.delenv('LD_PRELOAD', raising=False)
+    assert _page_faults_likely(cpu, 'mtt') and _page_faults_likely(cpu, 'att')
+    assert not _page_faults_likely(cpu, 'dm') and not _page_faults_likely(torch.device('cuda'), 'mtt')
+    monkeypatch.setenv('LD_PRELOAD', '/usr/lib/x86_64-linux-gnu/libjemalloc.so.2')
+    assert not _page_faults_likely(cpu, 'mtt')
+    monkeypatch.delenv('LD_PRELOAD')
+    monkeypatch.setattr(sys, 'platform', 'darwin')
+    assert not _page_faults_likely(cpu, 'mtt')

@@ -1,7 +1,8 @@
 """The demo, the main job on embedded data (``make demo`` in a checkout, ``timm-dd-demo`` from a wheel).
 
-On scikit-learn's ``digits`` (8x8 handwritten digits, used at 16x16; no download), offline, on the CPU, with the
-training schedules shortened from 1000 / 4000 epochs to ``--epochs``:
+On scikit-learn's ``digits`` (8x8 handwritten digits, used at 16x16; no download), offline, with the training
+schedules shortened from 1000 / 4000 epochs to ``--epochs`` (training on the CPU; experts and distillation on the
+device of the Accelerate set-up, as ``timm-dd-distill`` chooses):
 
 1. 10 real images per class: ConvNet-3 and ResNet18 with the ``baseline`` recipe, then ResNet18 with ``dpkd``
    (DropPath + knowledge distillation from a ConvNet-3 teacher trained in the run);
@@ -22,6 +23,12 @@ from pathlib import Path
 from typing import List, Optional
 
 PRESET = 'digits-ipc10-att'
+# each step imports the timm_dd this demo runs from: `python -m` would put the working directory (perhaps another
+# checkout) first on the path, so it is dropped, and this package's folder is searched last if not already there
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+_STEP = ("import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
+         "{root!r} in sys.path or sys.path.append({root!r}); "
+         "from timm_dd.cli.{command} import main; sys.exit(main(sys.argv[1:]))")
 CORE_CLAIM = 'random real images per class'  # the line distill prints: start vs end on the distillation network
 
 
@@ -91,7 +98,7 @@ def main(argv: Optional[List[str]] = None) -> int:
           flush=True)
     distill_stdout = ''
     for step in steps(out, args.epochs, args.distill_set):
-        cmd = [sys.executable, '-m', f'timm_dd.cli.{step[0]}', *step[1:]]
+        cmd = [sys.executable, '-c', _STEP.format(root=str(_PACKAGE_ROOT), command=step[0]), *step[1:]]
         print('$ timm-dd-' + ' '.join(step), flush=True)
         capture = step[:2] == ['distill', 'distill']
         proc = subprocess.run(cmd, stdout=subprocess.PIPE if capture else None, text=True)

@@ -66,6 +66,13 @@ def _load_tensor(path: Path) -> torch.Tensor:
     return value.detach()
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # an unreadable subfolder is not a set
+        return False
+
+
 def detect_layout(source: Union[str, os.PathLike]) -> str:
     """``'timm_dd'`` for a timm_dd set or a Hub repo id, else the layout its files show (``mtt``, ``ddranking``, or
     ``folder`` for class folders of images); a folder that holds sets (a distillation run's output) is an error naming
@@ -74,14 +81,14 @@ def detect_layout(source: Union[str, os.PathLike]) -> str:
     folder = Path(source)
     if not folder.is_dir() or (folder / CONFIG_FILE).is_file():
         return 'timm_dd'
-    sets = sorted(p.name for p in folder.iterdir() if (p / CONFIG_FILE).is_file())
-    if sets:  # a distillation run's output folder: its sets are subfolders
-        raise ValueError(f'{folder} is not a distilled set but holds some: pass one of '
-                         + ', '.join(str(folder / name) for name in sets))
     if _first(folder, _FILES['mtt'][0]) is not None:
         return 'mtt'
     if _first(folder, _FILES['ddranking'][0]) is not None:
         return 'ddranking'
+    sets = sorted(p.name for p in folder.iterdir() if _is_file(p / CONFIG_FILE))
+    if sets:  # a distillation run's output folder: its sets are subfolders
+        raise ValueError(f'{folder} is not a distilled set but holds some: pass one of '
+                         + ', '.join(str(folder / name) for name in sets))
     if any(p.is_dir() for p in folder.iterdir()):
         return 'folder'
     return 'timm_dd'  # loading it says what is missing

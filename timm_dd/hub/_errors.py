@@ -77,18 +77,15 @@ def _status(err: BaseException) -> Optional[int]:
 
 
 def _retryable(err: BaseException) -> bool:
-    """Server errors (5xx, 429) and transport failures (refused, reset, timed out) are worth another try; not in
-    offline mode (nothing can change), and not a download that ``huggingface_hub`` already retried with back-off (a
-    cache miss behind a failed connection: five more tries of each would only multiply the wait)."""
+    """Server errors (5xx, 429) and transport failures (refused, reset, timed out) are worth another try; nothing is
+    in offline mode (a cache miss stays a miss)."""
     from huggingface_hub import constants
-    from huggingface_hub.utils import LocalEntryNotFoundError, OfflineModeIsEnabled
+    from huggingface_hub.utils import OfflineModeIsEnabled
     if isinstance(err, OfflineModeIsEnabled) or getattr(constants, 'HF_HUB_OFFLINE', False):
         return False
     status = _status(err)
     if status is not None:
         return status in _RETRY_STATUS
-    if isinstance(err, LocalEntryNotFoundError):
-        return False
     return any(e is not None and _is_transport_error(e) for e in (err, err.__cause__, err.__context__))
 
 

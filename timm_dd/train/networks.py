@@ -146,8 +146,9 @@ def elf_targets(cfg: TrainConfig, student: nn.Module, bundle: DataSplits, device
     from ..hub import load_teacher
     if not cfg.elf_feature_model:
         raise ValueError('ELF needs a feature model trained on real data (elf_feature_model); make one with '
-                         '`timm-dd-train --dataset <data> --real-ipc -1 --model convnet3 --model-kwargs width=512 '
-                         '--config baseline --save-model <dir>` and pass --elf-feature-model <dir>')
+                         '`timm-dd-train -c baseline --dataset <data> --real-ipc -1 --model convnet3 --model-kwargs '
+                         'width=512 --lr 0.01 --epochs 200 --set snapshot_epochs=[100] --output <dir>` and pass '
+                         '--elf-feature-model <dir>/runs/convnet3/seed0 (README, "ELF")')
     source = cfg.elf_feature_model
     snapshot = Path(source) / f'model-epoch{cfg.elf_feature_epoch}'
     if Path(source).is_dir() and not (Path(source) / 'config.json').is_file() and snapshot.is_dir():
@@ -176,7 +177,7 @@ def _check_same_space(source: str, what: str, bundle: DataSplits) -> None:
         data = bundle.source.get('dataset') or bundle.source.get('source_dataset') or '<data>'
         flag = f' --image-space {ours}' if ours in ('zca', 'normalized') else ''
         raise ValueError(f'the {what} {source} was trained in {recorded["image_space"]} space, the training set is in '
-                         f'{ours} space: train one in that space (`train.py --dataset {data} --real-ipc -1{flag} ...`)')
+                         f'{ours} space: train one in that space (`timm-dd-train --dataset {data} --real-ipc -1{flag} ...`)')
 
 
 def result_record(model: str, seed: int, result: RunResult) -> Dict[str, Any]:
