@@ -156,7 +156,8 @@ def main() -> None:
     rc = variants['reverse_over_reverse_compiled']()  # compiles (outside the timing)
     seconds = {name: _best(f, args.repeats) for name, f in variants.items()}
     profile = _profile(variants['reverse_over_reverse'])
-    conv = {name: _convolution_seconds(variants[name], args.repeats) for name in ('reverse_over_reverse', 'first_order')}
+    conv = {name: _convolution_seconds(variants[name], args.repeats)
+            for name in ('reverse_over_reverse', 'first_order')}
     floor = {'convolution_seconds': {k: round(t, 4) for k, t in conv.items()},
              'floor_unrolled': round(conv['reverse_over_reverse'] / seconds['reverse_over_reverse'], 3),
              'floor_recompute': round((conv['reverse_over_reverse'] + conv['first_order'])

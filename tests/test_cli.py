@@ -16,6 +16,8 @@ def test_set_is_typed_and_repeatable():
     assert cfg.epochs == 7 and cfg.dsa is False and cfg.betas == (0.9, 0.99)  # every --set applied
     with pytest.raises(ValueError, match=r"epochs='many' is not a valid int"):
         train_cli.resolve_config(['--model', 'convnet3', '--set', 'epochs=many'])
+    with pytest.raises(ValueError, match=r'--set lr_milestones=\[1 is not valid YAML: .*write lists as \[1, 2\]'):
+        train_cli.resolve_config(['--model', 'convnet3', '--set', 'lr_milestones=[1'])
     _, dcfg = distill_cli.resolve_config(['distill', '-c', 'digits-ipc10-att', '--set', 'lr_img=1e3',
                                           '--set', 'ipc=2', '--output', 'x'])
     assert dcfg.lr_img == 1000.0 and dcfg.ipc == 2

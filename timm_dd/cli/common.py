@@ -23,7 +23,6 @@ import sys
 import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import yaml
 
 __all__ = ['add_common_args', 'parse_set', 'read_cli_config', 'apply_deprecations', 'report_user_error',
            'DEPRECATED_FLAGS', 'setup_logging']
@@ -76,16 +75,14 @@ def add_common_args(parser: argparse.ArgumentParser, seeds: bool = True) -> None
 
 def parse_set(items: Optional[Sequence[str]]) -> Dict[str, Any]:
     """``['lr=1e-5', 'dsa=false']`` -> ``{'lr': '1e-5', 'dsa': False}``: YAML values; the config types them."""
+    from ..configs import parse_yaml
     out: Dict[str, Any] = {}
     for item in items or []:
         if '=' not in item:
             raise ValueError(f'--set expects key=value, got {item!r}')
         key, raw = item.split('=', 1)
-        try:
-            out[key.strip().replace('-', '_')] = yaml.safe_load(raw)
-        except yaml.YAMLError as e:
-            raise ValueError(f"--set {item}: the value is not valid YAML ({' '.join(str(e).split())}); "
-                             "quote strings, write lists as [1, 2]") from None
+        out[key.strip().replace('-', '_')] = parse_yaml(raw, f'--set {item}',
+                                                        hint='; quote strings, write lists as [1, 2]')
     return out
 
 

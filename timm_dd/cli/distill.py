@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -169,7 +170,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _page_faults_likely(device: Any, method: str) -> bool:
     # glibc malloc unmaps every freed block over 32 MB, so each inner step faults its activations in again
-    import os
     return (device.type == 'cpu' and method in ('mtt', 'att') and sys.platform.startswith('linux')
             and 'jemalloc' not in os.environ.get('LD_PRELOAD', ''))
 
@@ -212,8 +212,8 @@ def _start_vs_end(dset, cfg) -> Optional[str]:
     first, last = history[0], history[-1]
     seeds = len(first['accs'])
     return (f'{cfg.arch} ({cfg.eval_epochs} epochs, {seeds} seed{"s" if seeds != 1 else ""}) trained on {cfg.ipc} '
-            f'random real images per class: {fmt(first["accs"])} %; on the {cfg.method.upper()} set distilled from them '
-            f'(iteration {last["iteration"]}): {fmt(last["accs"])} %')
+            f'random real images per class: {fmt(first["accs"])} %; on the {cfg.method.upper()} set distilled from '
+            f'them (iteration {last["iteration"]}): {fmt(last["accs"])} %')
 
 
 def _convert(args: argparse.Namespace) -> int:

@@ -26,8 +26,12 @@ def config_names(kind: str) -> List[str]:
     return sorted(p.name[:-5] for p in _folder(kind).iterdir() if p.name.endswith('.yaml'))
 
 
-def _one_line(e: Exception) -> str:
-    return ' '.join(str(e).split())
+def parse_yaml(text: str, where: str, hint: str = '') -> Any:
+    """``text`` as YAML; text that is not YAML is a ``ValueError`` naming ``where`` and where the parser stopped."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{where} is not valid YAML: {' '.join(str(e).split())}{hint}") from None
 
 
 def read_config(kind: str, name_or_path: Union[str, Path]) -> Dict[str, Any]:
@@ -43,10 +47,7 @@ def read_config(kind: str, name_or_path: Union[str, Path]) -> Dict[str, Any]:
             what = 'training recipe' if kind == 'train' else 'distillation preset'
             raise FileNotFoundError(f'{what} {str(name_or_path)!r} not found; known: {", ".join(config_names(kind))}')
         text, where = entry.read_text(), f'{kind}/{name_or_path}.yaml'
-    try:
-        values = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f'{where} is not valid YAML: {_one_line(e)}') from None
+    values = parse_yaml(text, where) or {}
     if not isinstance(values, dict):
         raise ValueError(f'{where} must hold a mapping of config keys')
     return values

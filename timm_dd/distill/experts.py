@@ -202,8 +202,8 @@ class ExpertPool:
         if max_experts:
             paths = paths[:max_experts]
         if not paths:
-            raise ExpertFileError(f'{self.folder}: no expert_*.safetensors files (train them with '
-                                  f'`timm-dd-distill experts` (`distill.py experts` in a checkout) or pull them from the Hub)')
+            raise ExpertFileError(f'{self.folder}: no expert_*.safetensors files (train them with `timm-dd-distill '
+                                  f'experts` (`distill.py experts` in a checkout) or pull them from the Hub)')
         self.experts = [ExpertTrajectory(p) for p in paths]
         for e in self.experts:
             if e.num_epochs < min_epochs:
@@ -225,8 +225,8 @@ class ExpertPool:
         hard = [d for d in diffs if d.split(':')[0] in MATCH_FIELDS]
         if hard:
             raise ExpertFileError(f'{self.folder}: the experts were made for another network or data than this run '
-                                  f'asks for: {"; ".join(hard)}. Train experts for this setting (`timm-dd-distill experts`) '
-                                  f'or use the matching preset/--set values')
+                                  f'asks for: {"; ".join(hard)}. Train experts for this setting '
+                                  f'(`timm-dd-distill experts`) or use the matching preset/--set values')
         soft = [d for d in diffs if d not in hard]
         if soft:
             _logger.warning('%s: the experts were trained with other settings than this preset\'s: %s', self.folder,

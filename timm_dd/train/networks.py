@@ -177,7 +177,8 @@ def _check_same_space(source: str, what: str, bundle: DataSplits) -> None:
         data = bundle.source.get('dataset') or bundle.source.get('source_dataset') or '<data>'
         flag = f' --image-space {ours}' if ours in ('zca', 'normalized') else ''
         raise ValueError(f'the {what} {source} was trained in {recorded["image_space"]} space, the training set is in '
-                         f'{ours} space: train one in that space (`timm-dd-train --dataset {data} --real-ipc -1{flag} ...`)')
+                         f'{ours} space: train one in that space '
+                         f'(`timm-dd-train --dataset {data} --real-ipc -1{flag} ...`)')
 
 
 def result_record(model: str, seed: int, result: RunResult) -> Dict[str, Any]:

@@ -48,7 +48,8 @@ def prepare_data(
     if data is not None:
         return _distilled_splits(data, dataset, layout, image_space, soft_label_temperature, loads)
     if dataset is None:
-        raise ValueError('real_ipc (--real-ipc) needs a dataset (--dataset: e.g. digits, cifar10, or a folder/zip)')
+        raise ValueError('real_ipc (--real-ipc) needs a dataset (--dataset: e.g. digits, cifar10, or a '
+                         'folder/zip)')
     return _real_splits(dataset, real_ipc, seed, image_space or 'normalized', zca_eps, dict(loads, image_size=image_size))
 
 

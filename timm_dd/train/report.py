@@ -26,7 +26,8 @@ def load_results(result_dir: Union[str, os.PathLike]) -> Dict[str, Any]:
     """The ``results.json`` of a ``train.py`` output folder, as a dict."""
     path = Path(result_dir) / 'results.json'
     if not path.is_file():
-        raise FileNotFoundError(f'{result_dir} holds no results.json: not a finished timm-dd-train (train.py) output folder')
+        raise FileNotFoundError(f'{result_dir} holds no results.json: not a finished timm-dd-train (train.py) '
+                                f'output folder')
     return json.loads(path.read_text())
 
 
