@@ -1,51 +1,86 @@
-"""Reproduce a published table from a distilled set: our numbers beside the published ones.
+"""Reproduce a published table from distilled sets: our numbers beside the published ones.
 
 Tables:
 
-* ``dpkd``: the DP+KD ablation (Zhong & Liu) on CIFAR-10: rows Baseline (``dpkd-baseline``), w/o DP&KD
+* ``dpkd``: the DP+KD table (Zhong & Liu) on CIFAR-10: rows Baseline (``dpkd-baseline``), w/o DP&KD
   (``dpkd-no-dp-no-kd``), w/o DP (``dpkd-no-dp``), w/o KD (``dpkd-no-kd``) and Full (``dpkd-mtt`` on MTT data,
-  ``dpkd-frepo`` on FRePo data) for ResNet18, VGG11, AlexNet and ResNet50 (the DP+KD networks ``*_dd``).
+  ``dpkd-frepo`` on FRePo data) for the distillation ConvNet (``convnet3``; ``convnet3_frepo`` on FRePo data),
+  ResNet18, VGG11, AlexNet and ResNet50 (the DP+KD networks ``*_dd``). A column is one distilled set, and **every
+  row of a column runs with the settings the source was published with**: MTT data with instance-norm students
+  and teacher and hard labels; FRePo data with batch-norm students and teacher and ``softmax(y / 0.3)`` labels.
+  ``--authors DIR`` takes the columns from the DP+KD repository (CityU-MLO/mitigate_architecture_overfitting,
+  ``distilled_data/`` and ``snapshots/``): MTT IPC 10, MTT IPC 1 and FRePo IPC 10 (the sets it ships), each MTT
+  column with the authors' released ConvNet teacher (``snapshots/cifar10_<ipc>_mtt_convnet``), read through
+  ``timm_dd.hub.import_teacher`` and evaluated on our data path, which measures the data path's offset. The
+  repository's FRePo teachers are not retrievable, so FRePo columns train theirs first (the column's ConvNet with
+  ``dpkd-baseline``, the DP+KD Baseline recipe, last epoch: not selected on the test set as the authors' were).
 * ``cross-arch``: the trajectory-matching cross-architecture protocol (``baseline``: the MTT evaluation) for
   ConvNet-3, ResNet18, VGG11 and AlexNet (MTT's networks ``*_mtt``), as in ATT's Table 1.
 
-Published numbers are transcribed with their source below; a cell stays empty rather than guessed. The full protocol
-(1000-4000 epochs per run) is GPU work; ``--epochs N`` shortens every schedule (DP+KD's keep-rate periods scale with
-it) and the output says so: such numbers show the pipeline, not the published gains.
+Every (column, row, network, seed) is one run with its own folder under ``--output``; a finished run writes
+``job.json`` and is never redone, an interrupted one resumes from its checkpoint, so the table fills over several
+invocations (and machines sharing the folder). ``--workers K`` forks K processes after the data is prepared (many
+small runs at once on one GPU); they take runs from one queue ordered by importance (seed 0 first; Baseline and
+Full of the first column first) and ``--time-limit`` stops them. The parent alone writes ``reproduce.json`` and
+``reproduce.md`` from the finished runs, every 30 s and at the end, marked partial while runs are missing.
+Both final and best-over-evaluations accuracies are reported, labelled; published numbers are transcribed with
+their source below, and a cell stays empty rather than guessed. ``--epochs N`` shortens every schedule (keep-rate
+periods scale with it) and the output says so: such numbers show the pipeline, not the published gains.
 
 Usage::
 
+    python benchmarks/reproduce.py --table dpkd --authors carry/dpkd --dataset cifar10 --output out/dpkd \\
+        [--columns mtt-ipc10] [--rows Baseline Full] [--nets resnet18_dd vgg11_dd] [--seeds 0 1 2] [--workers 12]
     python benchmarks/reproduce.py --table dpkd --data <set> --source mtt --ipc 10 --dataset cifar10 \\
-        [--layout mtt --image-space zca] [--seeds 0 1 2] [--epochs 40] [--nets resnet18_dd] --output out/dpkd
+        [--layout mtt --image-space zca] [--teacher-checkpoint PATH] --output out/dpkd
     python benchmarks/reproduce.py --table cross-arch --method MTT --ipc 10 --data <set> --dataset cifar10 ...
     python benchmarks/reproduce.py --smoke --output /tmp/repro      # seconds, on a tiny set it makes itself
 """
 import argparse
 import json
+import logging
+import statistics
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / 'benchmarks'))
+from _jobs import Job, finished_records, run_queue  # noqa: E402
 
 #: source of each published table (second-hand where said; see the repository's specs for the details)
 SOURCES = {
     'dpkd': 'DP+KD (Zhong & Liu, arXiv 2309.04195) Table 2 as quoted in review texts of the ICLR-24 submission; not '
-            'checked against the paper PDF',
+            'checked against the paper PDF; whether the paper reports final or best-over-evaluations accuracy is '
+            'not stated there (the released code prints the best)',
     'cross-arch': "ATT (NiaLiu/ATT) README Table 1 (figures/result2.png): CIFAR-10, distilled on ConvNet, MTT-style "
                   'evaluation networks; mean ± std',
 }
 DPKD_ROWS = [('Baseline', 'dpkd-baseline'), ('w/o DP&KD', 'dpkd-no-dp-no-kd'), ('w/o DP', 'dpkd-no-dp'),
              ('w/o KD', 'dpkd-no-kd'), ('Full', None)]
 DPKD_NETS = ['resnet18_dd', 'vgg11_dd', 'alexnet_dd', 'resnet50_dd']
-# (data source, ipc) -> net -> row -> published top-1 (%)
+#: the distillation network of each source (the DP+KD tables' "3-layer CNN" column)
+CONVNET = {'mtt': 'convnet3', 'frepo': 'convnet3_frepo'}
+#: what each source was published with, for every row of its column (students' and teacher's norm, labels)
+SOURCE_SETTINGS = {
+    'mtt': dict(student_norm='instance', teacher_model='convnet3', teacher_norm='instance'),
+    'frepo': dict(student_norm='batch', teacher_model='convnet3_frepo', teacher_norm='batch',
+                  soft_label_temperature=0.3),
+}
+SOURCE_LAYOUT = {'mtt': 'mtt', 'frepo': 'frepo'}
+# (data source, ipc) -> net -> row -> published top-1 (%); the ConvNet: the tables' "3-layer CNN" column
 DPKD_PUBLISHED: Dict[tuple, Dict[str, Dict[str, float]]] = {
     ('mtt', 10): {'resnet18_dd': {'Baseline': 48.9, 'Full': 67.4}, 'resnet50_dd': {'Baseline': 28.1, 'Full': 63.8},
-                  'alexnet_dd': {'Baseline': 56.9, 'Full': 68.3}, 'vgg11_dd': {'Baseline': 52.6, 'Full': 67.1}},
+                  'alexnet_dd': {'Baseline': 56.9, 'Full': 68.3}, 'vgg11_dd': {'Baseline': 52.6, 'Full': 67.1},
+                  'convnet3': {'Baseline': 63.6}},
     ('frepo', 10): {'resnet18_dd': {'w/o DP': 64.0, 'w/o KD': 63.9, 'Full': 66.6}},
     ('frepo', 50): {'resnet18_dd': {'w/o KD': 74.5, 'Full': 74.5}},
 }
+#: relative cost of one epoch of each network (orders the queue: longest runs of a group first)
+_NET_COST = {'resnet50_dd': 4.0, 'resnet18_dd': 2.0, 'vgg11_dd': 1.0, 'alexnet_dd': 0.5}
 CROSS_NETS = ['convnet3', 'resnet18_mtt', 'vgg11_mtt', 'alexnet_mtt']
 # (method, ipc) -> net -> 'mean ± std'
 CROSS_PUBLISHED: Dict[tuple, Dict[str, str]] = {
@@ -66,6 +101,39 @@ CROSS_PUBLISHED: Dict[tuple, Dict[str, str]] = {
     ('ATT', 50): {'convnet3': '74.5 ± 0.4', 'resnet18_mtt': '66.3 ± 1.1', 'vgg11_mtt': '61.7 ± 0.9',
                   'alexnet_mtt': '60.0 ± 0.9'},
 }
+TEACHER_RECIPE = 'dpkd-baseline'  # trains a column's teacher when the source released none
+
+_logger = logging.getLogger('reproduce')
+
+
+@dataclass(frozen=True)
+class Column:
+    """One distilled set of the table and how it was published."""
+    source: str  # 'mtt' or 'frepo'
+    ipc: int
+    data: str
+    layout: Optional[str] = None
+    image_space: Optional[str] = None
+    teacher_checkpoint: Optional[str] = None  # the authors' teacher; None: train one first
+
+    @property
+    def name(self) -> str:
+        return f'{self.source}-ipc{self.ipc}'
+
+
+def authors_columns(folder: Path, dataset: str = 'cifar10') -> List[Column]:
+    """The columns of the DP+KD repository's release under ``folder`` (those whose images are there)."""
+    columns = []
+    for source, ipc in (('mtt', 10), ('mtt', 1), ('frepo', 10), ('frepo', 1)):
+        data = folder / 'distilled_data' / f'{dataset}_{ipc}_{source}'
+        teacher = folder / 'snapshots' / f'{dataset}_{ipc}_{source}_convnet' / 'checkpoint_best.pth'
+        if (data / 'images_best.pt').is_file():
+            columns.append(Column(source, ipc, str(data), SOURCE_LAYOUT[source], 'zca',
+                                  str(teacher) if teacher.is_file() else None))
+    if not columns:
+        raise SystemExit(f'error: {folder} holds no distilled_data/{dataset}_<ipc>_<mtt|frepo>/images_best.pt: pass '
+                         f'the folder of the DP+KD repository (CityU-MLO/mitigate_architecture_overfitting)')
+    return columns
 
 
 def _overrides(recipe: str, epochs: Optional[int]) -> Dict[str, Any]:
@@ -77,53 +145,274 @@ def _overrides(recipe: str, epochs: Optional[int]) -> Dict[str, Any]:
     return out
 
 
-def run_table(args: argparse.Namespace, accelerator) -> Dict[str, Any]:
+def _teacher_key(column: Column) -> str:
+    return f'{column.name}/teacher'
+
+
+def _teacher_folder(out: Path, column: Column) -> Path:
+    """Where a column's teacher is saved in timm's folder layout (imported, or trained by its job)."""
+    return out / _teacher_key(column) / 'model'
+
+
+def dpkd_jobs(columns: Sequence[Column], rows: Sequence[str], nets: Optional[Sequence[str]], seeds: Sequence[int],
+              epochs: Optional[int]) -> List[Job]:
+    """The table's runs in the order they matter: per seed, Baseline and Full of every column (the first column
+    first), then the ablations; within a group the longest runs first. Teachers that must be trained come first."""
+    jobs, keyed = [], []
+    for column in columns:
+        if column.teacher_checkpoint is None:
+            jobs.append(Job(_teacher_key(column), dict(kind='teacher', column=column, epochs=epochs)))
+    for seed in seeds:
+        for ci, column in enumerate(columns):
+            for row, recipe in DPKD_ROWS:
+                if row not in rows:
+                    continue
+                recipe = recipe or f'dpkd-{column.source}'
+                cfg_epochs = _recipe_epochs(recipe, epochs)
+                for net in (nets or [CONVNET[column.source], *DPKD_NETS]):
+                    kd = _recipe_kd(recipe)
+                    needs = (_teacher_key(column),) if kd and column.teacher_checkpoint is None else ()
+                    main = row in ('Baseline', 'Full')
+                    order = (seed, 0 if main else 1, ci, -cfg_epochs * _NET_COST.get(net, 0.25))
+                    keyed.append((order, Job(f'{column.name}/{recipe}/{net}/seed{seed}',
+                                             dict(kind='student', column=column, row=row, recipe=recipe, net=net,
+                                                  seed=seed, epochs=epochs), needs)))
+    return jobs + [job for _, job in sorted(keyed, key=lambda item: item[0])]
+
+
+def _recipe_epochs(recipe: str, epochs: Optional[int]) -> int:
     from timm_dd.train.config import load_config
-    from timm_dd.train import prepare_data, run_experiment
-    bundle = prepare_data(args.data, dataset=args.dataset, layout=args.layout, image_space=args.image_space,
-                          soft_label_temperature=args.soft_label_temperature)
-    rows = []
-    # the published tables are CIFAR-10's
-    cifar10 = str(getattr(args, 'compare_as', None) or args.dataset).lower() == 'cifar10'
-    if args.table == 'dpkd':
-        published = DPKD_PUBLISHED.get((args.source, args.ipc), {}) if cifar10 else {}
-        nets = args.nets or DPKD_NETS
-        for row, recipe in DPKD_ROWS:
-            recipe = recipe or f'dpkd-{args.source}'
-            cfg = load_config(recipe, _overrides(recipe, args.epochs))
-            result = run_experiment(cfg, nets, args.seeds, bundle, Path(args.output) / recipe, accelerator,
-                                    model_kwargs=args.model_kwargs)
-            for line in result.table:
-                rows.append(dict(row=row, recipe=recipe, net=line['model'], ours=_fmt(line), runs=line['runs'],
-                                 published=published.get(line['model'], {}).get(row)))
-    else:
-        published = CROSS_PUBLISHED.get((args.method, args.ipc), {}) if cifar10 else {}
-        cfg = load_config('baseline', _overrides('baseline', args.epochs))
-        result = run_experiment(cfg, args.nets or CROSS_NETS, args.seeds, bundle, Path(args.output) / 'baseline',
-                                accelerator, model_kwargs=args.model_kwargs)
-        for line in result.table:
-            rows.append(dict(row=f'{args.method} IPC {args.ipc}', recipe='baseline', net=line['model'],
-                             ours=_fmt(line), runs=line['runs'], published=published.get(line['model'])))
-    protocol = ('full published schedules' if args.epochs is None else
-                f'SHORTENED to {args.epochs} epochs per run (published: 1000-4000): shows the pipeline, not the '
-                f'published gains')
-    return dict(table=args.table, data=str(args.data), description=bundle.description, seeds=list(args.seeds),
-                protocol=protocol, published_source=SOURCES[args.table], device=str(accelerator.device), rows=rows)
+    return load_config(recipe, _overrides(recipe, epochs)).epochs
 
 
-def _fmt(line: Dict[str, Any]) -> str:
-    return f"{100 * line['final_mean']:.1f} ± {100 * line['final_std']:.1f}"
+def _recipe_kd(recipe: str) -> bool:
+    from timm_dd.train.config import load_config
+    return load_config(recipe).kd
+
+
+def _column_settings(column: Column, out: Path) -> Dict[str, Any]:
+    return dict(SOURCE_SETTINGS[column.source], teacher=str(_teacher_folder(out, column)))
+
+
+def prepare_columns(columns: Sequence[Column], dataset: str, out: Path,
+                    soft_label_temperature: Optional[float] = None) -> Dict[str, Any]:
+    """Every column's data (prepared once, before the workers fork) and the authors' teachers in timm's layout."""
+    from timm_dd.hub import import_teacher
+    from timm_dd.train import prepare_data
+    from timm_dd.train.networks import save_model
+    bundles = {}
+    for column in columns:
+        temperature = soft_label_temperature or SOURCE_SETTINGS[column.source].get('soft_label_temperature')
+        bundle = prepare_data(column.data, dataset=dataset, layout=column.layout, image_space=column.image_space,
+                              soft_label_temperature=temperature)
+        bundles[column.name] = bundle
+        folder = _teacher_folder(out, column)
+        if column.teacher_checkpoint and not (folder / 'config.json').is_file():
+            settings = SOURCE_SETTINGS[column.source]
+            teacher = import_teacher(column.teacher_checkpoint, settings['teacher_model'],
+                                     num_classes=bundle.num_classes, norm=settings['teacher_norm'])
+            save_model(teacher, folder, bundle, dict(norm=settings['teacher_norm']))
+    return bundles
+
+
+class DpkdRunner:
+    """Runs one job of the table on a worker's accelerator (created in the worker); the columns' data is read from
+    the file the parent wrote once (memory-mapped: the workers share its pages)."""
+
+    def __init__(self, out: Path, data_file: Path, cpu: bool, model_kwargs: Optional[Dict[str, Any]]):
+        self.out, self.data_file, self.cpu, self.model_kwargs = out, data_file, cpu, model_kwargs
+
+    def setup(self, worker: int) -> Callable[[Job], Dict[str, Any]]:
+        import torch
+        from accelerate import Accelerator
+        self.worker, self.accelerator = worker, Accelerator(cpu=self.cpu)
+        if self.accelerator.device.type == 'cuda':
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
+            torch.set_num_threads(1)  # the GPU does the work; K workers share the host's cores
+        self.bundles = torch.load(self.data_file, weights_only=False, mmap=True)  # our own file, written just now
+        return self.run
+
+    def run(self, job: Job) -> Dict[str, Any]:
+        spec = job.spec
+        run = self._teacher(job) if spec['kind'] == 'teacher' else self._student(job)
+        return dict(run, column=spec['column'].name, device=str(self.accelerator.device), worker=self.worker)
+
+    def _teacher(self, job: Job) -> Dict[str, Any]:
+        from timm_dd.train import run_experiment
+        from timm_dd.train.config import load_config
+        column: Column = job.spec['column']
+        settings = SOURCE_SETTINGS[column.source]
+        cfg = load_config(TEACHER_RECIPE, dict(_overrides(TEACHER_RECIPE, job.spec['epochs']),
+                                               student_norm=settings['teacher_norm']))
+        net = settings['teacher_model']
+        result = run_experiment(cfg, [net], [0], self.bundles[column.name], self.out / job.key, self.accelerator,
+                                resume=True, save_models=True)
+        src, dst = self.out / job.key / 'runs' / net / 'seed0' / 'model', _teacher_folder(self.out, column)
+        if not (dst / 'config.json').is_file():
+            if not src.is_dir():  # finished before, its network lost: train it again
+                raise RuntimeError(f'{src} is missing; remove {self.out / job.key} and run again')
+            src.rename(dst)
+        run = result.runs[0]
+        return dict(kind='teacher', net=net, recipe=TEACHER_RECIPE, final_acc=run['final_acc'],
+                    best_acc=run['best_acc'])
+
+    def _student(self, job: Job) -> Dict[str, Any]:
+        from timm_dd.train import run_experiment
+        from timm_dd.train.config import load_config
+        spec = job.spec
+        column: Column = spec['column']
+        recipe, net, seed = spec['recipe'], spec['net'], spec['seed']
+        cfg = load_config(recipe, {**_overrides(recipe, spec['epochs']), **_column_settings(column, self.out)})
+        kwargs = self.model_kwargs if net != CONVNET[column.source] else None
+        result = run_experiment(cfg, [net], [seed], self.bundles[column.name], self.out / job.key, self.accelerator,
+                                model_kwargs=kwargs, resume=True)
+        run = result.runs[0]
+        teacher = result.teacher_runs[0]['final_acc'] if result.teacher_runs else None
+        return dict(kind='student', row=spec['row'], recipe=recipe, net=net, seed=seed, epochs=cfg.epochs,
+                    final_acc=run['final_acc'], best_acc=run['best_acc'], best_epoch=run['best_epoch'],
+                    teacher_acc=teacher)
+
+
+def _mean_std(values: List[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f'{100 * statistics.fmean(values):.1f} ± {100 * std:.1f}'
+
+
+def assemble_dpkd(records: List[Dict[str, Any]], columns: Sequence[Column], jobs: Sequence[Job],
+                  bundles: Dict[str, Any], compare_as: str, protocol: str, device: str) -> Dict[str, Any]:
+    """The table from the finished runs: one line per (column, row, network) that has a run, in table order."""
+    students = [r for r in records if r.get('kind') == 'student']
+    teachers = {r['column']: r for r in records if r.get('kind') == 'teacher'}
+    cifar10 = compare_as.lower() == 'cifar10'
+    rows, notes = [], []
+    for column in columns:
+        published = DPKD_PUBLISHED.get((column.source, column.ipc), {}) if cifar10 else {}
+        planned = [j.spec for j in jobs if j.spec.get('column') == column and j.spec['kind'] == 'student']
+        order = [r for r, _ in DPKD_ROWS]
+        nets = list(dict.fromkeys(s['net'] for s in planned))
+        cells = sorted(dict.fromkeys((s['row'], s['recipe'], s['net']) for s in planned),
+                       key=lambda cell: (order.index(cell[0]), nets.index(cell[2])))
+        for row, recipe, net in cells:
+            runs = [r for r in students if (r['column'], r['row'], r['net']) == (column.name, row, net)]
+            seeds = sorted({s['seed'] for s in planned if (s['row'], s['net']) == (row, net)})
+            line = dict(column=column.name, row=row, recipe=recipe, net=net, runs=len(runs), seeds_planned=seeds,
+                        published=published.get(net, {}).get(row))
+            if runs:
+                line.update(ours=_mean_std([r['final_acc'] for r in runs]),
+                            best=_mean_std([r['best_acc'] for r in runs]),
+                            final_mean=statistics.fmean(r['final_acc'] for r in runs),
+                            best_mean=statistics.fmean(r['best_acc'] for r in runs),
+                            seconds=statistics.fmean(r['seconds'] for r in runs))
+            rows.append(line)
+        teacher_accs = [r['teacher_acc'] for r in students if r['column'] == column.name and r.get('teacher_acc')]
+        trained = teachers.get(column.name)
+        acc = teacher_accs[0] if teacher_accs else (trained['final_acc'] if trained else None)
+        convnet_published = published.get(CONVNET[column.source], {}).get('Baseline')
+        if acc is not None:
+            who = ("the authors' released teacher" if column.teacher_checkpoint else
+                   f'our teacher ({TEACHER_RECIPE}, last epoch)')
+            offset = (f'; the paper\'s 3-layer CNN: {convnet_published:.1f}, offset {100 * acc - convnet_published:+.1f}'
+                      if convnet_published is not None and column.teacher_checkpoint else '')
+            notes.append(f'{column.name}: {who} ({SOURCE_SETTINGS[column.source]["teacher_model"]}) on this data '
+                         f'path: {100 * acc:.1f} %{offset}')
+    pending = [j.key for j in jobs if not any(r.get('key') == j.key for r in records)]
+    return dict(table='dpkd', columns=[dict(name=c.name, data=c.data, description=bundles[c.name].description,
+                                            settings=SOURCE_SETTINGS[c.source],
+                                            teacher=c.teacher_checkpoint or f'trained in the run ({TEACHER_RECIPE})')
+                                       for c in columns],
+                protocol=protocol, published_source=SOURCES['dpkd'], device=device, rows=rows, notes=notes,
+                complete=not pending, pending=pending)
 
 
 def to_markdown(report: Dict[str, Any]) -> str:
-    lines = [f"Table `{report['table']}` on {report['description']}; seeds {report['seeds']}; "
-             f"{report['protocol']}; device {report['device']}. Final top-1 (%), mean ± std over seeds.",
-             f"Published: {report['published_source']}; empty where the source has no number.", '',
-             '| row | recipe | network | ours | published |', '|---|---|---|---|---|']
-    for r in report['rows']:
-        pub = '' if r['published'] is None else r['published']
-        lines.append(f"| {r['row']} | `{r['recipe']}` | {r['net']} | {r['ours']} | {pub} |")
+    if report['table'] == 'cross-arch':
+        lines = [f"Table `cross-arch` on {report['description']}; seeds {report['seeds']}; {report['protocol']}; "
+                 f"device {report['device']}. Final top-1 (%), mean ± std over seeds.",
+                 f"Published: {report['published_source']}; empty where the source has no number.", '',
+                 '| row | recipe | network | ours | published |', '|---|---|---|---|---|']
+        for r in report['rows']:
+            pub = '' if r['published'] is None else r['published']
+            lines.append(f"| {r['row']} | `{r['recipe']}` | {r['net']} | {r['ours']} | {pub} |")
+        return '\n'.join(lines) + '\n'
+    status = 'complete' if report['complete'] else f"PARTIAL: {len(report['pending'])} runs not finished"
+    lines = [f"Table `dpkd` ({status}); {report['protocol']}; device {report['device']}.",
+             'Top-1 (%) on the CIFAR-10 test set, mean ± std over the finished seeds: **final** (after the last '
+             'epoch) and best over the periodic evaluations (test-set selection; the released DP+KD code reports '
+             'the best).', f"Published: {report['published_source']}; empty where the source has no number.", '']
+    for column in report['columns']:
+        lines += [f"**{column['name']}**: {column['description']}; settings {column['settings']}; teacher "
+                  f"{column['teacher']}.", '', '| row | recipe | network | final | best | runs | published |',
+                  '|---|---|---|---|---|---|---|']
+        for r in (r for r in report['rows'] if r['column'] == column['name']):
+            pub = '' if r['published'] is None else f"{r['published']:.1f}"
+            lines.append(f"| {r['row']} | `{r['recipe']}` | {r['net']} | {r.get('ours', '')} | {r.get('best', '')} "
+                         f"| {r['runs']}/{len(r['seeds_planned'])} | {pub} |")
+        lines.append('')
+    lines += [f'* {note}' for note in report['notes']]
     return '\n'.join(lines) + '\n'
+
+
+def write_report(report: Dict[str, Any], out: Path) -> str:
+    from timm_dd.io import atomic_write, atomic_write_json
+    atomic_write_json(out / 'reproduce.json', report, indent=2)
+    text = to_markdown(report)
+    with atomic_write(out / 'reproduce.md', 'w') as f:
+        f.write(text)
+    return text
+
+
+def run_dpkd(args: argparse.Namespace, columns: Sequence[Column]) -> Dict[str, Any]:
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    bundles = prepare_columns(columns, args.dataset, out, args.soft_label_temperature)
+    jobs = dpkd_jobs(columns, args.rows, args.nets, args.seeds, args.epochs)
+    protocol = ('full published schedules' if args.epochs is None else
+                f'SHORTENED to {args.epochs} epochs per run (published: 1000-4000): shows the pipeline, not the '
+                f'published gains')
+    device = 'cpu' if args.cpu else 'the accelerate device'
+
+    def table() -> Dict[str, Any]:
+        report = assemble_dpkd(finished_records(out, jobs), columns, jobs, bundles, args.compare_as or args.dataset,
+                               protocol, device)
+        write_report(report, out)
+        return report
+
+    import torch
+    from timm_dd.io import atomic_write
+    data_file = out / '.columns.pt'  # rewritten by each invocation: the data as prepared now
+    with atomic_write(data_file, 'wb') as f:
+        torch.save(bundles, f)
+    runner = DpkdRunner(out, data_file, args.cpu, args.model_kwargs)
+    status = run_queue(out, jobs, runner, workers=args.workers,
+                       time_limit=args.time_limit, on_tick=table)
+    report = dict(table(), queue=dict(status, workers=args.workers))
+    write_report(report, out)
+    return report
+
+
+def run_cross_arch(args: argparse.Namespace) -> Dict[str, Any]:
+    from accelerate import Accelerator
+    from timm_dd.train import prepare_data, run_experiment
+    from timm_dd.train.config import load_config
+    accelerator = Accelerator(cpu=args.cpu)
+    bundle = prepare_data(args.data, dataset=args.dataset, layout=args.layout, image_space=args.image_space,
+                          soft_label_temperature=args.soft_label_temperature)
+    cifar10 = str(args.compare_as or args.dataset).lower() == 'cifar10'
+    published = CROSS_PUBLISHED.get((args.method, args.ipc), {}) if cifar10 else {}
+    cfg = load_config('baseline', _overrides('baseline', args.epochs))
+    result = run_experiment(cfg, args.nets or CROSS_NETS, args.seeds, bundle, Path(args.output) / 'baseline',
+                            accelerator, model_kwargs=args.model_kwargs, resume=True)
+    rows = [dict(row=f'{args.method} IPC {args.ipc}', recipe='baseline', net=line['model'],
+                 ours=f"{100 * line['final_mean']:.1f} ± {100 * line['final_std']:.1f}", runs=line['runs'],
+                 published=published.get(line['model'])) for line in result.table]
+    protocol = ('full published schedules' if args.epochs is None else
+                f'SHORTENED to {args.epochs} epochs per run (published: 1000-4000): shows the pipeline, not the '
+                f'published gains')
+    report = dict(table='cross-arch', data=str(args.data), description=bundle.description, seeds=list(args.seeds),
+                  protocol=protocol, published_source=SOURCES['cross-arch'], device=str(accelerator.device),
+                  rows=rows)
+    write_report(report, Path(args.output))
+    return report
 
 
 def _smoke_set(folder: Path) -> Path:
@@ -142,7 +431,12 @@ def _smoke_set(folder: Path) -> Path:
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--table', choices=['dpkd', 'cross-arch'], default='dpkd')
-    p.add_argument('--data', help='the distilled set (timm_dd folder, Hub id, or another layout)')
+    p.add_argument('--authors', default=None,
+                   help='dpkd: the DP+KD repository folder (distilled_data/, snapshots/): its sets are the columns')
+    p.add_argument('--columns', nargs='+', default=None, help='dpkd with --authors: e.g. mtt-ipc10 frepo-ipc10')
+    p.add_argument('--rows', nargs='+', default=[r for r, _ in DPKD_ROWS], choices=[r for r, _ in DPKD_ROWS])
+    p.add_argument('--data', help='one distilled set (timm_dd folder, Hub id, or another layout)')
+    p.add_argument('--teacher-checkpoint', default=None, help='dpkd with --data: the source\'s released teacher')
     p.add_argument('--dataset', default='cifar10', help='the real dataset (test set, class names, ZCA)')
     p.add_argument('--layout', default=None, help='layout of --data (default: detected)')
     p.add_argument('--image-space', default=None, choices=['zca', 'normalized', 'pixel'])
@@ -151,31 +445,44 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('--method', default='MTT', help='cross-arch: the method row (KIP, DSA, MTT, FTD, ATT)')
     p.add_argument('--ipc', type=int, default=10)
     p.add_argument('--nets', nargs='+', default=None)
-    p.add_argument('--model-kwargs', type=json.loads, default=None, help='JSON, e.g. \'{"width": 8}\' (tiny runs)')
+    p.add_argument('--model-kwargs', type=json.loads, default=None,
+                   help='JSON for the test networks (not the ConvNet), e.g. \'{"widths": [4, 4, 8, 8]}\' (tiny runs)')
     p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
     p.add_argument('--epochs', type=int, default=None, help='shorten every schedule to this many epochs')
+    p.add_argument('--workers', type=int, default=1, help='dpkd: processes taking runs at once (GPU: 8-16)')
+    p.add_argument('--time-limit', type=float, default=None, help='dpkd: stop the workers after this many seconds')
     p.add_argument('--output', default='output/reproduce')
     p.add_argument('--cpu', action='store_true')
     p.add_argument('--smoke', action='store_true', help='a seconds-long run on a tiny set (tests)')
     args = p.parse_args(argv)
-    from accelerate import Accelerator
+    args.compare_as = None
+    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s %(message)s')
     if args.smoke:
         args.data = str(_smoke_set(Path(tempfile.mkdtemp(prefix='repro_smoke_')) / 'set'))
         args.dataset, args.image_space, args.layout, args.cpu = 'digits', 'normalized', 'mtt', True
         args.compare_as = 'cifar10'  # smoke: show the CIFAR-10 columns beside the tiny digits run
-        args.epochs, args.seeds = 1, [0]
+        args.epochs, args.seeds = 1, ([0] if args.seeds == [0, 1, 2] else args.seeds)
         args.nets = args.nets or (['resnet18_dd'] if args.table == 'dpkd' else ['convnet3'])
         args.model_kwargs = args.model_kwargs or ({'widths': [4, 4, 8, 8]} if args.table == 'dpkd' else {'width': 4})
-    if args.data is None:
-        p.error('--data is required (or --smoke)')
-    accelerator = Accelerator(cpu=args.cpu)
-    report = run_table(args, accelerator)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / 'reproduce.json').write_text(json.dumps(report, indent=2) + '\n')
-    text = to_markdown(report)
-    (out / 'reproduce.md').write_text(text)
-    print(text)
+    if args.table == 'cross-arch':
+        if args.data is None:
+            p.error('--data is required (or --smoke)')
+        print(to_markdown(run_cross_arch(args)))
+        return 0
+    if (args.data is None) == (args.authors is None):
+        p.error('give one distilled set (--data, with --source and --ipc) or the DP+KD repository (--authors), or '
+                '--smoke')
+    if args.authors:
+        columns = authors_columns(Path(args.authors), args.dataset)
+        if args.columns:
+            unknown = sorted(set(args.columns) - {c.name for c in columns})
+            if unknown:
+                p.error(f'--columns {unknown} not in {args.authors} (it holds {[c.name for c in columns]})')
+            columns = [c for c in columns if c.name in args.columns]
+    else:
+        columns = [Column(args.source, args.ipc, args.data, args.layout, args.image_space, args.teacher_checkpoint)]
+    report = run_dpkd(args, columns)
+    print(to_markdown(report))
     return 0
 
 

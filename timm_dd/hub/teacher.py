@@ -20,7 +20,8 @@ from ..io import atomic_folder, atomic_write
 from ._errors import HubError, hub_error, with_retries
 from ._repo import prepare_repo, split_source
 
-__all__ = ['push_teacher', 'load_teacher', 'save_teacher', 'record_input', 'model_image_space', 'teacher_model_card']
+__all__ = ['push_teacher', 'load_teacher', 'save_teacher', 'import_teacher', 'record_input', 'model_image_space',
+           'teacher_model_card']
 
 _logger = logging.getLogger(__name__)
 
@@ -290,3 +291,44 @@ def load_teacher(
         if err is None:
             raise
         raise err from None
+
+
+def import_teacher(checkpoint: Union[str, os.PathLike], model_name: str, **model_args: Any) -> nn.Module:
+    """A network saved by another tool's training script, as the timm_dd model ``model_name``.
+
+    Reads a ``torch.save`` of a state dict, or of ``{'state_dict': ..., 'epoch': ...}`` as the DP+KD code (Zhong &
+    Liu, "Towards Mitigating Architecture Overfitting on Distilled Datasets") writes its ``checkpoint_best.pth``
+    teachers; a ``module.`` prefix (DataParallel) is dropped. Tensors only (``weights_only``): no pickled code runs.
+    Its released MTT teachers are ``import_teacher(path, 'convnet3', num_classes=10)`` (instance norm).
+    Record the data it was trained on with :func:`record_input` before :func:`save_teacher`, so that a training
+    run can check the teacher against its images.
+
+    Raises:
+        ValueError: the file holds no state dict, or one whose names or shapes do not fit ``model_name`` with
+            ``model_args`` (the message lists them, e.g. a batch-norm checkpoint given an instance-norm model).
+    """
+    import timm
+    import torch
+
+    path = Path(checkpoint)
+    try:
+        obj = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        raise ValueError(f'{path}: not a readable torch checkpoint of tensors ({str(e).splitlines()[0]})') from None
+    state = obj.get('state_dict', obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f'{path}: holds no state dict (a dict of tensors, or {{"state_dict": ...}})')
+    state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
+    model = timm.create_model(model_name, **model_args)
+    ours = model.state_dict()
+    missing, unexpected = sorted(set(ours) - set(state)), sorted(set(state) - set(ours))
+    shapes = [f'{k} {tuple(state[k].shape)} vs {tuple(ours[k].shape)}' for k in sorted(set(ours) & set(state))
+              if state[k].shape != ours[k].shape]
+    if missing or unexpected or shapes:
+        what = '; '.join(f'{name}: {", ".join(keys[:4])}{" ..." if len(keys) > 4 else ""}' for name, keys in
+                         (('missing', missing), ('unexpected', unexpected), ('shapes (file vs model)', shapes))
+                         if keys)
+        raise ValueError(f'{path} does not fit {model_name} {model_args or ""} ({what}); give the architecture and '
+                         f'keywords (norm, width, num_classes) it was trained with')
+    model.load_state_dict(state)
+    return model
