@@ -32,9 +32,12 @@ class Job:
 
 class Runner(Protocol):
     """Picklable: sent to every worker, which calls ``setup(worker_index)`` once and then runs jobs with the
-    function it returns."""
+    function it returns. ``estimate(job)``: the seconds a job is expected to take (``None``: unknown), so that
+    no job is started that cannot finish before the time limit."""
 
     def setup(self, worker: int) -> Callable[['Job'], Dict[str, Any]]: ...
+
+    def estimate(self, job: 'Job') -> Optional[float]: ...
 
 
 def done_record(out: Path, key: str) -> Optional[Dict[str, Any]]:
@@ -42,12 +45,13 @@ def done_record(out: Path, key: str) -> Optional[Dict[str, Any]]:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _claim(out: Path, claims: Path, jobs: Sequence[Job]) -> Tuple[Optional[Job], bool]:
-    """The first job nobody has finished or claimed whose dependencies are done; and whether any job is still
-    waiting on a dependency (then the caller polls again)."""
+def _claim(out: Path, claims: Path, jobs: Sequence[Job],
+           fits: Callable[[Job], bool] = lambda job: True) -> Tuple[Optional[Job], bool]:
+    """The first job nobody has finished or claimed whose dependencies are done and that ``fits`` the time left;
+    and whether any job is still waiting on a dependency (then the caller polls again)."""
     waiting = False
     for job in jobs:
-        if (out / job.key / DONE_FILE).is_file():
+        if (out / job.key / DONE_FILE).is_file() or not fits(job):
             continue
         claim = claims / job.key.replace('/', '__')
         if claim.exists():
@@ -66,12 +70,19 @@ def _claim(out: Path, claims: Path, jobs: Sequence[Job]) -> Tuple[Optional[Job],
 
 
 def work(out: Path, claims: Path, jobs: Sequence[Job], run: Callable[[Job], Dict[str, Any]],
-         poll_seconds: float = 2.0) -> int:
-    """Run jobs from the queue until none is left for this process; returns how many it finished."""
+         poll_seconds: float = 2.0, deadline: Optional[float] = None,
+         estimate: Optional[Callable[[Job], Optional[float]]] = None) -> int:
+    """Run jobs from the queue until none is left for this process (none that fits before ``deadline``, a
+    ``time.time()``, by ``estimate``); returns how many it finished."""
     logger = logging.getLogger('reproduce.jobs')
     finished = 0
+
+    def fits(job: Job) -> bool:
+        seconds = estimate(job) if (estimate is not None and deadline is not None) else None
+        return seconds is None or time.time() + seconds <= deadline
+
     while True:
-        job, waiting = _claim(out, claims, jobs)
+        job, waiting = _claim(out, claims, jobs, fits)
         if job is None:
             if not waiting:
                 return finished
@@ -88,24 +99,27 @@ def work(out: Path, claims: Path, jobs: Sequence[Job], run: Callable[[Job], Dict
             continue
         record = dict(record, key=job.key, seconds=time.time() - start)
         atomic_write_json(out / job.key / DONE_FILE, record, indent=2)
+        (out / job.key / FAILED_FILE).unlink(missing_ok=True)  # an earlier try's error no longer holds
         finished += 1
         logger.info('done %s in %.0f s', job.key, record['seconds'])
 
 
-def _worker_main(index: int, out: Path, claims: Path, jobs: Sequence[Job], runner: Runner) -> None:
+def _worker_main(index: int, out: Path, claims: Path, jobs: Sequence[Job], runner: Runner,
+                 deadline: Optional[float]) -> None:
     logs = out / 'logs'
     logs.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(logs / f'worker{index}.log')
     handler.setFormatter(logging.Formatter('%(asctime)s %(name)s %(levelname)s %(message)s'))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-    work(out, claims, jobs, runner.setup(index))
+    work(out, claims, jobs, runner.setup(index), deadline=deadline, estimate=runner.estimate)
 
 
 def run_queue(out: Path, jobs: Sequence[Job], runner: Runner,
               workers: int = 1, time_limit: Optional[float] = None, on_tick: Optional[Callable[[], None]] = None,
               tick_seconds: float = 30.0) -> Dict[str, Any]:
     """Run ``jobs`` in ``workers`` processes (1 without a time limit: in this process) until all are done or ``time_limit``
-    seconds have passed (workers are then stopped; their runs resume from checkpoints next time). ``on_tick`` is
+    seconds have passed (workers then start no job expected to outlast the limit, and are stopped at it; their
+    runs resume from checkpoints next time). ``on_tick`` is
     called every ``tick_seconds`` and at the end (the parent rewrites the table there)."""
     out.mkdir(parents=True, exist_ok=True)
     claims = out / f'.claims-{os.getpid()}-{int(time.time())}'
@@ -117,7 +131,8 @@ def run_queue(out: Path, jobs: Sequence[Job], runner: Runner,
     else:
         ctx = multiprocessing.get_context('spawn')
         os.environ.setdefault('TQDM_DISABLE', '1')  # inherited: bars of K processes on one stream are noise
-        procs = [ctx.Process(target=_worker_main, args=(i, out, claims, jobs, runner), daemon=True)
+        deadline = start + time_limit if time_limit is not None else None
+        procs = [ctx.Process(target=_worker_main, args=(i, out, claims, jobs, runner, deadline), daemon=True)
                  for i in range(max(1, workers))]
         for p in procs:
             p.start()

@@ -34,14 +34,26 @@ Usage::
     python benchmarks/reproduce.py --table dpkd --data <set> --source mtt --ipc 10 --dataset cifar10 \\
         [--layout mtt --image-space zca] [--teacher-checkpoint PATH] --output out/dpkd
     python benchmarks/reproduce.py --table cross-arch --method MTT --ipc 10 --data <set> --dataset cifar10 ...
+    python benchmarks/reproduce.py --table dpkd --authors carry/dpkd --report-only --output out/dpkd   # table only
     python benchmarks/reproduce.py --smoke --output /tmp/repro      # seconds, on a tiny set it makes itself
+
+On the project's device machine (one H200; the data travels as ``carry/``, see BENCHMARKS.md "Running it on the
+device machine")::
+
+    run(command='mkdir -p /tmp/c10 && tar xJf carry/cifar10-jpeg.tar.xz -C /tmp/c10 && TIMM_DD_DATA=/tmp/c10 '
+                'timeout 540 python3 benchmarks/reproduce.py --authors carry/dpkd --columns mtt-ipc10 mtt-ipc1 '
+                'frepo-ipc10 --workers 12 --time-limit 430 --output /tmp/dpkd; cp /tmp/dpkd/reproduce.* $OUT/; '
+                "tar czf $OUT/dpkd_runs.tgz --exclude='*.pt' -C /tmp dpkd",
+        carry=['carry/dpkd', 'carry/cifar10-jpeg.tar.xz'], timeout_s=590)
+
+and unpack ``dpkd_runs.tgz`` over the output folder the table is kept in (finished runs are never redone).
 """
 import argparse
 import json
 import logging
+import shutil
 import statistics
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -49,7 +61,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / 'benchmarks'))
-from _jobs import Job, finished_records, run_queue  # noqa: E402
+from _jobs import DONE_FILE, Job, finished_records, run_queue  # noqa: E402
 
 #: source of each published table (second-hand where said; see the repository's specs for the details)
 SOURCES = {
@@ -120,6 +132,11 @@ class Column:
     def name(self) -> str:
         return f'{self.source}-ipc{self.ipc}'
 
+    @property
+    def description(self) -> str:
+        space = f', {self.image_space} space' if self.image_space else ''
+        return f'{self.source.upper()} IPC {self.ipc} ({self.data}{space})'
+
 
 def authors_columns(folder: Path, dataset: str = 'cifar10') -> List[Column]:
     """The columns of the DP+KD repository's release under ``folder`` (those whose images are there)."""
@@ -152,6 +169,10 @@ def _teacher_key(column: Column) -> str:
 def _teacher_folder(out: Path, column: Column) -> Path:
     """Where a column's teacher is saved in timm's folder layout (imported, or trained by its job)."""
     return out / _teacher_key(column) / 'model'
+
+
+def _teacher_ready(folder: Path) -> bool:
+    return (folder / 'config.json').is_file() and (folder / 'model.safetensors').is_file()
 
 
 def dpkd_jobs(columns: Sequence[Column], rows: Sequence[str], nets: Optional[Sequence[str]], seeds: Sequence[int],
@@ -207,7 +228,8 @@ def prepare_columns(columns: Sequence[Column], dataset: str, out: Path,
                               soft_label_temperature=temperature)
         bundles[column.name] = bundle
         folder = _teacher_folder(out, column)
-        if column.teacher_checkpoint and not (folder / 'config.json').is_file():
+        if column.teacher_checkpoint and not _teacher_ready(folder):
+            shutil.rmtree(folder, ignore_errors=True)  # ours: a copy of the results without the weights
             settings = SOURCE_SETTINGS[column.source]
             teacher = import_teacher(column.teacher_checkpoint, settings['teacher_model'],
                                      num_classes=bundle.num_classes, norm=settings['teacher_norm'])
@@ -219,8 +241,18 @@ class DpkdRunner:
     """Runs one job of the table on a worker's accelerator (created in the worker); the columns' data is read from
     the file the parent wrote once (memory-mapped: the workers share its pages)."""
 
-    def __init__(self, out: Path, data_file: Path, cpu: bool, model_kwargs: Optional[Dict[str, Any]]):
+    def __init__(self, out: Path, data_file: Path, cpu: bool, model_kwargs: Optional[Dict[str, Any]],
+                 jobs: Sequence[Job] = ()):
         self.out, self.data_file, self.cpu, self.model_kwargs = out, data_file, cpu, model_kwargs
+        self._jobs = list(jobs)
+
+    def estimate(self, job: Job) -> Optional[float]:
+        """The longest time a finished run of the same cell (any seed) took, or None."""
+        if job.spec['kind'] != 'student':
+            return None
+        cell = job.key.rsplit('/', 1)[0] + '/'  # <column>/<recipe>/<net>/
+        seconds = [r['seconds'] for r in finished_records(self.out, self._jobs) if r['key'].startswith(cell)]
+        return max(seconds) if seconds else None
 
     def setup(self, worker: int) -> Callable[[Job], Dict[str, Any]]:
         import torch
@@ -240,19 +272,21 @@ class DpkdRunner:
     def _teacher(self, job: Job) -> Dict[str, Any]:
         from timm_dd.train import run_experiment
         from timm_dd.train.config import load_config
+        from timm_dd.train.networks import load_done
         column: Column = job.spec['column']
         settings = SOURCE_SETTINGS[column.source]
         cfg = load_config(TEACHER_RECIPE, dict(_overrides(TEACHER_RECIPE, job.spec['epochs']),
                                                student_norm=settings['teacher_norm']))
         net = settings['teacher_model']
-        result = run_experiment(cfg, [net], [0], self.bundles[column.name], self.out / job.key, self.accelerator,
-                                resume=True, save_models=True)
         src, dst = self.out / job.key / 'runs' / net / 'seed0' / 'model', _teacher_folder(self.out, column)
-        if not (dst / 'config.json').is_file():
-            if not src.is_dir():  # finished before, its network lost: train it again
-                raise RuntimeError(f'{src} is missing; remove {self.out / job.key} and run again')
+        run = load_done(src.parent)
+        if run is None or not _teacher_ready(dst):
+            shutil.rmtree(dst, ignore_errors=True)  # ours: a copy of the results without the weights
+            # a finished teacher whose network was not kept (results copied without weights) is trained again
+            result = run_experiment(cfg, [net], [0], self.bundles[column.name], self.out / job.key,
+                                    self.accelerator, resume=src.is_dir() or run is None, save_models=True)
             src.rename(dst)
-        run = result.runs[0]
+            run = result.runs[0]
         return dict(kind='teacher', net=net, recipe=TEACHER_RECIPE, final_acc=run['final_acc'],
                     best_acc=run['best_acc'])
 
@@ -279,7 +313,7 @@ def _mean_std(values: List[float]) -> str:
 
 
 def assemble_dpkd(records: List[Dict[str, Any]], columns: Sequence[Column], jobs: Sequence[Job],
-                  bundles: Dict[str, Any], compare_as: str, protocol: str, device: str) -> Dict[str, Any]:
+                  compare_as: str, protocol: str) -> Dict[str, Any]:
     """The table from the finished runs: one line per (column, row, network) that has a run, in table order."""
     students = [r for r in records if r.get('kind') == 'student']
     teachers = {r['column']: r for r in records if r.get('kind') == 'teacher'}
@@ -316,11 +350,12 @@ def assemble_dpkd(records: List[Dict[str, Any]], columns: Sequence[Column], jobs
             notes.append(f'{column.name}: {who} ({SOURCE_SETTINGS[column.source]["teacher_model"]}) on this data '
                          f'path: {100 * acc:.1f} %{offset}')
     pending = [j.key for j in jobs if not any(r.get('key') == j.key for r in records)]
-    return dict(table='dpkd', columns=[dict(name=c.name, data=c.data, description=bundles[c.name].description,
+    devices = sorted({r['device'] for r in records if r.get('device')})
+    return dict(table='dpkd', columns=[dict(name=c.name, data=c.data, description=c.description,
                                             settings=SOURCE_SETTINGS[c.source],
                                             teacher=c.teacher_checkpoint or f'trained in the run ({TEACHER_RECIPE})')
                                        for c in columns],
-                protocol=protocol, published_source=SOURCES['dpkd'], device=device, rows=rows, notes=notes,
+                protocol=protocol, published_source=SOURCES['dpkd'], devices=devices, rows=rows, notes=notes,
                 complete=not pending, pending=pending)
 
 
@@ -335,7 +370,7 @@ def to_markdown(report: Dict[str, Any]) -> str:
             lines.append(f"| {r['row']} | `{r['recipe']}` | {r['net']} | {r['ours']} | {pub} |")
         return '\n'.join(lines) + '\n'
     status = 'complete' if report['complete'] else f"PARTIAL: {len(report['pending'])} runs not finished"
-    lines = [f"Table `dpkd` ({status}); {report['protocol']}; device {report['device']}.",
+    lines = [f"Table `dpkd` ({status}); {report['protocol']}; runs made on {', '.join(report['devices']) or '-'}.",
              'Top-1 (%) on the CIFAR-10 test set, mean ± std over the finished seeds: **final** (after the last '
              'epoch) and best over the periodic evaluations (test-set selection; the released DP+KD code reports '
              'the best).', f"Published: {report['published_source']}; empty where the source has no number.", '']
@@ -362,29 +397,32 @@ def write_report(report: Dict[str, Any], out: Path) -> str:
 
 
 def run_dpkd(args: argparse.Namespace, columns: Sequence[Column]) -> Dict[str, Any]:
+    """Run the table's missing runs (or, with ``--report-only``, only assemble the finished ones)."""
+    import torch
+    from timm_dd.io import atomic_write
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    bundles = prepare_columns(columns, args.dataset, out, args.soft_label_temperature)
     jobs = dpkd_jobs(columns, args.rows, args.nets, args.seeds, args.epochs)
     protocol = ('full published schedules' if args.epochs is None else
                 f'SHORTENED to {args.epochs} epochs per run (published: 1000-4000): shows the pipeline, not the '
                 f'published gains')
-    device = 'cpu' if args.cpu else 'the accelerate device'
 
     def table() -> Dict[str, Any]:
-        report = assemble_dpkd(finished_records(out, jobs), columns, jobs, bundles, args.compare_as or args.dataset,
-                               protocol, device)
+        report = assemble_dpkd(finished_records(out, jobs), columns, jobs, args.compare_as or args.dataset, protocol)
         write_report(report, out)
         return report
 
-    import torch
-    from timm_dd.io import atomic_write
+    if args.report_only:
+        return table()
+    bundles = prepare_columns(columns, args.dataset, out, args.soft_label_temperature)
+    for column in columns:  # a teacher recorded as finished whose network is gone is a job again
+        if not _teacher_ready(_teacher_folder(out, column)):
+            (out / _teacher_key(column) / DONE_FILE).unlink(missing_ok=True)
     data_file = out / '.columns.pt'  # rewritten by each invocation: the data as prepared now
     with atomic_write(data_file, 'wb') as f:
         torch.save(bundles, f)
-    runner = DpkdRunner(out, data_file, args.cpu, args.model_kwargs)
-    status = run_queue(out, jobs, runner, workers=args.workers,
-                       time_limit=args.time_limit, on_tick=table)
+    runner = DpkdRunner(out, data_file, args.cpu, args.model_kwargs, jobs)
+    status = run_queue(out, jobs, runner, workers=args.workers, time_limit=args.time_limit, on_tick=table)
     report = dict(table(), queue=dict(status, workers=args.workers))
     write_report(report, out)
     return report
@@ -418,6 +456,8 @@ def run_cross_arch(args: argparse.Namespace) -> Dict[str, Any]:
 def _smoke_set(folder: Path) -> Path:
     """A tiny MTT-layout set of real digits (for --smoke)."""
     import torch
+    if (folder / 'labels_best.pt').is_file():
+        return folder
     from timm_dd.data import load_dataset
     train = load_dataset('digits', 'train', image_size=32)
     idx = torch.cat([(train.labels == c).nonzero().flatten()[:1] for c in range(10)])
@@ -452,13 +492,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('--workers', type=int, default=1, help='dpkd: processes taking runs at once (GPU: 8-16)')
     p.add_argument('--time-limit', type=float, default=None, help='dpkd: stop the workers after this many seconds')
     p.add_argument('--output', default='output/reproduce')
+    p.add_argument('--report-only', action='store_true', help='dpkd: only write the table of the finished runs')
     p.add_argument('--cpu', action='store_true')
     p.add_argument('--smoke', action='store_true', help='a seconds-long run on a tiny set (tests)')
     args = p.parse_args(argv)
     args.compare_as = None
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s %(message)s')
     if args.smoke:
-        args.data = str(_smoke_set(Path(tempfile.mkdtemp(prefix='repro_smoke_')) / 'set'))
+        args.data = str(_smoke_set(Path(args.output) / 'smoke-set'))  # the same path on resume
         args.dataset, args.image_space, args.layout, args.cpu = 'digits', 'normalized', 'mtt', True
         args.compare_as = 'cifar10'  # smoke: show the CIFAR-10 columns beside the tiny digits run
         args.epochs, args.seeds = 1, ([0] if args.seeds == [0, 1, 2] else args.seeds)

@@ -434,3 +434,16 @@ def test_resume_accepts_a_run_recorded_before_new_recipe_fields(tmp_path):
     changed['config']['recompute_bn'] = True
     with pytest.raises(ValueError, match='recompute_bn: None -> True'):
         check_resume(tmp_path, changed, resume=True)
+
+
+def test_a_non_finite_loss_stops_the_run_before_its_checkpoint(tmp_path, accelerator):
+    """The loss is read back once per epoch (no host sync per step); a non-finite one is an error naming the epoch
+    and the images' range, raised before any hook sees the epoch, so no checkpoint holds the broken weights."""
+    bundle = prepare_data(dataset='digits', real_ipc=1, image_size=8)
+    train = ImageSet(bundle.train.images * 1e30, bundle.train.labels, num_classes=10)
+    cfg = load_config('baseline', dict(epochs=3, eval_every=0, checkpoint_every=1, lr=0.01))
+    model = create_student('convnet3', bundle, cfg, width=4)
+    test = DataLoader(TensorDataset(bundle.test.images[:8], bundle.test.labels[:8]), batch_size=8)
+    with pytest.raises(FloatingPointError, match=r'convnet3: loss became nan at epoch 0 .*images in \[.*e\+30'):
+        train_model(model, train, test, cfg, accelerator, 'convnet3', out_dir=tmp_path, distributed=False)
+    assert not (tmp_path / 'checkpoint.pt').exists()

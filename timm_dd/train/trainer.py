@@ -144,10 +144,16 @@ class _Run:
         with seeded(cfg.seed, epoch, self.rank, 3, device=self.device):  # dropout and other draws from the global RNG
             losses = run_batches(batches, self._loss_of, self.optimizer, self._backward, self._step, self._set_lr,
                                  self.show_progress, f'epoch {epoch}')
+        # the epoch's one read-back from the device; a non-finite step loss stops the run here, before any hook
+        # (so before a checkpoint) sees the epoch
+        loss = torch.stack(losses).sum().item() / self.iters_per_epoch
+        if not math.isfinite(loss):
+            raise FloatingPointError(f'{self.name}: loss became {loss} at epoch {epoch} (learning rate '
+                                     f'{self._lr:.3g}; images in [{self.images.min().item():.3g}, '
+                                     f'{self.images.max().item():.3g}])')
         self.train_seconds += time.perf_counter() - t0
         self.images_seen += self.n  # over all processes
-        return {'epoch': epoch, 'keep_rate': keep_rate, 'lr': self._lr,
-                'loss': torch.stack(losses).sum().item() / self.iters_per_epoch}
+        return {'epoch': epoch, 'keep_rate': keep_rate, 'lr': self._lr, 'loss': loss}
 
     def _set_lr(self, iteration: int) -> None:
         self._lr = self.base_lr * self.lr_schedule.factor(self._epoch, iteration, self.iters_per_epoch)
@@ -159,10 +165,7 @@ class _Run:
         xa = self.dsa(x, generator=self._aug_gen) if self.dsa is not None else x
         t = self.features[idx] if self.features is not None else None
         with self.accelerator.autocast():
-            loss = task_loss(self.task(xa, t), y, self.cfg, self.teacher, xa, t)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f'{self.name}: loss became {loss.item()} at epoch {self._epoch}')
-        return loss
+            return task_loss(self.task(xa, t), y, self.cfg, self.teacher, xa, t)  # checked once per epoch
 
     def _backward(self, loss: torch.Tensor) -> None:
         if self.distributed:
