@@ -117,8 +117,8 @@ def _worker_main(index: int, out: Path, claims: Path, jobs: Sequence[Job], runne
 def run_queue(out: Path, jobs: Sequence[Job], runner: Runner,
               workers: int = 1, time_limit: Optional[float] = None, on_tick: Optional[Callable[[], None]] = None,
               tick_seconds: float = 30.0) -> Dict[str, Any]:
-    """Run ``jobs`` in ``workers`` processes (1 without a time limit: in this process) until all are done or ``time_limit``
-    seconds have passed (workers then start no job expected to outlast the limit, and are stopped at it; their
+    """Run ``jobs`` in ``workers`` processes (1 without a time limit: in this process) until all are done or
+    ``time_limit`` seconds have passed (workers then start no job expected to outlast the limit, and are stopped at it; their
     runs resume from checkpoints next time). ``on_tick`` is
     called every ``tick_seconds`` and at the end (the parent rewrites the table there)."""
     out.mkdir(parents=True, exist_ok=True)

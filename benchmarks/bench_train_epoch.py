@@ -1,8 +1,8 @@
 """One `dpkd` training epoch: timm_dd's trainer against a bare PyTorch loop doing the same work, in one run.
 
 The work of one epoch of the DP+KD Full recipe on a distilled set: 100 images (IPC 10, 10 classes), batch 100,
-2-fold DSA, the student with its keep-rate DropPath active (1.0, 0.9, 0.8, ... per epoch), a ConvNet-3 teacher's forward on the
-same augmented batch, the KD loss ``alpha T^2 KL + (1 - alpha) CE``, Lion. ``timm_dd`` runs it through
+2-fold DSA, the student with its keep-rate DropPath active (1.0, 0.9, 0.8, ... per epoch), a ConvNet-3 teacher's
+forward on the same augmented batch, the KD loss ``alpha T^2 KL + (1 - alpha) CE``, Lion. ``timm_dd`` runs it through
 ``timm_dd.train.train_model`` (recipe ``dpkd``, no evaluation inside the timed epochs); the bare loop is written
 below with the same model, teacher, data, DSA and optimizer, and nothing else (no hooks, no metric lines, no
 checkpoint, no finite-loss check, no per-epoch loss read-back). Both run alternately, ``--repeats`` times, on the
@@ -152,7 +152,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     best = {k: min(v) for k, v in times.items()}
     ratios = {k: best[k] / best['bare'] for k in best}
     report = dict(
-        settings=dict(net=args.net, images=100, batch=100, dsa_k=2, keep_rate='1.0, 0.9, ... per epoch', kd='convnet3 teacher',
+        settings=dict(net=args.net, images=100, batch=100, dsa_k=2, keep_rate='1.0, 0.9, ... per epoch',
+                      kd='convnet3 teacher',
                       optimizer='timm Lion', epochs_per_measurement=args.epochs, repeats=args.repeats),
         device=str(device), torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.machine(),
         seconds_per_epoch=times, best=best, ratio_to_bare=ratios, target='timm_dd / bare <= 1.05',

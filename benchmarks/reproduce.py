@@ -345,7 +345,8 @@ def assemble_dpkd(records: List[Dict[str, Any]], columns: Sequence[Column], jobs
         if acc is not None:
             who = ("the authors' released teacher" if column.teacher_checkpoint else
                    f'our teacher ({TEACHER_RECIPE}, last epoch)')
-            offset = (f'; the paper\'s 3-layer CNN: {convnet_published:.1f}, offset {100 * acc - convnet_published:+.1f}'
+            offset = (f"; the paper's 3-layer CNN: {convnet_published:.1f}, "
+                      f'offset {100 * acc - convnet_published:+.1f}'
                       if convnet_published is not None and column.teacher_checkpoint else '')
             notes.append(f'{column.name}: {who} ({SOURCE_SETTINGS[column.source]["teacher_model"]}) on this data '
                          f'path: {100 * acc:.1f} %{offset}')

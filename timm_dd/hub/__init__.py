@@ -18,6 +18,6 @@ from .teacher import import_teacher, model_image_space, record_input, load_teach
 
 __all__ = [
     'HubError', 'push_distilled', 'load_distilled', 'import_distilled', 'push_teacher', 'load_teacher', 'save_teacher',
-    'import_teacher',
-    'teacher_model_card', 'record_input', 'model_image_space', 'push_expert_buffers', 'pull_expert_buffers',
+    'import_teacher', 'teacher_model_card', 'record_input', 'model_image_space', 'push_expert_buffers',
+    'pull_expert_buffers',
 ]
