@@ -160,10 +160,12 @@ class FakeHub:
         with self._lock:
             self._truncate[f'{repo_type}:{repo_id}:{filename}'] = (nbytes, count)
 
-    def fail_next(self, count: int = 1, status: int = 500, path_contains: str = '', message: str = '') -> None:
-        """Answer the next ``count`` requests whose path contains ``path_contains`` with HTTP ``status``."""
+    def fail_next(self, count: int = 1, status: int = 500, path_contains: str = '', message: str = '',
+                  retry_after: Optional[str] = None) -> None:
+        """Answer the next ``count`` requests whose path contains ``path_contains`` with HTTP ``status`` (and a
+        ``Retry-After`` header when given)."""
         with self._lock:
-            self._faults += [('status', (status, message), path_contains)] * count
+            self._faults += [('status', (status, message, retry_after), path_contains)] * count
 
     def hang_next(self, count: int = 1, seconds: float = 30., path_contains: str = '') -> None:
         """Accept the next ``count`` matching requests and send nothing for ``seconds``, then drop them."""
@@ -327,8 +329,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, obj: Any, status: int = 200, headers: Optional[Dict[str, str]] = None) -> bool:
         return self._send(status, json.dumps(obj).encode(), headers)
 
-    def _error(self, err: HubHTTPError) -> None:
+    def _error(self, err: HubHTTPError, retry_after: Optional[str] = None) -> None:
         headers = {'X-Error-Message': err.message}
+        if retry_after is not None:
+            headers['Retry-After'] = retry_after
         if err.error_code:
             headers['X-Error-Code'] = err.error_code
         self._json({'error': err.message, **err.extra}, err.status, headers)
@@ -346,8 +350,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         if fault is not None:
-            status, message = fault[1]
-            self._error(HubHTTPError(status, message or f'FakeHub: injected HTTP {status}'))
+            status, message, retry_after = fault[1]
+            self._error(HubHTTPError(status, message or f'FakeHub: injected HTTP {status}'), retry_after)
             return
         try:
             with self.hub._lock:

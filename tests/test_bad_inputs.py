@@ -125,6 +125,35 @@ def _(tmp, capsys):
     return lambda: DistilledSet.load(folder), Exception, r'(?i)\blr\b.*(positive|> ?0)|(positive|negative).*\blr\b'
 
 
+@case('set-without-checksums')
+def _(tmp, capsys):
+    folder = _set(tmp)
+    _tamper(folder, lambda t: t['images'].mul_(2))
+    cfg = json.loads((folder / 'distill_config.json').read_text())
+    del cfg['sha256']  # altered files, and the evidence removed
+    (folder / 'distill_config.json').write_text(json.dumps(cfg))
+    assert 'no sha256' in DistilledSet.load(folder).load_notes[0]  # without --strict: loads, with a note
+    return (lambda: _cli('train', ['-c', 'baseline', '--data', str(folder), '--dataset', 'digits', '--strict',
+                                   '--model', 'convnet3', '--output', str(tmp / 'o')], capsys)), 2, \
+        r'distilled\.safetensors has no sha256 .*strict'
+
+
+@case('set-labels-not-ipc')
+def _(tmp, capsys):
+    folder = _set(tmp)
+    _tamper(folder, lambda t: t['labels'].__setitem__(t['labels'] == 9, 8))  # class 9 gone, class 8 doubled
+    return lambda: DistilledSet.load(folder), Exception, r'labels do not match ipc=2 .*class 8 has 4, class 9 has 0'
+
+
+@case('set-learned-lr-huge')
+def _(tmp, capsys):
+    folder = _set(tmp)
+    _tamper(folder, lambda t: t.__setitem__('lr', torch.tensor(1e30)))
+    return (lambda: _cli('train', ['-c', 'baseline', '--data', str(folder), '--dataset', 'digits', '--model',
+                                   'convnet3', '--epochs', '3', '--output', str(tmp / 'o')], capsys)), 2, \
+        r'learned lr 1e\+30 is outside \(0, 10\].*--lr'
+
+
 @case('set-future-format')
 def _(tmp, capsys):
     folder = _set(tmp)
@@ -436,6 +465,85 @@ def _(tmp, capsys):
     return run, FolderInUseError, r'in use by a running job \(pid \d+\)'
 
 
+@case('save-over-user-files')
+def _(tmp, capsys):
+    folder = _set(tmp)
+    (folder / 'notes.txt').write_text('mine')
+    dset = DistilledSet.load(folder)
+
+    def run():
+        try:
+            dset.save(folder)
+        finally:
+            assert (folder / 'notes.txt').read_text() == 'mine'
+    return run, FileExistsError, r'not part of a distilled set \(notes\.txt\).*choose a new or empty folder'
+
+
+@case('field-out-of-range')
+def _(tmp, capsys):
+    return (lambda: _cli('train', ['-c', 'baseline', '--dataset', 'digits', '--model', 'convnet3', '--set',
+                                   'epochs=99999999999999999999999', '--output', str(tmp / 'o')], capsys)), 2, \
+        r'epochs=99999999999999999999999 is outside its range \[1, 1e6\].*docs/config-ranges\.md'
+
+
+@case('preset-field-out-of-range')
+def _(tmp, capsys):
+    return (lambda: _cli('distill', ['distill', '-c', 'digits-ipc10-att', '--set', 'img_momentum=1.5', '--output',
+                                     str(tmp / 'o')], capsys)), 2, r'img_momentum=1\.5 is outside its range \[0, 1\)'
+
+
+@case('real-ipc-negative')
+def _(tmp, capsys):
+    return (lambda: _cli('train', ['-c', 'baseline', '--dataset', 'digits', '--real-ipc', '-5', '--model', 'convnet3',
+                                   '--output', str(tmp / 'o')], capsys)), 2, r'real_ipc .*-1 for all of them; got -5'
+
+
+@case('seeds-repeated')
+def _(tmp, capsys):
+    return (lambda: _cli('train', ['-c', 'baseline', '--dataset', 'digits', '--real-ipc', '1', '--model', 'convnet3',
+                                   '--seeds', '0', '0', '--output', str(tmp / 'o')], capsys)), 2, \
+        r'seeds \[0, 0\] repeat 0: each one is one run'
+
+
+@case('data-broken-symlink')
+def _(tmp, capsys):
+    (tmp / 'loop').symlink_to('loop')  # a link to itself: a local path, never a Hub repo id to look up
+    return (lambda: _cli('train', ['-c', 'baseline', '--data', str(tmp / 'loop'), '--model', 'convnet3',
+                                   '--output', str(tmp / 'o')], capsys)), 2, r'is a symbolic link to .*loop of links'
+
+
+@case('data-is-expert-buffer')
+def _(tmp, capsys):
+    path, _ = _expert(tmp)
+    return (lambda: _cli('train', ['-c', 'baseline', '--data', str(path.parent), '--dataset', 'digits', '--model',
+                                   'convnet3', '--output', str(tmp / 'o')], capsys)), 2, \
+        r'holds expert trajectories .*not a distilled set: pass it to `distill.py distill --experts`'
+
+
+@case('data-root-zip-not-a-zip')
+def _(tmp, capsys):
+    (tmp / 'cifar').mkdir()
+    for split in ('train', 'test'):
+        (tmp / 'cifar' / f'{split}.zip').write_text('not a zip')
+    return (lambda: _cli('train', ['-c', 'baseline', '--dataset', 'cifar10', '--data-root', str(tmp / 'cifar'),
+                                   '--real-ipc', '1', '--model', 'convnet3', '--output', str(tmp / 'o')], capsys)), \
+        2, r'train\.zip is not a zip archive \(the train split of'
+
+
+@case('hub-retries-not-a-number')
+def _(tmp, capsys):
+    import os
+    os.environ['TIMM_DD_HUB_RETRIES'] = 'abc'  # test_bad_input's monkeypatch does not see it: undone below
+
+    def run():
+        try:
+            return _cli('train', ['-c', 'baseline', '--data', 'org/some-set', '--model', 'convnet3', '--output',
+                                  str(tmp / 'o')], capsys)
+        finally:
+            del os.environ['TIMM_DD_HUB_RETRIES']
+    return run, 2, r"TIMM_DD_HUB_RETRIES='abc' is not a whole number of attempts >= 1"
+
+
 # --- the table and the cases agree -----------------------------------------------------------------------------
 
 def _table_ids():
@@ -462,3 +570,37 @@ def test_bad_input(case_id, tmp_path, capsys, monkeypatch):
     with pytest.raises(expected) as info:
         action()
     assert re.search(pattern, str(info.value)), str(info.value)
+
+
+def test_every_numeric_field_has_a_range_and_the_docs_list_them():
+    """docs/config-ranges.md and the code's range tables name the same fields and intervals, and no int or float
+    field of a recipe or preset is left without one."""
+    import dataclasses
+    import typing
+
+    from timm_dd.distill.presets import DISTILL_RANGES, DistillConfig
+    from timm_dd.train.config import TRAIN_RANGES, TrainConfig
+    text = (REPO / 'docs' / 'config-ranges.md').read_text()
+    train_part, distill_part = text.split('(`DistillConfig`)')
+    for cls, ranges, part in ((TrainConfig, TRAIN_RANGES, train_part), (DistillConfig, DISTILL_RANGES, distill_part)):
+        listed = dict(re.findall(r'^\| `(\w+)` \| `([^`]+)` \|', part, flags=re.M))
+        hints = typing.get_type_hints(cls)
+        numeric = {f.name for f in dataclasses.fields(cls) if re.search(r'\b(int|float)\b', str(hints[f.name]))}
+        numeric |= {f.name for f in dataclasses.fields(cls) if hints[f.name] in (int, float)}
+        assert numeric == set(ranges), (cls.__name__, numeric ^ set(ranges))
+        for name, interval in ranges.items():
+            assert listed.get(name) == interval, (name, listed.get(name), interval)
+
+
+@pytest.mark.parametrize('interval,inside,outside', [('[1, 1e6]', [1, 1e6], [0, 1e6 + 1, float('nan')]),
+                                                      ('(0, 10]', [1e-9, 10], [0, -1, 10.5]),
+                                                      ('[0, 1)', [0, 0.999], [1, -1e-9])])
+def test_check_ranges_includes_and_excludes_the_bounds(interval, inside, outside):
+    from types import SimpleNamespace
+
+    from timm_dd.fields import check_ranges
+    for x in inside:
+        check_ranges(SimpleNamespace(v=x), {'v': interval}, 'here')
+    for x in outside:
+        with pytest.raises(ValueError, match=r'v=.* is outside its range'):
+            check_ranges(SimpleNamespace(v=x), {'v': interval}, 'here')

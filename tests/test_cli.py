@@ -7,6 +7,7 @@ import yaml
 from timm_dd.cli import distill as distill_cli
 from timm_dd.cli import train as train_cli
 from timm_dd.cli.common import apply_deprecations
+from user_files import changed_user_files, write_user_files
 
 
 def test_set_is_typed_and_repeatable():
@@ -177,3 +178,55 @@ def test_allocator_tip_only_where_page_faults_are_likely(monkeypatch):
     monkeypatch.delenv('LD_PRELOAD')
     monkeypatch.setattr(sys, 'platform', 'darwin')
     assert not _page_faults_likely(cpu, 'mtt')
+
+
+def test_commands_leave_a_users_files_in_the_output_folder_as_they_were(tmp_path, capsys):
+    """Issue "Reliability II": train, experts, distill, convert and a resumed train into folders holding user files of every
+    suspicious name (temporary-looking, lock, set-aside folders, in subfolders): each file stays byte-identical."""
+    folders = {k: tmp_path / k for k in ('train', 'buf', 'distill', 'convert')}
+    for folder in folders.values():
+        write_user_files(folder)
+    train = ['-c', 'baseline', '--dataset', 'digits', '--real-ipc', '1', '--model', 'convnet3', '--model-kwargs',
+             'width=4', '--epochs', '2', '--eval-every', '0', '--output', str(folders['train']), '--no-plots', '--cpu']
+    assert train_cli.main(train) == 0, capsys.readouterr().err
+    assert train_cli.main([*train, '--resume']) == 0, capsys.readouterr().err
+    common = ['-c', 'digits-ipc10-att', '--set', 'image_size=8', '--set', 'model_kwargs={width: 4}', '--set', 'ipc=2',
+              '--set', 'num_experts=1', '--set', 'expert_train_epochs=2', '--set', 'syn_steps=2', '--set',
+              'max_start_epoch=1', '--cpu']
+    assert distill_cli.main(['experts', *common, '--output', str(folders['buf'])]) == 0
+    assert distill_cli.main(['distill', *common, '--experts', str(folders['buf']), '--output',
+                             str(folders['distill']), '--iterations', '2', '--set', 'eval_every=0']) == 0
+    import torch
+    from timm_dd.distilled import DistilledSet
+    dset = DistilledSet.load(folders['distill'] / 'distilled')
+    (tmp_path / 'mtt').mkdir()
+    torch.save(dset.images, tmp_path / 'mtt' / 'images_best.pt')
+    torch.save(dset.labels, tmp_path / 'mtt' / 'labels_best.pt')
+    convert = ['convert', str(tmp_path / 'mtt'), '--layout', 'mtt', '--dataset', 'digits', '--image-space',
+               dset.image_space, '--lr', '0.01', '--output', str(folders['convert'])]
+    assert distill_cli.main(convert) == 2 and 'not part of a distilled set' in capsys.readouterr().err
+    for folder in folders.values():
+        assert not changed_user_files(folder), folder
+
+
+def test_a_set_without_checksums_trains_with_a_note_in_the_results(tmp_path, capsys):
+    """Issue "Reliability II": an unverifiable set is said so where the numbers are, not only in a log line."""
+    import json
+
+    import torch
+    from timm_dd.distilled import DistilledSet
+    g = torch.Generator().manual_seed(0)
+    folder = DistilledSet(images=torch.randn(20, 1, 8, 8, generator=g), labels=torch.arange(10).repeat_interleave(2),
+                          class_names=[str(i) for i in range(10)], method='MTT', source_dataset='digits', ipc=2,
+                          image_space='normalized', normalization={'mean': [0.5], 'std': [0.3]},
+                          lr=0.01).save(tmp_path / 'set')
+    config = json.loads((folder / 'distill_config.json').read_text())
+    del config['sha256']
+    (folder / 'distill_config.json').write_text(json.dumps(config))
+    out = tmp_path / 'o'
+    assert train_cli.main(['-c', 'baseline', '--data', str(folder), '--dataset', 'digits', '--model', 'convnet3',
+                           '--model-kwargs', 'width=4', '--epochs', '1', '--output', str(out), '--no-plots',
+                           '--cpu']) == 0, capsys.readouterr().err
+    notes = json.loads((out / 'results.json').read_text())['notes']
+    assert any('distilled.safetensors has no sha256' in n for n in notes), notes
+    assert 'has no sha256' in (out / 'results.md').read_text()

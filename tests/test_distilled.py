@@ -364,9 +364,14 @@ def test_overwrite(tmp_path):
     other = tmp_path / 'other'
     other.mkdir()
     (other / 'precious.txt').write_text('x')
-    with pytest.raises(FileExistsError, match='refusing'):
+    with pytest.raises(FileExistsError, match=r'not part of a distilled set \(precious.txt\)'):
         full.save(other)
     assert (other / 'precious.txt').exists()
+    (folder / 'precious.txt').write_text('x')  # a user's file beside a saved set is not lost either
+    with pytest.raises(FileExistsError, match='precious.txt'):
+        full.save(folder)
+    assert (folder / 'precious.txt').read_text() == 'x'
+    _assert_same(full, DistilledSet.load(folder))
     (tmp_path / 'empty').mkdir()
     full.save(tmp_path / 'empty')
     DistilledSet.load(tmp_path / 'empty')

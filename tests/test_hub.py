@@ -163,6 +163,18 @@ def test_expert_buffers_push_pull(hub_env, tmp_path):
     assert pull_expert_buffers(tmp_path / 'buffers') == tmp_path / 'buffers'  # a local folder is returned as is
 
 
+def test_an_expert_repo_given_as_a_set_is_named_as_such(hub_env, tmp_path, capsys):
+    """Issue "Reliability II": `--data org/experts` says the repo holds expert trajectories, not a set."""
+    from timm_dd.cli import train as train_cli
+    repo = f'org/{_name("experts")}'
+    _write_buffers(tmp_path / 'buffers')
+    push_expert_buffers(tmp_path / 'buffers', repo)
+    assert train_cli.main(['-c', 'baseline', '--data', repo, '--dataset', 'digits', '--model', 'convnet3',
+                           '--output', str(tmp_path / 'o'), '--cpu']) == 2
+    err = capsys.readouterr().err
+    assert 'holds expert trajectories' in err and '--experts' in err and 'Traceback' not in err
+
+
 def test_expert_buffers_resume_interrupted_download(hub_env, tmp_path, monkeypatch):
     import huggingface_hub.constants as hc
 

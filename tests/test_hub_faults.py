@@ -49,6 +49,33 @@ def test_persistent_server_error_is_named_as_such(hub_env):
     hub_env.hub._faults.clear()
 
 
+def test_retry_after_is_honoured_and_bounded(hub_env, monkeypatch, caplog):
+    """Issue "Reliability II": a 429 with Retry-After waits what the server asks (not the back-off), at most
+    MAX_RETRY_AFTER seconds: a header asking for an hour waits the bound."""
+    from timm_dd.hub import _errors
+    repo = _repo('slow-down')
+    push_distilled(_set(), repo)
+    monkeypatch.setattr(_errors, 'MAX_RETRY_AFTER', 1.5)
+    hub_env.hub.fail_next(1, 429, path_contains=f'/{repo}', retry_after='1')
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger='timm_dd.hub'):
+        assert _same(load_distilled(repo, cache_dir=hub_env.home / 'c1'), _set())
+    assert time.monotonic() - start >= 1.0 and 'retrying in 1 s' in caplog.text  # the back-off here is 0.05 s
+    hub_env.hub.fail_next(1, 429, path_contains=f'/{repo}', retry_after='3600')
+    start = time.monotonic()
+    assert _same(load_distilled(repo, cache_dir=hub_env.home / 'c2'), _set())
+    assert 1.4 <= time.monotonic() - start < 30
+
+
+@pytest.mark.parametrize('name,value', [('TIMM_DD_HUB_RETRIES', 'abc'), ('TIMM_DD_HUB_RETRIES', '0'),
+                                        ('TIMM_DD_HUB_BACKOFF', '-1'), ('TIMM_DD_HUB_BACKOFF', 'nan')])
+def test_a_bad_retry_setting_is_named(monkeypatch, name, value):
+    from timm_dd.hub._errors import retry_policy
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=f"{name}='{value}' is not a"):
+        retry_policy()
+
+
 def test_hanging_server_is_bounded_by_the_etag_timeout(hub_env, monkeypatch):
     import huggingface_hub.constants as hc
     repo = _repo('hang')

@@ -102,6 +102,12 @@ def test_convert_command(tmp_path, digits, capsys):
     assert DistilledSet.load(tmp_path / 'set').num_images == 20
     assert distill_cli.main(['convert', str(src), '--layout', 'mtt', '--output', str(tmp_path / 'y')]) == 2
     assert 'without: dataset' in capsys.readouterr().err
+    again = ['convert', str(src), '--layout', 'mtt', '--dataset', 'digits', '--image-space', 'normalized', '--output',
+             str(tmp_path / 'set')]
+    assert distill_cli.main(again) == 0  # a set replaces the set it was saved over
+    (tmp_path / 'set' / 'notes.txt').write_text('mine')  # ... but never a user's file beside it
+    assert distill_cli.main(again) == 2
+    assert 'notes.txt' in capsys.readouterr().err and (tmp_path / 'set' / 'notes.txt').read_text() == 'mine'
 
 
 def test_train_reads_other_layouts_and_applies_the_soft_label_temperature(tmp_path, digits, capsys):

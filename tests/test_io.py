@@ -10,8 +10,11 @@ import pytest
 import torch
 
 from timm_dd.io import (
-    FolderInUseError, FolderLock, atomic_folder, atomic_write, atomic_write_json, remove_stale_temporaries,
+    FolderInUseError, FolderLock, atomic_folder, atomic_write, atomic_write_json, check_replaceable,
+    remove_stale_temporaries,
 )
+
+from user_files import changed_user_files, write_user_files
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,18 +42,67 @@ def test_failed_write_keeps_the_previous_file(tmp_path):
     assert torch.load(target)['v'] == 1 and os.listdir(tmp_path) == ['state.pt']
 
 
+def _killed_writes(folder):
+    """What this library's writers leave when killed mid-write, named as they name it."""
+    (folder / '.timm_dd-tmp-metrics.jsonl.abc123.tmp').write_text('half')
+    (folder / 'runs').mkdir()
+    (folder / 'runs' / '.timm_dd-tmp-checkpoint.pt.x.tmp').write_bytes(b'half')
+    (folder / '.timm_dd-tmp-distilled-1234').mkdir()
+    (folder / '.timm_dd-old-distilled-abcd').mkdir()  # killed between the two renames of a folder swap
+    (folder / '.timm_dd-old-distilled-abcd' / 'distill_config.json').write_text('{}')
+
+
 def test_stale_temporaries_are_removed_and_a_swapped_out_folder_is_restored(tmp_path):
-    (tmp_path / '.metrics.jsonl.abc123.tmp').write_text('half')
-    (tmp_path / 'runs').mkdir()
-    (tmp_path / 'runs' / '.checkpoint.pt.x.tmp').write_bytes(b'half')
-    (tmp_path / '.distilled.tmp-1234').mkdir()
-    (tmp_path / '.distilled.old-abcd').mkdir()  # killed between the two renames of a folder swap
-    (tmp_path / '.distilled.old-abcd' / 'distill_config.json').write_text('{}')
+    _killed_writes(tmp_path)
     (tmp_path / 'keep.json').write_text('{}')
     removed = remove_stale_temporaries(tmp_path)
     assert len(removed) == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ['distilled', 'keep.json', 'runs']
     assert (tmp_path / 'distilled' / 'distill_config.json').is_file()  # the last complete version is back
+
+
+def test_a_users_files_are_never_touched_by_taking_the_lock(tmp_path):
+    """Issue "Reliability II": only names this library gives are removed or renamed, in any subfolder."""
+    write_user_files(tmp_path)
+    _killed_writes(tmp_path)
+    with FolderLock(tmp_path):
+        pass
+    assert not changed_user_files(tmp_path)
+    assert not list(tmp_path.rglob('.timm_dd-tmp-*')) and not list(tmp_path.rglob('.timm_dd-old-*'))
+    assert (tmp_path / 'distilled' / 'distill_config.json').is_file() and (tmp_path / '.timm_dd.lock').is_file()
+
+
+def test_temporaries_of_atomic_writes_carry_the_librarys_prefix(tmp_path):
+    seen = []
+    with atomic_write(tmp_path / 'a.json', 'w') as f:
+        seen += [p.name for p in tmp_path.iterdir()]
+        f.write('{}')
+    with atomic_folder(tmp_path / 'set') as tmp:
+        seen.append(tmp.name)
+    assert all(name.startswith('.timm_dd-tmp-') for name in seen) and len(seen) == 2
+
+
+def test_a_folder_is_replaced_only_when_it_holds_nothing_but_its_own_files(tmp_path):
+    """Issue "Reliability II": saving a set over a folder with a user's file in it stops and names the file."""
+    own = ('config.json', 'data/view.parquet')
+    check_replaceable(tmp_path / 'missing', own, 'set')
+    folder = tmp_path / 'set'
+    (folder / 'data').mkdir(parents=True)
+    check_replaceable(folder, own, 'set')  # empty (but for an own subfolder)
+    for name in own:
+        (folder / name).write_text('x')
+    check_replaceable(folder, own, 'set')
+    (folder / 'data' / 'notes.txt').write_text('mine')
+    with pytest.raises(FileExistsError, match=r'not part of a set \(data/notes.txt\).*move those files out'):
+        check_replaceable(folder, own, 'set')
+    (folder / 'data' / 'notes.txt').unlink()
+    (folder / 'config.json').unlink()
+    (folder / 'config.json').mkdir()  # an own name, but a folder: not what the set wrote
+    with pytest.raises(FileExistsError, match='config.json'):
+        check_replaceable(folder, own, 'set')
+    (tmp_path / 'file').write_text('x')
+    with pytest.raises(FileExistsError, match='is not a folder'):
+        check_replaceable(tmp_path / 'file', own, 'set')
 
 
 def test_lock_is_exclusive_and_released_by_a_killed_process(tmp_path):

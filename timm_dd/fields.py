@@ -1,8 +1,13 @@
 """Typed configuration fields: a value given as text (``--set key=value``, YAML) becomes the field's declared type,
-or a clear error naming the field and the type. Shared by the training recipes and the distillation presets."""
-from typing import Any, Union
+or a clear error naming the field and the type; a number outside its field's documented range is an error naming
+the range. Shared by the training recipes and the distillation presets."""
+import math
+import re
+from typing import Any, Mapping, Union
 
-__all__ = ['coerce_field']
+__all__ = ['coerce_field', 'check_ranges', 'parse_interval']
+
+_INTERVAL = re.compile(r'^([\[(])\s*([^,\s]+)\s*,\s*([^\])\s]+)\s*([\])])$')
 
 
 def coerce_field(name: str, value: Any, declared: Any) -> Any:
@@ -56,3 +61,37 @@ def _type_name(declared: Any) -> str:
         return str(declared).replace('typing.', '')
     return getattr(declared, '__name__', str(declared))
 
+
+
+def parse_interval(interval: str) -> tuple:
+    """``'(0, 10]'`` -> ``(0.0, 10.0, False, True)``: the bounds and whether each is included."""
+    m = _INTERVAL.match(interval)
+    if m is None:
+        raise ValueError(f'not an interval: {interval!r} (expected e.g. "[1, 1e6]" or "(0, 10]")')
+    return float(m.group(2)), float(m.group(3)), m.group(1) == '[', m.group(4) == ']'
+
+
+def check_ranges(config: Any, ranges: Mapping[str, str], table: str) -> None:
+    """Every numeric field of ``config`` named in ``ranges`` lies in its interval (``'[1, 1e6]'``, ``'(0, 10]'``);
+    ``None`` (a field's "not set") passes, a list or tuple is checked element by element. ``table`` names where
+    the ranges are defined, for the error message.
+
+    Why: a value far outside what any protocol uses (``epochs=1e23``, ``lr=-1``, ``momentum=1.5``) is a typo or a
+    unit slip; it must stop the run at once with the range, not allocate for hours or train at chance.
+    """
+    for name, interval in ranges.items():
+        value = getattr(config, name)
+        for item in (value if isinstance(value, (list, tuple)) else [value]):
+            if item is None or isinstance(item, bool):
+                continue
+            if not _inside(float(item), interval):
+                shown = f'{value!r}' if not isinstance(value, (list, tuple)) else f'{list(value)!r} (item {item!r})'
+                raise ValueError(f'{name}={shown} is outside its range {interval}: give a value in that range '
+                                 f'(every field\'s range: docs/config-ranges.md, or {table})')
+
+
+def _inside(x: float, interval: str) -> bool:
+    low, high, low_in, high_in = parse_interval(interval)
+    if math.isnan(x):
+        return False
+    return (x >= low if low_in else x > low) and (x <= high if high_in else x < high)

@@ -14,14 +14,21 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator, List, Union
+from typing import IO, Any, Callable, Iterable, Iterator, List, Union
 
 __all__ = ['atomic_write', 'atomic_write_json', 'atomic_write_with', 'default_file_mode', 'FolderLock',
-           'FolderInUseError', 'atomic_folder', 'remove_stale_temporaries', 'file_sha256', 'tensor_checksum', 'append_line']
+           'FolderInUseError', 'atomic_folder', 'check_replaceable', 'remove_stale_temporaries', 'file_sha256',
+           'tensor_checksum', 'append_line', 'TMP_PREFIX', 'OLD_PREFIX', 'LOCK_FILE']
 
 _logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
+
+#: the names this library gives its temporary files and folders and its lock: the only names it ever removes or
+#: renames on its own (a user's ``.notes.tmp`` or ``.lock`` beside a run is never touched)
+TMP_PREFIX = '.timm_dd-tmp-'
+OLD_PREFIX = '.timm_dd-old-'
+LOCK_FILE = '.timm_dd.lock'
 
 
 def _umask() -> int:
@@ -81,20 +88,20 @@ def atomic_folder(folder: PathLike) -> Iterator[Path]:
     """``with atomic_folder(folder) as tmp: <write files into tmp>``: ``folder`` is replaced by the complete new
     folder or left as it was.
 
-    The files go to a hidden sibling (``.<name>.tmp-*``) that is renamed into place; an existing ``folder`` is first
-    renamed aside (``.<name>.old-*``) and deleted after the swap. A crash between the two renames leaves the old
-    folder aside, which :func:`remove_stale_temporaries` moves back.
+    The files go to a hidden sibling (``.timm_dd-tmp-<name>-*``) that is renamed into place; an existing ``folder``
+    is first renamed aside (``.timm_dd-old-<name>-*``) and deleted after the swap. A crash between the two renames
+    leaves the old folder aside, which :func:`remove_stale_temporaries` moves back.
     """
     folder = Path(folder)
     parent = folder.absolute().parent
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{folder.name}.tmp-', dir=parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f'{TMP_PREFIX}{folder.name}-', dir=parent))
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # as mkdir would make it, not mkdtemp's 0700
         yield tmp
         _fsync_dir(tmp)
         if folder.exists():
-            old = parent / f'.{folder.name}.old-{os.urandom(4).hex()}'
+            old = parent / f'{OLD_PREFIX}{folder.name}-{os.urandom(4).hex()}'
             os.replace(folder, old)
             try:
                 os.replace(tmp, folder)
@@ -120,11 +127,40 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def check_replaceable(folder: PathLike, own_files: Iterable[str], what: str) -> None:
+    """Refuse to replace ``folder`` (with :func:`atomic_folder`) unless it is missing, empty, or holds only files
+    named in ``own_files`` (paths relative to it: the files a ``what`` consists of).
+
+    Replacing a folder deletes everything in it, so a user's file beside a saved set (``notes.txt``) or a folder that
+    was never a ``what`` stops the save with an error naming what would be lost, instead of losing it.
+    """
+    folder = Path(folder)
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if not folder.is_dir():
+        raise FileExistsError(f'{folder} exists and is not a folder; choose another output path for the {what}')
+    own = {Path(name) for name in own_files}
+    own_folders = {parent for name in own for parent in name.parents if parent != Path('.')}
+    foreign = []
+    for path in sorted(folder.rglob('*')):
+        rel = path.relative_to(folder)
+        if rel in own and path.is_file() and not path.is_symlink():
+            continue
+        if rel in own_folders and path.is_dir() and not path.is_symlink():
+            continue
+        foreign.append(str(rel))
+    if foreign:
+        shown = ', '.join(foreign[:5]) + (f' and {len(foreign) - 5} more' if len(foreign) > 5 else '')
+        raise FileExistsError(f'{folder} holds files that are not part of a {what} ({shown}); saving the {what} '
+                              f'there would replace the folder and lose them: choose a new or empty folder, or move '
+                              f'those files out')
+
+
 def _temporary(path: Path, suffix: str):
     """``mkstemp`` beside ``path``, with an error that names the folder when it cannot be written."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return tempfile.mkstemp(prefix=f'.{path.name}.', suffix=suffix, dir=path.parent)
+        return tempfile.mkstemp(prefix=f'{TMP_PREFIX}{path.name}.', suffix=suffix, dir=path.parent)
     except OSError as e:
         raise OSError(e.errno, f'cannot write {path}: {e.strerror} (is {path.parent} writable?)') from None
 
@@ -148,30 +184,43 @@ def atomic_write_json(path: PathLike, obj: Any, **dump_kwargs: Any) -> Path:
 
 
 def remove_stale_temporaries(folder: PathLike) -> List[Path]:
-    """Clean up after writers that were killed mid-write in ``folder`` (recursively); returns what was removed.
+    """Clean up after writers of this library that were killed mid-write in ``folder``; returns what was removed.
 
-    Only call it while no live process writes there (under :class:`FolderLock`). Removes the temporary files of
-    :func:`atomic_write` (``.<name>.<random>.tmp*``) and the temporary folders of a folder swap
-    (``.<name>.tmp-*``); a folder set aside by an interrupted swap (``.<name>.old-*``) is moved back when ``<name>``
-    is missing (it is the last complete version), else deleted.
+    Only call it while no live process writes there (under :class:`FolderLock`). It touches nothing but names this
+    library gives and a user's file cannot have by chance: temporary files of :func:`atomic_write`
+    (``.timm_dd-tmp-<name>.<random>...``) and temporary folders of a folder swap (``.timm_dd-tmp-<name>-<random>``)
+    are removed; a folder set aside by an interrupted swap (``.timm_dd-old-<name>-<random>``) is moved back when
+    ``<name>`` is missing (it is the last complete version), else removed. Subfolders are searched (runs write
+    there too), but not through symbolic links, and no other name is ever touched.
     """
     removed: List[Path] = []
-    for path in sorted(Path(folder).rglob('.*'), key=lambda p: len(p.parts), reverse=True):
+    for path in sorted(_own_temporaries(Path(folder)), key=lambda p: len(p.parts), reverse=True):
         name = path.name
-        if path.is_file() and '.tmp' in name and name != '.lock':
-            path.unlink(missing_ok=True)
+        if path.is_symlink() or not (path.is_file() or path.is_dir()):
+            continue
+        if name.startswith(TMP_PREFIX):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
             removed.append(path)
-        elif path.is_dir() and '.tmp-' in name:
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-        elif path.is_dir() and '.old-' in name:
-            target = path.with_name(name[1:].split('.old-')[0])
-            if target.exists():
+        elif path.is_dir():  # OLD_PREFIX: '<name>-<hex>' after the prefix
+            target = path.with_name(name[len(OLD_PREFIX):].rsplit('-', 1)[0])
+            if target.exists() or target.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 os.replace(path, target)
             removed.append(path)
     return removed
+
+
+def _own_temporaries(folder: Path) -> Iterator[Path]:
+    """Paths under ``folder`` named with this library's temporary prefixes (not following symbolic links)."""
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            if name.startswith((TMP_PREFIX, OLD_PREFIX)):
+                yield Path(root) / name
+        dirs[:] = [d for d in dirs if not d.startswith((TMP_PREFIX, OLD_PREFIX))]
 
 
 class FolderInUseError(RuntimeError):
@@ -181,7 +230,8 @@ class FolderInUseError(RuntimeError):
 class FolderLock:
     """An exclusive lock on an output folder, held while a run writes into it (``with FolderLock(folder): ...``).
 
-    ``fcntl.flock`` on ``folder/.lock``: the kernel releases it when the process ends, also after ``kill -9``, so a
+    ``fcntl.flock`` on ``folder/.timm_dd.lock`` (a name of this library's own: a user's ``.lock`` is never
+    touched): the kernel releases it when the process ends, also after ``kill -9``, so a
     crashed run never leaves a stale lock. A second run into the same folder fails at once with an error naming the
     folder and the process that holds it. Where ``fcntl`` is missing (Windows) the lock is a no-op.
     """
@@ -196,7 +246,7 @@ class FolderLock:
         except ImportError:  # pragma: no cover - not POSIX
             return self
         self.folder.mkdir(parents=True, exist_ok=True)
-        f = open(self.folder / '.lock', 'a+')
+        f = open(self.folder / LOCK_FILE, 'a+')
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

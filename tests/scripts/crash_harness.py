@@ -5,8 +5,9 @@ For every kind of run (training, expert training, MTT, ATT and DM distillation) 
 1. runs it once uninterrupted (counting the moments where it can be killed),
 2. for each of ``--kills`` seeded draws, runs it again and sends itself SIGKILL at the drawn moment, then runs it
    again with ``--resume`` to the end, and
-3. compares the outputs with the uninterrupted run: identical final weights / experts / images and metrics, and
-   nothing left behind that breaks the resumed run or a later load.
+3. compares the outputs with the uninterrupted run: identical final weights / experts / images and metrics,
+   nothing left behind that breaks the resumed run or a later load, and a user's files put in the output folder
+   beforehand (names that look temporary, ``.lock``, in subfolders) byte-identical.
 
 Kill moments (counted per run, drawn uniformly): ``step`` = before the N-th optimizer step (anywhere in training),
 ``write`` = inside the N-th atomic file write, after the data is written and before it is renamed into place
@@ -30,12 +31,14 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / 'tests'))
 
 import torch  # noqa: E402
 
 torch.set_num_threads(1)  # before any parallel region: forked children must not inherit a thread pool
 
 import timm_dd  # noqa: E402,F401
+from user_files import changed_user_files, write_user_files  # noqa: E402
 
 POINTS = ('step', 'write', 'replace')
 DIGITS = ['--preset', 'digits-ipc10-att', '--set', 'image_size=8', '--set', 'model_kwargs={width: 4}', '--set',
@@ -138,8 +141,8 @@ def _equal(a: Any, b: Any) -> bool:
 
 def _leftovers(out: Path) -> List[str]:
     """Temporary files of atomic writes still on disk after the resumed run."""
-    return sorted(str(p.relative_to(out)) for p in out.rglob('.*')
-                  if '.tmp' in p.name or '.old-' in p.name)
+    from timm_dd.io import OLD_PREFIX, TMP_PREFIX
+    return sorted(str(p.relative_to(out)) for p in out.rglob('.*') if p.name.startswith((TMP_PREFIX, OLD_PREFIX)))
 
 
 def run_kind(kind: str, root: Path, kills: int, rng: random.Random) -> Dict[str, Any]:
@@ -158,6 +161,7 @@ def run_kind(kind: str, root: Path, kills: int, rng: random.Random) -> Dict[str,
         n = rng.randint(1, counts[point])
         work = root / kind / f'kill{i}'
         _, argv = _commands(kind, work)
+        write_user_files(work / 'out')
         rc, sig = _fork(script, argv, kill=(point, n))
         killed = sig == signal.SIGKILL
         # experts always keep finished experts: the same command continues; the others take --resume
@@ -169,7 +173,9 @@ def run_kind(kind: str, root: Path, kills: int, rng: random.Random) -> Dict[str,
             except Exception as e:  # noqa: BLE001 - a file the resumed run left unreadable
                 case['equal'], case['error'] = False, repr(e)
             case['leftovers'] = _leftovers(work / 'out')
-        case['ok'] = killed and rc2 == 0 and case.get('equal', False) and not case.get('leftovers')
+            case['user_files_changed'] = changed_user_files(work / 'out')
+        case['ok'] = (killed and rc2 == 0 and case.get('equal', False) and not case.get('leftovers')
+                      and not case.get('user_files_changed'))
         cases.append(case)
     return {'kind': kind, 'counts': counts, 'cases': cases, 'ok': all(c['ok'] for c in cases)}
 

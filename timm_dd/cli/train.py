@@ -58,6 +58,9 @@ def _data_args(p: argparse.ArgumentParser) -> None:
                                                     'or an image-folder/zip copy (train/ test/ or train.zip test.zip)')
     g.add_argument('--img-size', type=int, help='resize the real dataset (with --real-ipc) to this size')
     g.add_argument('--cache-dir', help='decoded-dataset cache (default $TIMM_DD_CACHE or ~/.cache/timm_dd)')
+    g.add_argument('--strict', action='store_true',
+                   help='refuse a --data set whose files have no recorded checksum (default: a warning, also in '
+                        'the results)')
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -199,7 +202,7 @@ def _run(args: argparse.Namespace, cfg: Any, models: List[str], seeds: List[int]
         bundle = prepare_data(args.data, args.real_ipc, args.dataset, args.data_root, seed=seeds[0],
                               cache_dir=args.cache_dir, image_size=args.img_size,
                               soft_label_temperature=cfg.soft_label_temperature, layout=args.data_layout,
-                              image_space=args.image_space)
+                              image_space=args.image_space, strict=args.strict)
     accelerator.print(f'training set: {bundle.description}: {len(bundle.train)} images, '
                       f'test set: {len(bundle.test)} images; {accelerator.num_processes} process(es) on '
                       f'{accelerator.device}')

@@ -41,12 +41,15 @@ def _hidden(part: str) -> bool:
     return part.startswith('.') or part == '__MACOSX'
 
 
+def _check_zip(path: Path, hint: str) -> None:
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f'{path} is not a zip archive ({hint})')
+
+
 def _resolve_tree(path: Path, split: str) -> Tuple[str, Path, str]:
     """``(kind, path, name)`` with kind ``'zip'`` or ``'dir'``."""
     if path.is_file():
-        if not zipfile.is_zipfile(path):
-            raise ValueError(f'{path} is not a zip archive (expected a dataset name {BUILTIN_DATASETS}, a folder '
-                             f'or a .zip)')
+        _check_zip(path, f'expected a dataset name {BUILTIN_DATASETS}, a folder or a .zip')
         name = path.parent.name if path.stem in SPLIT_NAMES else path.stem
         return 'zip', path, name
     if not path.is_dir():
@@ -55,6 +58,8 @@ def _resolve_tree(path: Path, split: str) -> Tuple[str, Path, str]:
     if (path / split).is_dir():
         return 'dir', path / split, path.name
     if (path / f'{split}.zip').is_file():
+        _check_zip(path / f'{split}.zip', f'the {split} split of {path} is read from it: replace it with a zip of '
+                                          f'class folders of images, or remove it')
         return 'zip', path / f'{split}.zip', path.name
     found = [s for s in SPLIT_NAMES if (path / s).is_dir() or (path / f'{s}.zip').is_file()]
     if found:
@@ -178,9 +183,12 @@ def load_image_tree(
 
     t0 = time.perf_counter()
     if kind == 'zip':
-        with zipfile.ZipFile(src) as zf:
-            class_names, entries = _list_zip(zf, src)
-            images_u8 = _decode_all(entries, lambda k: io.BytesIO(zf.read(k)), src, size)
+        try:
+            with zipfile.ZipFile(src) as zf:
+                class_names, entries = _list_zip(zf, src)
+                images_u8 = _decode_all(entries, lambda k: io.BytesIO(zf.read(k)), src, size)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:  # truncated, or a damaged entry
+            raise ValueError(f'{src} is a damaged zip archive ({e}): copy or download it again') from None
     else:
         class_names, entries = _list_dir(src)
         images_u8 = _decode_all(entries, lambda k: k, src, size)

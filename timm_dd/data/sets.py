@@ -157,12 +157,15 @@ class DataSplits:
         name: the source dataset (``'cifar10'``, a folder).
         description: one line for tables and logs.
         source: JSON-serialisable provenance (recorded with results and saved models).
+        notes: what a reader of numbers trained on this data must know (a set loaded without checksums); they
+            land in the results' notes.
     """
     train: ImageSet
     test: ImageSet
     name: str = ''
     description: str = ''
     source: Dict[str, Any] = field(default_factory=dict)
+    notes: List[str] = field(default_factory=list)
 
     @property
     def class_names(self) -> List[str]:

@@ -17,11 +17,22 @@ import dataclasses
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Dict, List, Mapping, Optional, Union
 
-from ..fields import coerce_field
+from ..fields import check_ranges, coerce_field
 
-__all__ = ['DistillConfig', 'PRESETS', 'get_preset', 'list_presets', 'parse_override', 'METHODS']
+__all__ = ['DistillConfig', 'PRESETS', 'get_preset', 'list_presets', 'parse_override', 'METHODS', 'DISTILL_RANGES']
 
 METHODS = ('mtt', 'att', 'dm')
+
+#: the range of every numeric field (docs/config-ranges.md lists them; a value outside is an error naming it)
+DISTILL_RANGES = {
+    'image_size': '[1, 4096]', 'ipc': '[1, 1e5]', 'zca_eps': '(0, 1e3]', 'iterations': '[0, 1e7]',
+    'syn_steps': '[1, 1e5]', 'expert_epochs': '[1, 1e5]', 'max_start_epoch': '[1, 1e5]', 'lr_img': '(0, 1e9]',
+    'lr_lr': '[0, 10]', 'lr_teacher': '(0, 10]', 'batch_syn': '[1, 1e7]', 'img_momentum': '[0, 1)',
+    'lr_momentum': '[0, 1)', 'ema_decay': '[0, 1)', 'max_experts': '[1, 1e6]', 'num_experts': '[1, 1e6]',
+    'expert_train_epochs': '[1, 1e6]', 'expert_lr': '(0, 10]', 'expert_batch': '[1, 1e7]', 'batch_real': '[1, 1e7]',
+    'eval_every': '[0, 1e7]', 'eval_seeds': '[0, 1000]', 'eval_epochs': '[1, 1e6]', 'eval_lr': '(0, 10]',
+    'checkpoint_every': '[0, 1e7]', 'seed': '[0, 4294967295]',
+}
 
 
 @dataclass
@@ -77,7 +88,7 @@ class DistillConfig:
     # a C++ compiler; not for batch-norm networks); meant for GPUs (on a CPU it is no faster, see the README)
     compile: bool = False
     # bookkeeping
-    checkpoint_every: int = 100
+    checkpoint_every: int = 100  # iterations; 0: only at the end
     seed: int = 0
     source: str = ''
 
@@ -106,6 +117,7 @@ class DistillConfig:
                              "steps to compile: leave compile off")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f'ema_decay must be in [0, 1) or None, got {self.ema_decay}')
+        check_ranges(self, DISTILL_RANGES, 'timm_dd.distill.presets.DISTILL_RANGES')
 
     @property
     def min_expert_epochs(self) -> int:

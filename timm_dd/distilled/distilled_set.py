@@ -79,6 +79,8 @@ class DistilledSet(HasImages):
     library_version: str = __version__
     eval_results: List[Dict[str, Any]] = field(default_factory=list)
     extra: Dict[str, Any] = field(default_factory=dict)
+    # what loading found that a reader of numbers made with this set must know (files without checksums); not saved
+    load_notes: List[str] = field(default_factory=list, compare=False, repr=False)
 
     def __post_init__(self):
         if isinstance(self.labels, (list, tuple)):
@@ -268,13 +270,16 @@ class DistilledSet(HasImages):
         return PARQUET_FILE
 
     @classmethod
-    def load(cls, folder: Union[str, os.PathLike], verify: bool = True, device: str = 'cpu') -> 'DistilledSet':
+    def load(cls, folder: Union[str, os.PathLike], verify: bool = True, device: str = 'cpu',
+             strict: bool = False) -> 'DistilledSet':
         """Load and validate a set saved by :meth:`save`.
 
         Args:
             folder: The set's folder.
-            verify: Check the files' sha256 against ``distill_config.json`` (when recorded).
+            verify: Check the files' sha256 against ``distill_config.json``. A file without a recorded digest is
+                loaded with a warning, also kept in ``load_notes`` (training results carry it).
             device: Device for the tensors.
+            strict: A file without a recorded digest is an error instead.
 
         Raises:
             DistilledSetError: Missing/corrupt files or keys, inconsistent shapes, invalid values, unknown format.
@@ -301,6 +306,6 @@ class DistilledSet(HasImages):
             raise DistilledSetError(f'{folder / DISTILLED_FILE}: labels must be stored as int64, got {labels.dtype}',
                                     field='labels')
         if verify:
-            verify_checksums(folder, config)
+            dset.load_notes = verify_checksums(folder, config, strict)
         return dset
 

@@ -15,13 +15,14 @@ written here and is built from the pieces read here.
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from safetensors import safe_open
 
 from ..data.zca import ZCA, ZCA_KEYS
-from ..io import atomic_folder, atomic_write, file_sha256
+from .parquet import PARQUET_FILE
+from ..io import atomic_folder, atomic_write, check_replaceable, file_sha256
 from ..version import __version__
 
 __all__ = [
@@ -35,6 +36,8 @@ DISTILLED_FILE = 'distilled.safetensors'
 CONFIG_FILE = 'distill_config.json'
 ZCA_FILE = 'zca.safetensors'
 CARD_FILE = 'README.md'
+# every file a saved set can consist of: a folder holding anything else is not replaced (it holds a user's files)
+SET_FILES = (DISTILLED_FILE, CONFIG_FILE, ZCA_FILE, CARD_FILE, PARQUET_FILE)
 FORMAT_NAME = 'timm_dd.distilled'
 FORMAT_VERSION = 1
 SAFETENSORS_HEADER_KEY = 'timm_dd'
@@ -95,7 +98,7 @@ def write_set_folder(
     ``card(parquet_file)`` renders the README; ``extra_files(tmp) -> parquet file name or None`` writes optional
     views first. An existing ``folder`` is replaced only if it is empty or holds a distilled set.
     """
-    _check_replaceable(folder)
+    check_replaceable(folder, SET_FILES, 'distilled set')
     with atomic_folder(folder) as tmp:
         checksums = {}
         _write_tensors(tensors, tmp / DISTILLED_FILE, header)
@@ -111,15 +114,6 @@ def write_set_folder(
         with atomic_write(tmp / CARD_FILE, 'w') as f:
             f.write(card(parquet_file))
     return folder
-
-
-def _check_replaceable(folder: Path) -> None:
-    if not folder.exists():
-        return
-    if not folder.is_dir():
-        raise FileExistsError(f'{folder} exists and is not a folder')
-    if any(folder.iterdir()) and not (folder / CONFIG_FILE).is_file():
-        raise FileExistsError(f'{folder} is a non-empty folder without {CONFIG_FILE}; refusing to replace it')
 
 
 # reading
@@ -152,6 +146,12 @@ def _check_header(path: Path, metadata: Mapping[str, str]) -> None:
 
 def _read_config(path: Path) -> Dict[str, Any]:
     if not path.is_file():
+        experts = [p for pattern in ('expert_*.safetensors', 'replay_buffer_*', 'buffer_config.json')
+                   for p in path.parent.glob(pattern)]
+        if experts:
+            raise DistilledSetError(f'{path.parent} holds expert trajectories ({experts[0].name}, ...), not a '
+                                    f'distilled set: pass it to `distill.py distill --experts`, and a set (a folder '
+                                    f'with {CONFIG_FILE}) to --data')
         raise DistilledSetError(f'{path}: file not found')
     try:
         config = json.loads(path.read_text(encoding='utf-8'))
@@ -225,8 +225,13 @@ def _read_zca(folder: Path, config: Dict[str, Any], images: torch.Tensor, device
         raise DistilledSetError(f'{path}: invalid ZCA state: {e}') from e
 
 
-def verify_checksums(folder: Path, config: Dict[str, Any]) -> None:
-    """Compare the files' sha256 with those recorded in the config."""
+def verify_checksums(folder: Path, config: Dict[str, Any], strict: bool = False) -> List[str]:
+    """Compare the files' sha256 with those recorded in the config; returns notes on files that have none.
+
+    A mismatch is always an error. A set file without a recorded digest (a set edited by hand, its ``sha256`` entry
+    deleted) cannot be verified: a note (logged, and carried into results by the caller), or an error when
+    ``strict``.
+    """
     recorded = config.get('sha256') or {}
     if not isinstance(recorded, dict):
         raise DistilledSetError(f'{folder / CONFIG_FILE}: sha256 must be a mapping of file name to digest')
@@ -236,6 +241,15 @@ def verify_checksums(folder: Path, config: Dict[str, Any]) -> None:
             raise DistilledSetError(
                 f'{path}: sha256 differs from the one recorded in {CONFIG_FILE}; the file was modified or '
                 f'corrupted after saving (load with verify=False to skip this check)')
+    files = [DISTILLED_FILE] + ([ZCA_FILE] if config.get('zca') else [])
+    notes = [f'{folder / name} has no sha256 in {CONFIG_FILE}: its content cannot be verified (it may have been '
+             f'changed after saving)' for name in files if name not in recorded]
+    if notes and strict:
+        raise DistilledSetError(f'{notes[0]}; strict loading (--strict) refuses unverifiable sets: save the set '
+                                f'again with timm_dd, or load it without --strict')
+    for note in notes:
+        _logger.warning(note)
+    return notes
 
 
 def read_set_folder(folder: Path, device: str = 'cpu') -> Tuple[Dict[str, Any], Dict[str, torch.Tensor],

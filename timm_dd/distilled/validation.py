@@ -70,6 +70,20 @@ def check_labels(dset: DistilledSet) -> None:
             _fail('class_names', f'class_names has {len(names)} entries but num_classes is {k}')
     if dset.ipc is not None and (not is_int(dset.ipc) or dset.ipc < 1):
         _fail('ipc', f'ipc must be a positive int or None, got {dset.ipc!r}')
+    if dset.ipc is not None:
+        _check_histogram(y, k, dset.ipc)
+
+
+def _check_histogram(labels: torch.Tensor, num_classes: int, ipc: int) -> None:
+    """``ipc`` claims ``ipc`` images of every class: a set whose labels say otherwise (a class missing, another
+    doubled) must not be reported as "ipc 10"."""
+    counts = torch.bincount(labels.detach().cpu(), minlength=num_classes).tolist()
+    wrong = [f'class {c} has {n}' for c, n in enumerate(counts) if n != ipc]
+    if wrong:
+        shown = ', '.join(wrong[:4]) + (f' and {len(wrong) - 4} more' if len(wrong) > 4 else '')
+        _fail('labels', f'the labels do not match ipc={ipc} ({ipc} images of each of the {num_classes} classes): '
+                        f'{shown}; the labels or the ipc entry were changed (set ipc to null for a set with unequal '
+                        f'classes)')
 
 
 def check_soft_labels(dset: DistilledSet) -> None:

@@ -7,15 +7,16 @@ errors) whose messages name URLs rather than what the user asked for. ``hub_erro
 traceback stops at the ``timm_dd`` call.
 """
 import logging
+import math
 import os
 import re
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Optional, TypeVar
+from typing import Any, Callable, Iterator, Optional, Tuple, TypeVar
 from urllib.parse import unquote
 
-__all__ = ['HubError', 'hub_error', 'hub_errors', 'with_retries', 'redact']
+__all__ = ['HubError', 'hub_error', 'hub_errors', 'with_retries', 'retry_policy', 'redact', 'MAX_RETRY_AFTER']
 
 _logger = logging.getLogger(__name__)
 T = TypeVar('T')
@@ -89,16 +90,56 @@ def _retryable(err: BaseException) -> bool:
     return any(e is not None and _is_transport_error(e) for e in (err, err.__cause__, err.__context__))
 
 
+#: the longest wait a server's ``Retry-After`` can impose on one retry (a bound: a bad header never hangs a run)
+MAX_RETRY_AFTER = 60.0
+
+
+def retry_policy() -> Tuple[int, float]:
+    """``(attempts, first wait in seconds)`` from ``TIMM_DD_HUB_RETRIES`` / ``TIMM_DD_HUB_BACKOFF``; a value that is
+    not a number in range is an error naming the variable."""
+    def read(name: str, default: str, kind, low: float) -> Any:
+        raw = os.environ.get(name, default)
+        try:
+            value = kind(raw.strip())
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value < low:
+            what = 'a whole number of attempts >= 1' if kind is int else 'a number of seconds >= 0'
+            raise ValueError(f'{name}={raw!r} is not {what}; unset it or give one (default {default})')
+        return value
+    return read('TIMM_DD_HUB_RETRIES', '3', int, 1), read('TIMM_DD_HUB_BACKOFF', '1', float, 0.0)
+
+
+def _retry_after(err: BaseException, wait: float) -> float:
+    """The server's ``Retry-After`` (seconds or an HTTP date) when it sent one, bounded; else ``wait``."""
+    response = getattr(err, 'response', None)
+    headers = getattr(response, 'headers', None) or {}
+    raw = headers.get('Retry-After') if hasattr(headers, 'get') else None
+    if not raw:
+        return wait
+    try:
+        seconds = float(raw)
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+        try:
+            seconds = parsedate_to_datetime(raw).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return wait
+    if not math.isfinite(seconds):
+        return wait
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
 def with_retries(fn: Callable[[], T], action: str, repo_id: str, repo_type: str = 'model',
                  revision: Optional[str] = None, write: bool = False) -> T:
     """``fn()`` with retries and exponential back-off on server errors and network failures, then one
     :class:`HubError` saying what happened.
 
     ``TIMM_DD_HUB_RETRIES`` (default 3 attempts in all) and ``TIMM_DD_HUB_BACKOFF`` (first wait in seconds, default
-    1, doubling) set the policy. Uploads are safe to repeat: an identical commit changes nothing.
+    1, doubling) set the policy. A 429 or 503 with ``Retry-After`` waits what the server asks, at most
+    :data:`MAX_RETRY_AFTER` seconds. Uploads are safe to repeat: an identical commit changes nothing.
     """
-    attempts = max(1, int(os.environ.get('TIMM_DD_HUB_RETRIES', '3')))
-    wait = float(os.environ.get('TIMM_DD_HUB_BACKOFF', '1'))
+    attempts, wait = retry_policy()
     for attempt in range(1, attempts + 1):
         try:
             return fn()
@@ -109,8 +150,9 @@ def with_retries(fn: Callable[[], T], action: str, repo_id: str, repo_type: str 
             if err is None:
                 raise
             if attempt < attempts and _retryable(e):
-                _logger.warning('%s (attempt %d of %d); retrying in %.0f s', err, attempt, attempts, wait)
-                time.sleep(wait)
+                pause = _retry_after(e, wait)
+                _logger.warning('%s (attempt %d of %d); retrying in %.0f s', err, attempt, attempts, pause)
+                time.sleep(pause)
                 wait *= 2
                 continue
             if attempt > 1:

@@ -32,8 +32,15 @@ def split_source(repo_id_or_path: Union[str, os.PathLike]) -> Tuple[Optional[Pat
         return Path(name), None
     if os.path.exists(name):
         raise FileNotFoundError(f'{name} is a file; expected a folder (or a Hub repo id <org>/<name>)')
+    if os.path.islink(name):  # a path on this machine, never a Hub lookup
+        raise FileNotFoundError(f'{name} is a symbolic link to {os.readlink(name)!r}, which does not lead to a folder '
+                                f'(missing, or a loop of links); fix the link or pass the folder itself')
     if not _REPO_ID_RE.match(name) or name.startswith(('.', '~')):
         raise FileNotFoundError(f'{name}: no such folder, and it is not a Hub repo id (<org>/<name>); check the path')
+    first = name.split('/')[0]
+    if '/' in name and (os.path.isdir(first) or os.path.islink(first)):
+        raise FileNotFoundError(f'{name}: no such folder (though {first}/ is one here); check the path, or write '
+                                f'{HUB_PREFIX}{name} for the Hub repo of that name')
     return None, name
 
 

@@ -91,6 +91,7 @@ def load_distilled(
         revision: Optional[str] = None,
         cache_dir: Optional[Union[str, os.PathLike]] = None,
         token: Optional[str] = None,
+        strict: bool = False,
 ):
     """Load a distilled set from a local folder or a Hub dataset repo.
 
@@ -100,6 +101,7 @@ def load_distilled(
         revision: branch, tag or commit sha; pin a sha for reproducible experiments.
         cache_dir: Hub cache folder; defaults to ``HF_HUB_CACHE``.
         token: Hub token for private repos; defaults to ``HF_TOKEN`` / the stored login.
+        strict: refuse a set whose files have no recorded checksum (else: loaded with a warning in ``load_notes``).
 
     Returns:
         The ``DistilledSet``.
@@ -112,4 +114,4 @@ def load_distilled(
     folder, repo_id = split_source(repo_id_or_path)
     if folder is None:
         folder = download_snapshot('load distilled set from', repo_id, revision, cache_dir, token)
-    return DistilledSet.load(folder)
+    return DistilledSet.load(folder, strict=strict)

@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 
 import torch.nn as nn
 
-from ..io import atomic_folder, atomic_write
+from ..io import atomic_folder, atomic_write, check_replaceable
 from ._errors import HubError, hub_error, with_retries
 from ._repo import prepare_repo, split_source
 
@@ -24,6 +24,9 @@ __all__ = ['push_teacher', 'load_teacher', 'save_teacher', 'import_teacher', 're
            'teacher_model_card']
 
 _logger = logging.getLogger(__name__)
+
+# what timm's save_for_hf writes (safetensors) plus the card: a folder holding anything else is not replaced
+TEACHER_FILES = ('config.json', 'model.safetensors', 'README.md')
 
 
 def _architecture(model: nn.Module) -> str:
@@ -146,9 +149,7 @@ def save_teacher(
     describe_input(model)  # input_size / num_classes of this model, whatever was recorded before
     card = teacher_model_card(model, repo_id=repo_id, dataset=dataset, folder=folder)
     name = repo_id.split('/')[-1] if repo_id else folder.name
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / 'config.json').is_file():
-        raise FileExistsError(f'{folder} is a non-empty folder without config.json; refusing to replace it with a '
-                              f'teacher (choose an empty or new folder)')
+    check_replaceable(folder, TEACHER_FILES, 'teacher')
     with atomic_folder(folder) as tmp:  # timm writes the files; the folder appears complete or not at all
         save_for_hf(model, str(tmp), model_config=_model_config(class_names, model), model_args=model_args,
                     safe_serialization=True)

@@ -7,13 +7,28 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 
-from ..fields import coerce_field
+from ..fields import check_ranges, coerce_field
 from .schedules import LR_SCHEDULES, KeepRateSchedule, LRSchedule
 
-__all__ = ['TrainConfig', 'load_config', 'short_run_note', 'OPTIMIZERS']
+__all__ = ['TrainConfig', 'load_config', 'short_run_note', 'OPTIMIZERS', 'TRAIN_RANGES']
 
 OPTIMIZERS = ('momentum', 'lion', 'adamw')  # timm's names; 'sgd' (ours before) is a deprecated alias of 'momentum'
 PARALLEL_MODES = ('runs', 'ddp', 'vmap')
+_MAX_EPOCHS = '1e6'  # 250x the longest published protocol (DP+KD: 4000 epochs); per-epoch lists stay a few MB
+_SEED = '[0, 4294967295]'  # numpy's seed range (torch's is wider)
+
+#: the range of every numeric field (docs/config-ranges.md lists them; a value outside is an error naming it)
+TRAIN_RANGES = {
+    'epochs': f'[1, {_MAX_EPOCHS}]', 'batch_size': '[1, 1e7]', 'lr': '(0, 10]', 'lr_fallback': '(0, 10]',
+    'momentum': '[0, 1)', 'weight_decay': '[0, 10]', 'betas': '[0, 1)', 'lr_milestones': f'[0, {_MAX_EPOCHS}]',
+    'lr_gamma': '(0, 10]', 'lr_period_decay': '(0, 1]', 'period': f'[1, {_MAX_EPOCHS}]',
+    'final_epochs': f'[0, {_MAX_EPOCHS}]', 'p_min': '(0, 1]', 'p_final': '(0, 1]', 'dsa_k': '[1, 6]',
+    'soft_label_temperature': '(0, 1000]', 'kd_alpha': '[0, 1]', 'kd_temperature': '(0, 1000]',
+    'teacher_epochs': f'[1, {_MAX_EPOCHS}]', 'elf_lambda_front': '[0, 1e6]', 'elf_lambda_rear': '[0, 1e6]',
+    'elf_feature_epoch': f'[0, {_MAX_EPOCHS}]', 'eval_every': f'[0, {_MAX_EPOCHS}]',
+    'snapshot_epochs': f'[1, {_MAX_EPOCHS}]', 'checkpoint_every': f'[1, {_MAX_EPOCHS}]',
+    'test_batch_size': '[1, 1e7]', 'seed': _SEED,
+}
 
 
 @dataclass
@@ -117,6 +132,7 @@ class TrainConfig:
         if not 0.0 <= self.kd_alpha <= 1.0:
             raise ValueError(f'kd_alpha must be in [0, 1], got {self.kd_alpha}')
         self.betas = tuple(self.betas)
+        check_ranges(self, TRAIN_RANGES, 'timm_dd.train.config.TRAIN_RANGES')
         self.final_epochs = min(self.final_epochs, self.epochs)
 
     def keep_rate_schedule(self, model_name: str = '') -> KeepRateSchedule:

@@ -23,6 +23,7 @@ from .config import TrainConfig, short_run_note
 from .report import format_table  # the one table renderer (also for merged results)
 from .networks import create_student, elf_targets, load_done, result_record, run_folder, save_done, save_model, \
     train_or_load_teacher
+from .task import resolve_lr
 from .trainer import train_model
 
 __all__ = ['run_experiment', 'ExperimentResult', 'check_resume', 'format_table', 'summarize']
@@ -213,13 +214,16 @@ def run_experiment(
     (loadable with ``timm.create_model('local-dir:<folder>', pretrained=True)`` or ``timm_dd.hub.load_teacher``).
     """
     out_dir = Path(out_dir)
+    _check_distinct(models, seeds)
     run_record = {'config': cfg.to_dict(), 'data': dict(bundle.source), 'model_kwargs': dict(model_kwargs or {})}
     check_resume(out_dir, run_record, resume, force_resume)
     if accelerator.is_main_process:
         atomic_write_json(out_dir / RUN_CONFIG_FILE, run_record, indent=2)
+    resolve_lr(cfg, bundle.train.learned_lr)  # a learned lr out of range stops here, before any teacher trains
     notes = [note] if (note := short_run_note(cfg)) else []
     for note in notes:
         _logger.warning(note)
+    notes += bundle.notes  # logged where they were found
     experiment = _Experiment(cfg, bundle, out_dir, accelerator, model_kwargs, resume, save_models)
     teachers, teacher_runs = experiment.teachers(seeds) if cfg.kd else ({}, [])
     runs = experiment.merge(experiment.students(models, seeds, teachers))
@@ -230,6 +234,20 @@ def run_experiment(
         write_results(result, out_dir)
     accelerator.wait_for_everyone()
     return result
+
+
+def _check_distinct(models: Sequence[str], seeds: Sequence[int]) -> None:
+    """Each (network, seed) is one run: a repeated seed would run once and be reported as two runs (``± 0.00``)."""
+    for what, flag, values in (('seeds', '--seeds', seeds), ('models', '--models', models)):
+        repeated = sorted({v for v in values if list(values).count(v) > 1}, key=str)
+        if repeated:
+            raise ValueError(f'{what} {list(values)} repeat {", ".join(map(str, repeated))}: each one is one run; '
+                             f'give distinct {what} ({flag})')
+        if not values:
+            raise ValueError(f'no {what} given ({flag})')
+    bad = [s for s in seeds if not 0 <= s <= 2 ** 32 - 1]
+    if bad:
+        raise ValueError(f'seeds must lie in [0, 4294967295] (numpy\'s range), got {bad}')
 
 
 def _mean_std(values: List[float]) -> Tuple[float, float]:

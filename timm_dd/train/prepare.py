@@ -26,6 +26,7 @@ def prepare_data(
         layout: Optional[str] = None,
         image_space: Optional[str] = None,
         zca_eps: float = 0.1,
+        strict: bool = False,
 ) -> DataSplits:
     """Load a distilled set (folder or Hub id) or draw ``real_ipc`` real images per class from ``dataset``
     (``real_ipc=-1``: all of them).
@@ -39,14 +40,18 @@ def prepare_data(
     logits through ``softmax(y / t)`` with ``soft_label_temperature`` (or the set's own temperature; neither is an
     error), probabilities as they are (checked to sum to 1). Real data is used in ``image_space`` 'normalized'
     (default) or 'zca' (ZCA of [0, 1] pixels with ``zca_eps``, fitted on the train split: the space of MTT's --zca
-    sets, e.g. for an ELF feature model that must live in the set's space).
+    sets, e.g. for an ELF feature model that must live in the set's space). ``strict`` refuses a saved set whose
+    files have no recorded checksum (else it loads with a note, kept in the splits' ``notes`` and the results).
     """
     if (data is None) == (real_ipc is None):
         raise ValueError('give either a distilled set (--data, `data`) or a number of real images per class '
                          '(--real-ipc, `real_ipc`), not both and not neither')
     loads = dict(root=data_root, cache_dir=cache_dir)
     if data is not None:
-        return _distilled_splits(data, dataset, layout, image_space, soft_label_temperature, loads)
+        return _distilled_splits(data, dataset, layout, image_space, soft_label_temperature, loads, strict)
+    if real_ipc == 0 or real_ipc < -1:
+        raise ValueError(f'real_ipc (--real-ipc) must be a positive number of images per class, or -1 for all of '
+                         f'them; got {real_ipc}')
     if dataset is None:
         raise ValueError('real_ipc (--real-ipc) needs a dataset (--dataset: e.g. digits, cifar10, or a '
                          'folder/zip)')
@@ -54,8 +59,8 @@ def prepare_data(
 
 
 def _distilled_splits(data: str, dataset: Optional[str], layout: Optional[str], image_space: Optional[str],
-                      soft_label_temperature: Optional[float], loads: Dict[str, Any]) -> DataSplits:
-    dset = _load_set(data, layout, dataset, image_space, soft_label_temperature)
+                      soft_label_temperature: Optional[float], loads: Dict[str, Any], strict: bool) -> DataSplits:
+    dset = _load_set(data, layout, dataset, image_space, soft_label_temperature, strict)
     source, test = _test_split(dset, data, dataset, loads)
     _check_classes(dset.class_names, test.class_names, dset.num_classes, test.num_classes, data, source)
     train = dset.to_image_set(soft_label_temperature)
@@ -63,7 +68,7 @@ def _distilled_splits(data: str, dataset: Optional[str], layout: Optional[str], 
                       f'{dset.method} {dset.source_dataset} ipc {dset.ipc} ({data})',
                       dict(kind='distilled', path=str(data), method=dset.method, ipc=dset.ipc,
                            image_space=dset.image_space, source_dataset=dset.source_dataset,
-                           **_normalization(dset.normalization)))
+                           **_normalization(dset.normalization)), notes=list(dset.load_notes))
 
 
 def _real_splits(dataset: str, real_ipc: int, seed: int, space: str, zca_eps: float,
@@ -114,12 +119,12 @@ def _test_split(dset: DistilledSet, data: str, dataset: Optional[str], loads: Di
 
 
 def _load_set(data: str, layout: Optional[str], dataset: Optional[str], image_space: Optional[str],
-              soft_label_temperature: Optional[float]) -> DistilledSet:
+              soft_label_temperature: Optional[float], strict: bool) -> DistilledSet:
     from ..distilled.interchange import detect_layout
     from ..hub import import_distilled, load_distilled
     layout = layout or detect_layout(data)
     if layout == 'timm_dd':
-        return load_distilled(data)
+        return load_distilled(data, strict=strict)
     return import_distilled(data, layout, dataset=dataset, image_space=image_space,
                             soft_label_temperature=soft_label_temperature)
 

@@ -1,12 +1,13 @@
 """What one training step optimizes: the task module (the student, or ELF's front and rear), its loss (labels, KD,
 ELF features), and the optimizer of a recipe."""
-import math
+from types import SimpleNamespace
 from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
 
-from .config import TrainConfig
+from ..fields import check_ranges
+from .config import TRAIN_RANGES, TrainConfig
 from .elf import FeatureSplit, elf_split
 from .losses import feature_loss, kd_loss, label_loss
 
@@ -44,11 +45,21 @@ def create_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.opt
 
 
 def resolve_lr(cfg: TrainConfig, learned_lr: Optional[float]) -> float:
+    """The peak lr: the recipe's ``lr``, else the set's learned one, else ``lr_fallback``.
+
+    A learned lr outside the range a recipe's ``lr`` may take (``TRAIN_RANGES``) is an error naming it and ``--lr``:
+    a set claiming lr 1e30 would otherwise train at chance without a word.
+    """
     if cfg.lr is not None:
         return cfg.lr
     if learned_lr is not None:
-        if not (learned_lr > 0 and math.isfinite(learned_lr)):
-            raise ValueError(f'the distilled set\'s learned lr must be positive and finite, got {learned_lr}')
+        interval = TRAIN_RANGES['lr']
+        try:
+            check_ranges(SimpleNamespace(lr=learned_lr), {'lr': interval}, 'timm_dd.train.config.TRAIN_RANGES')
+        except ValueError:
+            raise ValueError(f'the distilled set\'s learned lr {learned_lr:g} is outside {interval}, the range of a '
+                             f'step size: the set is damaged or was saved with another unit; pass --lr (or '
+                             f'--set lr=...) to train at a step size of your choice') from None
         return float(learned_lr)
     return cfg.lr_fallback
 
