@@ -111,6 +111,13 @@ def _(tmp, capsys):
     return lambda: DistilledSet.load(folder), Exception, r'(?i)nan'
 
 
+@case('set-images-huge')
+def _(tmp, capsys):
+    folder = _set(tmp)
+    _tamper(folder, lambda t: t['images'].mul_(1e30))
+    return lambda: DistilledSet.load(folder), Exception, r'distilled.safetensors.*range over \[-.*e\+30'
+
+
 @case('set-label-out-of-range')
 def _(tmp, capsys):
     folder = _set(tmp)
@@ -512,6 +519,42 @@ def _(tmp, capsys):
                                    '--output', str(tmp / 'o')], capsys)), 2, r'is a symbolic link to .*loop of links'
 
 
+def _image_tree(folder: Path, classes: int = 10) -> Path:
+    from PIL import Image
+    for k in range(classes):
+        (folder / f'class{k}').mkdir(parents=True)
+        Image.new('L', (8, 8), 10 * k).save(folder / f'class{k}' / '0.png')
+    return folder
+
+
+@case('folder-link-loop')
+def _(tmp, capsys):
+    folder = _image_tree(tmp / 'pngs')
+    (folder / 'class3' / 'up').symlink_to('..')  # followed, this would walk the set again, 40 levels deep
+    return (lambda: _cli('distill', ['convert', str(folder), '--layout', 'folder', '--dataset', 'digits',
+                                     '--output', str(tmp / 'o')], capsys)), 2, \
+        r'class3/up is a link to .*pngs, a folder that contains it: following it would never end; remove the link'
+
+
+@case('folder-class-linked-twice')
+def _(tmp, capsys):
+    folder = _image_tree(tmp / 'pngs')
+    (folder / 'class3' / 'more').symlink_to('../class4')  # class4's images would also count as class3's
+    return (lambda: _cli('distill', ['convert', str(folder), '--layout', 'folder', '--dataset', 'digits',
+                                     '--output', str(tmp / 'o')], capsys)), 2, \
+        (r"class3/more is a link to .*class4, a folder already read \(as .*class4\): following it would read "
+         r"its files twice")
+
+
+@case('folder-broken-link')
+def _(tmp, capsys):
+    folder = _image_tree(tmp / 'pngs')
+    (folder / 'class3' / '1.png').symlink_to(tmp / 'moved-away.png')
+    return (lambda: _cli('distill', ['convert', str(folder), '--layout', 'folder', '--dataset', 'digits',
+                                     '--output', str(tmp / 'o')], capsys)), 2, \
+        r'class3/1.png is a broken link \(to .*moved-away.png\)'
+
+
 @case('data-is-expert-buffer')
 def _(tmp, capsys):
     path, _ = _expert(tmp)
@@ -555,6 +598,8 @@ def test_table_and_cases_agree():
     ids = _table_ids()
     assert len(ids) >= 25 and len(set(ids)) == len(ids)
     assert set(ids) == set(CASES)
+    readme = (REPO / 'README.md').read_text()
+    assert f'[docs/bad-inputs.md](docs/bad-inputs.md) ({len(ids)} cases' in ' '.join(readme.split()), 'README count'
 
 
 @pytest.mark.parametrize('case_id', sorted(CASES))

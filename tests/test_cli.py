@@ -230,3 +230,36 @@ def test_a_set_without_checksums_trains_with_a_note_in_the_results(tmp_path, cap
     notes = json.loads((out / 'results.json').read_text())['notes']
     assert any('distilled.safetensors has no sha256' in n for n in notes), notes
     assert 'has no sha256' in (out / 'results.md').read_text()
+
+
+def test_ctrl_c_exits_130_with_one_line_and_resume_finishes_the_run(tmp_path):
+    """Issue "Reliability II": Ctrl-C during training is one ``error: interrupted ...`` line saying how to continue
+    (exit 130, no traceback), the checkpoint is kept and ``--resume`` finishes the same run."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / 'o'
+    argv = [sys.executable, str(repo / 'train.py'), '-c', 'baseline', '--dataset', 'digits', '--real-ipc', '2',
+            '--model', 'convnet3', '--model-kwargs', 'width=8', '--epochs', '300', '--eval-every', '0',
+            '--set', 'checkpoint_every=1', '--output', str(out), '--no-plots', '--cpu']
+    env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS='1', TIMM_DD_CACHE=str(tmp_path / 'cache'))
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoint = out / 'runs' / 'convnet3' / 'seed0' / 'checkpoint.pt'
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert 'Traceback' not in err, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith('error: interrupted') and 'with --resume' in last, last
+    assert checkpoint.exists()
+    done = subprocess.run([*argv, '--resume'], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((out / 'results.json').read_text())['runs'], 'no finished run recorded'

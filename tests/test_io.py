@@ -42,6 +42,34 @@ def test_failed_write_keeps_the_previous_file(tmp_path):
     assert torch.load(target)['v'] == 1 and os.listdir(tmp_path) == ['state.pt']
 
 
+
+class _InterruptedFile:
+    """A file that raises KeyboardInterrupt (Ctrl-C) on its ``n``-th write, as a signal arriving mid-save does."""
+
+    def __init__(self, f, n: int):
+        self.f, self.n = f, n
+
+    def write(self, data):
+        self.n -= 1
+        if self.n == 0:
+            raise KeyboardInterrupt
+        return self.f.write(data)
+
+    def flush(self):
+        self.f.flush()
+
+
+def test_ctrl_c_inside_torch_save_is_an_interruption_and_keeps_the_previous_file(tmp_path):
+    """torch's zip writer turns a Ctrl-C in mid-write into a RuntimeError that reads like corruption; the atomic write
+    reports it as the interruption it was, naming the file, whose previous version is kept."""
+    target = tmp_path / 'checkpoint.pt'
+    torch.save({'v': 1}, target)
+    with pytest.raises(KeyboardInterrupt, match='interrupted while writing .*checkpoint.pt'):
+        with atomic_write(target) as f:
+            torch.save({'v': torch.zeros(1000)}, _InterruptedFile(f, 3))
+    assert torch.load(target)['v'] == 1 and os.listdir(tmp_path) == ['checkpoint.pt']
+
+
 def _killed_writes(folder):
     """What this library's writers leave when killed mid-write, named as they name it."""
     (folder / '.timm_dd-tmp-metrics.jsonl.abc123.tmp').write_text('half')

@@ -1,4 +1,5 @@
-"""Crash-safe file writes (the one place that writes a file) and the checksums that identify files and tensors.
+"""Crash-safe file writes (the one place that writes a file), the checksums that identify files and tensors, and
+the one walk over a user's folder tree (links followed, loops refused).
 
 A file is written to a temporary sibling with a name unique to the writing process (``mkstemp``), flushed to disk
 and renamed into place, so a reader sees either the previous complete file or the new complete one, never half
@@ -18,7 +19,7 @@ from typing import IO, Any, Callable, Iterable, Iterator, List, Union
 
 __all__ = ['atomic_write', 'atomic_write_json', 'atomic_write_with', 'default_file_mode', 'FolderLock',
            'FolderInUseError', 'atomic_folder', 'check_replaceable', 'remove_stale_temporaries', 'file_sha256',
-           'tensor_checksum', 'append_line', 'TMP_PREFIX', 'OLD_PREFIX', 'LOCK_FILE']
+           'tensor_checksum', 'append_line', 'walk_files', 'TMP_PREFIX', 'OLD_PREFIX', 'LOCK_FILE']
 
 _logger = logging.getLogger(__name__)
 
@@ -80,7 +81,22 @@ def _replacing(path: Path, suffix: str) -> Iterator[tuple]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         _raise_if_disk_full(e, path)
+        if not isinstance(e, KeyboardInterrupt) and _interrupted(e):
+            # Ctrl-C inside torch.save surfaces as torch's "inline_container ... unexpected pos" RuntimeError, which
+            # reads like corruption: the write was interrupted and its target kept, so say that
+            raise KeyboardInterrupt(f'interrupted while writing {path} (its previous version is kept)') from None
         raise
+
+
+def _interrupted(err: BaseException) -> bool:
+    """Whether ``err`` was raised while handling a KeyboardInterrupt (Ctrl-C) somewhere down its context chain."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        seen.add(id(err))
+        err = err.__context__ or err.__cause__
+    return False
 
 
 @contextlib.contextmanager
@@ -292,3 +308,41 @@ def append_line(path: PathLike, line: str) -> None:
     """Append one line to a log file (``metrics.jsonl``); one process owns each such file."""
     with open(path, 'a', encoding='utf-8') as f:
         f.write(line.rstrip('\n') + '\n')
+
+
+def walk_files(root: PathLike, skip: Callable[[str], bool] = lambda name: False) -> Iterator[Path]:
+    """Every file under ``root`` (as ``root/<relative path>``), in sorted order, following links; entries whose
+    name ``skip`` accepts are left out (with everything under them).
+
+    A link to a folder is followed unless it leads back into a folder this walk is inside or has already read
+    (``up -> ..``, a class folder linked twice): that would loop or count images twice, so it is a ``ValueError``
+    naming the link. Links to folders elsewhere (subsets of a large dataset made with ``ln -s``) are followed, and a
+    broken link is a ``FileNotFoundError`` naming it.
+    """
+    root = Path(root)
+    real_root = os.path.realpath(root)
+    inside = {real_root, *(str(p) for p in Path(real_root).parents)}  # the folders the walk is in, and above
+    yield from _walk(root, inside, {real_root: root}, skip)
+
+
+def _walk(folder: Path, inside: set, seen: dict, skip: Callable[[str], bool]) -> Iterator[Path]:
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if skip(entry.name):
+            continue
+        path = Path(entry.path)
+        if entry.is_dir():
+            real = os.path.realpath(path)
+            if real in inside:
+                raise ValueError(f'{path} is a link to {real}, a folder that contains it: following it would never '
+                                 f'end; remove the link')
+            if real in seen:  # blame the link, whether it came first or second
+                link, other = (seen[real], path) if seen[real].is_symlink() else (path, seen[real])
+                raise ValueError(f'{link} is a link to {real}, a folder already read (as {other}): following it '
+                                 f'would read its files twice; remove the link')
+            seen[real] = path
+            yield from _walk(path, inside | {real}, seen, skip)
+        elif entry.is_file():
+            yield path
+        elif entry.is_symlink():
+            raise FileNotFoundError(f'{path} is a broken link (to {os.readlink(path)}); remove it or restore its '
+                                    f'target')

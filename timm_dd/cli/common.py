@@ -21,11 +21,18 @@ import argparse
 import logging
 import sys
 import warnings
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 
 __all__ = ['add_common_args', 'parse_set', 'read_cli_config', 'apply_deprecations', 'report_user_error',
-           'DEPRECATED_FLAGS', 'setup_logging']
+           'DEPRECATED_FLAGS', 'setup_logging', 'run_command', 'EXIT_OK', 'EXIT_RUN_FAILED', 'EXIT_USER_ERROR',
+           'EXIT_INTERRUPTED']
+
+#: the exit statuses of both commands (the README's table "Exit statuses" lists them)
+EXIT_OK = 0
+EXIT_RUN_FAILED = 1  # the run started and failed on its own: training or distillation diverged (non-finite loss)
+EXIT_USER_ERROR = 2  # something to fix before running again: a flag, a value, a file, the Hub, the disk, a busy folder
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as a shell reports it): what was checkpointed is kept
 
 #: old flag -> (new flag, note); rewritten before parsing, with a FutureWarning
 DEPRECATED_FLAGS: Dict[str, Tuple[str, str]] = {
@@ -119,7 +126,26 @@ def setup_logging(level: str, main_process: bool = True) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def report_user_error(err: BaseException) -> int:
+def report_user_error(err: Any) -> int:
     """One line on stderr for an error the user can fix; the exit status."""
     print(f'error: {err}', file=sys.stderr)
-    return 2
+    return EXIT_USER_ERROR
+
+
+def run_command(body: Callable[[], int], resume_hint: str = 'run the same command with --resume') -> int:
+    """``body()`` with every failure as one ``error:`` line and the exit status of the table above: a
+    diverged run (1), an error the user can fix (2), Ctrl-C (130, saying how to continue)."""
+    from ..distill.state import DistillationDiverged
+    from ..hub import HubError
+    from ..io import FolderInUseError
+    try:
+        return body()
+    except KeyboardInterrupt as e:
+        detail = f' {e}' if str(e) else ''
+        print(f'error: interrupted{detail}; {resume_hint} to continue from the last checkpoint', file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (DistillationDiverged, FloatingPointError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return EXIT_RUN_FAILED
+    except (ValueError, FileNotFoundError, FolderInUseError, HubError, OSError) as e:
+        return report_user_error(e)

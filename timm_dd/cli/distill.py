@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .common import (
-    add_common_args, apply_deprecations, parse_set, read_cli_config, report_user_error, setup_logging,
+    add_common_args, apply_deprecations, parse_set, read_cli_config, report_user_error, run_command, setup_logging,
 )
 
 COMMANDS = ('experts', 'distill', 'presets', 'convert')
@@ -112,10 +112,13 @@ def resolve_config(argv: List[str]):
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = apply_deprecations(sys.argv[1:] if argv is None else list(argv), DEPRECATED)
-    try:
-        args, cfg = resolve_config(argv)
-    except (ValueError, FileNotFoundError) as e:
-        return report_user_error(e)
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    hint = 'run the same command again' if command == 'experts' else 'run the same command with --resume'
+    return run_command(lambda: _main(argv), resume_hint=hint)  # finished experts are kept and skipped
+
+
+def _main(argv: List[str]) -> int:
+    args, cfg = resolve_config(argv)
     if args.command == 'presets':
         return _presets(args.show)
     setup_logging(args.log_level)
@@ -130,9 +133,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         _deterministic()
     import accelerate
 
-    from ..distill import DistillationDiverged, ExpertFileError
-    from ..hub import HubError
-    from ..io import FolderInUseError, FolderLock
+    from ..io import FolderLock
     from ..launch import exit_with_launcher
     exit_with_launcher()
     out = Path(args.output)
@@ -158,11 +159,6 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(json.dumps({'out': str(out / 'distilled'), 'images': list(dset.images.shape),
                               'lr': float(dset.lr) if dset.lr is not None else None,
                               'processes': acc.num_processes, 'device': str(acc.device)}))
-    except (DistillationDiverged, ExpertFileError, HubError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError, FolderInUseError, OSError) as e:
-        return report_user_error(e)
     finally:
         acc.end_training()
     return 0
@@ -217,13 +213,10 @@ def _start_vs_end(dset, cfg) -> Optional[str]:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from ..hub import HubError, import_distilled
-    try:
-        dset = import_distilled(args.source, args.layout, dataset=args.dataset, image_space=args.image_space,
-                                zca_eps=args.zca_eps, lr=args.lr, soft_label_temperature=args.soft_label_temperature)
-        path = dset.save(args.output)
-    except (ValueError, FileNotFoundError, HubError, OSError) as e:
-        return report_user_error(e)
+    from ..hub import import_distilled
+    dset = import_distilled(args.source, args.layout, dataset=args.dataset, image_space=args.image_space,
+                            zca_eps=args.zca_eps, lr=args.lr, soft_label_temperature=args.soft_label_temperature)
+    path = dset.save(args.output)
     print(json.dumps({'out': str(path), 'images': list(dset.images.shape), 'image_space': dset.image_space,
                       'lr': float(dset.lr) if dset.lr is not None else None}))
     return 0

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .common import (
-    add_common_args, apply_deprecations, parse_set, read_cli_config, report_user_error, setup_logging,
+    add_common_args, apply_deprecations, parse_set, read_cli_config, report_user_error, run_command, setup_logging,
 )
 
 # recipe fields that have their own flag: flag dest -> TrainConfig field
@@ -147,14 +147,14 @@ def resolve_config(argv: List[str]):
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = apply_deprecations(sys.argv[1:] if argv is None else list(argv))
+    return run_command(lambda: _main(argv))
+
+
+def _main(argv: List[str]) -> int:
     from .. import models as _registered  # noqa: F401  (registers the models with timm)
-    from ..hub import HubError
-    from ..io import FolderInUseError, FolderLock
+    from ..io import FolderLock
     from ..launch import exit_with_launcher
-    try:
-        args, cfg = resolve_config(argv)
-    except (ValueError, FileNotFoundError) as e:
-        return report_user_error(e)
+    args, cfg = resolve_config(argv)
     models = args.models or ([args.model] if args.model else None)
     if not models:
         return report_user_error('give --model or --models')
@@ -170,10 +170,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         with lock:
             return _run(args, cfg, models, seeds, out_dir, accelerator)
-    except (ValueError, FileNotFoundError, FolderInUseError, HubError) as e:
-        return report_user_error(e)
-    except OSError as e:  # a full disk, an unwritable folder: the message says which file
-        return report_user_error(e)
     finally:
         accelerator.end_training()
 

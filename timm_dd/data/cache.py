@@ -12,11 +12,11 @@ import logging
 import os
 import zlib
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from ..io import atomic_write_with
+from ..io import atomic_write_with, walk_files
 
 __all__ = ['CACHE_VERSION', 'default_cache_dir', 'tree_fingerprint', 'cache_key', 'load_cached',
            'save_cached']
@@ -35,19 +35,17 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / '.cache' / 'timm_dd' / 'datasets'
 
 
-def tree_fingerprint(root: PathLike) -> str:
-    """Hex sha256 of the listing (relative path, size, mtime in ns) of every file under ``root``.
+def tree_fingerprint(root: PathLike, skip: Callable[[str], bool] = lambda name: False) -> str:
+    """Hex sha256 of the listing (relative path, size, mtime in ns) of every file under ``root`` (names ``skip``
+    accepts left out, links followed as :func:`timm_dd.io.walk_files` does).
 
     Cheap compared with hashing the contents; any added, removed, resized or touched file changes it.
     """
     root = Path(root)
     rows = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        for fn in sorted(filenames):
-            p = Path(dirpath) / fn
-            st = p.stat()
-            rows.append(f'{p.relative_to(root).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}')
+    for p in walk_files(root, skip):
+        st = p.stat()
+        rows.append(f'{p.relative_to(root).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}')
     return hashlib.sha256('\n'.join(rows).encode('utf-8')).hexdigest()
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..constants import BUILTIN_DATASETS, CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD
-from ..io import file_sha256
+from ..io import file_sha256, walk_files
 from .cache import cache_key, default_cache_dir, load_cached, save_cached, tree_fingerprint
 from .sets import ImageSet
 
@@ -82,12 +82,9 @@ def _list_zip(zf: zipfile.ZipFile, source: Path) -> Tuple[List[str], List[Tuple[
 def _list_dir(root: Path) -> Tuple[List[str], List[Tuple[str, int]]]:
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not _hidden(e.name))
     rel, full = [], []
-    for c in classes:
-        for dirpath, _, filenames in sorted(os.walk(root / c, followlinks=True)):
-            for fn in sorted(filenames):
-                p = Path(dirpath) / fn
-                rel.append(PurePosixPath(p.relative_to(root).as_posix()))
-                full.append(str(p))
+    for p in walk_files(root, skip=_hidden):  # loops and doubly linked folders refused, naming the link
+        rel.append(PurePosixPath(p.relative_to(root).as_posix()))
+        full.append(str(p))
     return _class_entries(rel, full, root, classes)
 
 
@@ -170,7 +167,7 @@ def load_image_tree(
         split = src.stem  # an archive named after its split ('test.zip') is that split
     cache_file = None
     if use_cache:
-        checksum = file_sha256(src) if kind == 'zip' else tree_fingerprint(src)
+        checksum = file_sha256(src) if kind == 'zip' else tree_fingerprint(src, skip=_hidden)
         key = cache_key(kind=kind, checksum=checksum, image_size=size)
         safe = ''.join(ch if ch.isalnum() or ch in '-_.' else '_' for ch in f'{name}-{split}')
         cache_file = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()

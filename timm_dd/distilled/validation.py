@@ -20,6 +20,9 @@ __all__ = ['validate', 'IMAGE_SPACES', 'SOFT_LABEL_KINDS']
 
 IMAGE_SPACES = SPACE_NAMES
 SOFT_LABEL_KINDS = ('logits', 'probs')
+#: the largest magnitude a valid image value has in any space (ZCA-whitened CIFAR stays within tens; even 0..255
+#: pixels stay below); beyond it a set is damaged or mis-scaled and training on it can only overflow
+MAX_ABS_PIXEL = 1e4
 _IMAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
@@ -50,6 +53,11 @@ def check_images(x: Any) -> None:
         _fail('images', f'images must be non-empty, got shape {tuple(x.shape)}')
     if not _all_finite(x):
         _fail('images', 'images contain NaN or Inf values')
+    low, high = x.min().item(), x.max().item()
+    if max(-low, high) > MAX_ABS_PIXEL:
+        _fail('images', f'images range over [{low:.3g}, {high:.3g}]; images in any space (pixels in [0, 1], '
+                        f'normalized or ZCA-whitened values of a few units) lie within +-{MAX_ABS_PIXEL:g}: the file '
+                        f'is damaged or was scaled by mistake (a training on it would only diverge)')
 
 
 def check_labels(dset: DistilledSet) -> None:
