@@ -179,3 +179,8 @@ def hub_env(fake_hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         close_session()
     except ImportError:
         pass
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption('--long', action='store_true', default=False,
+                     help='longer property tests (tests/test_fuzz_sets.py draws 20x as many examples)')

@@ -257,6 +257,33 @@ def _(tmp, capsys):
     return lambda: train_experts(x, y, path.parent, other), ExpertFileError, r'another recipe.*lr'
 
 
+@case('expert-missing-in-numbering')
+def _(tmp, capsys):
+    path, _ = _expert(tmp)
+    for i in (2, 3):  # expert_00001 was deleted (it diverged) and not trained again
+        (path.parent / f'expert_0000{i}.safetensors').write_bytes(path.read_bytes())
+    return lambda: ExpertPool(path.parent), ExpertFileError, r'missing from the numbering \(expert_00001.*experts'
+
+
+@case('experts-being-written')
+def _(tmp, capsys):
+    from timm_dd.io import FolderLock
+    path, _ = _expert(tmp)
+
+    def distill_while_experts_train():
+        with FolderLock(path.parent):  # what a running `distill.py experts` holds
+            ExpertPool(path.parent)
+    return distill_while_experts_train, ExpertFileError, r'being written by a running job \(pid \d+\).*max_experts'
+
+
+@case('distill-output-is-experts')
+def _(tmp, capsys):
+    path, _ = _expert(tmp)
+    argv = ['distill', '-c', 'digits-ipc10-att', '--experts', str(path.parent), '--output', str(path.parent) + '/',
+            '--cpu']
+    return lambda: _cli('distill', argv, capsys), 2, r'--output .* is the experts folder.*choose another --output'
+
+
 # --- checkpoints and resuming ----------------------------------------------------------------------------------
 
 @case('train-checkpoint-corrupt')

@@ -282,6 +282,8 @@ def test_experts_resumable_and_split_between_processes(tmp_path, monkeypatch):
     mine = train_experts(x, y, tmp_path, cfg, process_index=1, num_processes=2)
     assert [p.name for p in mine] == ['expert_00001.safetensors'] and mine[0].is_file()
     assert not (tmp_path / 'expert_00000.safetensors').exists()
+    with pytest.raises(ExpertFileError, match=r'missing from the numbering \(expert_00000'):
+        ExpertPool(tmp_path)  # process 0 has not written its expert yet
     paths = train_experts(x, y, tmp_path, cfg)
     exp = ExpertTrajectory(paths[0])
     assert exp.num_epochs == 2 and exp.meta['epochs'] == 2 and exp.meta['params'][0][0] == 'features.0.weight'
@@ -291,6 +293,15 @@ def test_experts_resumable_and_split_between_processes(tmp_path, monkeypatch):
     assert [p.stat().st_mtime_ns for p in paths] == stamps
     with pytest.raises(ExpertFileError, match='at least'):
         ExpertPool(tmp_path, min_epochs=5)
+    paths[2].unlink()  # a buffer whose training was stopped: used, and the set says how many of how many
+    pool = ExpertPool(tmp_path)
+    assert len(pool) == 2 and pool.provenance()['planned'] == 3
+    assert ExpertPool(tmp_path, max_experts=2).provenance().get('planned') is None  # asked for 2: nothing missing
+    from timm_dd.distilled import DistilledSet
+    from timm_dd.distilled.card import render_card
+    dset = DistilledSet(images=torch.zeros(2, 1, 8, 8), labels=torch.arange(2), method='MTT', source_dataset='rand',
+                        ipc=1, image_space='pixel', extra={'experts': pool.provenance()})
+    assert 'Expert trajectories: 2 experts (of the 3 its recipe planned) of 2 epochs' in render_card(dset.to_config())
 
 
 def test_dm_reduces_loss():

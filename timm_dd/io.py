@@ -15,11 +15,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Iterator, List, Union
+from typing import IO, Any, Callable, Iterable, Iterator, List, Optional, Union
 
 __all__ = ['atomic_write', 'atomic_write_json', 'atomic_write_with', 'default_file_mode', 'FolderLock',
-           'FolderInUseError', 'atomic_folder', 'check_replaceable', 'remove_stale_temporaries', 'file_sha256',
-           'tensor_checksum', 'append_line', 'walk_files', 'TMP_PREFIX', 'OLD_PREFIX', 'LOCK_FILE']
+           'folder_lock_holder', 'FolderInUseError', 'atomic_folder', 'check_replaceable', 'remove_stale_temporaries',
+           'file_sha256', 'read_torch_file', 'tensor_checksum', 'append_line', 'walk_files', 'TMP_PREFIX', 'OLD_PREFIX', 'LOCK_FILE']
 
 _logger = logging.getLogger(__name__)
 
@@ -269,8 +269,8 @@ class FolderLock:
             f.seek(0)
             holder = f.read().strip() or 'another process'
             f.close()
-            raise FolderInUseError(f'{self.folder} is in use by a running job ({holder}); wait for it to finish or choose '
-                               f'another output folder') from None
+            raise FolderInUseError(f'{self.folder} is in use by a running job ({holder}); wait for it to finish or '
+                                   f'choose another output folder') from None
         f.seek(0)
         f.truncate()
         f.write(f'pid {os.getpid()}')
@@ -285,6 +285,50 @@ class FolderLock:
         if self._file is not None:
             self._file.close()  # closing releases the lock
             self._file = None
+
+
+def folder_lock_holder(folder: PathLike) -> Optional[str]:
+    """Who holds ``folder``'s :class:`FolderLock` right now (``'pid 123'``), or ``None`` when no live run does.
+
+    Only reads: the lock file is never created or rewritten (a reader must not disturb a writer)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    try:
+        f = open(Path(folder) / LOCK_FILE, 'r')
+    except OSError:  # no lock file: no run ever held it
+        return None
+    with f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return f.read().strip() or 'another process'
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return None
+
+
+def read_torch_file(path: PathLike, map_location: Any = 'cpu') -> Any:
+    """``torch.load(path, weights_only=True)``: tensors, numbers and containers of them, never code. An unreadable
+    file is a one-line ``ValueError`` naming it (torch's own message spans a dozen lines and suggests
+    ``weights_only=False``, which would run whatever the file holds)."""
+    import pickle
+
+    import torch
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except OSError as e:
+        if e.filename is not None:  # missing, unreadable: the message names the file
+            raise
+        raise ValueError(f'{path}: cannot read this torch.save file (truncated or damaged?): {e}') from e
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError, KeyError,
+            IndexError, OverflowError, MemoryError, UnicodeDecodeError) as e:
+        if isinstance(e, pickle.UnpicklingError) and 'Weights only load failed' in str(e):
+            reason = ('its bytes are damaged, or it holds objects other than tensors, numbers and containers of '
+                      'them (it is read with weights_only=True, so nothing in it runs)')
+        else:
+            reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)[:300]
+        raise ValueError(f'{path}: cannot read this torch.save file (truncated or damaged?): {reason}') from e
 
 
 def file_sha256(path: PathLike, chunk_size: int = 1 << 22) -> str:

@@ -126,6 +126,9 @@ def _main(argv: List[str]) -> int:
         return _convert(args)
     if args.output is None:
         return report_user_error('--output is required')
+    if args.command == 'distill' and args.experts and Path(args.experts).resolve() == Path(args.output).resolve():
+        return report_user_error(f'--output {args.output} is the experts folder: a distillation writes its checkpoint, '
+                                 f'images and sets there; choose another --output (the experts stay as they are)')
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)

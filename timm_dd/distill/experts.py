@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -27,7 +28,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..augment import DSA
-from ..io import atomic_write_with, tensor_checksum
+from ..io import atomic_write_with, folder_lock_holder, tensor_checksum
 from ..seeding import generator_for, seeded
 from ..train.loop import CallbackHook, evaluate_tensors, fit, run_batches
 
@@ -50,6 +51,9 @@ class ExpertFileError(ValueError):
 
 def expert_filename(index: int) -> str:
     return f'expert_{index:05d}.safetensors'
+
+
+_EXPERT_NAME = re.compile(r'expert_(\d+)\.safetensors')
 
 
 def _epoch_key(epoch: int) -> str:
@@ -199,12 +203,21 @@ class ExpertPool:
                  expected: Optional[ExpertConfig] = None):
         self.folder = Path(folder)
         paths = sorted(self.folder.glob('expert_*.safetensors'))
-        if max_experts:
-            paths = paths[:max_experts]
         if not paths:
             raise ExpertFileError(f'{self.folder}: no expert_*.safetensors files (train them with `timm-dd-distill '
                                   f'experts` (`distill.py experts` in a checkout) or pull them from the Hub)')
+        self._check_finished(paths, max_experts)
+        if max_experts:
+            paths = paths[:max_experts]
         self.experts = [ExpertTrajectory(p) for p in paths]
+        #: how many experts the buffer's recipe asked for, when fewer are there (a buffer whose training was stopped)
+        self.planned: Optional[int] = None
+        planned = self.experts[0].meta.get('num_experts')
+        if not max_experts and isinstance(planned, int) and planned > len(self.experts):
+            self.planned = planned
+            _logger.warning('%s holds %d of the %d experts its recipe asked for (its training was stopped): the run '
+                            'uses the %d there are (the set records it); `timm-dd-distill experts` into the same '
+                            'folder trains the rest', self.folder, len(self.experts), planned, len(self.experts))
         for e in self.experts:
             if e.num_epochs < min_epochs:
                 raise ExpertFileError(f'{e.path}: has {e.num_epochs} epochs, the run needs at least {min_epochs} '
@@ -215,6 +228,25 @@ class ExpertPool:
                 raise ExpertFileError(f'{e.path}: zca={e.meta.get("zca")}, the run uses zca={zca}')
         if expected is not None:
             self._check_recipe(expected)
+
+    def _check_finished(self, paths: List[Path], max_experts: Optional[int]) -> None:
+        """Refuse a buffer another run is still writing, or one with a gap in its numbering (an expert deleted
+        and not trained again), unless the ``max_experts`` first experts are all there."""
+        present = {int(m.group(1)) for p in paths if (m := _EXPERT_NAME.fullmatch(p.name))}
+        if max_experts and present >= set(range(max_experts)):
+            return
+        holder = folder_lock_holder(self.folder)
+        if holder is not None:
+            raise ExpertFileError(f'{self.folder} is being written by a running job ({holder}): the buffer is not '
+                                  f'finished ({len(present)} experts so far); wait for it, or set max_experts to at '
+                                  f'most the number of finished experts numbered from 0')
+        missing = sorted(set(range(max(present) + 1)) - present) if present else []
+        if missing:
+            names = ', '.join(expert_filename(i) for i in missing[:3]) + (' ...' if len(missing) > 3 else '')
+            before = f', or --set max_experts={missing[0]} to use the experts before the gap' if missing[0] else ''
+            raise ExpertFileError(f'{self.folder}: {len(missing)} expert file(s) missing from the numbering '
+                                  f'({names}): run `timm-dd-distill experts` into the same folder with the same '
+                                  f'settings to train them (finished experts are kept){before}')
 
     def _check_recipe(self, expected: ExpertConfig) -> None:
         meta = self.experts[0].meta
@@ -246,7 +278,8 @@ class ExpertPool:
         return {'path': str(self.folder.resolve()), 'experts': len(self.experts),
                 'epochs': min(e.num_epochs for e in self.experts), 'arch': meta.get('arch'), 'lr': meta.get('lr'),
                 'batch_size': meta.get('batch_size'), 'dataset': meta.get('dataset'),
-                'sha256': h.hexdigest() if identified else None}
+                'sha256': h.hexdigest() if identified else None,
+                **({'planned': self.planned} if self.planned else {})}
 
     def __getitem__(self, i: int) -> ExpertTrajectory:
         return self.experts[i]

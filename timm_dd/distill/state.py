@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 
-from ..io import atomic_write
+from ..io import atomic_write, read_torch_file
 
 __all__ = ['DistillationDiverged', 'save_checkpoint', 'load_checkpoint', 'check_finite_state', 'CHECKPOINT_FILE',
            'to_cpu', 'to_device', 'check_resume_config', 'RESUME_SAFE_FIELDS', 'best_images']
@@ -91,9 +91,9 @@ def load_checkpoint(path: Union[str, os.PathLike]) -> Optional[Dict[str, Any]]:
     if not path.is_file():
         return None
     try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise RuntimeError(f'{path}: cannot read distillation checkpoint (truncated or corrupt?): {e}') from e
+        return read_torch_file(path)
+    except ValueError as e:
+        raise RuntimeError(f'{e}; delete it to start the distillation again') from e
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -113,7 +113,9 @@ def _provenance(config: Mapping[str, Any]) -> List[str]:
     if settings:
         lines += ['', f'Settings: {settings}. Every effective value is in the hyper-parameters below.']
     if isinstance(experts, dict):
-        lines += ['', f'Expert trajectories: {experts.get("experts")} experts of {experts.get("epochs")} epochs '
+        planned = f' (of the {experts["planned"]} its recipe planned)' if experts.get('planned') else ''
+        lines += ['', f'Expert trajectories: {experts.get("experts")} experts{planned} of {experts.get("epochs")} '
+                      f'epochs '
                       f'({experts.get("arch")}, lr {experts.get("lr")}, batch {experts.get("batch_size")}) from the '
                       f'buffer `{Path(str(experts.get("path"))).name}`, sha256 `{str(experts.get("sha256"))[:16]}` '
                       f'(over every expert\'s per-epoch checksums).']

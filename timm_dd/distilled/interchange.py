@@ -31,6 +31,8 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 
 from .distilled_set import DistilledSet
+from ..io import read_torch_file
+from .format import DistilledSetError
 
 __all__ = ['LAYOUTS', 'import_distilled', 'export_distilled', 'detect_layout', 'ImportFacts']
 
@@ -55,10 +57,7 @@ def _first(folder: Path, names: Tuple[str, ...]) -> Optional[Path]:
 
 
 def _load_tensor(path: Path) -> torch.Tensor:
-    try:
-        value = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise ValueError(f'{path}: cannot read this tensor file (truncated, or not a torch.save file?): {e}') from e
+    value = read_torch_file(path)
     if isinstance(value, (int, float)):
         value = torch.tensor(float(value))
     if not isinstance(value, torch.Tensor):
@@ -141,14 +140,17 @@ def import_distilled(
     _check_space(images, image_space, train, zca, folder)
     if soft is not None and layout == 'frepo' and soft_label_temperature is None:
         soft_label_temperature = 0.3
-    if lr is None and file_lr is not None:
-        lr = float(file_lr.reshape(-1)[0])
-    dset = DistilledSet(
-        images=images.float(), labels=labels, method=method or layout.upper(), source_dataset=str(dataset),
-        class_names=list(train.class_names), image_space=image_space, normalization=normalization, zca=zca,
-        soft_labels=soft, soft_label_kind='logits' if soft is not None else None,
-        soft_label_temperature=soft_label_temperature, lr=lr,
-        extra={'imported_from': str(source), 'layout': layout, **({'note': note} if note else {})})
+    if lr is None:
+        lr = file_lr
+    try:
+        dset = DistilledSet(
+            images=images.float(), labels=labels, method=method or layout.upper(), source_dataset=str(dataset),
+            class_names=list(train.class_names), image_space=image_space, normalization=normalization, zca=zca,
+            soft_labels=soft, soft_label_kind='logits' if soft is not None else None,
+            soft_label_temperature=soft_label_temperature, lr=lr,
+            extra={'imported_from': str(source), 'layout': layout, **({'note': note} if note else {})})
+    except DistilledSetError as e:  # name the files the bad value came from
+        raise DistilledSetError(f'{folder} ({layout} layout): {e}', field=e.field) from e
     _logger.info('imported %d images (%s, %s space) from %s', dset.num_images, layout, image_space, source)
     return dset
 
@@ -182,21 +184,30 @@ def _read_tensors(folder: Path, layout: str):
         raise FileNotFoundError(f'{folder}: the {layout} layout needs {" or ".join(image_names)} and '
                                 f'{" or ".join(label_names)}; found {sorted(p.name for p in folder.iterdir())}')
     images, labels = _load_tensor(image_path), _load_tensor(label_path)
-    if images.dim() != 4:
-        raise ValueError(f'{image_path}: images must be [N, C, H, W], got shape {tuple(images.shape)}')
+    if images.dim() != 4 or not images.is_floating_point():
+        raise ValueError(f'{image_path}: images must be a floating-point [N, C, H, W] tensor, got {images.dtype} of '
+                         f'shape {tuple(images.shape)}')
+    soft = None
+    if labels.dim() == 2 and labels.is_floating_point():
+        soft, labels = labels.float(), labels.argmax(1) if labels.shape[1] else labels[:, 0]
+    elif labels.dim() != 1 or labels.dtype == torch.bool or (
+            labels.is_floating_point() and not bool((labels == labels.round()).all())):
+        raise ValueError(f'{label_path}: labels must be [N] class indices or [N, K] soft labels (logits), got '
+                         f'{labels.dtype} of shape {tuple(labels.shape)}')
     if labels.shape[0] != images.shape[0]:
         raise ValueError(f'{label_path}: {labels.shape[0]} labels for {images.shape[0]} images')
-    soft = None
-    if labels.is_floating_point() and labels.dim() == 2:
-        soft, labels = labels.float(), labels.argmax(1)
-    elif labels.dim() != 1:
-        raise ValueError(f'{label_path}: labels must be [N] class indices or [N, K] soft labels, got '
-                         f'{tuple(labels.shape)}')
     lr_path = _first(folder, lr_names)
     note = None
     if image_path.name == 'images_zca_best.pt':
         note = 'images_zca_best.pt is MTT\'s inverse-ZCA\'d viewing copy: imported in pixel space'
-    return images, labels.long(), soft, _load_tensor(lr_path) if lr_path is not None else None, note
+    return images, labels.long(), soft, _read_lr(lr_path) if lr_path is not None else None, note
+
+
+def _read_lr(path: Path) -> float:
+    lr = _load_tensor(path)
+    if lr.numel() != 1 or not (lr.is_floating_point() or lr.dtype in (torch.int64, torch.int32)):
+        raise ValueError(f'{path}: the learned lr must be one number, got {lr.dtype} of shape {tuple(lr.shape)}')
+    return float(lr.reshape(-1)[0])
 
 
 def _read_folder(folder: Path):

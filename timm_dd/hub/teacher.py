@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 
 import torch.nn as nn
 
-from ..io import atomic_folder, atomic_write, check_replaceable
+from ..io import atomic_folder, atomic_write, check_replaceable, read_torch_file
 from ._errors import HubError, hub_error, with_retries
 from ._repo import prepare_repo, split_source
 
@@ -312,10 +312,7 @@ def import_teacher(checkpoint: Union[str, os.PathLike], model_name: str, **model
     import torch
 
     path = Path(checkpoint)
-    try:
-        obj = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise ValueError(f'{path}: not a readable torch checkpoint of tensors ({str(e).splitlines()[0]})') from None
+    obj = read_torch_file(path)
     state = obj.get('state_dict', obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f'{path}: holds no state dict (a dict of tensors, or {{"state_dict": ...}})')

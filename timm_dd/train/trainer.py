@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from ..augment import DSA
 from ..data import ImageSet
-from ..io import append_line, atomic_write
+from ..io import append_line, atomic_write, read_torch_file
 from ..layers import set_drop_generator, set_keep_rate
 from ..seeding import derive_seed, generator_for, seeded
 from ..tracking import log_metrics
@@ -65,12 +65,12 @@ def _load_checkpoint(path: Path, task: nn.Module, optimizer: torch.optim.Optimiz
     if not path.is_file():
         return None
     try:
-        payload = torch.load(path, map_location=device, weights_only=True)
+        payload = read_torch_file(path, map_location=device)
         task.load_state_dict(payload['model'])
         optimizer.load_state_dict(payload['optimizer'])
     except Exception as e:
         raise RuntimeError(f'{path}: cannot resume from this checkpoint (truncated, corrupt or made by another '
-                           f'model or recipe): {e}; delete it to start the run again') from e
+                           f'model or recipe): {str(e).splitlines()[0]}; delete it to start the run again') from e
     return payload['state']
 
 
