@@ -61,7 +61,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / 'benchmarks'))
-from _jobs import DONE_FILE, Job, finished_records, run_queue  # noqa: E402
+from _jobs import DONE_FILE, Job, done_record, finished_records, run_queue  # noqa: E402
 
 #: source of each published table (second-hand where said; see the repository's specs for the details)
 SOURCES = {
@@ -323,7 +323,9 @@ def assemble_dpkd(records: List[Dict[str, Any]], columns: Sequence[Column], jobs
         published = DPKD_PUBLISHED.get((column.source, column.ipc), {}) if cifar10 else {}
         planned = [j.spec for j in jobs if j.spec.get('column') == column and j.spec['kind'] == 'student']
         order = [r for r, _ in DPKD_ROWS]
-        nets = list(dict.fromkeys(s['net'] for s in planned))
+        canonical = [*DPKD_NETS, CONVNET[column.source]]  # the table's order, whichever invocation ran a cell
+        nets = sorted(dict.fromkeys(s['net'] for s in planned),
+                      key=lambda n: canonical.index(n) if n in canonical else len(canonical))
         cells = sorted(dict.fromkeys((s['row'], s['recipe'], s['net']) for s in planned),
                        key=lambda cell: (order.index(cell[0]), nets.index(cell[2])))
         for row, recipe, net in cells:
@@ -397,19 +399,34 @@ def write_report(report: Dict[str, Any], out: Path) -> str:
     return text
 
 
-def run_dpkd(args: argparse.Namespace, columns: Sequence[Column]) -> Dict[str, Any]:
-    """Run the table's missing runs (or, with ``--report-only``, only assemble the finished ones)."""
+def table_jobs(out: Path, jobs: Sequence[Job], columns: Sequence[Column], seeds: Sequence[int],
+               epochs: Optional[int]) -> List[Job]:
+    """The jobs the written table covers: this invocation's, and every run of the whole table (every column,
+    row and network, seeds 0-2) that an earlier invocation into the same folder finished. So a run of one cell
+    (``--rows Full --nets vgg11_dd --seeds 1``) adds its cell to the table instead of replacing the table."""
+    keys = {j.key for j in jobs}
+    whole = dpkd_jobs(columns, [r for r, _ in DPKD_ROWS], None, sorted({0, 1, 2, *seeds}), epochs)
+    return [*jobs, *(j for j in whole if j.key not in keys and done_record(out, j.key) is not None)]
+
+
+def run_dpkd(args: argparse.Namespace, columns: Sequence[Column],
+             all_columns: Optional[Sequence[Column]] = None) -> Dict[str, Any]:
+    """Run the table's missing runs (or, with ``--report-only``, only assemble the finished ones); the written
+    table also keeps the finished runs of ``all_columns`` (default ``columns``) from earlier invocations."""
     import torch
     from timm_dd.io import atomic_write
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     jobs = dpkd_jobs(columns, args.rows, args.nets, args.seeds, args.epochs)
+    all_columns = list(all_columns or columns)
     protocol = ('full published schedules' if args.epochs is None else
                 f'SHORTENED to {args.epochs} epochs per run (published: 1000-4000): shows the pipeline, not the '
                 f'published gains')
 
     def table() -> Dict[str, Any]:
-        report = assemble_dpkd(finished_records(out, jobs), columns, jobs, args.compare_as or args.dataset, protocol)
+        covered = table_jobs(out, jobs, all_columns, args.seeds, args.epochs)
+        report = assemble_dpkd(finished_records(out, covered), all_columns, covered, args.compare_as or args.dataset,
+                               protocol)
         write_report(report, out)
         return report
 
@@ -515,15 +532,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         p.error('give one distilled set (--data, with --source and --ipc) or the DP+KD repository (--authors), or '
                 '--smoke')
     if args.authors:
-        columns = authors_columns(Path(args.authors), args.dataset)
+        columns = all_columns = authors_columns(Path(args.authors), args.dataset)
         if args.columns:
             unknown = sorted(set(args.columns) - {c.name for c in columns})
             if unknown:
                 p.error(f'--columns {unknown} not in {args.authors} (it holds {[c.name for c in columns]})')
             columns = [c for c in columns if c.name in args.columns]
     else:
-        columns = [Column(args.source, args.ipc, args.data, args.layout, args.image_space, args.teacher_checkpoint)]
-    report = run_dpkd(args, columns)
+        columns = all_columns = [Column(args.source, args.ipc, args.data, args.layout, args.image_space,
+                                        args.teacher_checkpoint)]
+    report = run_dpkd(args, columns, all_columns)
     print(to_markdown(report))
     return 0
 

@@ -67,6 +67,10 @@ def test_table_fills_run_by_run(tmp_path, monkeypatch):
     report = json.loads((out / 'reproduce.json').read_text())
     assert report['complete'] and [r['row'] for r in report['rows']] == ['Baseline', 'Full']
     assert not list(out.glob('.claims-*'))  # an invocation removes its own claims
+    # an invocation for one cell adds to the table: the cells other invocations finished stay in it
+    assert reproduce.main(['--smoke', '--rows', 'Full', '--report-only', '--output', str(out)]) == 0
+    report = json.loads((out / 'reproduce.json').read_text())
+    assert [(r['row'], r['runs']) for r in report['rows']] == [('Baseline', 1), ('Full', 1)]
 
 
 def _record(column, row, net, seed, acc, recipe='dpkd-baseline'):
