@@ -257,6 +257,28 @@ def _(tmp, capsys):
     return lambda: train_experts(x, y, path.parent, other), ExpertFileError, r'another recipe.*lr'
 
 
+@case('expert-other-arch')
+def _(tmp, capsys):
+    path, cfg = _expert(tmp)
+    asked = ExpertConfig(**{**cfg.__dict__, 'arch': 'resnet18_dd'})
+    return lambda: ExpertPool(path.parent, expected=asked), ExpertFileError, r"arch: 'convnet3' \(experts\)"
+
+
+@case('expert-other-data')
+def _(tmp, capsys):
+    path, cfg = _expert(tmp)
+    asked = ExpertConfig(**{**cfg.__dict__, 'dataset': 'cifar10'})
+    return lambda: ExpertPool(path.parent, expected=asked), ExpertFileError, r"another network or data.*dataset"
+
+
+@case('expert-bogus-in-buffer')
+def _(tmp, capsys):
+    path, _ = _expert(tmp)
+    (path.parent / 'expert_00001.safetensors').write_bytes(b'not an expert trajectory')
+    (path.parent / 'expert_00002.safetensors').write_bytes(path.read_bytes())
+    return lambda: ExpertPool(path.parent), ExpertFileError, r'expert_00001\.safetensors'
+
+
 @case('expert-missing-in-numbering')
 def _(tmp, capsys):
     path, _ = _expert(tmp)
@@ -524,6 +546,34 @@ def _(tmp, capsys):
 def _(tmp, capsys):
     return (lambda: _cli('distill', ['distill', '-c', 'digits-ipc10-att', '--set', 'img_momentum=1.5', '--output',
                                      str(tmp / 'o')], capsys)), 2, r'img_momentum=1\.5 is outside its range \[0, 1\)'
+
+
+@case('lr-img-negative')
+def _(tmp, capsys):
+    return (lambda: _cli('distill', ['distill', '-c', 'digits-ipc10-att', '--set', 'lr_img=-1', '--output',
+                                     str(tmp / 'o')], capsys)), 2, r'lr_img=-1(\.0)? is outside its range \(0, 1e9\]'
+
+
+@case('experts-count-or-lr-out-of-range')
+def _(tmp, capsys):
+    def three_commands():
+        results = [_cli('distill', ['experts', '-c', 'digits-ipc10-att', '--set', change, '--output',
+                                    str(tmp / 'o')], capsys) for change in ('num_experts=0', f'num_experts={10**30}',
+                                                                            'expert_lr=nan')]
+        return max(rc for rc, _ in results), ' | '.join(err.strip() for _, err in results)
+    return three_commands, 2, (r'num_experts=0 is outside its range \[1, 1e6\].* \| .*num_experts=10{30} is '
+                               r'outside.* \| .*expert_lr=nan is outside its range \(0, 10\]')
+
+
+@case('convert-lr-negative')
+def _(tmp, capsys):
+    src = tmp / 'mtt'
+    src.mkdir()
+    torch.save(torch.randn(20, 1, 8, 8), src / 'images_best.pt')
+    torch.save(torch.arange(10).repeat_interleave(2), src / 'labels_best.pt')
+    argv = ['convert', str(src), '--layout', 'mtt', '--dataset', 'digits', '--image-space', 'normalized', '--lr',
+            '-0.5', '--output', str(tmp / 'out')]
+    return lambda: _cli('distill', argv, capsys), 2, r'lr=-0\.5: must be a positive number'
 
 
 @case('real-ipc-negative')

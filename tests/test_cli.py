@@ -234,7 +234,8 @@ def test_a_set_without_checksums_trains_with_a_note_in_the_results(tmp_path, cap
 
 def test_ctrl_c_exits_130_with_one_line_and_resume_finishes_the_run(tmp_path):
     """Issue "Reliability II": Ctrl-C during training is one ``error: interrupted ...`` line saying how to continue
-    (exit 130, no traceback), the checkpoint is kept and ``--resume`` finishes the same run."""
+    (exit 130, no traceback), the checkpoint is kept, ``--resume`` finishes the same run, and the user's files in
+    the output folder are byte-identical throughout."""
     import json
     import os
     import signal
@@ -244,6 +245,8 @@ def test_ctrl_c_exits_130_with_one_line_and_resume_finishes_the_run(tmp_path):
     from pathlib import Path
     repo = Path(__file__).resolve().parents[1]
     out = tmp_path / 'o'
+    out.mkdir()
+    write_user_files(out)  # an existing folder of the user's: interrupted and resumed, its files stay as they were
     argv = [sys.executable, str(repo / 'train.py'), '-c', 'baseline', '--dataset', 'digits', '--real-ipc', '2',
             '--model', 'convnet3', '--model-kwargs', 'width=8', '--epochs', '300', '--eval-every', '0',
             '--set', 'checkpoint_every=1', '--output', str(out), '--no-plots', '--cpu']
@@ -263,3 +266,4 @@ def test_ctrl_c_exits_130_with_one_line_and_resume_finishes_the_run(tmp_path):
     done = subprocess.run([*argv, '--resume'], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((out / 'results.json').read_text())['runs'], 'no finished run recorded'
+    assert not changed_user_files(out)

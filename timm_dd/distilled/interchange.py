@@ -24,6 +24,7 @@ split has in that space (and pixel-space images mostly inside [0, 1]); a failed 
 spaces that would fit.
 """
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
@@ -121,6 +122,9 @@ def import_distilled(
         ValueError: a file is unreadable, or the images do not look like the claimed space.
     """
     folder = Path(source)
+    for name, value in (('lr', lr), ('zca_eps', zca_eps), ('soft_label_temperature', soft_label_temperature)):
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f'{name}={value}: must be a positive number (given for importing {folder})')
     image_space = _check_facts(folder, layout, dataset, image_space)
     if layout == 'folder':
         images, labels, soft, file_lr, note = _read_folder(folder)
