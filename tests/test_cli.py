@@ -219,7 +219,7 @@ def test_a_set_without_checksums_trains_with_a_note_in_the_results(tmp_path, cap
     folder = DistilledSet(images=torch.randn(20, 1, 8, 8, generator=g), labels=torch.arange(10).repeat_interleave(2),
                           class_names=[str(i) for i in range(10)], method='MTT', source_dataset='digits', ipc=2,
                           image_space='normalized', normalization={'mean': [0.5], 'std': [0.3]},
-                          lr=0.01).save(tmp_path / 'set')
+                          lr=None).save(tmp_path / 'set')  # as MTT/ATT sets import: no learned lr on disk
     config = json.loads((folder / 'distill_config.json').read_text())
     del config['sha256']
     (folder / 'distill_config.json').write_text(json.dumps(config))
@@ -230,6 +230,12 @@ def test_a_set_without_checksums_trains_with_a_note_in_the_results(tmp_path, cap
     notes = json.loads((out / 'results.json').read_text())['notes']
     assert any('distilled.safetensors has no sha256' in n for n in notes), notes
     assert 'has no sha256' in (out / 'results.md').read_text()
+    # issue "Fidelity II": the baseline protocol's learned lr is missing: the fallback is said where the numbers are
+    assert any('no learned lr' in n and 'lr_fallback=0.01' in n for n in notes), notes
+    assert train_cli.main(['-c', 'baseline', '--data', str(folder), '--dataset', 'digits', '--model', 'convnet3',
+                           '--model-kwargs', 'width=4', '--epochs', '1', '--lr', '0.02', '--output', str(tmp_path / 'l'),
+                           '--no-plots', '--cpu']) == 0, capsys.readouterr().err
+    assert not any('learned lr' in n for n in json.loads((tmp_path / 'l' / 'results.json').read_text())['notes'])
 
 
 def test_ctrl_c_exits_130_with_one_line_and_resume_finishes_the_run(tmp_path):

@@ -137,9 +137,10 @@ def test_altered_set_metadata_loads_a_valid_set_or_names_the_file(saved, tmp_pat
 
 # --- other tools' layouts: plain torch.save files --------------------------------------------------------------
 
-_LAYOUT_FILES = {'mtt': ('images_best.pt', 'labels_best.pt', 'lr_best.pt'),
-                 'ddranking': ('images.pt', 'labels.pt', 'lr.pt'),
-                 'frepo': ('images_best.pt', 'labels_best.pt', 'lr_best.pt')}
+_FACTS = 'timm_dd_export.json'  # what export_distilled writes beside the other tool's files
+_LAYOUT_FILES = {'mtt': ('images_best.pt', 'labels_best.pt', 'lr_best.pt', _FACTS),
+                 'ddranking': ('images.pt', 'labels.pt', 'lr.pt', _FACTS),
+                 'frepo': ('images_best.pt', 'labels_best.pt', 'lr_best.pt', _FACTS)}
 
 _dtypes = st.sampled_from([torch.float32, torch.float16, torch.float64, torch.int64, torch.int32, torch.uint8,
                            torch.bool])
@@ -181,13 +182,17 @@ def test_other_tools_files_import_a_valid_set_or_name_the_file(layout, exported,
     _assert_valid(_import(exported[layout], layout))  # the unaltered files import
 
     @examples(30)
-    @given(index=st.integers(0, 2), how=st.sampled_from(['bytes', 'object', 'delete']), mutation=byte_mutations,
-           replacement=replacement_objects())
-    def check(index, how, mutation, replacement):
+    @given(index=st.integers(0, 3), how=st.sampled_from(['bytes', 'object', 'delete']), mutation=byte_mutations,
+           replacement=replacement_objects(), fact=json_values)
+    def check(index, how, mutation, replacement, fact):
         folder = _fresh_copy(exported[layout], tmp_path)
         path = folder / _LAYOUT_FILES[layout][index]
         if how == 'bytes':
             _mutate_bytes(path, *mutation)
+        elif how == 'object' and path.name == _FACTS:  # one recorded fact of another type or value
+            facts = json.loads(path.read_text())
+            facts[sorted(facts)[mutation[2] % len(facts)]] = fact
+            path.write_text(json.dumps(facts))
         elif how == 'object':
             torch.save(replacement, path)
         else:

@@ -62,10 +62,46 @@ def test_ddranking_export_round_trip(tmp_path, digits):
                         class_names=list(train.class_names), image_space='normalized',
                         normalization={'mean': list(train.mean), 'std': list(train.std)}, lr=0.02)
     folder = export_distilled(dset, tmp_path / 'dd', layout='ddranking')
-    assert sorted(p.name for p in folder.iterdir()) == ['images.pt', 'labels.pt', 'lr.pt']
+    assert sorted(p.name for p in folder.iterdir()) == ['images.pt', 'labels.pt', 'lr.pt', 'timm_dd_export.json']
     back = import_distilled(folder, 'ddranking', dataset='digits', image_space='normalized')
     assert torch.equal(back.images, dset.images) and torch.equal(back.labels, dset.labels)
     assert float(back.lr) == pytest.approx(0.02)
+
+
+def test_export_keeps_the_method_space_and_label_kind(tmp_path, digits):
+    """Issue "Fidelity II": an ATT set exported to DD-Ranking's layout comes back as ATT (not "DDRANKING"), in its
+    space, with its probabilities read as probabilities."""
+    train, idx = digits
+    probs = torch.softmax(torch.randn(len(idx), 10, generator=torch.Generator().manual_seed(0)), 1)
+    dset = DistilledSet(images=train.normalized()[idx], labels=train.labels[idx], method='ATT', source_dataset='digits',
+                        class_names=list(train.class_names), image_space='normalized',
+                        normalization={'mean': list(train.mean), 'std': list(train.std)}, lr=0.02,
+                        soft_labels=probs, soft_label_kind='probs')
+    back = import_distilled(export_distilled(dset, tmp_path / 'dd'), 'ddranking')  # no facts needed: recorded
+    assert back.method == 'ATT' and back.image_space == 'normalized' and back.source_dataset == 'digits'
+    assert back.soft_label_kind == 'probs' and torch.equal(back.soft_labels, probs)
+    assert import_distilled(tmp_path / 'dd', 'ddranking', method='mine').method == 'mine'  # stated facts win
+
+
+def test_probabilities_declared_at_import(tmp_path, digits):
+    train, idx = digits
+    probs = torch.softmax(torch.randn(len(idx), 10, generator=torch.Generator().manual_seed(1)), 1)
+    src = _save(tmp_path / 'p', **{'images.pt': train.normalized()[idx], 'labels.pt': probs})
+    dset = import_distilled(src, 'ddranking', dataset='digits', image_space='normalized', soft_label_kind='probs')
+    assert dset.soft_label_kind == 'probs' and torch.equal(dset.soft_labels, probs)
+    src2 = _save(tmp_path / 'q', **{'images.pt': train.normalized()[idx], 'labels.pt': probs * 2})
+    with pytest.raises(ValueError, match='sum'):
+        import_distilled(src2, 'ddranking', dataset='digits', image_space='normalized', soft_label_kind='probs')
+
+
+def test_train_imports_zca_sets_with_the_given_eps(tmp_path, digits):
+    from timm_dd.train import prepare_data
+    train, idx = digits
+    zca = ZCA.fit(train.images, eps=0.5)
+    src = _save(tmp_path / 'z', **{'images_best.pt': zca.transform(train.images[idx]),
+                                   'labels_best.pt': train.labels[idx]})
+    assert prepare_data(str(src), dataset='digits', image_space='zca', zca_eps=0.5).train.space.zca.eps == 0.5
+    assert prepare_data(str(src), dataset='digits', image_space='zca').train.space.zca.eps == 0.1  # MTT's
 
 
 def test_image_folder_layout_is_pixel_space(tmp_path, digits):

@@ -152,8 +152,10 @@ def test_published_recipes_equal_their_sources():
     base = load_config('dpkd-baseline')  # DP+KD Baseline: AdamW 5e-4 / 5e-4, 1000 epochs, batch 100, x0.1 at 500
     assert (base.opt, base.lr, base.weight_decay, base.epochs, base.batch_size) == ('adamw', 5e-4, 5e-4, 1000, 100)
     assert base.lr_schedule_fn().milestones == (500,) and base.dsa_k == 1 and not base.kd and not base.drop_path
-    mtt = load_config('baseline')  # MTT evaluate_synset: range(1001), x0.1 from epoch 501 with a new optimizer
-    assert mtt.epochs == 1001 and mtt.lr_schedule_fn().milestones == (501,) and mtt.reset_momentum_at_decay
+    mtt = load_config('baseline')  # MTT evaluate_synset: range(1001), x0.1 after epoch 501 with a new optimizer
+    assert mtt.epochs == 1001 and mtt.lr_schedule_fn().milestones == (502,) and mtt.reset_momentum_at_decay
+    trace = mtt.lr_schedule_fn().trace()  # 502 epochs (0..501) at the peak, as `if ep in [Epoch // 2 + 1]` decays
+    assert trace[501] == 1.0 and trace[502] == pytest.approx(0.1) and trace.count(1.0) == 502
     assert (mtt.opt, mtt.momentum, mtt.weight_decay, mtt.batch_size) == ('momentum', 0.9, 5e-4, 256)
     on_mtt, on_frepo = load_config('dpkd-mtt'), load_config('dpkd-frepo')
     assert on_mtt.student_norm == on_mtt.teacher_norm == 'instance' and on_mtt.opt == 'lion' and on_mtt.kd

@@ -74,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument('--layout', required=True, choices=('mtt', 'frepo', 'ddranking', 'folder'))
     c.add_argument('--dataset', default=None, help='the real dataset it was distilled from (name, folder or zip)')
     c.add_argument('--image-space', choices=('zca', 'normalized', 'pixel'), default=None)
-    c.add_argument('--zca-eps', type=float, default=0.1, help='eps of the ZCA the set was made with (MTT: 0.1)')
+    c.add_argument('--zca-eps', type=float, default=None,
+                   help='eps of the ZCA the set was made with (default 0.1: MTT, ATT, DATM, DD-Ranking)')
+    c.add_argument('--soft-label-kind', choices=['logits', 'probs'], default=None,
+                   help='what [N, K] float labels hold (default logits: FRePo, DATM)')
     c.add_argument('--lr', type=float, default=None, help='learned step size, when the files lack it')
     c.add_argument('--soft-label-temperature', type=float, default=None, help='softmax(y / t) for logit labels')
     c.add_argument('--output', required=True, help='where to write the timm_dd set')
@@ -218,7 +221,8 @@ def _start_vs_end(dset, cfg) -> Optional[str]:
 def _convert(args: argparse.Namespace) -> int:
     from ..hub import import_distilled
     dset = import_distilled(args.source, args.layout, dataset=args.dataset, image_space=args.image_space,
-                            zca_eps=args.zca_eps, lr=args.lr, soft_label_temperature=args.soft_label_temperature)
+                            zca_eps=args.zca_eps, lr=args.lr, soft_label_temperature=args.soft_label_temperature,
+                            soft_label_kind=args.soft_label_kind)
     path = dset.save(args.output)
     print(json.dumps({'out': str(path), 'images': list(dset.images.shape), 'image_space': dset.image_space,
                       'lr': float(dset.lr) if dset.lr is not None else None}))

@@ -53,6 +53,9 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument('--image-space', choices=['zca', 'normalized', 'pixel'], default=None,
                    help='image space of a --data set made by another tool (ZCA refitted on --dataset), or of real '
                         'data with --real-ipc (default normalized; zca: as MTT --zca)')
+    g.add_argument('--zca-eps', type=float, default=0.1,
+                   help='eps of the ZCA of a zca-space --data set made by another tool, or of --real-ipc data with '
+                        '--image-space zca (MTT, ATT, DATM, DD-Ranking: 0.1)')
     g.add_argument('--real-ipc', type=int, help='train on K real images per class of --dataset instead (-1: all)')
     g.add_argument('--data-root', metavar='DIR', help="CIFAR's data folder: torchvision's cifar-10-batches-py, "
                                                     'or an image-folder/zip copy (train/ test/ or train.zip test.zip)')
@@ -198,7 +201,7 @@ def _run(args: argparse.Namespace, cfg: Any, models: List[str], seeds: List[int]
         bundle = prepare_data(args.data, args.real_ipc, args.dataset, args.data_root, seed=seeds[0],
                               cache_dir=args.cache_dir, image_size=args.img_size,
                               soft_label_temperature=cfg.soft_label_temperature, layout=args.data_layout,
-                              image_space=args.image_space, strict=args.strict)
+                              image_space=args.image_space, zca_eps=args.zca_eps, strict=args.strict)
     accelerator.print(f'training set: {bundle.description}: {len(bundle.train)} images, '
                       f'test set: {len(bundle.test)} images; {accelerator.num_processes} process(es) on '
                       f'{accelerator.device}')

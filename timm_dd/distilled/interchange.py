@@ -23,6 +23,7 @@ checked against the claimed space: their per-channel spread must be within a fac
 split has in that space (and pixel-space images mostly inside [0, 1]); a failed check names the statistics and the
 spaces that would fit.
 """
+import json
 import logging
 import math
 import os
@@ -40,6 +41,8 @@ __all__ = ['LAYOUTS', 'import_distilled', 'export_distilled', 'detect_layout', '
 _logger = logging.getLogger(__name__)
 
 LAYOUTS = ('mtt', 'frepo', 'ddranking', 'folder')
+#: written by :func:`export_distilled` beside the other tool's files: the method, source dataset and space
+EXPORT_FACTS_FILE = 'timm_dd_export.json'
 SPACES = ('zca', 'normalized', 'pixel')
 _FILES = {
     'mtt': (('images_best.pt', 'images_zca_best.pt'), ('labels_best.pt',), ('lr_best.pt', 'syn_lr.pt')),
@@ -100,10 +103,11 @@ def import_distilled(
         *,
         dataset: Optional[str] = None,
         image_space: Optional[str] = None,
-        zca_eps: float = 0.1,
+        zca_eps: Optional[float] = None,
         lr: Optional[float] = None,
         soft_label_temperature: Optional[float] = None,
         method: Optional[str] = None,
+        soft_label_kind: Optional[str] = None,
 ) -> DistilledSet:
     """Read a distilled set made by another tool into a :class:`DistilledSet` (see the module docstring).
 
@@ -112,16 +116,28 @@ def import_distilled(
         layout: One of :data:`LAYOUTS`.
         dataset: The real dataset it was distilled from (name, folder or zip): class names, normalization, ZCA.
         image_space: 'zca', 'normalized' or 'pixel' (``folder`` layouts are pixel space).
-        zca_eps: The ZCA's eps (MTT/ATT/DATM: 0.1; DD-Ranking's kornia default: 1e-6).
+        zca_eps: The ZCA's eps: 0.1 for MTT, ATT, DATM and DD-Ranking (whose dataset ZCA is kornia's
+            ``ZCAWhitening(eps=0.1, compute_inv=True)``; its 1e-6 is a per-batch wrapper, not the dataset's ZCA).
         lr: The learned step size, when the files do not hold it.
         soft_label_temperature: How soft-label logits are used (``softmax(y / t)``); ``frepo`` default 0.3.
-        method: Recorded method name (default: the layout's).
+        method: Recorded method name (default: the layout's, or the one a timm_dd export recorded).
+        soft_label_kind: What [N, K] float labels hold: 'logits' (default; FRePo, DATM) or 'probs' (rows that sum
+            to 1, checked).
 
     Raises:
         ImportFacts: a fact the files cannot give is missing (the message lists them).
         ValueError: a file is unreadable, or the images do not look like the claimed space.
     """
     folder = Path(source)
+    facts = _export_facts(folder)  # a set exported by timm_dd: its method name and space come back with it
+    method = method or facts.get('method')
+    dataset = dataset or facts.get('source_dataset')
+    image_space = image_space or facts.get('image_space')
+    if zca_eps is None:
+        zca_eps = facts.get('zca_eps') or 0.1
+    if soft_label_temperature is None:
+        soft_label_temperature = facts.get('soft_label_temperature')
+    soft_label_kind = soft_label_kind or facts.get('soft_label_kind') or 'logits'
     for name, value in (('lr', lr), ('zca_eps', zca_eps), ('soft_label_temperature', soft_label_temperature)):
         if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise ValueError(f'{name}={value}: must be a positive number (given for importing {folder})')
@@ -142,7 +158,7 @@ def import_distilled(
         from ..data.zca import ZCA
         zca = ZCA.fit(train.images, eps=zca_eps)
     _check_space(images, image_space, train, zca, folder)
-    if soft is not None and layout == 'frepo' and soft_label_temperature is None:
+    if soft is not None and layout == 'frepo' and soft_label_temperature is None and soft_label_kind == 'logits':
         soft_label_temperature = 0.3
     if lr is None:
         lr = file_lr
@@ -150,13 +166,40 @@ def import_distilled(
         dset = DistilledSet(
             images=images.float(), labels=labels, method=method or layout.upper(), source_dataset=str(dataset),
             class_names=list(train.class_names), image_space=image_space, normalization=normalization, zca=zca,
-            soft_labels=soft, soft_label_kind='logits' if soft is not None else None,
+            soft_labels=soft, soft_label_kind=soft_label_kind if soft is not None else None,
             soft_label_temperature=soft_label_temperature, lr=lr,
             extra={'imported_from': str(source), 'layout': layout, **({'note': note} if note else {})})
     except DistilledSetError as e:  # name the files the bad value came from
         raise DistilledSetError(f'{folder} ({layout} layout): {e}', field=e.field) from e
     _logger.info('imported %d images (%s, %s space) from %s', dset.num_images, layout, image_space, source)
     return dset
+
+
+def _export_facts(folder: Path) -> Dict[str, Any]:
+    """The facts :func:`export_distilled` wrote beside the files (``{}`` for sets of other tools)."""
+    path = folder / EXPORT_FACTS_FILE
+    if not _is_file(path):
+        return {}
+    try:
+        facts = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f'{path}: not readable JSON ({e}); delete it and pass dataset/image_space yourself') from e
+    if not isinstance(facts, dict):
+        raise ValueError(f'{path}: expected a JSON object of facts, found {type(facts).__name__}')
+    for key, types in _FACT_TYPES.items():
+        value = facts.get(key)
+        if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+            raise ValueError(f'{path}: {key}={value!r} is not a {" or ".join(t.__name__ for t in types)}; delete the '
+                             f'file (and pass the facts yourself) or correct it')
+    for key, allowed in (('image_space', SPACES), ('soft_label_kind', ('logits', 'probs'))):
+        if facts.get(key) is not None and facts[key] not in allowed:
+            raise ValueError(f'{path}: {key}={facts[key]!r} is not one of {allowed}; delete the file (and pass the '
+                             f'facts yourself) or correct it')
+    return facts
+
+
+_FACT_TYPES = {'method': (str,), 'source_dataset': (str,), 'image_space': (str,), 'zca_eps': (int, float),
+               'ipc': (int,), 'soft_label_temperature': (int, float), 'soft_label_kind': (str,)}
 
 
 def _check_facts(folder: Path, layout: str, dataset: Optional[str], image_space: Optional[str]) -> str:
@@ -270,9 +313,9 @@ def _check_space(images: torch.Tensor, space: str, train, zca, where: Path) -> N
 def export_distilled(dset: DistilledSet, folder: Union[str, os.PathLike], layout: str = 'ddranking') -> Path:
     """Write ``dset`` in another tool's layout: ``'ddranking'`` (``images.pt``, ``labels.pt``, ``lr.pt``) or
     ``'mtt'`` (``images_best.pt``, ``labels_best.pt``, ``lr_best.pt``). Images stay in the set's own space (say so
-    to the other tool: DD-Ranking's ZCA uses kornia's eps 1e-6 unless told otherwise); soft labels are written as
+    to the other tool: DD-Ranking's dataset ZCA uses eps 0.1, as MTT's); soft labels are written as
     labels when the set has them."""
-    from ..io import atomic_write
+    from ..io import atomic_write, atomic_write_json
     names = {'ddranking': ('images.pt', 'labels.pt', 'lr.pt'), 'mtt': ('images_best.pt', 'labels_best.pt',
                                                                        'lr_best.pt')}
     if layout not in names:
@@ -286,4 +329,9 @@ def export_distilled(dset: DistilledSet, folder: Union[str, os.PathLike], layout
     for name, value in tensors.items():
         with atomic_write(folder / name) as f:
             torch.save(value, f)
+    # what the other tool's files cannot say; it ignores this file, import_distilled reads it back
+    atomic_write_json(folder / EXPORT_FACTS_FILE, {
+        'method': dset.method, 'source_dataset': dset.source_dataset, 'image_space': dset.image_space,
+        'zca_eps': dset.zca.eps if dset.zca is not None else None, 'ipc': dset.ipc,
+        'soft_label_temperature': dset.soft_label_temperature, 'soft_label_kind': dset.soft_label_kind})
     return folder

@@ -49,7 +49,7 @@ class TrainConfig:
     betas: Tuple[float, float] = (0.95, 0.98)
     # learning-rate schedule (see timm_dd.train.schedules.LRSchedule)
     lr_schedule: str = 'multistep'
-    lr_milestones: Optional[List[int]] = None  # None: [ceil(epochs / 2)] (MTT: x0.1 from epoch 501 of 1001)
+    lr_milestones: Optional[List[int]] = None  # None: MTT's [(epochs - 1) // 2 + 2] (x0.1 from epoch 502 of 1001)
     lr_gamma: float = 0.1
     # MTT's evaluation re-creates its SGD optimizer at the x0.1 decay: momentum buffers start again from zero
     reset_momentum_at_decay: bool = False
@@ -141,7 +141,10 @@ class TrainConfig:
                                 p_min=p_min, p_final=self.p_final, enabled=self.drop_path)
 
     def lr_schedule_fn(self) -> LRSchedule:
-        milestones = tuple(self.lr_milestones) if self.lr_milestones is not None else (-(-self.epochs // 2),)
+        # MTT/ELF evaluate_synset: `for ep in range(Epoch + 1)`, decay after training epoch `Epoch // 2 + 1`, so the
+        # first x0.1 epoch (0-based) is Epoch // 2 + 2 with Epoch = epochs - 1 (502 of 1001)
+        milestones = (tuple(self.lr_milestones) if self.lr_milestones is not None
+                      else ((self.epochs - 1) // 2 + 2,))
         return LRSchedule(name=self.lr_schedule, epochs=self.epochs, final_epochs=self.final_epochs,
                           period=self.period, decay=self.lr_period_decay, milestones=milestones,
                           gamma=self.lr_gamma)

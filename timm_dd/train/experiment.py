@@ -23,7 +23,7 @@ from .config import TrainConfig, short_run_note
 from .report import format_table  # the one table renderer (also for merged results)
 from .networks import create_student, elf_targets, load_done, result_record, run_folder, save_done, save_model, \
     train_or_load_teacher
-from .task import resolve_lr
+from .task import fallback_lr_note, resolve_lr
 from .trainer import train_model
 
 __all__ = ['run_experiment', 'ExperimentResult', 'check_resume', 'format_table', 'summarize']
@@ -220,7 +220,8 @@ def run_experiment(
     if accelerator.is_main_process:
         atomic_write_json(out_dir / RUN_CONFIG_FILE, run_record, indent=2)
     resolve_lr(cfg, bundle.train.learned_lr)  # a learned lr out of range stops here, before any teacher trains
-    notes = [note] if (note := short_run_note(cfg)) else []
+    lr_note = fallback_lr_note(cfg, bundle.train.learned_lr, bundle.source.get('kind') == 'distilled')
+    notes = [note for note in (short_run_note(cfg), lr_note) if note]
     for note in notes:
         _logger.warning(note)
     notes += bundle.notes  # logged where they were found

@@ -40,7 +40,8 @@ def prepare_data(
     logits through ``softmax(y / t)`` with ``soft_label_temperature`` (or the set's own temperature; neither is an
     error), probabilities as they are (checked to sum to 1). Real data is used in ``image_space`` 'normalized'
     (default) or 'zca' (ZCA of [0, 1] pixels with ``zca_eps``, fitted on the train split: the space of MTT's --zca
-    sets, e.g. for an ELF feature model that must live in the set's space). ``strict`` refuses a saved set whose
+    sets, e.g. for an ELF feature model that must live in the set's space); a set imported in 'zca' space gets its
+    ZCA refitted with the same ``zca_eps`` (0.1: MTT, ATT, DATM, DD-Ranking). ``strict`` refuses a saved set whose
     files have no recorded checksum (else it loads with a note, kept in the splits' ``notes`` and the results).
     """
     if (data is None) == (real_ipc is None):
@@ -48,7 +49,7 @@ def prepare_data(
                          '(--real-ipc, `real_ipc`), not both and not neither')
     loads = dict(root=data_root, cache_dir=cache_dir)
     if data is not None:
-        return _distilled_splits(data, dataset, layout, image_space, soft_label_temperature, loads, strict)
+        return _distilled_splits(data, dataset, layout, image_space, soft_label_temperature, loads, strict, zca_eps)
     if real_ipc == 0 or real_ipc < -1:
         raise ValueError(f'real_ipc (--real-ipc) must be a positive number of images per class, or -1 for all of '
                          f'them; got {real_ipc}')
@@ -59,8 +60,9 @@ def prepare_data(
 
 
 def _distilled_splits(data: str, dataset: Optional[str], layout: Optional[str], image_space: Optional[str],
-                      soft_label_temperature: Optional[float], loads: Dict[str, Any], strict: bool) -> DataSplits:
-    dset = _load_set(data, layout, dataset, image_space, soft_label_temperature, strict)
+                      soft_label_temperature: Optional[float], loads: Dict[str, Any], strict: bool,
+                      zca_eps: float = 0.1) -> DataSplits:
+    dset = _load_set(data, layout, dataset, image_space, soft_label_temperature, strict, zca_eps)
     source, test = _test_split(dset, data, dataset, loads)
     _check_classes(dset.class_names, test.class_names, dset.num_classes, test.num_classes, data, source)
     train = dset.to_image_set(soft_label_temperature)
@@ -119,13 +121,13 @@ def _test_split(dset: DistilledSet, data: str, dataset: Optional[str], loads: Di
 
 
 def _load_set(data: str, layout: Optional[str], dataset: Optional[str], image_space: Optional[str],
-              soft_label_temperature: Optional[float], strict: bool) -> DistilledSet:
+              soft_label_temperature: Optional[float], strict: bool, zca_eps: float = 0.1) -> DistilledSet:
     from ..distilled.interchange import detect_layout
     from ..hub import import_distilled, load_distilled
     layout = layout or detect_layout(data)
     if layout == 'timm_dd':
         return load_distilled(data, strict=strict)
-    return import_distilled(data, layout, dataset=dataset, image_space=image_space,
+    return import_distilled(data, layout, dataset=dataset, image_space=image_space, zca_eps=zca_eps,
                             soft_label_temperature=soft_label_temperature)
 
 

@@ -64,6 +64,17 @@ def resolve_lr(cfg: TrainConfig, learned_lr: Optional[float]) -> float:
     return cfg.lr_fallback
 
 
+def fallback_lr_note(cfg: TrainConfig, learned_lr: Optional[float], distilled: bool) -> Optional[str]:
+    """What a reader must know when a distilled set without a learned lr trains at ``lr_fallback``: MTT and ATT
+    keep their learned step size only in their logs, so their imported sets have none, and a recipe whose protocol
+    uses it (``baseline``) would otherwise train at 0.01 without a word."""
+    if not distilled or cfg.lr is not None or learned_lr is not None:
+        return None
+    return (f'the distilled set has no learned lr (MTT and ATT do not save it to disk): trained at lr_fallback='
+            f'{cfg.lr_fallback:g}, not at the published protocol\'s learned lr; pass --lr with the value the '
+            f'distillation logged (or --set lr_fallback=...) to choose it')
+
+
 class LogitsOnly(nn.Module):
     """The logits of a :class:`TrainTask` (what evaluation looks at)."""
 
