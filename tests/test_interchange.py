@@ -104,6 +104,37 @@ def test_train_imports_zca_sets_with_the_given_eps(tmp_path, digits):
     assert prepare_data(str(src), dataset='digits', image_space='zca').train.space.zca.eps == 0.1  # MTT's
 
 
+def test_numbered_and_ema_snapshots_of_mtt_and_att_runs(tmp_path, digits):
+    """Issue "Fidelity II": MTT/ATT keep numbered snapshots and ATT/FTD an EMA copy; pick one, and a folder with
+    no ``images_best.pt`` says which snapshots there are."""
+    train, idx = digits
+    x, y = train.normalized()[idx], train.labels[idx]
+    run = _save(tmp_path / 'run', **{'images_1000.pt': x * 1.1, 'labels_1000.pt': y, 'images_2000.pt': x * 1.2,
+                                     'labels_2000.pt': y, 'images_zca_2000.pt': x})
+    _save(run / 'ema', **{'ema_images_best.pt': x * 1.3, 'ema_labels_best.pt': y, 'ema_lr_best.pt': torch.tensor(.02)})
+    facts = dict(dataset='digits', image_space='normalized', lr=0.01)
+    assert torch.equal(import_distilled(run, 'mtt', iteration=2000, **facts).images, x * 1.2)
+    ema = import_distilled(run, 'mtt', ema=True, dataset='digits', image_space='normalized')
+    assert torch.equal(ema.images, x * 1.3) and float(ema.lr) == pytest.approx(0.02) and ema.extra['ema']
+    with pytest.raises(FileNotFoundError, match=r'snapshots there: 1000, 2000 .*--iteration'):
+        import_distilled(run, 'mtt', **facts)
+    from timm_dd.distilled.interchange import detect_layout
+    assert detect_layout(run) == 'mtt'
+
+
+def test_class_folders_named_by_integers_sort_as_numbers(tmp_path):
+    from timm_dd.data.folders import class_order
+    assert class_order(['0', '1', '10', '2', '11'], tmp_path) == ['0', '1', '2', '10', '11']
+    assert class_order(['cat', 'dog', '10'], tmp_path) == ['10', 'cat', 'dog']  # not all numbers: ImageFolder's order
+    with pytest.raises(ValueError, match=r"'01' and '1' are the same number"):
+        class_order(['1', '01', '2'], tmp_path)
+    for c in range(12):  # a tree read through load_dataset labels folder "10" as class 10
+        (tmp_path / 'tree' / str(c)).mkdir(parents=True)
+        Image.new('L', (8, 8), color=c * 20).save(tmp_path / 'tree' / str(c) / 'a.png')
+    ds = load_dataset(str(tmp_path / 'tree'), 'train', use_cache=False)
+    assert list(ds.class_names) == [str(c) for c in range(12)]
+
+
 def test_image_folder_layout_is_pixel_space(tmp_path, digits):
     train, idx = digits
     for pos, i in enumerate(idx.tolist()):

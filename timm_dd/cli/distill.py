@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument('--image-space', choices=('zca', 'normalized', 'pixel'), default=None)
     c.add_argument('--zca-eps', type=float, default=None,
                    help='eps of the ZCA the set was made with (default 0.1: MTT, ATT, DATM, DD-Ranking)')
+    c.add_argument('--iteration', type=int, default=None,
+                   help='mtt layout: the numbered snapshot images_<N>.pt instead of images_best.pt')
+    c.add_argument('--ema', action='store_true', help="mtt layout: ATT/FTD's EMA images (ema_images_*.pt)")
     c.add_argument('--soft-label-kind', choices=['logits', 'probs'], default=None,
                    help='what [N, K] float labels hold (default logits: FRePo, DATM)')
     c.add_argument('--lr', type=float, default=None, help='learned step size, when the files lack it')
@@ -222,7 +225,7 @@ def _convert(args: argparse.Namespace) -> int:
     from ..hub import import_distilled
     dset = import_distilled(args.source, args.layout, dataset=args.dataset, image_space=args.image_space,
                             zca_eps=args.zca_eps, lr=args.lr, soft_label_temperature=args.soft_label_temperature,
-                            soft_label_kind=args.soft_label_kind)
+                            soft_label_kind=args.soft_label_kind, iteration=args.iteration, ema=args.ema)
     path = dset.save(args.output)
     print(json.dumps({'out': str(path), 'images': list(dset.images.shape), 'image_space': dset.image_space,
                       'lr': float(dset.lr) if dset.lr is not None else None}))

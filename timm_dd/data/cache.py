@@ -24,7 +24,7 @@ __all__ = ['CACHE_VERSION', 'default_cache_dir', 'tree_fingerprint', 'cache_key'
 _logger = logging.getLogger(__name__)
 
 # bump when the decoded content for the same source changes (decode rules, layout of the file)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: class folders named by integers are labelled in numeric order
 
 PathLike = Union[str, os.PathLike]
 

@@ -11,7 +11,7 @@ import os
 import time
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import Callable, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -79,8 +79,24 @@ def _list_zip(zf: zipfile.ZipFile, source: Path) -> Tuple[List[str], List[Tuple[
     return _class_entries(rel, members, source)
 
 
+def class_order(names: Iterable[str], source: Path) -> List[str]:
+    """Class folder names in label order: alphabetical (torchvision's ``ImageFolder``), except that names which
+    are all integers (``0`` ... ``99``, as tools write CIFAR-100 class indices) sort as numbers, so ``10`` is label 10
+    and not 2. Two names of the same number (``1`` and ``01``) are ambiguous: an error."""
+    names = sorted(names)
+    if not names or not all(n.isdigit() for n in names):
+        return names
+    by_value: Dict[int, str] = {}
+    for n in names:
+        if int(n) in by_value:
+            raise ValueError(f'{source}: class folders {by_value[int(n)]!r} and {n!r} are the same number: which label '
+                             f'each gets is ambiguous; rename one')
+        by_value[int(n)] = n
+    return [by_value[v] for v in sorted(by_value)]
+
+
 def _list_dir(root: Path) -> Tuple[List[str], List[Tuple[str, int]]]:
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not _hidden(e.name))
+    classes = class_order((e.name for e in os.scandir(root) if e.is_dir() and not _hidden(e.name)), root)
     rel, full = [], []
     for p in walk_files(root, skip=_hidden):  # loops and doubly linked folders refused, naming the link
         rel.append(PurePosixPath(p.relative_to(root).as_posix()))
@@ -98,7 +114,7 @@ def _class_entries(
     for p, k in zip(rel, keys):
         if len(p.parts) >= 2 and not any(_hidden(s) for s in p.parts) and _is_image(p.name):
             by_class.setdefault(p.parts[0], []).append((p, k))
-    classes = sorted(set(by_class) | set(all_classes or ()))
+    classes = class_order(set(by_class) | set(all_classes or ()), source)
     empty = [c for c in classes if c not in by_class]
     if empty or not classes:
         raise FileNotFoundError(f'no image files ({", ".join(IMG_EXTENSIONS)}) for the classes {empty} in '

@@ -4,7 +4,8 @@ folders of image files.
 Layouts (all tensors saved with plain ``torch.save``):
 
 =============  ========================================================================================================
-``mtt``        MTT, ATT, DATM, FTD: ``images_best.pt`` float ``[N, C, H, W]`` class-major (``images_zca_best.pt``, the
+``mtt``        MTT, ATT, DATM, FTD: ``images_best.pt`` (or a numbered snapshot ``images_{it}.pt``, or ATT/FTD's EMA
+               ``ema_images_best.pt``) float ``[N, C, H, W]`` class-major (``images_zca_best.pt``, the
                inverse-ZCA'd copy MTT saves for viewing, when that is all there is: pixel space); ``labels_best.pt``
                int64 ``[N]``, or learned soft labels ``[N, K]`` (DATM: logits); optional ``lr_best.pt`` or
                ``syn_lr.pt`` (the learned step size). Images are in ZCA space when the run used ``--zca`` (kornia
@@ -27,6 +28,7 @@ import json
 import logging
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
@@ -84,7 +86,7 @@ def detect_layout(source: Union[str, os.PathLike]) -> str:
     folder = Path(source)
     if not folder.is_dir() or (folder / CONFIG_FILE).is_file():
         return 'timm_dd'
-    if _first(folder, _FILES['mtt'][0]) is not None:
+    if _first(folder, _FILES['mtt'][0]) is not None or any(_SNAPSHOT_NAME.fullmatch(p.name) for p in folder.iterdir()):
         return 'mtt'
     if _first(folder, _FILES['ddranking'][0]) is not None:
         return 'ddranking'
@@ -108,6 +110,8 @@ def import_distilled(
         soft_label_temperature: Optional[float] = None,
         method: Optional[str] = None,
         soft_label_kind: Optional[str] = None,
+        iteration: Optional[int] = None,
+        ema: bool = False,
 ) -> DistilledSet:
     """Read a distilled set made by another tool into a :class:`DistilledSet` (see the module docstring).
 
@@ -121,6 +125,9 @@ def import_distilled(
         lr: The learned step size, when the files do not hold it.
         soft_label_temperature: How soft-label logits are used (``softmax(y / t)``); ``frepo`` default 0.3.
         method: Recorded method name (default: the layout's, or the one a timm_dd export recorded).
+        iteration: ``mtt`` layout: the numbered snapshot ``images_{iteration}.pt`` instead of ``images_best.pt``.
+        ema: ``mtt`` layout: ATT/FTD's EMA images (``ema_images_best.pt`` or ``ema_images_{iteration}.pt``, in the
+            folder or its ``ema/`` subfolder).
         soft_label_kind: What [N, K] float labels hold: 'logits' (default; FRePo, DATM) or 'probs' (rows that sum
             to 1, checked).
 
@@ -145,7 +152,7 @@ def import_distilled(
     if layout == 'folder':
         images, labels, soft, file_lr, note = _read_folder(folder)
     else:
-        images, labels, soft, file_lr, note = _read_tensors(folder, layout)
+        images, labels, soft, file_lr, note = _read_tensors(folder, layout, iteration, ema)
         if note:
             image_space = 'pixel'
     train = _real_train(dataset, images.shape[-2:])
@@ -168,7 +175,8 @@ def import_distilled(
             class_names=list(train.class_names), image_space=image_space, normalization=normalization, zca=zca,
             soft_labels=soft, soft_label_kind=soft_label_kind if soft is not None else None,
             soft_label_temperature=soft_label_temperature, lr=lr,
-            extra={'imported_from': str(source), 'layout': layout, **({'note': note} if note else {})})
+            extra={'imported_from': str(source), 'layout': layout, **({'note': note} if note else {}),
+                   **({'iteration': iteration} if iteration is not None else {}), **({'ema': True} if ema else {})})
     except DistilledSetError as e:  # name the files the bad value came from
         raise DistilledSetError(f'{folder} ({layout} layout): {e}', field=e.field) from e
     _logger.info('imported %d images (%s, %s space) from %s', dset.num_images, layout, image_space, source)
@@ -224,12 +232,41 @@ def _check_facts(folder: Path, layout: str, dataset: Optional[str], image_space:
     return image_space
 
 
-def _read_tensors(folder: Path, layout: str):
-    image_names, label_names, lr_names = _FILES[layout]
-    image_path, label_path = _first(folder, image_names), _first(folder, label_names)
+def _snapshot_files(folder: Path, iteration: Optional[int], ema: bool) -> Tuple[Path, Tuple[Tuple[str, ...], ...]]:
+    """The folder and candidate file names of one MTT/ATT snapshot: ``images_best.pt`` (default), the numbered
+    ``images_{it}.pt`` of iteration ``it``, or ATT/FTD's EMA images (``ema_images_*.pt``, in the folder given or its
+    ``ema/`` subfolder), each with its labels and, where the tool saved it, its lr."""
+    prefix, tag = ('ema_' if ema else ''), ('best' if iteration is None else str(iteration))
+    if ema and not _is_file(folder / f'ema_images_{tag}.pt') and (folder / 'ema').is_dir():
+        folder = folder / 'ema'
+    return folder, ((f'{prefix}images_{tag}.pt', f'{prefix}images_zca_{tag}.pt'),
+                    (f'{prefix}labels_{tag}.pt', f'{prefix}labels_best.pt', 'labels_best.pt'),
+                    (f'{prefix}lr_{tag}.pt',) + (('syn_lr.pt',) if tag == 'best' else ()))
+
+
+def _snapshots_in(folder: Path) -> str:
+    found = sorted({(m.group(1) or '') + m.group(2) for p in folder.iterdir()
+                    if (m := _SNAPSHOT_NAME.fullmatch(p.name))}, key=lambda s: (s.startswith('ema_'), len(s), s))
+    return f'; snapshots there: {", ".join(found)} (pick one with iteration= / --iteration, EMA ones with --ema)' \
+        if found else ''
+
+
+_SNAPSHOT_NAME = re.compile(r'(ema_)?images_(?:zca_)?(\d+|best)\.pt')
+
+
+def _read_tensors(folder: Path, layout: str, iteration: Optional[int] = None, ema: bool = False):
+    if layout == 'mtt':
+        folder, (image_names, label_names, lr_names) = _snapshot_files(folder, iteration, ema)
+    elif iteration is not None or ema:
+        raise ValueError(f'{folder}: iteration and ema pick MTT/ATT snapshots (layout mtt), not {layout} files')
+    else:
+        image_names, label_names, lr_names = _FILES[layout]
+    image_path = _first(folder, image_names)
+    label_path = _first(folder, label_names) or (_first(folder.parent, label_names) if ema else None)
     if image_path is None or label_path is None:
         raise FileNotFoundError(f'{folder}: the {layout} layout needs {" or ".join(image_names)} and '
-                                f'{" or ".join(label_names)}; found {sorted(p.name for p in folder.iterdir())}')
+                                f'{" or ".join(label_names)}; found {sorted(p.name for p in folder.iterdir())[:12]}'
+                                f'{_snapshots_in(folder)}')
     images, labels = _load_tensor(image_path), _load_tensor(label_path)
     if images.dim() != 4 or not images.is_floating_point():
         raise ValueError(f'{image_path}: images must be a floating-point [N, C, H, W] tensor, got {images.dtype} of '
@@ -245,8 +282,8 @@ def _read_tensors(folder: Path, layout: str):
         raise ValueError(f'{label_path}: {labels.shape[0]} labels for {images.shape[0]} images')
     lr_path = _first(folder, lr_names)
     note = None
-    if image_path.name == 'images_zca_best.pt':
-        note = 'images_zca_best.pt is MTT\'s inverse-ZCA\'d viewing copy: imported in pixel space'
+    if 'images_zca_' in image_path.name:
+        note = f'{image_path.name} is MTT\'s inverse-ZCA\'d viewing copy: imported in pixel space'
     return images, labels.long(), soft, _read_lr(lr_path) if lr_path is not None else None, note
 
 
