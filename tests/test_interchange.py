@@ -122,6 +122,29 @@ def test_numbered_and_ema_snapshots_of_mtt_and_att_runs(tmp_path, digits):
     assert detect_layout(run) == 'mtt'
 
 
+def test_cifar100_sets_are_normalized_as_their_tool_did(tmp_path, monkeypatch):
+    """Issue "Fidelity II": MTT/ATT/DD-Ranking normalize CIFAR-100 with CIFAR-10's mean/std; their sets import with
+    those statistics by default, other layouts with CIFAR-100's, and either can be stated."""
+    from timm_dd.constants import CIFAR10_MEAN, CIFAR100_MEAN
+    g = torch.Generator().manual_seed(0)
+    for split in ('train', 'test'):  # a tiny image-folder copy of CIFAR-100: 100 classes, one image each
+        for c in range(100):
+            (tmp_path / 'cifar100' / split / f'c{c:02d}').mkdir(parents=True)
+            pixels = (torch.rand(32, 32, 3, generator=g) * 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(tmp_path / 'cifar100' / split / f'c{c:02d}' / 'a.png')
+    monkeypatch.setenv('TIMM_DD_DATA', str(tmp_path))
+    monkeypatch.setenv('TIMM_DD_CACHE', str(tmp_path / 'cache'))
+    train = load_dataset('cifar100', 'train')
+    images = (train.images[:100] - torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)) / 0.25
+    src = _save(tmp_path / 'set', **{'images.pt': images, 'labels.pt': train.labels[:100]})
+    facts = dict(dataset='cifar100', image_space='normalized', lr=0.01)
+    assert import_distilled(src, 'ddranking', **facts).normalization['mean'] == pytest.approx(list(CIFAR10_MEAN))
+    own = import_distilled(src, 'ddranking', normalization_stats='dataset', **facts)
+    assert own.normalization['mean'] == pytest.approx(list(CIFAR100_MEAN))
+    with pytest.raises(ValueError, match='normalization_stats'):
+        import_distilled(src, 'ddranking', normalization_stats='imagenet', **facts)
+
+
 def test_class_folders_named_by_integers_sort_as_numbers(tmp_path):
     from timm_dd.data.folders import class_order
     assert class_order(['0', '1', '10', '2', '11'], tmp_path) == ['0', '1', '2', '10', '11']

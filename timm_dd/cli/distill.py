@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument('--image-space', choices=('zca', 'normalized', 'pixel'), default=None)
     c.add_argument('--zca-eps', type=float, default=None,
                    help='eps of the ZCA the set was made with (default 0.1: MTT, ATT, DATM, DD-Ranking)')
+    c.add_argument('--normalization-stats', choices=['dataset', 'cifar10'], default=None,
+                   help="normalized sets: whose mean/std (default: the tool's; MTT/ATT/DD-Ranking use CIFAR-10's for "
+                        'CIFAR-100)')
     c.add_argument('--iteration', type=int, default=None,
                    help='mtt layout: the numbered snapshot images_<N>.pt instead of images_best.pt')
     c.add_argument('--ema', action='store_true', help="mtt layout: ATT/FTD's EMA images (ema_images_*.pt)")
@@ -225,7 +228,8 @@ def _convert(args: argparse.Namespace) -> int:
     from ..hub import import_distilled
     dset = import_distilled(args.source, args.layout, dataset=args.dataset, image_space=args.image_space,
                             zca_eps=args.zca_eps, lr=args.lr, soft_label_temperature=args.soft_label_temperature,
-                            soft_label_kind=args.soft_label_kind, iteration=args.iteration, ema=args.ema)
+                            soft_label_kind=args.soft_label_kind, iteration=args.iteration, ema=args.ema,
+                            normalization_stats=args.normalization_stats)
     path = dset.save(args.output)
     print(json.dumps({'out': str(path), 'images': list(dset.images.shape), 'image_space': dset.image_space,
                       'lr': float(dset.lr) if dset.lr is not None else None}))

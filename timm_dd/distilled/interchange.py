@@ -35,6 +35,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 
 from .distilled_set import DistilledSet
+from ..constants import CIFAR10_MEAN, CIFAR10_STD
 from ..io import read_torch_file
 from .format import DistilledSetError
 
@@ -112,6 +113,7 @@ def import_distilled(
         soft_label_kind: Optional[str] = None,
         iteration: Optional[int] = None,
         ema: bool = False,
+        normalization_stats: Optional[str] = None,
 ) -> DistilledSet:
     """Read a distilled set made by another tool into a :class:`DistilledSet` (see the module docstring).
 
@@ -128,6 +130,10 @@ def import_distilled(
         iteration: ``mtt`` layout: the numbered snapshot ``images_{iteration}.pt`` instead of ``images_best.pt``.
         ema: ``mtt`` layout: ATT/FTD's EMA images (``ema_images_best.pt`` or ``ema_images_{iteration}.pt``, in the
             folder or its ``ema/`` subfolder).
+        normalization_stats: For ``normalized`` images: ``'dataset'`` (its own mean/std) or ``'cifar10'``. Default:
+            each tool's convention; MTT, ATT, DATM, DD-Ranking (layouts ``mtt``, ``ddranking``) normalize CIFAR-100
+            with CIFAR-10's statistics, others with the dataset's. (The spread check cannot tell the two apart: they
+            differ by under 10 %; the set records the mean/std used.)
         soft_label_kind: What [N, K] float labels hold: 'logits' (default; FRePo, DATM) or 'probs' (rows that sum
             to 1, checked).
 
@@ -160,11 +166,11 @@ def import_distilled(
     _check_labels(labels, soft, num_classes, folder)
     normalization, zca = None, None
     if image_space == 'normalized':
-        normalization = {'mean': list(train.mean), 'std': list(train.std)}
+        normalization = _normalization_of(train, layout, normalization_stats)
     elif image_space == 'zca':
         from ..data.zca import ZCA
         zca = ZCA.fit(train.images, eps=zca_eps)
-    _check_space(images, image_space, train, zca, folder)
+    _check_space(images, image_space, train, zca, folder, normalization)
     if soft is not None and layout == 'frepo' and soft_label_temperature is None and soft_label_kind == 'logits':
         soft_label_temperature = 0.3
     if lr is None:
@@ -319,21 +325,39 @@ def _check_labels(labels: torch.Tensor, soft: Optional[torch.Tensor], num_classe
                          f'classes')
 
 
-def _space_stats(train, space: str, zca) -> torch.Tensor:
+def _normalization_of(train, layout: str, stats: Optional[str]) -> Dict[str, list]:
+    """The mean/std a normalized set was made with: the dataset's own, or CIFAR-10's, which MTT, ATT, DATM,
+    DD-Ranking and ELF use for CIFAR-100 too (their ``get_dataset``), so that is the default for their layouts."""
+    if stats is None:
+        stats = 'cifar10' if train.name == 'cifar100' and layout in _CIFAR10_STATS_FOR_CIFAR100 else 'dataset'
+    if stats == 'cifar10':
+        return {'mean': list(CIFAR10_MEAN), 'std': list(CIFAR10_STD)}
+    if stats == 'dataset':
+        return {'mean': list(train.mean), 'std': list(train.std)}
+    raise ValueError(f"normalization_stats must be 'dataset' or 'cifar10', got {stats!r}")
+
+
+#: layouts whose tools normalize CIFAR-100 with CIFAR-10's mean/std
+_CIFAR10_STATS_FOR_CIFAR100 = ('mtt', 'ddranking')
+
+
+def _space_stats(train, space: str, zca, normalization: Optional[Dict[str, list]] = None) -> torch.Tensor:
     x = train.images[:2000]
     if space == 'normalized':
-        x = train.normalized()[:2000]
+        mean, std = (torch.tensor(normalization[k]).view(1, -1, 1, 1) for k in ('mean', 'std'))
+        x = (x - mean) / std
     elif space == 'zca':
         x = zca.transform(x)
     return x.transpose(0, 1).reshape(x.shape[1], -1).std(1)
 
 
-def _check_space(images: torch.Tensor, space: str, train, zca, where: Path) -> None:
+def _check_space(images: torch.Tensor, space: str, train, zca, where: Path,
+                 normalization: Optional[Dict[str, list]] = None) -> None:
     """Per-channel spread of the imported images against the real train split's in the claimed space."""
     if images.shape[1] != train.images.shape[1]:
         raise ValueError(f'{where}: {images.shape[1]}-channel images, but the dataset has {train.images.shape[1]}')
     spread = images.float().transpose(0, 1).reshape(images.shape[1], -1).std(1)
-    expected = _space_stats(train, space, zca)
+    expected = _space_stats(train, space, zca, normalization)
     ratio = (spread / expected.clamp_min(1e-8)).max().item(), (spread / expected.clamp_min(1e-8)).min().item()
     plausible = ratio[0] <= _SPREAD_FACTOR and ratio[1] >= 1 / _SPREAD_FACTOR
     if space == 'pixel':
