@@ -37,7 +37,9 @@ def test_keep_rate_schedule_shortened_and_disabled():
 
 LR_TABLE = [
     # (epoch, expected factor) for `periodic` with one iteration per epoch (training-recipes.md section 3.4c)
-    (0, 0.0), (1, 0.01), (100, 1.0), (499, 0.588), (500, 0.0), (501, 0.01), (600, 1.0), (3000, 0.0),
+    # the first step of a period runs at the lr the previous period ended at (the scheduler steps after it):
+    # 0.587 x peak at epochs 500, 1000, ... and at the final phase's start (3000), not 0 (issue "Fidelity II")
+    (0, 0.0), (1, 0.01), (100, 1.0), (499, 0.588), (500, 0.587), (501, 0.01), (600, 1.0), (3000, 0.587),
     (3100, 1.0), (3500, 0.587), (3999, 0.0),
 ]
 
@@ -57,8 +59,10 @@ def test_other_lr_schedules():
     cos = LRSchedule('cosine', epochs=1000)
     assert cos.factor(0, 0, 1) == 0 and cos.factor(100, 0, 1) == pytest.approx(1.0)
     assert cos.factor(550, 0, 1) == pytest.approx(0.5) and cos.factor(999, 0, 1) < 1e-4
-    # two iterations per epoch: the warmup counts iterations
+    # two iterations per epoch: the warmup counts iterations; only a period's first step keeps the old value
     assert LRSchedule('periodic').factor(0, 1, 2) == pytest.approx(1 / 200)
+    assert LRSchedule('periodic').factor(500, 0, 2) == pytest.approx(0.587, abs=1e-3)
+    assert LRSchedule('periodic').factor(500, 1, 2) == pytest.approx(1 / 200)
     ms = LRSchedule('multistep', epochs=1000, milestones=(500,))
     assert ms.factor(499, 0, 4) == 1.0 and ms.factor(500, 0, 4) == pytest.approx(0.1)
     with pytest.raises(ValueError, match='lr schedule'):

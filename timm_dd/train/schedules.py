@@ -72,7 +72,8 @@ class LRSchedule:
       ``period`` epochs replays the first part of a ``final_epochs``-long cycle, a warmup of
       ``final_epochs // 10`` epochs then a cosine (reaching 0.587 of the peak at the end of a 500-epoch period
       for the defaults), restarting every period; the last ``final_epochs`` run one full warmup + cosine to 0.
-      The peak stays constant. As in the reference the factor lags one iteration: the first step uses 0.
+      The peak stays constant. As in the reference the factor lags one iteration: the very first step uses 0 and
+      the first step of every later period the value the previous period ended at (0.587 of the peak).
     * ``periodic_decay``: the same, with the peak multiplied by ``decay`` after every period and by a further
       ``gamma`` (x0.1) in the final phase (the code's evident intent, which never ran because its decay lines are
       dead code; the code does not say when its x0.1 was meant to apply: timm_dd applies it to the final phase).
@@ -102,6 +103,10 @@ class LRSchedule:
             return warmup_cosine(epoch * L + iteration, self.epochs * L, (self.epochs // 10) * L)
         cycle, warmup = self.final_epochs * L, (self.final_epochs // 10) * L
         final_start = self.epochs - self.final_epochs
+        if iteration == 0 and 0 < epoch <= final_start and (epoch % self.period == 0 or epoch == final_start):
+            # the released code steps its scheduler after each optimizer step, so the first step of a period (and
+            # of the final phase) still runs at the lr set at the end of the previous period (0.587 x peak)
+            return self.factor(epoch - 1, L, L)
         if epoch >= final_start:
             step = (epoch - final_start) * L + iteration
             num_decays = final_start // self.period
