@@ -63,6 +63,14 @@ def test_other_lr_schedules():
     assert LRSchedule('periodic').factor(0, 1, 2) == pytest.approx(1 / 200)
     assert LRSchedule('periodic').factor(500, 0, 2) == pytest.approx(0.587, abs=1e-3)
     assert LRSchedule('periodic').factor(500, 1, 2) == pytest.approx(1 / 200)
+    # the released cosine scheduler doubles its warmup at step 1999: 0.751 -> 0.854 of the peak with 5 steps/epoch
+    plain, quirk = LRSchedule('cosine', epochs=1000), LRSchedule('cosine', epochs=1000, step_1999_quirk=True)
+    assert plain.factor(399, 3, 5) == quirk.factor(399, 3, 5) == pytest.approx(0.7505, abs=1e-3)  # step 1998
+    assert plain.factor(399, 4, 5) == pytest.approx(0.750, abs=1e-3)
+    assert quirk.factor(399, 4, 5) == pytest.approx(0.854, abs=1e-3)
+    from timm_dd.train.config import load_config
+    assert load_config('dpkd-no-dp').lr_step_1999_quirk and load_config('dpkd-no-dp-no-kd').lr_step_1999_quirk
+    assert not load_config('dpkd').lr_step_1999_quirk
     ms = LRSchedule('multistep', epochs=1000, milestones=(500,))
     assert ms.factor(499, 0, 4) == 1.0 and ms.factor(500, 0, 4) == pytest.approx(0.1)
     with pytest.raises(ValueError, match='lr schedule'):

@@ -54,6 +54,9 @@ class TrainConfig:
     # MTT's evaluation re-creates its SGD optimizer at the x0.1 decay: momentum buffers start again from zero
     reset_momentum_at_decay: bool = False
     lr_period_decay: float = 0.8
+    # `cosine` as the released DP+KD scheduler runs it: at its 1999th step the warmup length doubles (an lr jump
+    # when a run has more than 1999 steps: IPC 50, CIFAR-100 IPC 10); on in the recipes that claim that protocol
+    lr_step_1999_quirk: bool = False
     # keep-rate (DropPath) schedule; `period` and `final_epochs` also drive the periodic lr restarts
     drop_path: bool = False
     period: int = 500
@@ -147,7 +150,7 @@ class TrainConfig:
                       else ((self.epochs - 1) // 2 + 2,))
         return LRSchedule(name=self.lr_schedule, epochs=self.epochs, final_epochs=self.final_epochs,
                           period=self.period, decay=self.lr_period_decay, milestones=milestones,
-                          gamma=self.lr_gamma)
+                          gamma=self.lr_gamma, step_1999_quirk=self.lr_step_1999_quirk)
 
     def replace(self, **changes: Any) -> 'TrainConfig':
         return dataclasses.replace(self, **changes)
