@@ -273,3 +273,67 @@ def test_ctrl_c_exits_130_with_one_line_and_resume_finishes_the_run(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((out / 'results.json').read_text())['runs'], 'no finished run recorded'
     assert not changed_user_files(out)
+
+
+@pytest.mark.parametrize('argv,answer', [
+    (['--sched', 'cosine'], r'--sched is a timm flag .*--set lr_schedule='),
+    (['--workers', '4'], r'--workers .*no loader workers.*--parallel runs'),
+    (['--num-classes', '10'], r'--num-classes .*comes from the data'),
+])
+def test_timm_flags_get_the_timm_dd_spelling(argv, answer, capsys, tmp_path):
+    """Issue "first hour": flags a timm user types are answered with what to write here, in one line, exit 2."""
+    import re
+    rc = train_cli.main(['-c', 'baseline', '--model', 'convnet3', '--output', str(tmp_path), *argv])
+    err = capsys.readouterr().err
+    assert rc == 2 and re.search(answer, err) and 'Traceback' not in err, err
+
+
+def test_timm_flags_with_the_same_meaning_and_old_flags_with_values_are_read():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        argv = apply_deprecations(['--data-dir', 'd', '--amp', '--drop-path', '0.1', '--model', 'm'], timm_flags=True)
+        assert argv == ['--data-root', 'd', '--mixed-precision=fp16', '--keep-rate-schedule', '--model', 'm']
+        assert apply_deprecations(['--drop-path=0'], timm_flags=True) == ['--no-keep-rate-schedule']
+    assert any('--drop-path 0.1 is deprecated' in str(w.message) for w in caught)
+    with pytest.raises(ValueError, match='--drop-path abc: expected a number'):
+        apply_deprecations(['--drop-path=abc'])
+
+
+def test_warnings_print_as_one_line(monkeypatch):
+    from timm_dd.cli.common import run_command
+    monkeypatch.setattr(warnings, 'formatwarning', warnings.formatwarning)  # restored after the test
+    assert run_command(lambda: 0) == 0
+    text = warnings.formatwarning('something to know', UserWarning, '/x/timm_dd/cli/train.py', 9, 'warn(...)')
+    assert text == 'UserWarning: something to know\n'  # no file name, no source line under it
+
+
+def test_distill_checks_the_experts_before_loading_data(tmp_path, capsys):
+    """Issue "first hour": an empty experts folder is said at once, not after a minute of loading CIFAR-10 (here the
+    data does not even exist: the experts are named first)."""
+    (tmp_path / 'buf').mkdir()
+    rc = distill_cli.main(['distill', '-c', 'cifar10-ipc10-mtt', '--dataset', str(tmp_path / 'no-such-data'),
+                           '--experts', str(tmp_path / 'buf'), '--output', str(tmp_path / 'o'), '--cpu'])
+    err = capsys.readouterr().err
+    assert rc == 2 and 'no expert_*.safetensors files' in err and 'no-such-data' not in err, err
+
+
+def test_a_killed_experiment_leaves_the_table_of_its_finished_runs(tmp_path, capsys, monkeypatch):
+    """Issue "first hour": results.md/json are written after every finished run, marked partial."""
+    import json
+
+    from timm_dd.train import experiment
+    real = experiment._Experiment.student
+
+    def student(self, name, seed, teacher):
+        if seed == 1:
+            raise KeyboardInterrupt  # killed during the second run
+        return real(self, name, seed, teacher)
+    monkeypatch.setattr(experiment._Experiment, 'student', student)
+    out = tmp_path / 'o'
+    rc = train_cli.main(['-c', 'baseline', '--dataset', 'digits', '--real-ipc', '1', '--model', 'convnet3',
+                         '--model-kwargs', 'width=4', '--epochs', '1', '--seeds', '0', '1', '--output', str(out),
+                         '--no-plots', '--cpu'])
+    assert rc == 130, capsys.readouterr().err
+    results = json.loads((out / 'results.json').read_text())
+    assert len(results['runs']) == 1 and any(n.startswith('PARTIAL: 1 of 2 runs') for n in results['notes'])
+    assert 'PARTIAL' in (out / 'results.md').read_text()

@@ -202,10 +202,11 @@ def test_short_runs_carry_a_note_into_the_table():
     full = load_config('baseline')
     assert short_run_note(full) is None and short_run_note(full.replace(epochs=full.epochs // 2 + 1)) is None
     note = short_run_note(full.replace(epochs=30))
-    assert f'30 epochs, {30 / full.epochs:.0%} of the {full.epochs} of recipe baseline' in note
+    assert f"30 epochs of the {full.epochs} of recipe baseline's published protocol (3%)" in note
     assert 'not comparable' in note and '--recompute-bn' in note
     assert '--recompute-bn' not in short_run_note(full.replace(epochs=30, recompute_bn=True))  # advice already taken
-    assert '(under 1%)' in short_run_note(full.replace(epochs=2))
+    assert 'trains 1 epoch of the 1001 of recipe' in short_run_note(full.replace(epochs=1))  # one epoch, singular
+    assert '(0.2%)' in short_run_note(full.replace(epochs=2))
     assert short_run_note(full.replace(recipe='my-own', epochs=3)) is None  # no shipped protocol to compare with
     result = dict(_result('baseline', REAL, {'resnet18_dd': [0.3]}), notes=[note])
     result['runs'][0]['train_acc'] = 0.55

@@ -194,3 +194,19 @@ def test_momentum_is_reset_at_the_decay():
         train_model(model, data, loader, cfg, Accelerator(cpu=True), 'convnet3', distributed=False)
         weights[reset] = torch.cat([p.detach().flatten() for p in model.parameters()])
     assert not torch.equal(weights[True], weights[False])  # the reset changes the steps after epoch 2
+
+
+def test_progress_says_what_acts_and_when_it_was_measured(caplog):
+    """Issue "first hour": no evaluation after epoch 1 unless asked; the bar's accuracy carries its epoch; without
+    a terminal the progress is plain log lines (no cursor codes)."""
+    from timm_dd.train.config import load_config
+    from timm_dd.train.loop import fit
+    from timm_dd.train.trainer import eval_epochs
+    cfg = load_config('dpkd', {'epochs': 300, 'eval_every': 100})
+    assert eval_epochs(cfg) == {99, 199, 299}
+    assert eval_epochs(cfg.replace(eval_after_first_epoch=True)) == {0, 99, 199, 299}
+    with caplog.at_level('INFO', logger='timm_dd.train.loop'):
+        fit(range(40), lambda e: {'loss': 1.0 / (e + 1)}, desc='net', progress=True,
+            postfix=lambda r: {'loss': f"{r['loss']:.2f}"})
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 20 and lines[-1] == 'net: epoch 40/40 loss=0.03' and '\x1b' not in ''.join(lines)

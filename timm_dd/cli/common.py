@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 __all__ = ['add_common_args', 'parse_set', 'read_cli_config', 'apply_deprecations', 'report_user_error',
            'DEPRECATED_FLAGS', 'setup_logging', 'run_command', 'EXIT_OK', 'EXIT_RUN_FAILED', 'EXIT_USER_ERROR',
-           'EXIT_INTERRUPTED']
+           'EXIT_INTERRUPTED', 'TIMM_FLAGS']
 
 #: the exit statuses of both commands (the README's table "Exit statuses" lists them)
 EXIT_OK = 0
@@ -44,13 +44,51 @@ DEPRECATED_FLAGS: Dict[str, Tuple[str, str]] = {
 }
 
 
-def apply_deprecations(argv: Sequence[str], extra: Optional[Dict[str, Tuple[str, str]]] = None) -> List[str]:
-    """``argv`` with deprecated flag spellings replaced by the current ones (each warned about once)."""
+#: flags a timm user reaches for: those with the same meaning are rewritten (with a note), the others answered with
+#: the timm_dd spelling (one error line) rather than argparse's "unrecognized arguments"
+TIMM_FLAGS: Dict[str, Tuple[Optional[str], str]] = {
+    '--data-dir': ('--data-root', 'the folder holding the dataset, as in timm'),
+    '--amp': ('--mixed-precision=fp16', "timm's default AMP dtype"),
+    '--sched': (None, 'the lr schedule is a recipe field here: --set lr_schedule=periodic|periodic_decay|cosine|'
+                      'multistep|constant (each recipe sets the one its paper used)'),
+    '--workers': (None, 'the data are tensors on the device here, with no loader workers; several runs at once: '
+                        '--parallel runs (or `accelerate launch --num_processes K`)'),
+    '-j': (None, 'the data are tensors on the device here, with no loader workers; several runs at once: '
+                 '--parallel runs'),
+    '--num-classes': (None, 'the number of classes comes from the data (--data or --dataset)'),
+}
+#: deprecated flags whose old form took a value that the new one does not: value -> the new flag
+_VALUE_FLAGS: Dict[str, Callable[[str], str]] = {
+    '--drop-path': lambda rate: '--keep-rate-schedule' if float(rate) > 0 else '--no-keep-rate-schedule',
+}
+
+
+def apply_deprecations(argv: Sequence[str], extra: Optional[Dict[str, Tuple[str, str]]] = None,
+                       timm_flags: bool = False) -> List[str]:
+    """``argv`` with deprecated flag spellings replaced by the current ones (each warned about once); with
+    ``timm_flags`` also timm's spellings (:data:`TIMM_FLAGS`): rewritten where the meaning is the same, else a
+    ``ValueError`` giving the timm_dd way."""
     table = dict(DEPRECATED_FLAGS, **(extra or {}))
-    out = []
-    for arg in argv:
+    out, args = [], list(argv)
+    while args:
+        arg = args.pop(0)
         flag, eq, value = arg.partition('=')
-        if flag in table:
+        if timm_flags and flag in TIMM_FLAGS:
+            new, note = TIMM_FLAGS[flag]
+            if new is None:
+                raise ValueError(f'{flag} is a timm flag with no counterpart here: {note}')
+            warnings.warn(f'{flag} is read as {new} ({note})', UserWarning, stacklevel=2)
+            out.append(new + (eq + value if eq else ''))
+        elif flag in _VALUE_FLAGS and (eq or (args and not args[0].startswith('-'))):
+            rate = value if eq else args.pop(0)
+            try:
+                new = _VALUE_FLAGS[flag](rate)
+            except ValueError:
+                raise ValueError(f'{flag} {rate}: expected a number (a drop-path rate)') from None
+            warnings.warn(f'{flag} {rate} is deprecated ({table[flag][1]}); read as {new}', FutureWarning,
+                          stacklevel=2)
+            out.append(new)
+        elif flag in table:
             new, note = table[flag]
             warnings.warn(f'{flag} is deprecated{" (" + note + ")" if note else ""}; use {new.split("=")[0]}',
                           FutureWarning, stacklevel=2)
@@ -58,6 +96,11 @@ def apply_deprecations(argv: Sequence[str], extra: Optional[Dict[str, Tuple[str,
         else:
             out.append(arg)
     return out
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings on the command line as one line, without the source line of ours under them."""
+    return f'{category.__name__}: {message}\n'
 
 
 def add_common_args(parser: argparse.ArgumentParser, seeds: bool = True) -> None:
@@ -138,6 +181,7 @@ def run_command(body: Callable[[], int], resume_hint: str = 'run the same comman
     from ..distill.state import DistillationDiverged
     from ..hub import HubError
     from ..io import FolderInUseError
+    warnings.formatwarning = _one_line_warning
     try:
         return body()
     except KeyboardInterrupt as e:

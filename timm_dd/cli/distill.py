@@ -194,6 +194,9 @@ def _run(args: argparse.Namespace, cfg: Any, out: Path, acc: Any) -> Optional[An
     if args.log_with:
         acc.init_trackers(f'timm_dd-{args.command}', config={k: v if isinstance(v, (int, float, str, bool))
                                                               else str(v) for k, v in cfg.to_dict().items()})
+    if args.command == 'distill' and cfg.method in ('mtt', 'att'):
+        from ..distill import ExpertPool
+        ExpertPool.check_folder(args.experts, cfg.max_experts)  # before a minute of loading the data
     with acc.main_process_first():  # one process fills the decoded-data cache, the others read it
         data = prepare_data(cfg, args.dataset, args.data_root)
     if args.command == 'experts':

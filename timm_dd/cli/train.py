@@ -149,8 +149,8 @@ def resolve_config(argv: List[str]):
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    argv = apply_deprecations(sys.argv[1:] if argv is None else list(argv))
-    return run_command(lambda: _main(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_command(lambda: _main(apply_deprecations(argv, timm_flags=True)))
 
 
 def _main(argv: List[str]) -> int:

@@ -202,11 +202,7 @@ class ExpertPool:
                  zca: Optional[bool] = None, max_experts: Optional[int] = None,
                  expected: Optional[ExpertConfig] = None):
         self.folder = Path(folder)
-        paths = sorted(self.folder.glob('expert_*.safetensors'))
-        if not paths:
-            raise ExpertFileError(f'{self.folder}: no expert_*.safetensors files (train them with `timm-dd-distill '
-                                  f'experts` (`distill.py experts` in a checkout) or pull them from the Hub)')
-        self._check_finished(paths, max_experts)
+        paths = self.check_folder(self.folder, max_experts)
         if max_experts:
             paths = paths[:max_experts]
         self.experts = [ExpertTrajectory(p) for p in paths]
@@ -229,22 +225,42 @@ class ExpertPool:
         if expected is not None:
             self._check_recipe(expected)
 
-    def _check_finished(self, paths: List[Path], max_experts: Optional[int]) -> None:
+    @classmethod
+    def check_folder(cls, folder: Union[str, os.PathLike, None], max_experts: Optional[int] = None) -> List[Path]:
+        """The expert files of ``folder``, after the checks that need no data (so a command fails before it
+        spends a minute loading CIFAR-10): the folder exists and holds finished experts, numbered without gaps,
+        that no running job is still writing."""
+        if folder is None:
+            raise ExpertFileError('trajectory matching needs an expert buffer: pass --experts FOLDER (train one with '
+                                  '`timm-dd-distill experts`)')
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ExpertFileError(f'{folder}: no such expert folder (train experts into it with `timm-dd-distill '
+                                  f'experts --output {folder}` or pull them from the Hub)')
+        paths = sorted(folder.glob('expert_*.safetensors'))
+        if not paths:
+            raise ExpertFileError(f'{folder}: no expert_*.safetensors files (train them with `timm-dd-distill '
+                                  f'experts` (`distill.py experts` in a checkout) or pull them from the Hub)')
+        cls._check_finished(folder, paths, max_experts)
+        return paths
+
+    @staticmethod
+    def _check_finished(folder: Path, paths: List[Path], max_experts: Optional[int]) -> None:
         """Refuse a buffer another run is still writing, or one with a gap in its numbering (an expert deleted
         and not trained again), unless the ``max_experts`` first experts are all there."""
         present = {int(m.group(1)) for p in paths if (m := _EXPERT_NAME.fullmatch(p.name))}
         if max_experts and present >= set(range(max_experts)):
             return
-        holder = folder_lock_holder(self.folder)
+        holder = folder_lock_holder(folder)
         if holder is not None:
-            raise ExpertFileError(f'{self.folder} is being written by a running job ({holder}): the buffer is not '
+            raise ExpertFileError(f'{folder} is being written by a running job ({holder}): the buffer is not '
                                   f'finished ({len(present)} experts so far); wait for it, or set max_experts to at '
                                   f'most the number of finished experts numbered from 0')
         missing = sorted(set(range(max(present) + 1)) - present) if present else []
         if missing:
             names = ', '.join(expert_filename(i) for i in missing[:3]) + (' ...' if len(missing) > 3 else '')
             before = f', or --set max_experts={missing[0]} to use the experts before the gap' if missing[0] else ''
-            raise ExpertFileError(f'{self.folder}: {len(missing)} expert file(s) missing from the numbering '
+            raise ExpertFileError(f'{folder}: {len(missing)} expert file(s) missing from the numbering '
                                   f'({names}): run `timm-dd-distill experts` into the same folder with the same '
                                   f'settings to train them (finished experts are kept){before}')
 

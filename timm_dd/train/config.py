@@ -95,6 +95,7 @@ class TrainConfig:
     recompute_bn: bool = False
     # bookkeeping
     eval_every: int = 100  # 0: evaluate only after the last epoch
+    eval_after_first_epoch: bool = False  # the DP+KD code's extra evaluation after epoch 1 (near chance, a full pass)
     # epochs after which the network is also saved (model-epoch<N>, timm local-dir layout; e.g. [100] for ELF's
     # feature model, which the ELF code takes after epoch 100, before its lr decay)
     snapshot_epochs: List[int] = field(default_factory=list)
@@ -216,6 +217,7 @@ def short_run_note(cfg: TrainConfig, fraction: float = 0.5) -> Optional[str]:
     share = cfg.epochs / protocol
     bn = '' if cfg.recompute_bn else (', and a schedule this short can leave batch-norm statistics stale '
                                       '(--recompute-bn)')
-    return (f'this run trains {cfg.epochs} epochs, {share:.0%}{"" if share >= 0.01 else " (under 1%)"} of the '
-            f'{protocol} of recipe {cfg.recipe} (its published protocol): its accuracies are not comparable to '
-            f'published ones{bn}')
+    percent = f'{share:.0%}' if share >= 0.01 else f'{share:.1%}' if share >= 0.001 else 'under 0.1%'
+    return (f'this run trains {cfg.epochs} epoch{"" if cfg.epochs == 1 else "s"} of the {protocol} of recipe '
+            f'{cfg.recipe}\'s published protocol ({percent}): its accuracies are not comparable to published '
+            f'ones{bn}')

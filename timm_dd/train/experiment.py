@@ -9,7 +9,7 @@ import math
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from accelerate import Accelerator
 from accelerate.utils import gather_object
@@ -180,14 +180,20 @@ class _Experiment:
             records.append((first_job + i, record))
         return records
 
-    def students(self, models: Sequence[str], seeds: Sequence[int],
-                 teachers: Dict[int, nn.Module]) -> List[Tuple[int, Dict[str, Any]]]:
-        """This process's share of the (network, seed) runs, as ``(job, record)``."""
+    def students(self, models: Sequence[str], seeds: Sequence[int], teachers: Dict[int, nn.Module],
+                 finished: Optional[Callable[[List[Dict[str, Any]]], None]] = None) -> List[Tuple[int, Dict[str, Any]]]:
+        """This process's share of the (network, seed) runs, as ``(job, record)``. ``finished(records)`` is called
+        after each run when this process sees every run (one process, or DDP), so a partial table can be written."""
         if self.cfg.parallel == 'vmap':
             return [run for job, name in enumerate(models) if job % self.world == self.rank
                     for run in self.seeds_batched(name, seeds, first_job=job * len(seeds))]
-        jobs = enumerate((name, seed) for name in models for seed in seeds)
-        return [(job, self.student(name, seed, teachers.get(seed))) for job, (name, seed) in jobs if self.owned(job)]
+        done = []
+        for job, (name, seed) in enumerate((name, seed) for name in models for seed in seeds):
+            if self.owned(job):
+                done.append((job, self.student(name, seed, teachers.get(seed))))
+                if finished is not None and (self.world == 1 or self.distributed):
+                    finished([record for _, record in done])
+        return done
 
     def merge(self, jobs: List[Tuple[int, Dict[str, Any]]]) -> List[Dict[str, Any]]:
         """Every process's records, in job order: the same list on every process as in a one-process run."""
@@ -227,10 +233,18 @@ def run_experiment(
     notes += bundle.notes  # logged where they were found
     experiment = _Experiment(cfg, bundle, out_dir, accelerator, model_kwargs, resume, save_models)
     teachers, teacher_runs = experiment.teachers(seeds) if cfg.kd else ({}, [])
-    runs = experiment.merge(experiment.students(models, seeds, teachers))
+    data = dict(bundle.source, description=bundle.description)
+    total = len(models) * len(seeds)
+
+    def partial_table(runs: List[Dict[str, Any]]) -> None:  # a killed experiment leaves the table of its finished runs
+        if accelerator.is_main_process and len(runs) < total:
+            own = [record for _, record in teacher_runs]
+            write_results(ExperimentResult(runs, own, summarize(runs, own), cfg.to_dict(), data, notes + [
+                f'PARTIAL: {len(runs)} of {total} runs finished; this table is rewritten as each run ends']), out_dir)
+
+    runs = experiment.merge(experiment.students(models, seeds, teachers, partial_table))
     teacher_runs = experiment.merge(teacher_runs)
-    result = ExperimentResult(runs, teacher_runs, summarize(runs, teacher_runs), cfg.to_dict(),
-                              dict(bundle.source, description=bundle.description), notes)
+    result = ExperimentResult(runs, teacher_runs, summarize(runs, teacher_runs), cfg.to_dict(), data, notes)
     if accelerator.is_main_process:
         write_results(result, out_dir)
     accelerator.wait_for_everyone()

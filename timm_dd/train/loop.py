@@ -6,13 +6,17 @@ inner update shared by the trainer and the expert trainer; :func:`evaluate` the 
 (:mod:`timm_dd.train.trainer`), the expert trainer (:mod:`timm_dd.distill.experts`) and distillation's periodic
 evaluation (through the trainer) all run on it.
 """
+import logging
+import sys
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-__all__ = ['Hook', 'fit', 'run_batches', 'evaluate', 'evaluate_tensors']
+__all__ = ['Hook', 'fit', 'run_batches', 'evaluate', 'evaluate_tensors', 'on_terminal']
+
+_logger = logging.getLogger(__name__)
 
 Record = Dict[str, Any]
 
@@ -43,15 +47,31 @@ def fit(
         postfix: Optional[Callable[[Record], Dict[str, str]]] = None,
 ) -> None:
     """Run ``train_epoch`` for each of ``epochs`` and then every hook, with a progress bar (``progress``) whose
-    postfix shows ``postfix(record)``."""
-    pbar = tqdm(epochs, desc=desc, leave=False, disable=not progress)
-    for epoch in pbar:
+    postfix shows ``postfix(record)``. When the output is not a terminal (a log file, a batch job) the bar would
+    fill it with cursor codes, so ``progress`` logs plain lines instead, about every 5 % of the epochs."""
+    epochs = list(epochs)
+    bar = progress and on_terminal()
+    pbar = tqdm(epochs, desc=desc, leave=False, disable=not bar)
+    every = max(1, len(epochs) // 20)
+    for n, epoch in enumerate(pbar, 1):
         record = train_epoch(epoch)
         for hook in hooks:
             hook.after_epoch(epoch, record)
-        if postfix is not None:
-            pbar.set_postfix(postfix(record), refresh=False)
+        shown = postfix(record) if postfix is not None else {}
+        if bar and shown:
+            pbar.set_postfix(shown, refresh=False)
+        elif progress and not bar and (n % every == 0 or n == len(epochs)):
+            _logger.info('%s: epoch %d/%d %s', desc, epoch + 1, epochs[-1] + 1,
+                         ' '.join(f'{k}={v}' for k, v in shown.items()))
     pbar.close()
+
+
+def on_terminal() -> bool:
+    """Whether progress bars can redraw in place (stderr is a terminal)."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
 
 
 def run_batches(
@@ -92,7 +112,7 @@ def _batch_bar(batches: Iterable, progress: bool, desc: str) -> Iterable:
         long_pass = len(batches) >= LONG_PASS_BATCHES
     except TypeError:  # an iterator of unknown length
         long_pass = True
-    return tqdm(batches, desc=desc, leave=False, disable=not (progress and long_pass))
+    return tqdm(batches, desc=desc, leave=False, disable=not (progress and long_pass and on_terminal()))
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from ..augment import DSA
 from ..data import ImageSet
 from ..io import append_line, atomic_write, read_torch_file
-from ..layers import set_drop_generator, set_keep_rate
+from ..layers import keep_rate_units, set_drop_generator, set_keep_rate
 from ..seeding import derive_seed, generator_for, seeded
 from ..tracking import log_metrics
 from .batchnorm import STALE_BN_GAP, has_batchnorm, recompute_bn_stats, train_accuracies
@@ -110,6 +110,7 @@ class _Run:
         self.features = elf_features.to(device) if elf_features is not None else None
         self.base_lr = resolve_lr(cfg, train_set.learned_lr)
         self.keep_schedule = cfg.keep_rate_schedule(model_name)
+        self.droppable = cfg.drop_path and bool(keep_rate_units(model))  # whether the keep rate acts at all
         self.lr_schedule = cfg.lr_schedule_fn()
         self.dsa = DSA(cfg.dsa_strategy, k=cfg.dsa_k) if cfg.dsa else None
         self.task = TrainTask(model, elf=cfg.elf).to(device)
@@ -318,9 +319,13 @@ def train_model(
              _CheckpointHook(run, ckpt_path, progress, last_epoch, snapshot)]
 
     def postfix(record: Dict[str, Any]) -> Dict[str, str]:
-        out = {'loss': f"{record['loss']:.3f}", 'p': f"{record['keep_rate']:.2f}", 'lr': f"{record['lr']:.3g}"}
-        if progress.history:
-            out['acc'] = f"{progress.history[-1]['test_acc']:.3f}"
+        out = {'loss': f"{record['loss']:.3f}"}
+        if run.droppable:  # a keep rate only where DropPath acts
+            out['p'] = f"{record['keep_rate']:.2f}"
+        out['lr'] = f"{record['lr']:.3g}"
+        if progress.history:  # the accuracy with the epoch it was measured after, never a stale number alone
+            last = progress.history[-1]
+            out['acc'] = f"{last['test_acc']:.3f}@{last['epoch'] + 1}"
         return out
 
     fit(range(progress.epoch, last_epoch + 1), run.train_epoch, hooks, name, run.show_progress, postfix)
@@ -341,7 +346,9 @@ def _result(run: _Run, progress: _Progress, test_loader: DataLoader, last_epoch:
 
 
 def eval_epochs(cfg: TrainConfig) -> set:
+    """Every ``eval_every`` epochs and after the last. The DP+KD code also evaluates after the first epoch (a
+    number near chance that costs a whole test pass): only with ``eval_after_first_epoch``."""
+    first = {0} if cfg.eval_after_first_epoch else set()
     if cfg.eval_every <= 0:
-        return {cfg.epochs - 1}
-    # as in the DP+KD code: after the first epoch, every `eval_every` epochs, and the last
-    return {0} | set(range(cfg.eval_every - 1, cfg.epochs, cfg.eval_every)) | {cfg.epochs - 1}
+        return first | {cfg.epochs - 1}
+    return first | set(range(cfg.eval_every - 1, cfg.epochs, cfg.eval_every)) | {cfg.epochs - 1}
