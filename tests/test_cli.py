@@ -337,3 +337,17 @@ def test_a_killed_experiment_leaves_the_table_of_its_finished_runs(tmp_path, cap
     results = json.loads((out / 'results.json').read_text())
     assert len(results['runs']) == 1 and any(n.startswith('PARTIAL: 1 of 2 runs') for n in results['notes'])
     assert 'PARTIAL' in (out / 'results.md').read_text()
+
+
+def test_periodic_evaluations_on_a_class_balanced_subset_final_on_the_whole_test_set(tmp_path, capsys):
+    import json
+    out = tmp_path / 'o'
+    assert train_cli.main(['-c', 'baseline', '--dataset', 'digits', '--real-ipc', '1', '--model', 'convnet3',
+                           '--model-kwargs', 'width=4', '--epochs', '3', '--set', 'eval_every=1', '--set',
+                           'eval_subset_per_class=2', '--output', str(out), '--no-plots', '--cpu']) == 0, \
+        capsys.readouterr().err
+    results = json.loads((out / 'results.json').read_text())
+    metrics = (out / 'runs' / 'convnet3' / 'seed0' / 'metrics.jsonl').read_text().splitlines()
+    counts = [json.loads(line)['test_count'] for line in metrics]
+    assert counts[:2] == [20, 20] and counts[-1] == results['runs'][0]['test_count'] > 20, counts
+    assert any('class-balanced subset of the test set, 2 images per class' in n for n in results['notes'])

@@ -27,7 +27,7 @@ TRAIN_RANGES = {
     'teacher_epochs': f'[1, {_MAX_EPOCHS}]', 'elf_lambda_front': '[0, 1e6]', 'elf_lambda_rear': '[0, 1e6]',
     'elf_feature_epoch': f'[0, {_MAX_EPOCHS}]', 'eval_every': f'[0, {_MAX_EPOCHS}]',
     'snapshot_epochs': f'[1, {_MAX_EPOCHS}]', 'checkpoint_every': f'[1, {_MAX_EPOCHS}]',
-    'test_batch_size': '[1, 1e7]', 'seed': _SEED,
+    'test_batch_size': '[1, 1e7]', 'eval_subset_per_class': '[0, 1e7]', 'seed': _SEED,
 }
 
 
@@ -96,6 +96,9 @@ class TrainConfig:
     # bookkeeping
     eval_every: int = 100  # 0: evaluate only after the last epoch
     eval_after_first_epoch: bool = False  # the DP+KD code's extra evaluation after epoch 1 (near chance, a full pass)
+    # periodic evaluations (curves, best) on the first N test images of each class; 0: the whole test set. The
+    # final accuracy is always on the whole test set
+    eval_subset_per_class: int = 0
     # epochs after which the network is also saved (model-epoch<N>, timm local-dir layout; e.g. [100] for ELF's
     # feature model, which the ELF code takes after epoch 100, before its lr decay)
     snapshot_epochs: List[int] = field(default_factory=list)
@@ -103,7 +106,7 @@ class TrainConfig:
     # keep each finished run's resume checkpoint (checkpoint.pt, ~90 MB for a ResNet18); by default it is removed
     # once the run's result.json is written, since a finished run is never resumed
     keep_checkpoints: bool = False
-    test_batch_size: int = 500
+    test_batch_size: Optional[int] = None  # None: chosen for the device (100 on a CPU, 500 on a GPU: bench_eval.py)
     seed: int = 0
     # None: what `accelerate config` / `accelerate launch --mixed_precision` chose; else 'no', 'fp16' or 'bf16'
     mixed_precision: Optional[str] = None

@@ -44,19 +44,21 @@ class ExperimentResult:
 def _test_loader(bundle: DataSplits, cfg: TrainConfig, accelerator: Accelerator, distributed: bool) -> DataLoader:
     """Sharded over the processes for DDP runs; whole (and unprepared) when each process trains runs alone."""
     ds = TensorDataset(bundle.test.images, bundle.test.labels)
-    loader = DataLoader(ds, batch_size=cfg.test_batch_size, shuffle=False,
+    batch_size = cfg.test_batch_size or (100 if accelerator.device.type == 'cpu' else 500)
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False,
                         pin_memory=accelerator.device.type == 'cuda')
     return accelerator.prepare(loader) if distributed else loader
 
 
 RUN_CONFIG_FILE = 'run_config.json'
 #: recipe fields that may change when a run is resumed (bookkeeping only: they do not change the trained networks)
-RESUME_SAFE_FIELDS = ('checkpoint_every', 'test_batch_size', 'parallel', 'keep_checkpoints')
+RESUME_SAFE_FIELDS = ('checkpoint_every', 'test_batch_size', 'parallel', 'keep_checkpoints', 'eval_after_first_epoch')
 
 
 #: recipe fields added since a run may have been recorded, with the value that reproduces the old behaviour, and
 #: removed fields: a run recorded before them resumes as long as the current value is that one
-_NEW_FIELD_DEFAULTS = {'config.recompute_bn': False, 'config.extra': None}
+_NEW_FIELD_DEFAULTS = {'config.recompute_bn': False, 'config.extra': None, 'config.eval_subset_per_class': 0,
+                       'config.lr_step_1999_quirk': False}
 
 
 def _config_differences(saved: Dict[str, Any], current: Dict[str, Any], prefix: str = '') -> List[str]:
@@ -227,7 +229,10 @@ def run_experiment(
         atomic_write_json(out_dir / RUN_CONFIG_FILE, run_record, indent=2)
     resolve_lr(cfg, bundle.train.learned_lr)  # a learned lr out of range stops here, before any teacher trains
     lr_note = fallback_lr_note(cfg, bundle.train.learned_lr, bundle.source.get('kind') == 'distilled')
-    notes = [note for note in (short_run_note(cfg), lr_note) if note]
+    subset_note = (f'periodic evaluations (curves, best) use a fixed class-balanced subset of the test set, '
+                   f'{cfg.eval_subset_per_class} images per class; final accuracies use the whole test set'
+                   if cfg.eval_subset_per_class else None)
+    notes = [note for note in (short_run_note(cfg), lr_note, subset_note) if note]
     for note in notes:
         _logger.warning(note)
     notes += bundle.notes  # logged where they were found

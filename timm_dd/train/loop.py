@@ -115,7 +115,7 @@ def _batch_bar(batches: Iterable, progress: bool, desc: str) -> Iterable:
     return tqdm(batches, desc=desc, leave=False, disable=not (progress and long_pass and on_terminal()))
 
 
-@torch.no_grad()
+@torch.inference_mode()  # no autograd bookkeeping at all (cheaper than no_grad); only floats leave
 def evaluate(
         model: nn.Module,
         loader: Iterable,

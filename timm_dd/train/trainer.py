@@ -196,6 +196,8 @@ class _EvaluationHook(Hook):
     def __init__(self, run: _Run, test_loader: DataLoader, progress: _Progress):
         self.run, self.test_loader, self.progress = run, test_loader, progress
         self.epochs = eval_epochs(run.cfg)
+        k = run.cfg.eval_subset_per_class
+        self.periodic_loader = class_balanced_loader(test_loader, k, run.accelerator, run.distributed) if k else None
 
     def after_epoch(self, epoch: int, record: Dict[str, Any]) -> None:
         if epoch not in self.epochs:
@@ -203,7 +205,8 @@ class _EvaluationHook(Hook):
         run, model = self.run, self.run.inner.model
         if run.cfg.recompute_bn:
             recompute_bn_stats(model, run.images, run.cfg.batch_size)
-        result = run.evaluate(self.test_loader)
+        last = epoch == run.cfg.epochs - 1  # the final number is always on the whole test set
+        result = run.evaluate(self.test_loader if last or self.periodic_loader is None else self.periodic_loader)
         record.update(test_acc=result['acc'], test_count=result['count'])
         if epoch == run.cfg.epochs - 1:
             record.update(_train_set_accuracies(run, model))
@@ -343,6 +346,18 @@ def _result(run: _Run, progress: _Progress, test_loader: DataLoader, last_epoch:
         history=history, num_test_evaluated=final['count'], train_seconds=run.train_seconds,
         train_acc=history[-1].get('train_acc') if history else None,
         images_per_second=run.images_seen / run.train_seconds if run.train_seconds > 0 else float('nan'))
+
+
+def class_balanced_loader(test_loader: DataLoader, per_class: int, accelerator: Accelerator,
+                          distributed: bool) -> DataLoader:
+    """A loader over a fixed subset of ``test_loader``'s data: the first ``per_class`` images of every class in
+    the test set's order (the same images in every run and on every machine), for cheap periodic evaluations."""
+    dataset = test_loader.dataset
+    labels = dataset.tensors[1] if hasattr(dataset, 'tensors') else torch.as_tensor([y for _, y in dataset])
+    keep = torch.cat([(labels == c).nonzero().flatten()[:per_class] for c in labels.unique()]).sort().values
+    loader = DataLoader(torch.utils.data.Subset(dataset, keep.tolist()), batch_size=test_loader.batch_size,
+                        shuffle=False, pin_memory=accelerator.device.type == 'cuda')
+    return accelerator.prepare(loader) if distributed else loader
 
 
 def eval_epochs(cfg: TrainConfig) -> set:
