@@ -208,7 +208,7 @@ def _recipe_epochs(recipe: str, epochs: Optional[int]) -> int:
 
 def _recipe_kd(recipe: str) -> bool:
     from timm_dd.train.config import load_config
-    return load_config(recipe).kd
+    return load_config(recipe).uses_teacher
 
 
 def _column_settings(column: Column, out: Path) -> Dict[str, Any]:

@@ -50,7 +50,7 @@ TIMM_FLAGS: Dict[str, Tuple[Optional[str], str]] = {
     '--data-dir': ('--data-root', 'the folder holding the dataset, as in timm'),
     '--amp': ('--mixed-precision=fp16', "timm's default AMP dtype"),
     '--sched': (None, 'the lr schedule is a recipe field here: --set lr_schedule=periodic|periodic_decay|cosine|'
-                      'multistep|constant (each recipe sets the one its paper used)'),
+                      'multistep|quarter_cosine|constant (each recipe sets the one its paper used)'),
     '--workers': (None, 'the data are tensors on the device here, with no loader workers; several runs at once: '
                         '--parallel runs (or `accelerate launch --num_processes K`)'),
     '-j': (None, 'the data are tensors on the device here, with no loader workers; several runs at once: '

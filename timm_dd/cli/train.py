@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from ..train.schedules import LR_SCHEDULES
 from .common import (
     add_common_args, apply_deprecations, parse_set, read_cli_config, report_user_error, run_command, setup_logging,
 )
@@ -81,7 +82,7 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
                    help="momentum: SGD with momentum (timm's name; 'sgd' is accepted, deprecated)")
     g.add_argument('--lr', type=float, help='peak lr (default: the set\'s learned lr, or the recipe\'s)')
     g.add_argument('--weight-decay', type=float)
-    g.add_argument('--lr-schedule', choices=['periodic', 'periodic_decay', 'cosine', 'multistep', 'constant'])
+    g.add_argument('--lr-schedule', choices=list(LR_SCHEDULES))
     g.add_argument('--keep-rate-schedule', dest='drop_path', action=argparse.BooleanOptionalAction, default=None,
                    help='the three-phase keep-rate (DropPath) schedule of DP+KD')
     g.add_argument('--p-min', type=float)

@@ -39,7 +39,9 @@ def check_batchable(model: nn.Module, cfg: TrainConfig) -> None:
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise ValueError('stacked seeds (parallel: vmap) need a network without batch norm (instance, group or layer '
                          'norm: the ConvNet family); train batch-norm networks with parallel: runs')
-    unsupported = [name for name, on in (('drop_path', cfg.drop_path), ('kd', cfg.kd), ('elf', cfg.elf)) if on]
+    parts = (('drop_path', cfg.drop_path), ('kd', cfg.kd), ('relabel', cfg.relabel), ('elf', cfg.elf),
+             ('cutmix_beta', cfg.cutmix_beta is not None), (f'soft_loss {cfg.soft_loss}', cfg.soft_loss != 'ce'))
+    unsupported = [name for name, on in parts if on]
     if unsupported:
         raise ValueError(f'stacked seeds (parallel: vmap) do not support {unsupported}; use parallel: runs')
 

@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 
 from ..fields import check_ranges, coerce_field
+from .losses import SOFT_LOSSES
 from .schedules import LR_SCHEDULES, KeepRateSchedule, LRSchedule
 
 __all__ = ['TrainConfig', 'load_config', 'short_run_note', 'OPTIMIZERS', 'TRAIN_RANGES']
@@ -27,7 +28,7 @@ TRAIN_RANGES = {
     'teacher_epochs': f'[1, {_MAX_EPOCHS}]', 'elf_lambda_front': '[0, 1e6]', 'elf_lambda_rear': '[0, 1e6]',
     'elf_feature_epoch': f'[0, {_MAX_EPOCHS}]', 'eval_every': f'[0, {_MAX_EPOCHS}]',
     'snapshot_epochs': f'[1, {_MAX_EPOCHS}]', 'checkpoint_every': f'[1, {_MAX_EPOCHS}]',
-    'test_batch_size': '[1, 1e7]', 'eval_subset_per_class': '[0, 1e7]', 'seed': _SEED,
+    'test_batch_size': '[1, 1e7]', 'cutmix_beta': '(0, 1000]', 'eval_subset_per_class': '[0, 1e7]', 'seed': _SEED,
 }
 
 
@@ -67,9 +68,18 @@ class TrainConfig:
     dsa: bool = True
     dsa_k: int = 1
     dsa_strategy: str = 'color_crop_cutout_flip_scale_rotate'
+    # CutMix of the images only (DD-Ranking's soft-label evaluation), after DSA: Beta(beta, beta); None: off
+    cutmix_beta: Optional[float] = None
     # labels
     # tau for a set's logit soft labels (softmax(y / tau), applied once when the set is loaded); None: the set's own
     soft_label_temperature: Optional[float] = None
+    # how soft targets (a set's soft labels, a relabelling teacher's outputs) train the student: 'ce' (DP+KD, FRePo),
+    # 'kl' or 'sce' (DD-Ranking's losses: the student's logits are divided by soft_label_temperature too)
+    soft_loss: str = 'ce'
+    soft_loss_t2: bool = False  # 'kl'/'sce' times T^2 (DD-Ranking's scale_loss)
+    # a teacher's logits on every augmented batch replace the labels (DD-Ranking's soft-label mode 'M', how SRe2L and
+    # RDED sets are evaluated): the loss is soft_loss against softmax(teacher / T) alone; the teacher as for kd
+    relabel: bool = False
     # knowledge distillation from a teacher
     kd: bool = False
     kd_alpha: float = 0.5
@@ -136,11 +146,24 @@ class TrainConfig:
             raise ValueError(f'parallel must be one of {PARALLEL_MODES}, got {self.parallel!r}')
         if self.mixed_precision not in (None, 'no', 'fp16', 'bf16'):
             raise ValueError(f"mixed_precision must be 'no', 'fp16', 'bf16' or unset, got {self.mixed_precision!r}")
+        if self.soft_loss not in SOFT_LOSSES:
+            raise ValueError(f'soft_loss must be one of {SOFT_LOSSES}, got {self.soft_loss!r}')
+        if self.soft_loss != 'ce' and self.soft_label_temperature is None:
+            raise ValueError(f"soft_loss {self.soft_loss!r} divides the student's logits by the labels' temperature: "
+                             f"set soft_label_temperature (DD-Ranking's configurations use 1.0)")
+        if self.relabel and self.kd:
+            raise ValueError('relabel (a teacher\'s outputs replace the labels) and kd (a teacher term beside the '
+                             'labels) exclude each other: set one of them to false')
         if not 0.0 <= self.kd_alpha <= 1.0:
             raise ValueError(f'kd_alpha must be in [0, 1], got {self.kd_alpha}')
         self.betas = tuple(self.betas)
         check_ranges(self, TRAIN_RANGES, 'timm_dd.train.config.TRAIN_RANGES')
         self.final_epochs = min(self.final_epochs, self.epochs)
+
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether runs of this recipe need a teacher network (``kd`` or ``relabel``)."""
+        return self.kd or self.relabel
 
     def keep_rate_schedule(self, model_name: str = '') -> KeepRateSchedule:
         p_min = self.p_min if self.p_min is not None else (0.35 if 'resnet50' in model_name else 0.5)

@@ -237,7 +237,7 @@ def run_experiment(
         _logger.warning(note)
     notes += bundle.notes  # logged where they were found
     experiment = _Experiment(cfg, bundle, out_dir, accelerator, model_kwargs, resume, save_models)
-    teachers, teacher_runs = experiment.teachers(seeds) if cfg.kd else ({}, [])
+    teachers, teacher_runs = experiment.teachers(seeds) if cfg.uses_teacher else ({}, [])
     data = dict(bundle.source, description=bundle.description)
     total = len(models) * len(seeds)
 

@@ -8,7 +8,7 @@ from typing import List
 
 __all__ = ['KeepRateSchedule', 'LRSchedule', 'LR_SCHEDULES', 'warmup_cosine']
 
-LR_SCHEDULES = ('periodic', 'periodic_decay', 'cosine', 'multistep', 'constant')
+LR_SCHEDULES = ('periodic', 'periodic_decay', 'cosine', 'multistep', 'quarter_cosine', 'constant')
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,8 @@ class LRSchedule:
       ``step_1999_quirk`` reproduces the released scheduler's ``if epoch == 1999`` branch, which doubles the warmup
       length from that step on (with 5 iterations per epoch the lr jumps from 0.751 to 0.854 of the peak).
     * ``multistep``: ``gamma`` at each of ``milestones`` epochs (the MTT protocol: x0.1 at half the epochs).
+    * ``quarter_cosine``: ``0.5 * (1 + cos(pi/2 * epoch / epochs))`` per epoch, from 1 down to 0.5 (DD-Ranking's
+      ``cosine``, a ``LambdaLR`` stepped after every epoch).
     * ``constant``.
     """
     name: str = 'periodic'
@@ -102,6 +104,8 @@ class LRSchedule:
             return 1.0
         if self.name == 'multistep':
             return self.gamma ** sum(1 for m in self.milestones if epoch >= m)
+        if self.name == 'quarter_cosine':
+            return 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs / 2))
         if self.name == 'cosine':
             step, warmup = epoch * L + iteration, (self.epochs // 10) * L
             if self.step_1999_quirk and step >= 1999:  # the released scheduler doubles its warmup at step 1999

@@ -5,11 +5,12 @@ from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..fields import check_ranges
 from .config import TRAIN_RANGES, TrainConfig
 from .elf import FeatureSplit, elf_split
-from .losses import feature_loss, kd_loss, label_loss
+from .losses import feature_loss, kd_loss, label_loss, soft_target_loss
 
 __all__ = ['TrainTask', 'LogitsOnly', 'task_loss', 'create_optimizer', 'resolve_lr']
 
@@ -86,15 +87,24 @@ class LogitsOnly(nn.Module):
         return self.task(x)['logits']
 
 
+def _label_form(cfg: TrainConfig) -> Dict[str, object]:
+    return {'form': cfg.soft_loss, 't2': cfg.soft_loss_t2, 'student_temperature': cfg.soft_label_temperature or 1.0}
+
+
 def task_loss(out: Dict[str, torch.Tensor], y: torch.Tensor, cfg: TrainConfig, teacher: Optional[nn.Module],
           xa: torch.Tensor, features: Optional[torch.Tensor]) -> torch.Tensor:
     logits = out['logits']
-    if cfg.kd:
+    if cfg.uses_teacher:
         with torch.no_grad():
             teacher_logits = teacher(xa)  # the same augmented batch as the student
-        loss = kd_loss(logits, teacher_logits, y, cfg.kd_alpha, cfg.kd_temperature)['loss']
+    if cfg.relabel:
+        temperature = cfg.soft_label_temperature or 1.0
+        loss = soft_target_loss(logits, F.softmax(teacher_logits / temperature, dim=1), cfg.soft_loss, temperature,
+                                cfg.soft_loss_t2)
+    elif cfg.kd:
+        loss = kd_loss(logits, teacher_logits, y, cfg.kd_alpha, cfg.kd_temperature, **_label_form(cfg))['loss']
     else:
-        loss = label_loss(logits, y)
+        loss = label_loss(logits, y, **_label_form(cfg))  # a set's soft labels are probabilities already
     if cfg.elf:
         loss = loss + cfg.elf_lambda_rear * label_loss(out['rear_on_features'], y)
         loss = loss + cfg.elf_lambda_front * feature_loss(out['front'], features, cfg.elf_feature_loss)

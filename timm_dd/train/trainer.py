@@ -19,7 +19,7 @@ import torch.nn as nn
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
-from ..augment import DSA
+from ..augment import DSA, cutmix_images
 from ..data import ImageSet
 from ..io import append_line, atomic_write, read_torch_file
 from ..layers import keep_rate_units, set_drop_generator, set_keep_rate
@@ -164,6 +164,8 @@ class _Run:
     def _loss_of(self, idx: torch.Tensor) -> torch.Tensor:
         x, y = self.images[idx], self.labels[idx]
         xa = self.dsa(x, generator=self._aug_gen) if self.dsa is not None else x
+        if self.cfg.cutmix_beta is not None:
+            xa = cutmix_images(xa, self.cfg.cutmix_beta, self._aug_gen)
         t = self.features[idx] if self.features is not None else None
         with self.accelerator.autocast():
             return task_loss(self.task(xa, t), y, self.cfg, self.teacher, xa, t)  # checked once per epoch
@@ -309,8 +311,8 @@ def train_model(
     test resuming). ``snapshot(epochs_done)`` is called by the writing process after each epoch listed in
     ``cfg.snapshot_epochs``.
     """
-    if cfg.kd and teacher is None:
-        raise ValueError('the recipe uses knowledge distillation (kd: true) but no teacher was given')
+    if cfg.uses_teacher and teacher is None:
+        raise ValueError('the recipe uses a teacher (kd or relabel: true) but no teacher was given')
     if cfg.elf and elf_features is None:
         raise ValueError('the recipe uses ELF (elf: true) but no feature targets were given')
     name = desc or model_name
