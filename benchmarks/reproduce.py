@@ -61,6 +61,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / 'benchmarks'))
+from _ddranking import (  # noqa: E402
+    LABEL_MODES, DDRankingRunner, assemble_ddranking, ddranking_jobs, ddranking_markdown, real_bundles,
+)
 from _jobs import DONE_FILE, Job, done_record, finished_records, run_queue  # noqa: E402
 
 #: source of each published table (second-hand where said; see the repository's specs for the details)
@@ -363,6 +366,8 @@ def assemble_dpkd(records: List[Dict[str, Any]], columns: Sequence[Column], jobs
 
 
 def to_markdown(report: Dict[str, Any]) -> str:
+    if report['table'] == 'ddranking':
+        return ddranking_markdown(report)
     if report['table'] == 'cross-arch':
         lines = [f"Table `cross-arch` on {report['description']}; seeds {report['seeds']}; {report['protocol']}; "
                  f"device {report['device']}. Final top-1 (%), mean ± std over seeds.",
@@ -391,10 +396,12 @@ def to_markdown(report: Dict[str, Any]) -> str:
 
 
 def write_report(report: Dict[str, Any], out: Path) -> str:
+    """``reproduce.{json,md}`` (``ddranking.{json,md}`` for that table, which may share the folder)."""
     from timm_dd.io import atomic_write, atomic_write_json
-    atomic_write_json(out / 'reproduce.json', report, indent=2)
+    stem = 'ddranking' if report['table'] == 'ddranking' else 'reproduce'
+    atomic_write_json(out / f'{stem}.json', report, indent=2)
     text = to_markdown(report)
-    with atomic_write(out / 'reproduce.md', 'w') as f:
+    with atomic_write(out / f'{stem}.md', 'w') as f:
         f.write(text)
     return text
 
@@ -446,6 +453,37 @@ def run_dpkd(args: argparse.Namespace, columns: Sequence[Column],
     return report
 
 
+def run_ddranking(args: argparse.Namespace, columns: Sequence[Column]) -> Dict[str, Any]:
+    """DD-Ranking's label-robust score of every column (``_ddranking.py``), in its own files of the folder."""
+    import torch
+    from timm_dd.io import atomic_write
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    nets_of = {c.name: list(args.nets or [CONVNET[c.source]]) for c in columns}
+    jobs = ddranking_jobs(columns, nets_of, args.rounds, args.ddranking_labels, args.epochs, args.real_acc)
+    protocol = ('DD-Ranking\'s schedules (ddranking-hard 1000 epochs, ddranking-soft 300, ddranking-real 200)'
+                if args.epochs is None else f'SHORTENED to {args.epochs} epochs per run: shows the pipeline only')
+
+    def table() -> Dict[str, Any]:
+        report = assemble_ddranking(finished_records(out, jobs), columns, nets_of, args.rounds,
+                                    args.ddranking_labels, args.real_acc, jobs, protocol)
+        write_report(report, out)
+        return report
+
+    if args.report_only:
+        return table()
+    bundles = prepare_columns(columns, args.dataset, out, args.soft_label_temperature)
+    bundles.update(real_bundles(columns, args.dataset))
+    data_file = out / '.ddranking-data.pt'  # rewritten by each invocation: the data as prepared now
+    with atomic_write(data_file, 'wb') as f:
+        torch.save(bundles, f)
+    runner = DDRankingRunner(out, data_file, args.cpu, args.model_kwargs, args.ddranking_teacher)
+    status = run_queue(out, jobs, runner, workers=args.workers, time_limit=args.time_limit, on_tick=table)
+    report = dict(table(), queue=dict(status, workers=args.workers))
+    write_report(report, out)
+    return report
+
+
 def run_cross_arch(args: argparse.Namespace) -> Dict[str, Any]:
     from accelerate import Accelerator
     from timm_dd.train import prepare_data, run_experiment
@@ -488,7 +526,7 @@ def _smoke_set(folder: Path) -> Path:
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--table', choices=['dpkd', 'cross-arch'], default='dpkd')
+    p.add_argument('--table', choices=['dpkd', 'ddranking', 'cross-arch'], default='dpkd')
     p.add_argument('--authors', default=None,
                    help='dpkd: the DP+KD repository folder (distilled_data/, snapshots/): its sets are the columns')
     p.add_argument('--columns', nargs='+', default=None, help='dpkd with --authors: e.g. mtt-ipc10 frepo-ipc10')
@@ -511,6 +549,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('--time-limit', type=float, default=None, help='dpkd: stop the workers after this many seconds')
     p.add_argument('--output', default='output/reproduce')
     p.add_argument('--report-only', action='store_true', help='dpkd: only write the table of the finished runs')
+    p.add_argument('--ddranking-labels', choices=LABEL_MODES, default='hard',
+                   help="ddranking: the set's evaluation the score credits: hard labels, or a relabelling teacher")
+    p.add_argument('--ddranking-teacher', default=None,
+                   help='ddranking --ddranking-labels soft: the relabelling teacher (a saved network trained on the '
+                        'real data: folder or hf-hub:)')
+    p.add_argument('--rounds', type=int, default=5, help="ddranking: evaluation rounds (DD-Ranking's num_eval)")
+    p.add_argument('--real-acc', type=float, default=None,
+                   help='ddranking: the whole real set\'s accuracy in %% (DD-Ranking\'s REAL_DATA_ACC_CACHE) '
+                        'instead of training on it')
     p.add_argument('--cpu', action='store_true')
     p.add_argument('--smoke', action='store_true', help='a seconds-long run on a tiny set (tests)')
     args = p.parse_args(argv)
@@ -521,6 +568,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.dataset, args.image_space, args.layout, args.cpu = 'digits', 'normalized', 'mtt', True
         args.compare_as = 'cifar10'  # smoke: show the CIFAR-10 columns beside the tiny digits run
         args.epochs, args.seeds = 1, ([0] if args.seeds == [0, 1, 2] else args.seeds)
+        args.rounds = 1 if args.rounds == 5 else args.rounds
+        if args.table == 'ddranking':
+            args.ipc = 1  # the smoke set's images per class (DD-Ranking labels a set by position)
         args.nets = args.nets or (['resnet18_dd'] if args.table == 'dpkd' else ['convnet3'])
         args.model_kwargs = args.model_kwargs or ({'widths': [4, 4, 8, 8]} if args.table == 'dpkd' else {'width': 4})
     if args.table == 'cross-arch':
@@ -541,7 +591,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         columns = all_columns = [Column(args.source, args.ipc, args.data, args.layout, args.image_space,
                                         args.teacher_checkpoint)]
-    report = run_dpkd(args, columns, all_columns)
+    if args.table == 'ddranking':
+        if args.ddranking_labels == 'soft' and not args.ddranking_teacher:
+            p.error('--ddranking-labels soft needs --ddranking-teacher: DD-Ranking relabels with networks trained on '
+                    'the real data (train one with `train.py -c ddranking-real --real-ipc -1 --save-models`)')
+        if args.rounds < 1:
+            p.error(f'--rounds must be at least 1, got {args.rounds}')
+        report = run_ddranking(args, columns)
+    else:
+        report = run_dpkd(args, columns, all_columns)
     print(to_markdown(report))
     return 0
 

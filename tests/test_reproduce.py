@@ -170,3 +170,60 @@ def test_no_job_starts_that_cannot_finish_before_the_deadline(tmp_path):
     done = jobs_mod.work(tmp_path, claims, jobs, runner.setup(0), deadline=time.time() + 60,
                          estimate=runner.estimate)
     assert done == 2 and not (tmp_path / 'long').exists() and (tmp_path / 'short' / 'job.json').is_file()
+
+
+def test_ddranking_table_smoke_hard_then_soft_with_a_real_data_teacher(tmp_path, monkeypatch):
+    """The ddranking table fills run by run in its own files beside a dpkd table; a soft-label table needs a teacher
+    trained on the real data, and relabels with it."""
+    monkeypatch.setenv('TIMM_DD_CACHE', str(tmp_path / 'cache'))
+    out = tmp_path / 'out'
+    assert reproduce.main(['--smoke', '--table', 'ddranking', '--output', str(out)]) == 0
+    report = json.loads((out / 'ddranking.json').read_text())
+    assert report['complete'] and not (out / 'reproduce.json').exists()
+    (row,) = report['rows']
+    assert row['rounds'] == 1 and row['net'] == 'convnet3' and row['labels'] == 'hard'
+    runs = {p.parent.name: json.loads(p.read_text()) for p in (out / 'mtt-ipc1' / 'ddranking' / 'convnet3' /
+                                                                 'round0' / 'syn-hard').glob('*/job.json')}
+    assert sorted(runs) == ['lr0.001', 'lr0.005', 'lr0.01', 'lr0.05', 'lr0.1']
+    best = max(100 * r['best_acc'] for r in runs.values())
+    real = 100 * json.loads((out / 'mtt-ipc1' / 'ddranking' / 'convnet3' / 'real' / 'job.json').read_text())['best_acc']
+    assert row['syn_hard'][0] == pytest.approx(best) and row['hlr'][0] == pytest.approx(real - best)
+    md = (out / 'ddranking.md').read_text()
+    assert '| mtt-ipc1 | convnet3 |' in md and 'LRS (fractions)' in md
+    with pytest.raises(SystemExit):
+        reproduce.main(['--smoke', '--table', 'ddranking', '--ddranking-labels', 'soft', '--output', str(out)])
+    from timm_dd.cli.train import main as train_main
+    teacher_out = tmp_path / 'teacher'
+    assert train_main(['-c', 'ddranking-real', '--dataset', 'digits', '--real-ipc', '-1', '--epochs', '1',
+                       '--models', 'convnet3', '--model-kwargs', 'width=4', '--save-models', '--cpu',
+                       '--output', str(teacher_out)]) == 0
+    teacher = teacher_out / 'runs' / 'convnet3' / 'seed0' / 'model'
+    assert reproduce.main(['--smoke', '--table', 'ddranking', '--ddranking-labels', 'soft', '--ddranking-teacher',
+                           str(teacher), '--output', str(out)]) == 0
+    report = json.loads((out / 'ddranking.json').read_text())
+    assert report['complete'] and report['rows'][0]['labels'] == 'soft' and 'syn_soft' in report['rows'][0]
+    cfg = json.loads((out / 'mtt-ipc1' / 'ddranking' / 'convnet3' / 'round0' / 'rdm-soft' / 'lr0.01' /
+                      'run_config.json').read_text())['config']
+    assert cfg['relabel'] and cfg['teacher'] == str(teacher) and cfg['soft_loss'] == 'kl'
+
+
+def test_ddranking_scores_use_the_best_lr_of_complete_rounds_only():
+    ddr = importlib.import_module('_ddranking')
+    column = reproduce.Column('mtt', 10, 'set')
+    grid = (0.001, 0.005, 0.01, 0.05, 0.1)
+
+    def runs(rnd, data, accs):
+        return [dict(kind='ddranking', column='mtt-ipc10', net='convnet3', round=rnd, data=data, labels='hard',
+                     lr=lr, best_acc=a, key=f'{rnd}{data}{lr}') for lr, a in zip(grid, accs)]
+    records = (runs(0, 'syn', [0.50, 0.60, 0.60, 0.55, 0.1]) + runs(0, 'rdm', [0.3, 0.4, 0.2, 0.2, 0.2]) +
+               runs(1, 'syn', [0.58, 0.1, 0.1, 0.1, 0.1]) + runs(1, 'rdm', [0.26, 0.1, 0.1, 0.1, 0.1]) +
+               runs(2, 'syn', [0.9] * 5))  # round 2 has no random runs yet: not scored
+    report = ddr.assemble_ddranking(records, [column], {'mtt-ipc10': ['convnet3']}, 3, 'hard', 80.0, [], 'p')
+    (row,) = report['rows']
+    assert row['rounds'] == 2 and row['syn_hard_lrs'] == [0.001, 0.005]  # ties keep the smaller lr
+    assert row['syn_hard'] == pytest.approx((59.0, 1.0)) and row['rdm_hard'] == pytest.approx((33.0, 7.0))
+    assert row['hlr'] == pytest.approx((21.0, 1.0)) and row['ior'] == pytest.approx((26.0, 6.0))
+    import math
+    lrs = [(math.exp(0.5 * ior - 0.5 * hlr) - math.exp(-1)) / (math.e - math.exp(-1)) for ior, hlr in ((20, 20),
+                                                                                                    (32, 22))]
+    assert row['lrs'][0] == pytest.approx(sum(lrs) / 2)
