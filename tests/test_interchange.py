@@ -7,7 +7,7 @@ from timm_dd import DistilledSet, export_distilled, import_distilled
 from timm_dd.cli import distill as distill_cli
 from timm_dd.data import load_dataset
 from timm_dd.data.zca import ZCA
-from timm_dd.distilled.interchange import ImportFacts
+from timm_dd.distilled.interchange import ImportFacts, detect_layout
 
 
 @pytest.fixture(scope='module')
@@ -264,3 +264,25 @@ def test_real_data_in_zca_space_records_it():
     zca = ZCA.fit(load_dataset('digits', 'train', image_size=16).images, eps=0.1)
     assert torch.allclose(bundle.test.images[:5], zca.transform(load_dataset('digits', 'test', image_size=16)
                                                                 .images[:5]), atol=1e-5)
+
+
+@pytest.mark.parametrize('layout', ['mtt', 'frepo', 'ddranking', 'folder'])
+def test_the_digits_set_round_trips_through_every_layout_with_its_provenance(tmp_path, digits, layout):
+    """Issue "Fidelity II": export to each layout, import with no facts given: the images (8-bit for image folders),
+    labels, lr and provenance (method, source dataset, ipc, space) come back."""
+    train, idx = digits
+    dset = DistilledSet(images=train.normalized()[idx], labels=train.labels[idx], method='ATT', source_dataset='digits',
+                        class_names=list(train.class_names), image_space='normalized',
+                        normalization={'mean': list(train.mean), 'std': list(train.std)}, lr=0.02)
+    folder = export_distilled(dset, tmp_path / layout, layout=layout)
+    assert detect_layout(folder) == ('mtt' if layout == 'frepo' else layout)
+    back = import_distilled(folder, layout)
+    assert (back.method, back.source_dataset, back.ipc) == ('ATT', 'digits', dset.ipc)
+    assert torch.equal(back.labels, dset.labels)
+    if layout == 'folder':
+        assert back.image_space == 'pixel' and back.lr is None
+        pixels = dset.to_pixel_space().clamp(0, 1)
+        assert (back.images - pixels).abs().max() <= 0.5 / 255 + 1e-6
+    else:
+        assert back.image_space == 'normalized' and torch.equal(back.images, dset.images)
+        assert float(back.lr) == pytest.approx(0.02)

@@ -372,27 +372,55 @@ def _check_space(images: torch.Tensor, space: str, train, zca, where: Path,
 
 
 def export_distilled(dset: DistilledSet, folder: Union[str, os.PathLike], layout: str = 'ddranking') -> Path:
-    """Write ``dset`` in another tool's layout: ``'ddranking'`` (``images.pt``, ``labels.pt``, ``lr.pt``) or
-    ``'mtt'`` (``images_best.pt``, ``labels_best.pt``, ``lr_best.pt``). Images stay in the set's own space (say so
-    to the other tool: DD-Ranking's dataset ZCA uses eps 0.1, as MTT's); soft labels are written as
-    labels when the set has them."""
+    """Write ``dset`` in another tool's layout: ``'ddranking'`` (``images.pt``, ``labels.pt``, ``lr.pt``), ``'mtt'``
+    and ``'frepo'`` (``images_best.pt``, ``labels_best.pt``, ``lr_best.pt``), or ``'folder'`` (one folder of 8-bit
+    PNG images per class, named by the class index, in pixel space: what image-folder tools read). Tensor layouts
+    keep the set's own space (say so to the other tool: DD-Ranking's dataset ZCA uses eps 0.1, as MTT's) and write
+    soft labels as labels when the set has them. Beside the files, ``timm_dd_export.json`` keeps what the files
+    cannot say (method, source dataset, space, ZCA eps, ipc, label kind), which :func:`import_distilled` reads back.
+    """
     from ..io import atomic_write, atomic_write_json
-    names = {'ddranking': ('images.pt', 'labels.pt', 'lr.pt'), 'mtt': ('images_best.pt', 'labels_best.pt',
-                                                                       'lr_best.pt')}
-    if layout not in names:
-        raise ValueError(f'export layouts: {", ".join(names)}; got {layout!r}')
+    names = {'ddranking': ('images.pt', 'labels.pt', 'lr.pt'),
+             'mtt': ('images_best.pt', 'labels_best.pt', 'lr_best.pt'),
+             'frepo': ('images_best.pt', 'labels_best.pt', 'lr_best.pt')}
+    if layout not in (*names, 'folder'):
+        raise ValueError(f'export layouts: {", ".join([*names, "folder"])}; got {layout!r}')
     folder = Path(folder)
-    image_name, label_name, lr_name = names[layout]
-    tensors: Dict[str, Any] = {image_name: dset.images.detach().cpu().clone(),
-                               label_name: (dset.soft_labels if dset.soft_labels is not None else dset.labels).cpu()}
-    if dset.lr is not None:
-        tensors[lr_name] = torch.as_tensor(dset.lr).detach().cpu().clone()
-    for name, value in tensors.items():
-        with atomic_write(folder / name) as f:
-            torch.save(value, f)
+    if layout == 'folder':
+        _write_class_folders(dset, folder)
+    else:
+        image_name, label_name, lr_name = names[layout]
+        tensors: Dict[str, Any] = {
+            image_name: dset.images.detach().cpu().clone(),
+            label_name: (dset.soft_labels if dset.soft_labels is not None else dset.labels).cpu()}
+        if dset.lr is not None:
+            tensors[lr_name] = torch.as_tensor(dset.lr).detach().cpu().clone()
+        for name, value in tensors.items():
+            with atomic_write(folder / name) as f:
+                torch.save(value, f)
+    pixels = layout == 'folder'
     # what the other tool's files cannot say; it ignores this file, import_distilled reads it back
     atomic_write_json(folder / EXPORT_FACTS_FILE, {
-        'method': dset.method, 'source_dataset': dset.source_dataset, 'image_space': dset.image_space,
-        'zca_eps': dset.zca.eps if dset.zca is not None else None, 'ipc': dset.ipc,
-        'soft_label_temperature': dset.soft_label_temperature, 'soft_label_kind': dset.soft_label_kind})
+        'method': dset.method, 'source_dataset': dset.source_dataset,
+        'image_space': 'pixel' if pixels else dset.image_space,
+        'zca_eps': dset.zca.eps if dset.zca is not None and not pixels else None, 'ipc': dset.ipc,
+        'soft_label_temperature': None if pixels else dset.soft_label_temperature,
+        'soft_label_kind': None if pixels else dset.soft_label_kind})
     return folder
+
+
+def _write_class_folders(dset: DistilledSet, folder: Path) -> None:
+    """One PNG per image under ``<folder>/<class index>/`` (hard labels: image files carry no soft labels)."""
+    import io
+
+    from PIL import Image
+
+    from ..io import atomic_write
+    pixels = dset.to_pixel_space().detach().clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+    for i, (image, label) in enumerate(zip(pixels, dset.labels.tolist())):
+        array = image.permute(1, 2, 0).numpy()
+        picture = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+        buffer = io.BytesIO()
+        picture.save(buffer, format='PNG')
+        with atomic_write(folder / str(label) / f'{i:05d}.png') as f:
+            f.write(buffer.getvalue())
