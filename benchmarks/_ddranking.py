@@ -9,7 +9,10 @@ every lr of its grid (the best kept), and on the whole real training set:
   set and the random subset under the same hard-label evaluation;
 * ``soft`` (``LabelRobustScoreSoft``, mode 'M'): IOR compares them under ``ddranking-soft``, a teacher relabelling
   every CutMix-ed batch (``--ddranking-teacher``: DD-Ranking's teachers are networks trained on the real data);
-  HLR still comes from the hard-label runs.
+  HLR still comes from the hard-label runs;
+* ``soft-stored`` (mode 'S'): the set's own soft labels (``ddranking-soft-stored``); the random subset is labelled
+  once with the teacher's outputs on its un-augmented images (DD-Ranking's ``_generate_soft_labels``, which calls a
+  ``teacher_model`` attribute its class never sets: we use the one teacher given).
 
 One job per (column, network, round, data, labels, lr), each a ``run_experiment`` run with its own folder; a round's
 scores need all its runs. What differs from DD-Ranking's code, by choice: explicit seeds (round ``r`` trains with
@@ -17,13 +20,14 @@ seed ``r`` and draws its random subset with seed ``r``; DD-Ranking seeds from th
 is trained once per network (seed 0, ``ddranking-real``, DD-Ranking's CIFAR-10 ConvNet-3 configuration) or given
 with ``--real-acc`` (its ``REAL_DATA_ACC_CACHE``), instead of retrained every round.
 """
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from _jobs import Job
 
-LABEL_MODES = ('hard', 'soft')
-RECIPES = {'hard': 'ddranking-hard', 'soft': 'ddranking-soft'}
+LABEL_MODES = ('hard', 'soft', 'soft-stored')
+RECIPES = {'hard': 'ddranking-hard', 'soft': 'ddranking-soft', 'soft-stored': 'ddranking-soft-stored'}
 REAL_RECIPE = 'ddranking-real'
 SOURCE = ('DD-Ranking (NUS-HPC-AI-Lab/DD-Ranking) scores as its code computes them (ddranking/metrics): accuracies '
           'in percent, best of the evaluations every 10 epochs at the best lr of 0.001-0.1; LRS from percent '
@@ -35,7 +39,7 @@ def ddranking_jobs(columns: Sequence[Any], nets_of: Dict[str, List[str]], rounds
     """The table's runs, round by round (a round's scores need all its runs), the real-data runs first."""
     from timm_dd.train.ddranking import LR_GRID
     jobs: List[Job] = []
-    kinds = [('syn', 'hard'), ('rdm', 'hard')] + ([('syn', 'soft'), ('rdm', 'soft')] if labels == 'soft' else [])
+    kinds = [('syn', 'hard'), ('rdm', 'hard')] + ([('syn', labels), ('rdm', labels)] if labels != 'hard' else [])
     for column in columns:
         for net in nets_of[column.name]:
             if real_acc is None:
@@ -99,9 +103,21 @@ class DDRankingRunner:
             return with_class_labels(syn, column.ipc) if spec['labels'] == 'hard' else syn
         idx = select_ipc(real.train.labels, column.ipc, generator=torch.Generator().manual_seed(spec['round']),
                          num_classes=real.num_classes)
-        return DataSplits(real.train.subset(idx), real.test, real.name,
+        subset = real.train.subset(idx)
+        if spec['labels'] == 'soft-stored':  # labelled once by the teacher, as DD-Ranking labels its random data
+            subset = replace(subset, labels=self._teacher_probs(subset.images))
+        return DataSplits(subset, real.test, real.name,
                           f"{column.ipc} random real images per class (round {spec['round']})",
                           dict(real.source, ipc=column.ipc, seed=spec['round']))
+
+    def _teacher_probs(self, images):
+        """``softmax(teacher(x) / 1)`` on un-augmented images (temperature 1: the soft recipes' own)."""
+        import torch
+        from timm_dd.hub import load_teacher
+        teacher = load_teacher(self.teacher).to(self.accelerator.device).eval()
+        with torch.inference_mode():
+            logits = torch.cat([teacher(x.to(self.accelerator.device)) for x in images.split(256)])
+        return torch.softmax(logits.float(), dim=1).cpu()
 
     def run(self, job: Job) -> Dict[str, Any]:
         from timm_dd.train import run_experiment
@@ -169,8 +185,8 @@ def _pm(value: Optional[tuple], digits: int = 2) -> str:
 def ddranking_markdown(report: Dict[str, Any]) -> str:
     status = 'complete' if report['complete'] else f"PARTIAL: {len(report['pending'])} runs not finished"
     labels = report['labels']
-    accs = ['syn_hard', *(['syn_soft'] if labels == 'soft' else []), f'rdm_{labels}']
-    names = {'syn_hard': 'syn (hard)', 'syn_soft': 'syn (soft)', f'rdm_{labels}': f'random ({labels})'}
+    accs = ['syn_hard', *([f'syn_{labels}'] if labels != 'hard' else []), f'rdm_{labels}']
+    names = {'syn_hard': 'syn (hard)', f'syn_{labels}': f'syn ({labels})', f'rdm_{labels}': f'random ({labels})'}
     lines = [f"Table `ddranking` ({status}), {labels}-label evaluation; {report['protocol']}; runs made on "
              f"{', '.join(report['devices']) or '-'}.", f"Scores: {report['published_source']}. Mean ± std "
              f"(population, as DD-Ranking prints) over the finished rounds; accuracies in %.", '',

@@ -472,7 +472,19 @@ def run_ddranking(args: argparse.Namespace, columns: Sequence[Column]) -> Dict[s
 
     if args.report_only:
         return table()
-    bundles = prepare_columns(columns, args.dataset, out, args.soft_label_temperature)
+    from timm_dd.distilled import DistilledSetError
+    stored = args.ddranking_labels == 'soft-stored'  # the stored logits at the loss's temperature, 1
+    hard_labels = SystemExit(f'error: {", ".join(c.data for c in columns)}: a set has hard labels; --ddranking-labels '
+                             f'soft-stored scores a set\'s own soft labels (use hard, or soft with a relabelling '
+                             f'teacher)')
+    try:
+        bundles = prepare_columns(columns, args.dataset, out, args.soft_label_temperature or (1.0 if stored else None))
+    except DistilledSetError as e:  # a temperature for a set without soft labels
+        if stored and 'without soft_labels' in str(e):
+            raise hard_labels from None
+        raise
+    if stored and not all(bundles[c.name].train.soft for c in columns):
+        raise hard_labels
     bundles.update(real_bundles(columns, args.dataset))
     data_file = out / '.ddranking-data.pt'  # rewritten by each invocation: the data as prepared now
     with atomic_write(data_file, 'wb') as f:
@@ -550,10 +562,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('--output', default='output/reproduce')
     p.add_argument('--report-only', action='store_true', help='dpkd: only write the table of the finished runs')
     p.add_argument('--ddranking-labels', choices=LABEL_MODES, default='hard',
-                   help="ddranking: the set's evaluation the score credits: hard labels, or a relabelling teacher")
+                   help="ddranking: the set's evaluation the score credits: hard labels, a relabelling teacher "
+                        "(soft) or the set's own soft labels (soft-stored)")
     p.add_argument('--ddranking-teacher', default=None,
-                   help='ddranking --ddranking-labels soft: the relabelling teacher (a saved network trained on the '
-                        'real data: folder or hf-hub:)')
+                   help='ddranking --ddranking-labels soft/soft-stored: the teacher that relabels (or labels the '
+                        'random subsets), a saved network trained on the real data: folder or hf-hub:')
     p.add_argument('--rounds', type=int, default=5, help="ddranking: evaluation rounds (DD-Ranking's num_eval)")
     p.add_argument('--real-acc', type=float, default=None,
                    help='ddranking: the whole real set\'s accuracy in %% (DD-Ranking\'s REAL_DATA_ACC_CACHE) '
@@ -592,7 +605,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         columns = all_columns = [Column(args.source, args.ipc, args.data, args.layout, args.image_space,
                                         args.teacher_checkpoint)]
     if args.table == 'ddranking':
-        if args.ddranking_labels == 'soft' and not args.ddranking_teacher:
+        if args.ddranking_labels != 'hard' and not args.ddranking_teacher:
             p.error('--ddranking-labels soft needs --ddranking-teacher: DD-Ranking relabels with networks trained on '
                     'the real data (train one with `train.py -c ddranking-real --real-ipc -1 --save-models`)')
         if args.rounds < 1:

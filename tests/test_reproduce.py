@@ -227,3 +227,28 @@ def test_ddranking_scores_use_the_best_lr_of_complete_rounds_only():
     lrs = [(math.exp(0.5 * ior - 0.5 * hlr) - math.exp(-1)) / (math.e - math.exp(-1)) for ior, hlr in ((20, 20),
                                                                                                     (32, 22))]
     assert row['lrs'][0] == pytest.approx(sum(lrs) / 2)
+
+
+def test_ddranking_soft_stored_scores_a_sets_own_soft_labels(tmp_path, monkeypatch):
+    """Mode 'S': the set's soft labels train the student; the random subsets are labelled once by the teacher."""
+    import torch
+    monkeypatch.setenv('TIMM_DD_CACHE', str(tmp_path / 'cache'))
+    from timm_dd.cli.train import main as train_main
+    assert train_main(['-c', 'ddranking-real', '--dataset', 'digits', '--real-ipc', '-1', '--epochs', '1',
+                       '--models', 'convnet3', '--model-kwargs', 'width=4', '--save-models', '--cpu',
+                       '--output', str(tmp_path / 'teacher')]) == 0
+    teacher = str(tmp_path / 'teacher' / 'runs' / 'convnet3' / 'seed0' / 'model')
+    smoke = reproduce._smoke_set(tmp_path / 'set')
+    common = ['--table', 'ddranking', '--dataset', 'digits', '--layout', 'mtt', '--image-space', 'normalized',
+              '--ipc', '1', '--epochs', '1', '--rounds', '1', '--cpu', '--model-kwargs', '{"width": 4}',
+              '--ddranking-labels', 'soft-stored', '--ddranking-teacher', teacher, '--real-acc', '90']
+    with pytest.raises(SystemExit, match='hard labels'):
+        reproduce.main(['--data', str(smoke), *common, '--output', str(tmp_path / 'hard')])
+    torch.save(torch.randn(10, 10, generator=torch.Generator().manual_seed(0)), smoke / 'labels_best.pt')
+    out = tmp_path / 'out'
+    assert reproduce.main(['--data', str(smoke), *common, '--output', str(out)]) == 0
+    (row,) = json.loads((out / 'ddranking.json').read_text())['rows']
+    assert row['rounds'] == 1 and 'syn_soft-stored' in row and row['real_hard'] == 90.0
+    run = out / 'mtt-ipc1' / 'ddranking' / 'convnet3' / 'round0' / 'rdm-soft-stored' / 'lr0.01'
+    cfg = json.loads((run / 'run_config.json').read_text())['config']
+    assert cfg['recipe'] == 'ddranking-soft-stored' and not cfg['relabel'] and cfg['soft_loss'] == 'kl'
