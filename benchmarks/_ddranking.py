@@ -24,7 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from _jobs import Job
+from _jobs import Job, worker_accelerator
 
 LABEL_MODES = ('hard', 'soft', 'soft-stored')
 RECIPES = {'hard': 'ddranking-hard', 'soft': 'ddranking-soft', 'soft-stored': 'ddranking-soft-stored'}
@@ -81,11 +81,7 @@ class DDRankingRunner:
 
     def setup(self, worker: int):
         import torch
-        from accelerate import Accelerator
-        self.worker, self.accelerator = worker, Accelerator(cpu=self.cpu)
-        if self.accelerator.device.type == 'cuda':
-            torch.backends.cudnn.benchmark = True
-            torch.set_num_threads(1)
+        self.worker, self.accelerator = worker, worker_accelerator(worker, self.cpu)
         self.bundles = torch.load(self.data_file, weights_only=False, mmap=True)  # our own file, written just now
         return self.run
 

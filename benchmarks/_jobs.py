@@ -160,3 +160,18 @@ def run_queue(out: Path, jobs: Sequence[Job], runner: Runner,
 
 def finished_records(out: Path, jobs: Sequence[Job]) -> List[Dict[str, Any]]:
     return [r for j in jobs if (r := done_record(out, j.key)) is not None]
+
+
+def worker_accelerator(worker: int, cpu: bool):
+    """A worker's ``Accelerator``: on a host with several GPUs, worker ``i`` uses GPU ``i mod n`` (so K workers
+    spread over the GPUs; one process per run, no gradient traffic); on a GPU, cuDNN picks its kernels once for the
+    fixed shapes and the process uses one CPU thread (the K workers share the host's cores)."""
+    import torch
+    from accelerate import Accelerator
+    if not cpu and torch.cuda.is_available() and torch.cuda.device_count() > 1:
+        torch.cuda.set_device(worker % torch.cuda.device_count())  # before the Accelerator reads the device
+    accelerator = Accelerator(cpu=cpu)
+    if accelerator.device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True
+        torch.set_num_threads(1)
+    return accelerator

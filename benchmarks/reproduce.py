@@ -64,7 +64,7 @@ sys.path.insert(0, str(REPO / 'benchmarks'))
 from _ddranking import (  # noqa: E402
     LABEL_MODES, DDRankingRunner, assemble_ddranking, ddranking_jobs, ddranking_markdown, real_bundles,
 )
-from _jobs import DONE_FILE, Job, done_record, finished_records, run_queue  # noqa: E402
+from _jobs import DONE_FILE, Job, done_record, finished_records, run_queue, worker_accelerator  # noqa: E402
 
 #: source of each published table (second-hand where said; see the repository's specs for the details)
 SOURCES = {
@@ -259,11 +259,7 @@ class DpkdRunner:
 
     def setup(self, worker: int) -> Callable[[Job], Dict[str, Any]]:
         import torch
-        from accelerate import Accelerator
-        self.worker, self.accelerator = worker, Accelerator(cpu=self.cpu)
-        if self.accelerator.device.type == 'cuda':
-            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
-            torch.set_num_threads(1)  # the GPU does the work; K workers share the host's cores
+        self.worker, self.accelerator = worker, worker_accelerator(worker, self.cpu)
         self.bundles = torch.load(self.data_file, weights_only=False, mmap=True)  # our own file, written just now
         return self.run
 
