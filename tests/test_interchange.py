@@ -52,8 +52,12 @@ def test_frepo_logits_and_datm_soft_labels(tmp_path, digits):
     dset = import_distilled(src, 'frepo', dataset='digits', image_space='normalized')
     assert torch.equal(dset.soft_labels, logits) and dset.soft_label_kind == 'logits'
     assert dset.soft_label_temperature == 0.3 and torch.equal(dset.labels, logits.argmax(1))
-    datm = import_distilled(src, 'mtt', dataset='digits', image_space='normalized', soft_label_temperature=1.0)
-    assert torch.equal(datm.soft_labels, logits) and datm.soft_label_temperature == 1.0
+    datm = import_distilled(src, 'mtt', dataset='digits', image_space='normalized', soft_label_temperature=2.0)
+    assert torch.equal(datm.soft_labels, logits) and datm.soft_label_temperature == 2.0
+    # each layout's own temperature when none is given: DATM (mtt layout) and DD-Ranking train at 1
+    assert import_distilled(src, 'mtt', dataset='digits', image_space='normalized').soft_label_temperature == 1.0
+    dd = _save(tmp_path / 'dd', **{'images.pt': train.normalized()[idx], 'labels.pt': logits})
+    assert import_distilled(dd, 'ddranking', dataset='digits', image_space='normalized').soft_label_temperature == 1.0
 
 
 def test_ddranking_export_round_trip(tmp_path, digits):
@@ -213,14 +217,14 @@ def test_train_reads_other_layouts_and_applies_the_soft_label_temperature(tmp_pa
     losses = [json.loads(x)['loss'] for x in
               (tmp_path / 'a' / 'runs' / 'convnet3' / 'seed0' / 'metrics.jsonl').read_text().splitlines()]
     assert all(0 <= l < 20 for l in losses)  # cross-entropy against a distribution: bounded below by 0
-    # the same files read as MTT/DATM (no default temperature): a clear error naming the flag
-    assert train_cli.main(['--data', str(frepo), '--output', str(tmp_path / 'b'), *common]) == 2
-    assert '--soft-label-temperature' in capsys.readouterr().err
+    # the same files read as MTT/DATM: DATM's temperature 1 unless one is given
     assert train_cli.main(['--data', str(frepo), '--soft-label-temperature', '0.3', '--output',
                            str(tmp_path / 'c'), *common]) == 0  # detected layout (mtt), temperature given
     from timm_dd.train import prepare_data
     bundle = prepare_data(str(frepo), dataset='digits', layout='frepo', image_space='normalized')
     assert torch.allclose(bundle.train.labels, torch.softmax(logits / 0.3, dim=1))  # the layout's 0.3, once
+    bundle = prepare_data(str(frepo), dataset='digits', layout='mtt', image_space='normalized')
+    assert torch.allclose(bundle.train.labels, torch.softmax(logits, dim=1))  # DATM's 1
 
 
 def test_probabilities_that_do_not_sum_to_one_are_an_error():

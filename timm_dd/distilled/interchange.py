@@ -7,12 +7,13 @@ Layouts (all tensors saved with plain ``torch.save``):
 ``mtt``        MTT, ATT, DATM, FTD: ``images_best.pt`` (or a numbered snapshot ``images_{it}.pt``, or ATT/FTD's EMA
                ``ema_images_best.pt``) float ``[N, C, H, W]`` class-major (``images_zca_best.pt``, the
                inverse-ZCA'd copy MTT saves for viewing, when that is all there is: pixel space); ``labels_best.pt``
-               int64 ``[N]``, or learned soft labels ``[N, K]`` (DATM: logits); optional ``lr_best.pt`` or
+               int64 ``[N]``, or learned soft labels ``[N, K]`` (DATM: logits, temperature 1); optional ``lr_best.pt`` or
                ``syn_lr.pt`` (the learned step size). Images are in ZCA space when the run used ``--zca`` (kornia
                ZCA, eps 0.1, fitted on the [0, 1] train split), else mean/std-normalized.
 ``frepo``      The same tensors; the labels ``[N, K]`` are logits, used as ``softmax(y / 0.3)`` by the DP+KD code
                (0.3 is this layout's default temperature).
-``ddranking``  DD-Ranking: ``images.pt``, ``labels.pt`` (hard ``[N]`` or soft ``[N, K]``), optional ``lr.pt``.
+``ddranking``  DD-Ranking: ``images.pt``, ``labels.pt`` (hard ``[N]`` or soft ``[N, K]``, logits at temperature 1),
+               optional ``lr.pt``.
 ``folder``     An ImageFolder tree of image files (one folder per class, in class order): 8-bit quantised previews,
                they lose precision against the float tensors.
 =============  ========================================================================================================
@@ -53,6 +54,9 @@ _FILES = {
     'ddranking': (('images.pt',), ('labels.pt',), ('lr.pt',)),
 }
 _SPREAD_FACTOR = 4.0
+#: the temperature each tool turns its logit labels into targets with (``softmax(y / T)``): FRePo as DP+KD uses it
+#: 0.3; DATM (``mtt`` layout) and DD-Ranking 1
+LAYOUT_TEMPERATURE = {'frepo': 0.3, 'mtt': 1.0, 'ddranking': 1.0}
 
 
 class ImportFacts(ValueError):
@@ -125,7 +129,8 @@ def import_distilled(
         zca_eps: The ZCA's eps: 0.1 for MTT, ATT, DATM and DD-Ranking (whose dataset ZCA is kornia's
             ``ZCAWhitening(eps=0.1, compute_inv=True)``; its 1e-6 is a per-batch wrapper, not the dataset's ZCA).
         lr: The learned step size, when the files do not hold it.
-        soft_label_temperature: How soft-label logits are used (``softmax(y / t)``); ``frepo`` default 0.3.
+        soft_label_temperature: How soft-label logits are used (``softmax(y / t)``); default the layout's tool's
+            (``LAYOUT_TEMPERATURE``: ``frepo`` 0.3, ``mtt`` (DATM) and ``ddranking`` 1).
         method: Recorded method name (default: the layout's, or the one a timm_dd export recorded).
         iteration: ``mtt`` layout: the numbered snapshot ``images_{iteration}.pt`` instead of ``images_best.pt``.
         ema: ``mtt`` layout: ATT/FTD's EMA images (``ema_images_best.pt`` or ``ema_images_{iteration}.pt``, in the
@@ -171,8 +176,8 @@ def import_distilled(
         from ..data.zca import ZCA
         zca = ZCA.fit(train.images, eps=zca_eps)
     _check_space(images, image_space, train, zca, folder, normalization)
-    if soft is not None and layout == 'frepo' and soft_label_temperature is None and soft_label_kind == 'logits':
-        soft_label_temperature = 0.3
+    if soft is not None and soft_label_temperature is None and soft_label_kind == 'logits':
+        soft_label_temperature = LAYOUT_TEMPERATURE.get(layout)  # the temperature the layout's tool trains with
     if lr is None:
         lr = file_lr
     try:
