@@ -90,11 +90,3 @@ class ImageSpace:
         if self.zca is not None:
             out['zca_eps'] = self.zca.eps
         return out
-
-    def same_as(self, other: 'ImageSpace') -> bool:
-        """Same normalization and the same ZCA matrices (compared by value)."""
-        if (self.name, self.mean, self.std) != (other.name, other.mean, other.std):
-            return False
-        if self.zca is None:
-            return True
-        return all(torch.equal(a, other.zca.state_dict()[k]) for k, a in self.zca.state_dict().items())

@@ -27,7 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ..augment import DSA
+from ..augment import DEFAULT_STRATEGY, DSA
 from ..io import atomic_write_with, folder_lock_holder, tensor_checksum
 from ..seeding import generator_for, seeded
 from ..train.loop import CallbackHook, evaluate_tensors, fit, run_batches
@@ -89,7 +89,7 @@ class ExpertConfig:
     weight_decay: float = 0.0
     batch_size: int = 256
     dsa: bool = True
-    dsa_strategy: str = 'color_crop_cutout_flip_scale_rotate'
+    dsa_strategy: str = DEFAULT_STRATEGY
     seed: int = 0
     dataset: str = 'unknown'
     zca: bool = False

@@ -17,6 +17,7 @@ import dataclasses
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Dict, List, Mapping, Optional, Union
 
+from ..augment import DEFAULT_STRATEGY
 from ..fields import check_ranges, coerce_field
 
 __all__ = ['DistillConfig', 'PRESETS', 'get_preset', 'list_presets', 'parse_override', 'METHODS', 'DISTILL_RANGES']
@@ -64,7 +65,7 @@ class DistillConfig:
     att_norm: str = 'l1'
     grad_mode: str = 'recompute'  # 'unrolled' (one graph) or 'recompute' (exact, one step of activations)
     dsa: bool = True
-    dsa_strategy: str = 'color_crop_cutout_flip_scale_rotate'
+    dsa_strategy: str = DEFAULT_STRATEGY
     pix_init: str = 'real'  # 'real' or 'noise'
     max_experts: Optional[int] = None
     # experts

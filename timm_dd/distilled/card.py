@@ -45,11 +45,6 @@ def _tag(s: str) -> str:
     return re.sub(r'[^a-z0-9]+', '-', s.lower()).strip('-')
 
 
-def _yaml_str(s: str) -> str:
-    # a JSON string is a valid YAML double-quoted scalar
-    return json.dumps(s, ensure_ascii=False)
-
-
 def _cell(v: Any) -> str:
     if v is None:
         return '-'

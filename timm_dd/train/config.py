@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 
+from ..augment import DEFAULT_STRATEGY
 from ..fields import check_ranges, coerce_field
 from .losses import SOFT_LOSSES
 from .schedules import LR_SCHEDULES, KeepRateSchedule, LRSchedule
@@ -67,7 +68,7 @@ class TrainConfig:
     # augmentation
     dsa: bool = True
     dsa_k: int = 1
-    dsa_strategy: str = 'color_crop_cutout_flip_scale_rotate'
+    dsa_strategy: str = DEFAULT_STRATEGY
     # CutMix of the images only (DD-Ranking's soft-label evaluation), after DSA: Beta(beta, beta); None: off
     cutmix_beta: Optional[float] = None
     # labels
