@@ -168,7 +168,10 @@ def assemble_ddranking(records: List[Dict[str, Any]], columns: Sequence[Any], ne
                     line[f'{key}_lrs'] = sorted({a[f'{key}_lr'] for a in finished})
             rows.append(line)
     pending = [j.key for j in jobs if not any(r.get('key') == j.key for r in records)]
-    return dict(table='ddranking', labels=labels, protocol=protocol, published_source=SOURCE,
+    settings = dict(hard=RECIPES['hard'], real=REAL_RECIPE if real_acc is None else f'given: {real_acc} %',
+                    **({labels: RECIPES[labels]} if labels != 'hard' else {}), lr_grid=list(LR_GRID),
+                    random_subsets='class-balanced, seed = round', seeds='round r trains with seed r')
+    return dict(table='ddranking', labels=labels, protocol=protocol, published_source=SOURCE, settings=settings,
                 real_acc_given=real_acc, rows=rows, complete=not pending, pending=pending,
                 columns=[dict(name=c.name, data=c.data, description=c.description) for c in columns],
                 devices=sorted({r['device'] for r in records if r.get('device')}))
@@ -185,7 +188,8 @@ def ddranking_markdown(report: Dict[str, Any]) -> str:
     names = {'syn_hard': 'syn (hard)', f'syn_{labels}': f'syn ({labels})', f'rdm_{labels}': f'random ({labels})'}
     lines = [f"Table `ddranking` ({status}), {labels}-label evaluation; {report['protocol']}; runs made on "
              f"{', '.join(report['devices']) or '-'}.", f"Scores: {report['published_source']}. Mean ± std "
-             f"(population, as DD-Ranking prints) over the finished rounds; accuracies in %.", '',
+             f"(population, as DD-Ranking prints) over the finished rounds; accuracies in %.",
+             f"Settings: {report['settings']}.", '',
              '| set | network | real (hard) | ' + ' | '.join(names[a] for a in accs) +
              ' | HLR | IOR | LRS | LRS (fractions) | rounds |', '|' + '---|' * (8 + len(accs))]
     for r in report['rows']:
