@@ -1,10 +1,32 @@
 """Derived random streams: one reproducible seed per (seed, key, ...) tuple, e.g. (seed, epoch, rank, stream)."""
 import contextlib
+import enum
 from typing import Iterator, Optional
 
 import torch
 
-__all__ = ['derive_seed', 'generator_for', 'seeded']
+__all__ = ['derive_seed', 'generator_for', 'seeded', 'Stream']
+
+
+class Stream(enum.IntEnum):
+    """The named random streams: the last key of a ``generator_for`` / ``seeded`` tuple says what it draws.
+
+    The values are part of every recorded result (a resumed run, a reproduced table): never renumber one. Names are
+    per use, so two uses may share a value where their other keys already keep them apart.
+    """
+    TRAIN_ORDER = 0  # (seed, epoch, .): a training epoch's batch order
+    TRAIN_DROP_PATH = 1  # (seed, epoch, rank, .): DropPath masks
+    TRAIN_AUGMENT = 2  # (seed, epoch, rank, .): DSA / CutMix draws
+    TRAIN_GLOBAL = 3  # (seed, epoch, rank, .): dropout and other global-RNG draws of an epoch
+    EXPERT_INIT = 0  # (seed, expert, .): an expert's initial weights
+    EXPERT_ORDER = 1  # (seed, expert, .): its batch order
+    EXPERT_AUGMENT = 2  # (seed, expert, .): its DSA draws
+    SYNTHETIC_INIT = 3  # (seed, 0, .): the synthetic images' initial real samples
+    MATCH_STEP = 7  # (seed, iteration, .): a trajectory-matching iteration's start epoch, batches and DSA draws
+    EXPERT_PASS_ORDER = 101  # (seed, pass, .): the order experts are used in, reshuffled every pass
+    DM_NETWORK = 31  # (seed, iteration, .): a DM iteration's randomly initialised network
+    DM_STEP = 37  # (seed, iteration, .): a DM iteration's real batches and DSA draws
+    EVAL_NETWORK = 53  # (seed, eval seed, .): the initial weights of a network evaluating the synthetic set
 
 
 def derive_seed(seed: int, *keys: int) -> int:

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from ..augment import DSA
-from ..seeding import generator_for, seeded
+from ..seeding import Stream, generator_for, seeded
 from .distiller import Distiller, EvalFn
 from .presets import DistillConfig
 from .state import to_device
@@ -65,10 +65,10 @@ class DistributionMatching(Distiller):
 
     def loss(self, images: torch.Tensor, iteration: int) -> torch.Tensor:
         """The DM loss of ``images`` with iteration ``iteration``'s network, real batches and DSA draws."""
-        with seeded(self.cfg.seed, iteration, 31):
+        with seeded(self.cfg.seed, iteration, Stream.DM_NETWORK):
             model = self.make_model()
         model.to(self.device).train().requires_grad_(False)
-        gen = generator_for(self.cfg.seed, iteration, 37)
+        gen = generator_for(self.cfg.seed, iteration, Stream.DM_STEP)
         size = images.shape[-1]
         total = images.new_zeros(())
         for position, c in enumerate(self.classes):

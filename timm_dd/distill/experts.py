@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..augment import DEFAULT_STRATEGY, DSA
 from ..io import atomic_write_with, folder_lock_holder, tensor_checksum
-from ..seeding import generator_for, seeded
+from ..seeding import Stream, generator_for, seeded
 from ..train.loop import CallbackHook, evaluate_tensors, fit, run_batches
 
 __all__ = [
@@ -318,11 +318,12 @@ def train_expert(
     draws on any device). ``progress`` shows a bar over the epochs with the running loss; ``log(values, epoch)``
     receives the epoch's loss (for experiment trackers). Runs on :func:`timm_dd.train.loop.fit`.
     """
-    with seeded(cfg.seed, index, 0):  # timm initializes from the global RNG
+    with seeded(cfg.seed, index, Stream.EXPERT_INIT):  # timm initializes from the global RNG
         model = create_arch(cfg.arch, cfg.model_kwargs).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     dsa = DSA(cfg.dsa_strategy) if cfg.dsa else None
-    perm_gen, aug_gen = generator_for(cfg.seed, index, 1), generator_for(cfg.seed, index, 2)
+    perm_gen = generator_for(cfg.seed, index, Stream.EXPERT_ORDER)
+    aug_gen = generator_for(cfg.seed, index, Stream.EXPERT_AUGMENT)
     images, labels = images.to(device), labels.to(device)
     n = images.shape[0]
     trajectory = [flat_params(model)]

@@ -30,7 +30,7 @@ from .dm import DistributionMatching
 from .experts import ExpertConfig, ExpertPool, create_arch, train_experts
 from .presets import DistillConfig
 from .tm import TrajectoryMatching, init_synthetic
-from ..seeding import generator_for, seeded
+from ..seeding import Stream, generator_for, seeded
 from ..tracking import log_image, log_metrics
 
 __all__ = ['apply_precision', 'prepare_data', 'model_kwargs', 'make_evaluator', 'run_experts', 'run_distill',
@@ -144,7 +144,7 @@ def make_evaluator(cfg: DistillConfig, data: DataSplits, accelerator: Accelerato
         mine = []
         for s in range(rank, cfg.eval_seeds, world):
             tcfg = load_config(cfg.eval_recipe, dict(epochs=cfg.eval_epochs, eval_every=0, lr=lr, seed=s))
-            with seeded(cfg.seed, s, 53):
+            with seeded(cfg.seed, s, Stream.EVAL_NETWORK):
                 model = create_arch(cfg.arch, model_kwargs(cfg, data))
             train_set = ImageSet(images.cpu(), labels, data.class_names, space=data.space, learned_lr=lr,
                                  num_classes=data.num_classes)
@@ -228,7 +228,7 @@ def run_distill(
         out_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     images, labels = init_synthetic(data.train.images, data.train.labels, data.num_classes, cfg.ipc,
-                                    generator_for(cfg.seed, 0, 3), cfg.pix_init)
+                                    generator_for(cfg.seed, 0, Stream.SYNTHETIC_INIT), cfg.pix_init)
     distiller = _make_distiller(cfg, data, images, labels, expert_dir, out_dir, accelerator, evaluate)
     if resume and distiller.resume(force_resume):
         _logger.info(f'resumed at iteration {distiller.iteration}')

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..augment import DSA
-from ..seeding import generator_for
+from ..seeding import Stream, generator_for
 from .distiller import Distiller, EvalFn, set_hyper
 from .experts import ExpertPool
 from .matching import FlatModel, MatchResult, StepGradient, plan_steps, trajectory_match
@@ -101,13 +101,13 @@ class TrajectoryMatching(Distiller):
     def expert_for(self, iteration: int) -> int:
         """The expert of ``iteration``: experts are consumed in a seeded random order, reshuffled every pass."""
         n = len(self.experts)
-        perm = torch.randperm(n, generator=generator_for(self.cfg.seed, iteration // n, 101))
+        perm = torch.randperm(n, generator=generator_for(self.cfg.seed, iteration // n, Stream.EXPERT_PASS_ORDER))
         return int(perm[iteration % n])
 
     def match(self, iteration: int, grad_mode: Optional[str] = None) -> MatchResult:
         """Loss and meta-gradients of ``iteration`` at the current images and step size (no update)."""
         cfg = self.cfg
-        gen = generator_for(cfg.seed, iteration, 7)
+        gen = generator_for(cfg.seed, iteration, Stream.MATCH_STEP)
         expert = self.experts[self.expert_for(iteration)]
         start = int(torch.randint(0, cfg.max_start_epoch, (1,), generator=gen))
         theta_start = to_device(expert.get(start), self.device)

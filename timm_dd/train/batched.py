@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from ..augment import DSA
 from ..data import ImageSet
-from ..seeding import generator_for
+from ..seeding import Stream, generator_for
 from .config import TrainConfig
 from .losses import label_loss
 from .loop import CallbackHook, fit, run_batches
@@ -118,8 +118,9 @@ class _StackedRun:
         """One epoch for every seed, each with its own derived permutation and DSA stream."""
         t0, cfg = time.perf_counter(), self.cfg
         self._epoch = epoch
-        self._perms = [torch.randperm(self.n, generator=generator_for(s, epoch, 0)).to(self.device) for s in self.seeds]
-        self._aug_gens = [generator_for(s, epoch, 0, 2) for s in self.seeds]
+        self._perms = [torch.randperm(self.n, generator=generator_for(s, epoch, Stream.TRAIN_ORDER)).to(self.device)
+                       for s in self.seeds]
+        self._aug_gens = [generator_for(s, epoch, 0, Stream.TRAIN_AUGMENT) for s in self.seeds]
         if cfg.reset_momentum_at_decay and epoch in self.lr_schedule.milestones:
             self.optimizer.state.clear()  # as train_model: MTT re-creates its optimizer at the decay
         # the summed loss gives seed i's parameters only seed i's loss

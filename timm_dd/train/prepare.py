@@ -3,8 +3,8 @@ split, both in the space the networks see (a :class:`~timm_dd.data.DataSplits`).
 import logging
 from typing import Any, Dict, Optional, Tuple
 
-import torch
 
+from ..seeding import generator_for
 from ..data import DataSplits, ImageSet, ImageSpace, load_dataset, select_ipc
 from ..data.zca import ZCA
 from ..distilled import DistilledSet
@@ -81,7 +81,7 @@ def _real_splits(dataset: str, real_ipc: int, seed: int, space: str, zca_eps: fl
     if real_ipc < 0:  # the whole training set (e.g. for the ELF feature model)
         sub = train_full
     else:
-        idx = select_ipc(train_full.labels, real_ipc, generator=torch.Generator().manual_seed(seed),
+        idx = select_ipc(train_full.labels, real_ipc, generator=generator_for(seed),
                          num_classes=train_full.num_classes)
         sub = train_full.subset(idx)
     if space == 'zca':  # MTT's --zca space: ZCA (eps zca_eps) of [0, 1] pixels, fitted on the whole train split

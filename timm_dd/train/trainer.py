@@ -23,7 +23,7 @@ from ..augment import DSA, cutmix_images
 from ..data import ImageSet
 from ..io import append_line, atomic_write, read_torch_file
 from ..layers import keep_rate_units, set_drop_generator, set_keep_rate
-from ..seeding import derive_seed, generator_for, seeded
+from ..seeding import Stream, derive_seed, generator_for, seeded
 from ..tracking import log_metrics
 from .batchnorm import STALE_BN_GAP, has_batchnorm, recompute_bn_stats, train_accuracies
 from .config import TrainConfig
@@ -134,15 +134,16 @@ class _Run:
         cfg, t0 = self.cfg, time.perf_counter()
         keep_rate = self.keep_schedule(epoch)
         set_keep_rate(self.inner.model, keep_rate)
-        self.drop_gen.manual_seed(derive_seed(cfg.seed, epoch, self.rank, 1))
-        self._aug_gen = generator_for(cfg.seed, epoch, self.rank, 2)
+        self.drop_gen.manual_seed(derive_seed(cfg.seed, epoch, self.rank, Stream.TRAIN_DROP_PATH))
+        self._aug_gen = generator_for(cfg.seed, epoch, self.rank, Stream.TRAIN_AUGMENT)
         self._epoch = epoch
-        perm = torch.randperm(self.n, generator=generator_for(cfg.seed, epoch, 0)).to(self.device)
+        perm = torch.randperm(self.n, generator=generator_for(cfg.seed, epoch, Stream.TRAIN_ORDER)).to(self.device)
         if cfg.reset_momentum_at_decay and epoch in self.lr_schedule.milestones:
             getattr(self.optimizer, 'optimizer', self.optimizer).state.clear()  # MTT re-creates its optimizer here
         batches = [perm[i:i + cfg.batch_size][self.rank::self.world] for i in range(0, self.n, cfg.batch_size)]
         self.task.train()
-        with seeded(cfg.seed, epoch, self.rank, 3, device=self.device):  # dropout and other draws from the global RNG
+        # dropout and other draws from the global RNG
+        with seeded(cfg.seed, epoch, self.rank, Stream.TRAIN_GLOBAL, device=self.device):
             losses = run_batches(batches, self._loss_of, self.optimizer, self._backward, self._step, self._set_lr,
                                  self.show_progress, f'epoch {epoch}')
         # the epoch's one read-back from the device; a non-finite step loss stops the run here, before any hook
