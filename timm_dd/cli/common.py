@@ -18,15 +18,17 @@ Only this layer parses arguments and prints. Every command understands:
 Old spellings keep working for this release with a deprecation warning (see :data:`DEPRECATED_FLAGS`).
 """
 import argparse
+import contextlib
 import logging
 import sys
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 
 __all__ = ['add_common_args', 'parse_set', 'read_cli_config', 'apply_deprecations', 'report_user_error',
            'DEPRECATED_FLAGS', 'setup_logging', 'run_command', 'EXIT_OK', 'EXIT_RUN_FAILED', 'EXIT_USER_ERROR',
-           'EXIT_INTERRUPTED', 'TIMM_FLAGS']
+           'EXIT_INTERRUPTED', 'TIMM_FLAGS', 'command_run']
 
 #: the exit statuses of both commands (the README's table "Exit statuses" lists them)
 EXIT_OK = 0
@@ -193,3 +195,35 @@ def run_command(body: Callable[[], int], resume_hint: str = 'run the same comman
         return EXIT_RUN_FAILED
     except (ValueError, FileNotFoundError, FolderInUseError, HubError, OSError) as e:
         return report_user_error(e)
+
+
+@contextlib.contextmanager
+def command_run(args: argparse.Namespace, out_dir: Path, record: Dict[str, Any], config: Dict[str, Any],
+                project: str, args_file: str = 'args.yaml', mixed_precision: Optional[str] = None) -> Iterator[Any]:
+    """One command's run, the same for both commands: the launcher check, the ``Accelerator`` (device, precision,
+    ``--log-with`` trackers under ``<output>/trackers``), logging (warnings only on the other processes), the output
+    folder's lock, ``args_file`` (``record`` with the resolved ``config``: ``-c`` it to repeat the run), the
+    trackers' config; the trackers are closed at the end. Yields the accelerator."""
+    import yaml
+    from accelerate import Accelerator
+
+    from ..io import FolderLock, atomic_write
+    from ..launch import exit_with_launcher
+    exit_with_launcher()
+    tracking = {}
+    if args.log_with:
+        tracking = dict(log_with='all' if args.log_with == 'all' else [args.log_with],
+                        project_dir=str(out_dir / 'trackers'))
+    accelerator = Accelerator(cpu=args.cpu, mixed_precision=mixed_precision, **tracking)
+    setup_logging(args.log_level, accelerator.is_main_process)
+    try:
+        with FolderLock(out_dir) if accelerator.is_main_process else contextlib.nullcontext():
+            if accelerator.is_main_process:
+                with atomic_write(out_dir / args_file, 'w') as f:
+                    yaml.safe_dump(dict(record, config_resolved=config), f, sort_keys=False)
+            if args.log_with:  # TensorBoard's hparams take scalars and strings only
+                accelerator.init_trackers(project, config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                                                           for k, v in config.items()})
+            yield accelerator
+    finally:
+        accelerator.end_training()

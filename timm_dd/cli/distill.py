@@ -15,7 +15,6 @@ between the processes, every trajectory-matching step's synthetic minibatch is s
 process), and evaluation seeds are split.
 """
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -24,7 +23,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .common import (
-    add_common_args, apply_deprecations, parse_set, read_cli_config, report_user_error, run_command, setup_logging,
+    add_common_args, apply_deprecations, command_run, parse_set, read_cli_config, report_user_error, run_command,
+    setup_logging,
 )
 
 COMMANDS = ('experts', 'distill', 'presets', 'convert')
@@ -130,8 +130,8 @@ def _main(argv: List[str]) -> int:
     args, cfg = resolve_config(argv)
     if args.command == 'presets':
         return _presets(args.show)
-    setup_logging(args.log_level)
     if args.command == 'convert':
+        setup_logging(args.log_level)  # no accelerator: experts and distill set logging up in command_run
         return _convert(args)
     if args.output is None:
         return report_user_error('--output is required')
@@ -143,27 +143,19 @@ def _main(argv: List[str]) -> int:
         torch.set_num_threads(args.threads)
     if args.deterministic:
         _deterministic()
-    import accelerate
-
-    from ..io import FolderLock
-    from ..launch import exit_with_launcher
-    exit_with_launcher()
     out = Path(args.output)
-    tracking = dict(log_with='all' if args.log_with == 'all' else [args.log_with],
-                    project_dir=str(out / 'trackers')) if args.log_with else {}
-    acc = accelerate.Accelerator(cpu=args.cpu, **tracking)
-    setup_logging(args.log_level, acc.is_main_process)
-    if args.command == 'distill' and _page_faults_likely(acc.device, cfg.method):
-        logging.getLogger('timm_dd.cli').info(
-            'trajectory matching on a Linux CPU: an allocator that keeps freed memory (jemalloc, decay off) made '
-            'iterations up to 1.8x faster on our machine; see the README, "On a Linux CPU"')
-    if args.config is None:
-        logging.getLogger('timm_dd.cli').warning(
-            'no -c/--preset given: using the default settings (%s, %s, ipc %d, %s); `timm-dd-distill presets` lists '
-            'the presets', cfg.dataset, cfg.method, cfg.ipc, cfg.arch)
-    try:
-        with FolderLock(out) if acc.is_main_process else contextlib.nullcontext():
-            dset = _run(args, cfg, out, acc)
+    record = {k: v for k, v in vars(args).items() if k != 'config'}
+    with command_run(args, out, record, cfg.to_dict(), f'timm_dd-{args.command}',
+                     args_file=f'args-{args.command}.yaml') as acc:
+        if args.command == 'distill' and _page_faults_likely(acc.device, cfg.method):
+            logging.getLogger('timm_dd.cli').info(
+                'trajectory matching on a Linux CPU: an allocator that keeps freed memory (jemalloc, decay off) made '
+                'iterations up to 1.8x faster on our machine; see the README, "On a Linux CPU"')
+        if args.config is None:
+            logging.getLogger('timm_dd.cli').warning(
+                'no -c/--preset given: using the default settings (%s, %s, ipc %d, %s); `timm-dd-distill presets` '
+                'lists the presets', cfg.dataset, cfg.method, cfg.ipc, cfg.arch)
+        dset = _run(args, cfg, out, acc)
         if dset is not None and acc.is_main_process:
             line = _start_vs_end(dset, cfg)
             if line:
@@ -171,8 +163,6 @@ def _main(argv: List[str]) -> int:
             print(json.dumps({'out': str(out / 'distilled'), 'images': list(dset.images.shape),
                               'lr': float(dset.lr) if dset.lr is not None else None,
                               'processes': acc.num_processes, 'device': str(acc.device)}))
-    finally:
-        acc.end_training()
     return 0
 
 
@@ -183,17 +173,8 @@ def _page_faults_likely(device: Any, method: str) -> bool:
 
 
 def _run(args: argparse.Namespace, cfg: Any, out: Path, acc: Any) -> Optional[Any]:
-    """Record the arguments, then train experts (returns ``None``) or distil (returns the set)."""
+    """Train experts (returns ``None``) or distil (returns the set)."""
     from ..distill import prepare_data, run_distill, run_experts
-    from ..io import atomic_write
-    if acc.is_main_process:
-        import yaml
-        record = {k: v for k, v in vars(args).items() if k not in ('config',)}
-        with atomic_write(out / f'args-{args.command}.yaml', 'w') as f:  # `-c` it to repeat the run
-            yaml.safe_dump(dict(record, config_resolved=cfg.to_dict()), f, sort_keys=False)
-    if args.log_with:
-        acc.init_trackers(f'timm_dd-{args.command}', config={k: v if isinstance(v, (int, float, str, bool))
-                                                              else str(v) for k, v in cfg.to_dict().items()})
     if args.command == 'distill' and cfg.method in ('mtt', 'att'):
         from ..distill import ExpertPool
         ExpertPool.check_folder(args.experts, cfg.max_experts)  # before a minute of loading the data

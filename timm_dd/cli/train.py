@@ -13,14 +13,13 @@ Like timm's train.py, a first pass reads ``-c`` (a shipped recipe name, a YAML f
 values become the defaults; any flag given on the command line wins; ``--set key=value`` overrides any recipe field.
 """
 import argparse
-import contextlib
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..train.schedules import LR_SCHEDULES
 from .common import (
-    add_common_args, apply_deprecations, parse_set, read_cli_config, report_user_error, run_command, setup_logging,
+    add_common_args, apply_deprecations, command_run, parse_set, read_cli_config, report_user_error, run_command,
 )
 
 # recipe fields that have their own flag: flag dest -> TrainConfig field
@@ -156,48 +155,21 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _main(argv: List[str]) -> int:
     from .. import models as _registered  # noqa: F401  (registers the models with timm)
-    from ..io import FolderLock
-    from ..launch import exit_with_launcher
     args, cfg = resolve_config(argv)
     models = args.models or ([args.model] if args.model else None)
     if not models:
         return report_user_error('give --model or --models')
     seeds = args.seeds or ([args.seed] if args.seed is not None else [0])
     out_dir = Path(args.output or f'output/train/{cfg.recipe}')
-
-    from accelerate import Accelerator
-    exit_with_launcher()
-    tracking = dict(log_with=_trackers(args.log_with), project_dir=str(out_dir / 'trackers')) if args.log_with else {}
-    accelerator = Accelerator(cpu=args.cpu, mixed_precision=cfg.mixed_precision, **tracking)
-    setup_logging(args.log_level, accelerator.is_main_process)
-    lock = FolderLock(out_dir) if accelerator.is_main_process else contextlib.nullcontext()
-    try:
-        with lock:
-            return _run(args, cfg, models, seeds, out_dir, accelerator)
-    finally:
-        accelerator.end_training()
-
-
-def _trackers(log_with: Optional[str]):
-    if log_with is None:
-        return None
-    return 'all' if log_with == 'all' else [log_with]
+    record = dict({k: v for k, v in vars(args).items() if k != 'config'}, models=models, seeds=seeds)
+    with command_run(args, out_dir, record, cfg.to_dict(), f'timm_dd-{cfg.recipe}',
+                     mixed_precision=cfg.mixed_precision) as accelerator:
+        return _run(args, cfg, models, seeds, out_dir, accelerator)
 
 
 def _run(args: argparse.Namespace, cfg: Any, models: List[str], seeds: List[int], out_dir: Path,
          accelerator: Any) -> int:
-    import yaml
-
-    from ..io import atomic_write
     from ..train import format_table, prepare_data, run_experiment
-    if accelerator.is_main_process:
-        record = {k: v for k, v in vars(args).items() if k not in ('config',)}
-        with atomic_write(out_dir / 'args.yaml', 'w') as f:  # `-c args.yaml` repeats this run
-            yaml.safe_dump(dict(record, models=models, seeds=seeds, config_resolved=cfg.to_dict()), f,
-                           sort_keys=False)
-    if args.log_with:
-        accelerator.init_trackers(f'timm_dd-{cfg.recipe}', config=_scalars(cfg.to_dict()))
-
     with accelerator.main_process_first():  # one process fills the decoded-data cache, the others read it
         bundle = prepare_data(args.data, args.real_ipc, args.dataset, args.data_root, seed=seeds[0],
                               cache_dir=args.cache_dir, image_size=args.img_size,
@@ -229,11 +201,6 @@ def _run(args: argparse.Namespace, cfg: Any, models: List[str], seeds: List[int]
             print('pushed teacher:', push_teacher(load_teacher(str(teacher_dir)), args.push_teacher,
                                                   class_names=bundle.class_names))
     return 0
-
-
-def _scalars(d: Dict[str, Any]) -> Dict[str, Any]:
-    """The config as trackers take it (TensorBoard hparams: scalars and strings only)."""
-    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in d.items()}
 
 
 if __name__ == '__main__':
