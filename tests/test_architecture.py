@@ -1,5 +1,5 @@
-"""The package's shape, checked: imports go down the layers of ARCHITECTURE.md, and only ``timm_dd/io.py`` writes
-files (everything else goes through its helpers)."""
+"""The package's shape, checked: imports go down the layers of ARCHITECTURE.md, only ``timm_dd/io.py`` writes
+files (everything else goes through its helpers), and random generators are made only in ``timm_dd/seeding.py``."""
 import ast
 import re
 from pathlib import Path
@@ -143,3 +143,26 @@ def test_the_layer_check_resolves_relative_imports(tmp_path, source, expected):
     path = tmp_path / 'mod.py'
     path.write_text(source)
     assert [t for _, t in _imports(path, 'timm_dd.data.mod')][0].startswith(expected)
+
+
+_RANDOMNESS = re.compile(r'torch\.Generator\(|\bmanual_seed\(|np\.random\.|^\s*import random\b|\brandom\.(seed|random|'
+                         r'randint|choice|shuffle|sample)\(', re.M)
+
+
+def _random_sources(text: str) -> List[str]:
+    """Generators made or seeded by hand: what only ``seeding.py`` may do (``.manual_seed(derive_seed(...))`` on a
+    generator ``seeding`` made is a reseed, not a new source)."""
+    return [m.group(0) for m in _RANDOMNESS.finditer(text)
+            if not (m.group(0) == 'manual_seed(' and text[m.end():].startswith('derive_seed('))]
+
+
+def test_randomness_only_through_seeding():
+    bad = []
+    for path, _ in _modules():
+        if path == PACKAGE / 'seeding.py':
+            continue
+        text = path.read_text()
+        bad += [f'{path.relative_to(ROOT)}: {what}' for what in _random_sources(text)]
+    assert not bad, 'random generators made outside timm_dd/seeding.py:\n' + '\n'.join(bad)
+    assert _random_sources('g = torch.Generator().manual_seed(3)\nx = np.random.rand(2)\nimport random\n') == [
+        'torch.Generator(', 'manual_seed(', 'np.random.', 'import random']

@@ -3,9 +3,10 @@ import contextlib
 import enum
 from typing import Iterator, Optional
 
+import numpy as np
 import torch
 
-__all__ = ['derive_seed', 'generator_for', 'seeded', 'Stream']
+__all__ = ['derive_seed', 'generator_for', 'device_generator', 'numpy_rng', 'seeded', 'Stream']
 
 
 class Stream(enum.IntEnum):
@@ -40,6 +41,18 @@ def derive_seed(seed: int, *keys: int) -> int:
 def generator_for(seed: int, *keys: int) -> torch.Generator:
     """A CPU generator seeded from ``seed`` and ``keys`` (one independent stream per key tuple)."""
     return torch.Generator().manual_seed(derive_seed(seed, *keys))
+
+
+def device_generator(device: torch.device) -> torch.Generator:
+    """An unseeded generator on ``device`` (for draws made there, e.g. DropPath masks); seed it with
+    ``manual_seed(derive_seed(...))`` before each use."""
+    return torch.Generator(device=device)
+
+
+def numpy_rng(generator: Optional[torch.Generator] = None) -> np.random.Generator:
+    """A NumPy generator seeded by one draw from the torch ``generator`` (the global CPU RNG when None): for
+    distributions torch samples without a generator argument (e.g. Beta), replayable from the same stream."""
+    return np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,), generator=generator)))
 
 
 @contextlib.contextmanager

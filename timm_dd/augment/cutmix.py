@@ -8,8 +8,9 @@ centre, clipped to the image, filled from a random permutation of the batch.
 import math
 from typing import Optional
 
-import numpy as np
 import torch
+
+from ..seeding import numpy_rng
 
 __all__ = ['cutmix_images']
 
@@ -21,8 +22,7 @@ def cutmix_images(images: torch.Tensor, beta: float, generator: Optional[torch.G
         raise ValueError(f'cutmix beta must be positive, got {beta}')
     n, _, h, w = images.shape
     perm = torch.randperm(n, generator=generator)
-    seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
-    lam = np.random.default_rng(seed).beta(beta, beta)
+    lam = numpy_rng(generator).beta(beta, beta)
     cut = math.sqrt(1.0 - lam)
     cut_h, cut_w = int(h * cut), int(w * cut)
     cy, cx = (int(v) for v in torch.randint(0, 1 << 30, (2,), generator=generator) % torch.tensor([h, w]))

@@ -23,7 +23,7 @@ from ..augment import DSA, cutmix_images
 from ..data import ImageSet
 from ..io import append_line, atomic_write, read_torch_file
 from ..layers import keep_rate_units, set_drop_generator, set_keep_rate
-from ..seeding import Stream, derive_seed, generator_for, seeded
+from ..seeding import Stream, derive_seed, device_generator, generator_for, seeded
 from ..tracking import log_metrics
 from .batchnorm import STALE_BN_GAP, has_batchnorm, recompute_bn_stats, train_accuracies
 from .config import TrainConfig
@@ -124,7 +124,7 @@ class _Run:
         self.inner = accelerator.unwrap_model(self.task) if self.distributed else self.task
         self.n = len(train_set)
         self.iters_per_epoch = math.ceil(self.n / cfg.batch_size)
-        self.drop_gen = torch.Generator(device=device)
+        self.drop_gen = device_generator(device)
         set_drop_generator(self.inner.model, self.drop_gen)
         self.train_seconds, self.images_seen = 0.0, 0
         self.show_progress = accelerator.is_local_main_process or not self.distributed
