@@ -133,23 +133,25 @@ def make_evaluator(cfg: DistillConfig, data: DataSplits, accelerator: Accelerato
     """
     from torch.utils.data import DataLoader, TensorDataset
     from ..train.config import load_config
+    from ..train.loop import eval_batch_size
     from ..train.trainer import train_model
 
-    test_loader = DataLoader(TensorDataset(data.test.images, data.test.labels), batch_size=500,
+    test_loader = DataLoader(TensorDataset(data.test.images, data.test.labels),
+                             batch_size=eval_batch_size(accelerator.device),
                              pin_memory=accelerator.device.type == 'cuda')
     labels = torch.arange(data.num_classes).repeat_interleave(cfg.ipc)
     rank, world = accelerator.process_index, accelerator.num_processes
+    recipe = load_config(cfg.eval_recipe, dict(epochs=cfg.eval_epochs, eval_every=0))  # read once
 
     def _accs(images: torch.Tensor, lr: float) -> List[float]:
         mine = []
+        train_set = ImageSet(images.detach(), labels.to(images.device), data.class_names, space=data.space,
+                             learned_lr=lr, num_classes=data.num_classes)  # stays on the device
         for s in range(rank, cfg.eval_seeds, world):
-            tcfg = load_config(cfg.eval_recipe, dict(epochs=cfg.eval_epochs, eval_every=0, lr=lr, seed=s))
             with seeded(cfg.seed, s, Stream.EVAL_NETWORK):
                 model = create_arch(cfg.arch, model_kwargs(cfg, data))
-            train_set = ImageSet(images.cpu(), labels, data.class_names, space=data.space, learned_lr=lr,
-                                 num_classes=data.num_classes)
-            res = train_model(model, train_set, test_loader,
-                              tcfg, accelerator, model_name=cfg.arch, desc=f'eval seed {s}', distributed=False)
+            res = train_model(model, train_set, test_loader, recipe.replace(lr=lr, seed=s), accelerator,
+                              model_name=cfg.arch, desc=f'eval seed {s}', distributed=False)
             mine.append((s, res.final_acc))
         if world > 1:
             mine = gather_object(mine)

@@ -20,6 +20,7 @@ from ..data import DataSplits
 from ..io import atomic_write, atomic_write_json
 from ..seeding import seeded
 from .config import TrainConfig, short_run_note
+from .loop import eval_batch_size
 from .report import format_table  # the one table renderer (also for merged results)
 from .networks import create_student, elf_targets, load_done, result_record, run_folder, save_done, save_model, \
     train_or_load_teacher
@@ -44,7 +45,7 @@ class ExperimentResult:
 def _test_loader(bundle: DataSplits, cfg: TrainConfig, accelerator: Accelerator, distributed: bool) -> DataLoader:
     """Sharded over the processes for DDP runs; whole (and unprepared) when each process trains runs alone."""
     ds = TensorDataset(bundle.test.images, bundle.test.labels)
-    batch_size = cfg.test_batch_size or (100 if accelerator.device.type == 'cpu' else 500)
+    batch_size = cfg.test_batch_size or eval_batch_size(accelerator.device)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False,
                         pin_memory=accelerator.device.type == 'cuda')
     return accelerator.prepare(loader) if distributed else loader
