@@ -8,7 +8,7 @@ from typing import Any, Dict
 
 import torch
 
-__all__ = ['log_metrics', 'log_image']
+__all__ = ['log_metrics', 'log_image', 'takes_images']
 
 
 def _trackers(accelerator: Any) -> list:
@@ -22,6 +22,13 @@ def log_metrics(accelerator: Any, values: Dict[str, Any], step: int) -> None:
     scalars = {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if scalars:
         accelerator.log(scalars, step=step)
+
+
+def takes_images(accelerator: Any) -> bool:
+    """Whether this process has a tracker that takes images (so a picture is worth rendering)."""
+    if accelerator is None or not getattr(accelerator, 'is_main_process', True):
+        return False
+    return any(hasattr(tracker, 'log_images') for tracker in _trackers(accelerator))
 
 
 def log_image(accelerator: Any, name: str, image: torch.Tensor, step: int) -> None:

@@ -31,7 +31,7 @@ from .experts import ExpertConfig, ExpertPool, create_arch, train_experts
 from .presets import DistillConfig
 from .tm import TrajectoryMatching, init_synthetic
 from ..seeding import Stream, generator_for, seeded
-from ..tracking import log_image, log_metrics
+from ..tracking import log_image, log_metrics, takes_images
 
 __all__ = ['apply_precision', 'prepare_data', 'model_kwargs', 'make_evaluator', 'run_experts', 'run_distill',
            'expert_config']
@@ -169,7 +169,8 @@ def make_evaluator(cfg: DistillConfig, data: DataSplits, accelerator: Accelerato
         if grid and out_dir is not None and accelerator.is_main_process:
             dset = build_set(cfg, data, images, lr if cfg.method != 'dm' else None)
             save_grid(dset, out_dir / f'grid_{iteration:06d}.png', real=initial)
-            log_image(accelerator, 'distilled images', make_class_grid(dset), iteration)
+            if takes_images(accelerator):  # rendered only for a tracker that takes it
+                log_image(accelerator, 'distilled images', make_class_grid(dset), iteration)
         return record
 
     return eval_fn
