@@ -196,16 +196,12 @@ def _start_vs_end(dset, cfg) -> Optional[str]:
     history = [h for h in dset.extra.get('history', []) if 'accs' in h]
     if cfg.pix_init != 'real' or len(history) < 2 or history[0]['iteration'] != 0:
         return None
-    import statistics
-
-    def fmt(accs):
-        sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        return f'{100 * statistics.fmean(accs):.1f} ± {100 * sd:.1f}'
+    from ..train.report import format_accuracies
     first, last = history[0], history[-1]
     seeds = len(first['accs'])
     return (f'{cfg.arch} ({cfg.eval_epochs} epochs, {seeds} seed{"s" if seeds != 1 else ""}) trained on {cfg.ipc} '
-            f'random real images per class: {fmt(first["accs"])} %; on the {cfg.method.upper()} set distilled from '
-            f'them (iteration {last["iteration"]}): {fmt(last["accs"])} %')
+            f'random real images per class: {format_accuracies(first["accs"], 1)} %; on the {cfg.method.upper()} set '
+            f'distilled from them (iteration {last["iteration"]}): {format_accuracies(last["accs"], 1)} %')
 
 
 def _convert(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 
-__all__ = ['format_table', 'merge_results', 'load_results', 'data_label', 'format_accuracy']
+__all__ = ['format_table', 'merge_results', 'load_results', 'data_label', 'format_accuracy', 'format_accuracies']
 
 HEADER = ('| recipe | data | network | runs | final top-1 (%) | train set, eval mode (%) | best over evaluations (%) '
           '| gap to teacher (pts) | train img/s |')
@@ -57,9 +57,14 @@ def data_label(data: Dict[str, Any]) -> str:
     return label + (' (zca)' if data.get('image_space') == 'zca' else '')
 
 
-def format_accuracy(mean: float, std: float, runs: int) -> str:
-    """Percent with two decimals; ``mean ± std`` only when there are several runs."""
-    return f'{100 * mean:.2f}' if runs <= 1 else f'{100 * mean:.2f} ± {100 * std:.2f}'
+def format_accuracy(mean: float, std: float, runs: int, digits: int = 2) -> str:
+    """Percent with ``digits`` decimals; ``mean ± std`` only when there are several runs."""
+    return f'{100 * mean:.{digits}f}' if runs <= 1 else f'{100 * mean:.{digits}f} ± {100 * std:.{digits}f}'
+
+
+def format_accuracies(values: Sequence[float], digits: int = 2) -> str:
+    """:func:`format_accuracy` of the mean and sample standard deviation of ``values``."""
+    return format_accuracy(*_mean_std(values), len(values), digits)
 
 
 def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
@@ -108,7 +113,7 @@ def _train_accuracy(runs: List[Dict[str, Any]]) -> str:
     values = [r['train_acc'] for r in runs if r.get('train_acc') is not None]
     if not values or len(values) != len(runs):
         return '-'
-    return format_accuracy(*_mean_std(values), len(values))
+    return format_accuracies(values)
 
 
 def format_table(results: Any) -> str:
