@@ -86,9 +86,9 @@ class DDRankingRunner:
         return self.run
 
     def _data(self, spec: Dict[str, Any]):
-        import torch
         from timm_dd.data import select_ipc
         from timm_dd.data.sets import DataSplits
+        from timm_dd.seeding import generator_for
         from timm_dd.train.ddranking import with_class_labels
         column = spec['column']
         real = self.bundles[f"real:{column.image_space or 'normalized'}"]
@@ -97,7 +97,7 @@ class DDRankingRunner:
         if spec['data'] == 'syn':
             syn = self.bundles[column.name]
             return with_class_labels(syn, column.ipc) if spec['labels'] == 'hard' else syn
-        idx = select_ipc(real.train.labels, column.ipc, generator=torch.Generator().manual_seed(spec['round']),
+        idx = select_ipc(real.train.labels, column.ipc, generator=generator_for(spec['round']),
                          num_classes=real.num_classes)
         subset = real.train.subset(idx)
         if spec['labels'] == 'soft-stored':  # labelled once by the teacher, as DD-Ranking labels its random data
