@@ -66,8 +66,8 @@ def _summary(out: Path, epochs: int, distill_stdout: str) -> str:
     return '\n'.join([
         '## Distillation on the distillation network (the core claim)', '', *(claim or ['(no evaluation ran)']), '',
         'On 100 digits the two can sit inside the seed spread. On CIFAR-10, measured: a DM set made in 20 minutes on',
-        '2 CPU cores trains ConvNet-3 to 44.1 % against 32.1 % on 10 random real images per class (README, "The',
-        'first hour"); the authors\' MTT set, 61.1 % (BENCHMARKS.md).', '',
+        '2 CPU cores trains ConvNet-3 to 44.1 % against 32.1 % on 10 real images per class drawn at random (README,',
+        '"The first hour"); the authors\' MTT set, 61.1 % (BENCHMARKS.md).', '',
         f'## Cross-architecture, {epochs}-epoch schedules (published: 1000 / 4000)', '',
         "Schedules this short show the pipeline working, not DP+KD's published gains (its Lion lr is tuned for",
         '4000 epochs): at this budget a margin can sit inside the seed spread (compare the ± columns). The claim at',
