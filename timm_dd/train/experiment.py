@@ -59,7 +59,8 @@ RESUME_SAFE_FIELDS = ('checkpoint_every', 'test_batch_size', 'parallel', 'keep_c
 #: recipe fields added since a run may have been recorded, with the value that reproduces the old behaviour, and
 #: removed fields: a run recorded before them resumes as long as the current value is that one
 _NEW_FIELD_DEFAULTS = {'config.recompute_bn': False, 'config.extra': None, 'config.eval_subset_per_class': 0,
-                       'config.lr_step_1999_quirk': False}
+                       'config.lr_step_1999_quirk': False, 'config.soft_loss': 'ce', 'config.soft_loss_t2': False,
+                       'config.relabel': False, 'config.cutmix_beta': None}
 
 
 def _config_differences(saved: Dict[str, Any], current: Dict[str, Any], prefix: str = '') -> List[str]:
