@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 from ..augment import DEFAULT_STRATEGY
 from ..fields import check_ranges, coerce_field
 
-__all__ = ['DistillConfig', 'PRESETS', 'get_preset', 'list_presets', 'parse_override', 'METHODS', 'DISTILL_RANGES']
+__all__ = ['DistillConfig', 'PRESETS', 'get_preset', 'list_presets', 'METHODS', 'DISTILL_RANGES']
 
 METHODS = ('mtt', 'att', 'dm')
 
@@ -142,15 +142,6 @@ PRESETS: Dict[str, Dict[str, Any]] = _load_presets()
 
 def list_presets() -> List[str]:
     return sorted(PRESETS)
-
-
-def parse_override(text: str) -> tuple:
-    """``'key=value'`` -> ``(key, value)`` with the value parsed as YAML (numbers, bools, null, dicts, lists)."""
-    import yaml
-    if '=' not in text:
-        raise ValueError(f'expected key=value, got {text!r}')
-    key, raw = text.split('=', 1)
-    return key.strip(), yaml.safe_load(raw)
 
 
 def get_preset(name: Optional[Union[str, Mapping[str, Any]]] = None,
