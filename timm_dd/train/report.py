@@ -86,7 +86,20 @@ def _settings(result: Dict[str, Any]) -> str:
     return (f"Recipe `{cfg['recipe']}` on {result['data'].get('description', '')}; {cfg['epochs']} epochs, opt "
             f"{cfg['opt']}, lr schedule {cfg['lr_schedule']}, DropPath {'on' if cfg['drop_path'] else 'off'}, "
             f"KD {'on' if cfg['kd'] else 'off'}, DSA k={cfg['dsa_k'] if cfg['dsa'] else 0}, "
-            f"ELF {'on' if cfg.get('elf') else 'off'}.")
+            f"ELF {'on' if cfg.get('elf') else 'off'}{_ddranking_parts(cfg)}.")
+
+
+def _ddranking_parts(cfg: Dict[str, Any]) -> str:
+    """The settings of DD-Ranking's evaluations, said only where a recipe uses them (older results lack them)."""
+    parts = []
+    if cfg.get('relabel'):
+        parts.append('labels from a relabelling teacher')
+    if cfg.get('cutmix_beta') is not None:
+        parts.append(f"CutMix beta {cfg['cutmix_beta']:g}")
+    if cfg.get('soft_loss', 'ce') != 'ce':
+        parts.append(f"soft loss {cfg['soft_loss']} at T {cfg.get('soft_label_temperature')}"
+                     + (' x T^2' if cfg.get('soft_loss_t2') else ''))
+    return ''.join(f', {p}' for p in parts)
 
 
 def _rows(result: Dict[str, Any]) -> List[str]:
