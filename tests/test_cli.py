@@ -254,10 +254,13 @@ def test_ctrl_c_exits_130_with_one_line_and_resume_finishes_the_run(tmp_path):
     out.mkdir()
     write_user_files(out)  # an existing folder of the user's: interrupted and resumed, its files stay as they were
     argv = [sys.executable, str(repo / 'train.py'), '-c', 'baseline', '--dataset', 'digits', '--real-ipc', '2',
-            '--model', 'convnet3', '--model-kwargs', 'width=8', '--epochs', '3000', '--eval-every', '0',
-            '--set', 'checkpoint_every=1', '--output', str(out), '--no-plots', '--cpu']  # ~20 s: Ctrl-C lands in it
+            '--model', 'convnet3', '--model-kwargs', 'width=8', '--epochs', '300', '--eval-every', '0',
+            '--set', 'checkpoint_every=1', '--output', str(out), '--no-plots', '--cpu']
     env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS='1', TIMM_DD_CACHE=str(tmp_path / 'cache'))
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a suite started as a background job (`make test &`) ignores SIGINT, and children inherit that: give the
+    # command the default disposition a user's terminal gives it, so that Python turns Ctrl-C into KeyboardInterrupt
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     checkpoint = out / 'runs' / 'convnet3' / 'seed0' / 'checkpoint.pt'
     deadline = time.monotonic() + 300
     while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
