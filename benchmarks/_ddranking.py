@@ -137,7 +137,7 @@ def assemble_ddranking(records: List[Dict[str, Any]], columns: Sequence[Any], ne
                        rounds: int, labels: str, real_acc: Optional[float], jobs: Sequence[Job],
                        protocol: str) -> Dict[str, Any]:
     """One line per (column, network): the accuracies and the scores over the finished rounds."""
-    from timm_dd.train.ddranking import LR_GRID, label_robust_score, mean_std, search_lr
+    from timm_dd.train.ddranking import LR_GRID, mean_std, score_rounds, search_lr
     rows = []
     for column in columns:
         for net in nets_of[column.name]:
@@ -157,12 +157,12 @@ def assemble_ddranking(records: List[Dict[str, Any]], columns: Sequence[Any], ne
             line: Dict[str, Any] = dict(column=column.name, net=net, labels=labels, rounds=len(finished),
                                         rounds_planned=rounds, real_hard=real)
             if finished and real is not None:
-                for unit, suffix in (('percent', ''), ('fraction', '_fraction')):
-                    scores = [label_robust_score(real, a['syn_hard'], a[f'syn_{labels}'], a[f'rdm_{labels}'],
-                                                 accuracy_unit=unit) for a in finished]
-                    line[f'lrs{suffix}'] = mean_std(s.label_robust_score for s in scores)
-                line['hlr'] = mean_std(real - a['syn_hard'] for a in finished)
-                line['ior'] = mean_std(a[f'syn_{labels}'] - a[f'rdm_{labels}'] for a in finished)
+                rounds_any = [dict(syn_hard=a['syn_hard'], syn_any=a[f'syn_{labels}'], rdm_any=a[f'rdm_{labels}'])
+                              for a in finished]
+                scores = score_rounds(rounds_any, real)
+                line.update(hlr=scores['hard_label_recovery'], ior=scores['improvement_over_random'],
+                            lrs=scores['label_robust_score'],
+                            lrs_fraction=score_rounds(rounds_any, real, accuracy_unit='fraction')['label_robust_score'])
                 for key in ('syn_hard', f'syn_{labels}', f'rdm_{labels}'):
                     line[key] = mean_std(a[key] for a in finished)
                     line[f'{key}_lrs'] = sorted({a[f'{key}_lr'] for a in finished})

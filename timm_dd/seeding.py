@@ -1,6 +1,5 @@
 """Derived random streams: one reproducible seed per (seed, key, ...) tuple, e.g. (seed, epoch, rank, stream)."""
 import contextlib
-import enum
 from typing import Iterator, Optional
 
 import numpy as np
@@ -9,11 +8,12 @@ import torch
 __all__ = ['derive_seed', 'generator_for', 'device_generator', 'numpy_rng', 'seeded', 'Stream']
 
 
-class Stream(enum.IntEnum):
+class Stream:
     """The named random streams: the last key of a ``generator_for`` / ``seeded`` tuple says what it draws.
 
     The values are part of every recorded result (a resumed run, a reproduced table): never renumber one. Names are
-    per use, so two uses may share a value where their other keys already keep them apart.
+    per use, so two uses may share a value where their other keys already keep them apart (plain ints, not an enum,
+    whose equal values would become aliases of one name).
     """
     TRAIN_ORDER = 0  # (seed, epoch, .): a training epoch's batch order
     TRAIN_DROP_PATH = 1  # (seed, epoch, rank, .): DropPath masks
