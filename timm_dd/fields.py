@@ -1,11 +1,17 @@
-"""Typed configuration fields: a value given as text (``--set key=value``, YAML) becomes the field's declared type,
-or a clear error naming the field and the type; a number outside its field's documented range is an error naming
-the range. Shared by the training recipes and the distillation presets."""
+"""The one typed-configuration mechanism of the training recipes, the distillation presets and the expert recipes:
+
+* :func:`typed_values`: values given as text (``--set key=value``, YAML) become each dataclass field's declared type
+  (:func:`coerce_field`), an unknown key is an error listing the known ones;
+* :func:`check_ranges`: a number outside its field's documented range is an error naming the range;
+* :func:`field_changes`: what differs between two records of a config, with the fields that may change named by the
+  caller (resume checks, expert buffers, presets run with other values).
+"""
+import dataclasses
 import math
 import re
-from typing import Any, Mapping, Union
+from typing import Any, Collection, Dict, List, Mapping, Optional, Tuple, Union
 
-__all__ = ['coerce_field', 'check_ranges', 'parse_interval']
+__all__ = ['coerce_field', 'typed_values', 'check_ranges', 'parse_interval', 'field_changes']
 
 _INTERVAL = re.compile(r'^([\[(])\s*([^,\s]+)\s*,\s*([^\])\s]+)\s*([\])])$')
 
@@ -51,6 +57,57 @@ def coerce_field(name: str, value: Any, declared: Any) -> Any:
                 dict: " (a mapping: --set 'key={a: 1}')"}.get(origin, '')
         raise ValueError(f'{name}={value!r} is not a valid {_type_name(declared)}{hint}') from None
     return value
+
+
+def typed_values(config_class: type, values: Mapping[str, Any], what: str) -> Dict[str, Any]:
+    """``values`` coerced to ``config_class``'s field types (YAML 1.1 reads '1e-5' as a string; a bad value is an
+    error naming the field and its type). Unknown keys are an error naming ``what`` (say, 'training config') and the
+    known keys, so a typo never silently falls back to a default."""
+    declared = {f.name: f.type for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(values) - set(declared))
+    if unknown:
+        raise ValueError(f'unknown {what} keys {unknown}; known keys: {sorted(declared)}')
+    return {k: coerce_field(k, v, declared[k]) for k, v in values.items()}
+
+
+Change = Tuple[str, Any, Any]
+
+
+def field_changes(old: Mapping[str, Any], new: Mapping[str, Any], safe: Collection[str] = (),
+                  since: Optional[Mapping[str, Any]] = None, nested: bool = False, prefix: str = '') -> List[Change]:
+    """``(name, old value, new value)`` for every field whose value differs between two records of a config, in name
+    order.
+
+    Args:
+        old: The record written earlier (a checkpoint's settings, an expert file's recipe, a preset).
+        new: The one asked for now.
+        safe: Field names whose change does not matter to the caller (bookkeeping: how often to checkpoint ...).
+        since: Fields added or removed after ``old`` may have been written. ``None``: a field ``old`` lacks is not
+            compared (any record of an older version stays usable). A mapping ``{dotted name: value}``: only the
+            fields it names may be missing on one side, and only at that value (or empty): stricter, for records
+            whose every field matters.
+        nested: Compare mappings field by field with dotted names (``config.lr``; a record of records), not as
+            one value (a field holding keyword arguments).
+        prefix: Prepended to the names (used when recursing).
+    """
+    out: List[Change] = []
+    for key in sorted(set(old) | set(new)):
+        name = f'{prefix}{key}'
+        if key in safe:
+            continue
+        if key not in old and since is None:
+            continue
+        a, b = old.get(key), new.get(key)
+        if since is not None and name in since:
+            if key not in old and b == since[name]:
+                continue  # recorded before the field existed
+            if key not in new and (a in ({}, None) or a == since[name]):
+                continue  # a field that no longer exists, at its empty value
+        if nested and isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += field_changes(a, b, safe, since, nested, f'{name}.')
+        elif a != b:
+            out.append((name, a, b))
+    return out
 
 
 def _type_name(declared: Any) -> str:

@@ -30,7 +30,7 @@ CPU generator seeded alike gives the same parameters whether the images live on 
 """
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -141,6 +141,12 @@ class DSA:
 
     def __repr__(self) -> str:
         return f'DSA(strategy={self.strategy!r}, k={self.k}, params={self.params})'
+
+    @classmethod
+    def of(cls, recipe: Any) -> Optional['DSA']:
+        """The DSA a recipe asks for (a training, expert or distillation config): None without ``recipe.dsa``,
+        else its ``dsa_strategy`` with ``dsa_k`` families per call (1 where the recipe has no ``dsa_k``)."""
+        return cls(recipe.dsa_strategy, k=getattr(recipe, 'dsa_k', 1)) if recipe.dsa else None
 
     def sample(
             self,

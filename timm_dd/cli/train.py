@@ -22,17 +22,8 @@ from .common import (
     add_common_args, apply_deprecations, command_run, parse_set, read_cli_config, report_user_error, run_command,
 )
 
-# recipe fields that have their own flag: flag dest -> TrainConfig field
-FLAG_FIELDS = {
-    'epochs': 'epochs', 'batch_size': 'batch_size', 'opt': 'opt', 'lr': 'lr', 'weight_decay': 'weight_decay',
-    'lr_schedule': 'lr_schedule', 'drop_path': 'drop_path', 'p_min': 'p_min', 'p_final': 'p_final',
-    'period': 'period', 'final_epochs': 'final_epochs', 'dsa': 'dsa', 'dsa_k': 'dsa_k', 'kd': 'kd',
-    'teacher': 'teacher', 'teacher_model': 'teacher_model', 'teacher_epochs': 'teacher_epochs',
-    'kd_temperature': 'kd_temperature', 'distill_loss_weight': 'kd_alpha',
-    'soft_label_temperature': 'soft_label_temperature', 'elf': 'elf', 'elf_feature_model': 'elf_feature_model',
-    'eval_every': 'eval_every', 'checkpoint_every': 'checkpoint_every', 'mixed_precision': 'mixed_precision',
-    'parallel': 'parallel', 'recompute_bn': 'recompute_bn', 'keep_checkpoints': 'keep_checkpoints',
-}
+#: flags whose dest is a recipe field but which are not recipe overrides: --seed picks the runs' seeds (with --seeds)
+NOT_RECIPE_FLAGS = ('seed',)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,7 +86,8 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
     g.add_argument('--teacher-model', help='architecture of the teacher trained in the run (default convnet3)')
     g.add_argument('--teacher-epochs', type=int)
     g.add_argument('--kd-temperature', type=float)
-    g.add_argument('--distill-loss-weight', type=float, help='KD weight alpha (task weight is 1 - alpha)')
+    g.add_argument('--distill-loss-weight', dest='kd_alpha', type=float,
+                   help='KD weight alpha (task weight is 1 - alpha)')
     g.add_argument('--soft-label-temperature', type=float, help='tau for soft labels: softmax(y / tau)')
     g.add_argument('--elf', action=argparse.BooleanOptionalAction, default=None, help='ELF feature supervision')
     g.add_argument('--elf-feature-model', help='ELF feature model: timm local-dir folder or hf-hub:org/name')
@@ -137,10 +129,13 @@ def resolve_config(argv: List[str]):
 
     from ..train.config import TrainConfig, load_config
     parser = build_parser()
-    flag_defaults, config_values = read_cli_config(parser, argv, 'train', [f.name for f in fields(TrainConfig)])
+    recipe_fields = [f.name for f in fields(TrainConfig)]
+    flag_defaults, config_values = read_cli_config(parser, argv, 'train', recipe_fields)
     parser.set_defaults(**flag_defaults)
     args = parser.parse_args(argv)
-    overrides = {field: getattr(args, dest) for dest, field in FLAG_FIELDS.items() if getattr(args, dest) is not None}
+    # a flag overrides the recipe field its dest names (every flag of the recipe groups is named after its field)
+    overrides = {name: getattr(args, name) for name in recipe_fields
+                 if name not in NOT_RECIPE_FLAGS and getattr(args, name, None) is not None}
     overrides.update(parse_set(args.overrides))
     recipe = config_values if config_values else (args.config or 'baseline')
     if isinstance(recipe, dict) and args.config and 'recipe' not in recipe:

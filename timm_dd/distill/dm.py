@@ -61,7 +61,7 @@ class DistributionMatching(Distiller):
         self.real_by_class = {c: (real_labels == c).nonzero().flatten() for c in self.classes}
         self.syn_by_class = {c: (self.labels == c).nonzero().flatten() for c in self.classes}
         self.make_model = make_model
-        self.dsa = DSA(cfg.dsa_strategy) if cfg.dsa else None
+        self.dsa = DSA.of(cfg)
 
     def loss(self, images: torch.Tensor, iteration: int) -> torch.Tensor:
         """The DM loss of ``images`` with iteration ``iteration``'s network, real batches and DSA draws."""

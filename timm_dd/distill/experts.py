@@ -28,9 +28,12 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..augment import DEFAULT_STRATEGY, DSA
+from ..fields import field_changes
 from ..io import atomic_write_with, folder_lock_holder, tensor_checksum
+from ..models import create_network
 from ..seeding import Stream, generator_for, seeded
-from ..train.loop import CallbackHook, evaluate_tensors, fit, run_batches
+from ..train.loop import CallbackHook, check_finite, epoch_batches, evaluate_tensors, fit, run_batches
+from ..train.task import optimizer_for
 
 __all__ = [
     'ExpertConfig', 'ExpertFileError', 'ExpertTrajectory', 'ExpertPool', 'train_experts', 'train_expert',
@@ -61,10 +64,8 @@ def _epoch_key(epoch: int) -> str:
 
 
 def create_arch(arch: str, model_kwargs: Dict[str, Any]) -> nn.Module:
-    """``timm.create_model(arch, **model_kwargs)`` with timm_dd's models registered."""
-    import timm
-    from .. import models as _registered  # noqa: F401  registers the models with timm
-    return timm.create_model(arch, **model_kwargs)
+    """The network of an expert recipe (:func:`timm_dd.models.create_network`, the one model factory)."""
+    return create_network(arch, **model_kwargs)
 
 
 def param_spec(model: nn.Module) -> List[Tuple[str, List[int]]]:
@@ -96,16 +97,11 @@ class ExpertConfig:
     dataset_checksum: str = ''  # tensor_checksum of the training images in the distillation space
 
     def differences(self, other: Dict[str, Any], ignore: Sequence[str] = ()) -> List[str]:
-        """``'field: ours vs theirs'`` for every recipe field that differs from ``other`` (an expert's metadata)."""
-        out = []
-        for name, value in asdict(self).items():
-            if name in ignore or name not in other:
-                continue
-            theirs = other[name]
-            value = json.loads(json.dumps(value))  # as recorded in the file's JSON metadata (tuples -> lists)
-            if value != theirs:
-                out.append(f'{name}: {theirs!r} (experts) vs {value!r} (asked for)')
-        return out
+        """``'field: ours vs theirs'`` for every recipe field that differs from ``other`` (an expert's metadata);
+        fields the file does not record are not compared."""
+        ours = json.loads(json.dumps(asdict(self)))  # as recorded in the file's JSON metadata (tuples -> lists)
+        theirs = {k: v for k, v in other.items() if k in ours}
+        return [f'{name}: {a!r} (experts) vs {b!r} (asked for)' for name, a, b in field_changes(theirs, ours, ignore)]
 
 
 #: recipe fields that differ between the experts of one buffer (each expert has its own index and seed stream)
@@ -320,8 +316,8 @@ def train_expert(
     """
     with seeded(cfg.seed, index, Stream.EXPERT_INIT):  # timm initializes from the global RNG
         model = create_arch(cfg.arch, cfg.model_kwargs).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    dsa = DSA(cfg.dsa_strategy) if cfg.dsa else None
+    opt = optimizer_for(model, 'momentum', cfg.lr, cfg.momentum, cfg.weight_decay)  # MTT's plain SGD at momentum 0
+    dsa = DSA.of(cfg)
     perm_gen = generator_for(cfg.seed, index, Stream.EXPERT_ORDER)
     aug_gen = generator_for(cfg.seed, index, Stream.EXPERT_AUGMENT)
     images, labels = images.to(device), labels.to(device)
@@ -334,14 +330,11 @@ def train_expert(
         return F.cross_entropy(model(x), labels[idx])
 
     def train_epoch(epoch: int) -> Dict[str, Any]:
-        perm = torch.randperm(n, generator=perm_gen).to(device)
-        batches = [perm[i:i + cfg.batch_size] for i in range(0, n, cfg.batch_size)]
+        batches = epoch_batches(n, cfg.batch_size, perm_gen, device)  # one generator over all epochs, as MTT
         losses = run_batches(batches, loss_of, opt, progress=progress, desc=f'expert {index} epoch {epoch + 1}')
         # weighted by batch size, summed on the device: no synchronization per batch
         loss = float(sum(l * b.numel() for l, b in zip(losses, batches))) / n
-        if not math.isfinite(loss):
-            raise FloatingPointError(f'expert {index}: loss became {loss} in epoch {epoch}; lower the expert '
-                                     f'lr (expert_lr={cfg.lr})')
+        check_finite(loss, f'expert {index}', epoch, f'lower the expert lr: expert_lr={cfg.lr}')
         return {'epoch': epoch, 'loss': loss}
 
     def after_epoch(epoch: int, record: Dict[str, Any]) -> None:

@@ -14,11 +14,11 @@ from in ``source``:
 * ``digits-ipc10-att``: a tiny CPU demo / test setting, not a published one.
 """
 import dataclasses
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, List, Mapping, Optional, Union
 
 from ..augment import DEFAULT_STRATEGY
-from ..fields import check_ranges, coerce_field
+from ..fields import check_ranges, field_changes, typed_values
 
 __all__ = ['DistillConfig', 'PRESETS', 'get_preset', 'list_presets', 'METHODS', 'DISTILL_RANGES']
 
@@ -163,19 +163,12 @@ def get_preset(name: Optional[Union[str, Mapping[str, Any]]] = None,
 
 
 def _typed(values: Dict[str, Any]) -> Dict[str, Any]:
-    """``values`` coerced to the fields' types (YAML 1.1 reads '1e-5' as a string; a bad value is an error naming
-    the field and its type); unknown keys are an error, so a typo never silently falls back to a default."""
-    known = {f.name: f.type for f in fields(DistillConfig)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ValueError(f'unknown distillation config keys {unknown}; known keys: {sorted(known)}')
-    return {k: coerce_field(k, v, known[k]) for k, v in values.items()}
+    return typed_values(DistillConfig, values, 'distillation config')
 
 
 def _note_changes(cfg: DistillConfig, preset: DistillConfig) -> DistillConfig:
     """A preset run with changed settings says so in its ``source``: a set made with them is not the authors'."""
-    changed = [f'{f.name}={getattr(cfg, f.name)!r}' for f in fields(DistillConfig)
-               if f.name != 'source' and getattr(cfg, f.name) != getattr(preset, f.name)]
+    changed = [f'{name}={new!r}' for name, _, new in field_changes(asdict(preset), asdict(cfg), ('source',))]
     if not changed or cfg.source != preset.source:
         return cfg
     return replace(cfg, source=f'{preset.source}; changed here (not the published settings): {", ".join(changed)}')

@@ -11,6 +11,7 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 
+from ..fields import field_changes
 from ..io import atomic_write, read_torch_file
 
 __all__ = ['DistillationDiverged', 'save_checkpoint', 'load_checkpoint', 'check_finite_state', 'CHECKPOINT_FILE',
@@ -67,8 +68,7 @@ def check_resume_config(saved: Dict[str, Any], current: Dict[str, Any], checkpoi
     """Resuming with settings that change the run (ipc, lr_img, syn_steps, ...) is an error naming them, because
     the checkpoint's images and optimizer state belong to the old settings; ``force=True`` continues with the new
     settings on purpose (logged)."""
-    diffs = [f'{k}: {saved.get(k)!r} -> {current.get(k)!r}' for k in sorted(set(saved) | set(current))
-             if k not in RESUME_SAFE_FIELDS and k in saved and saved.get(k) != current.get(k)]
+    diffs = [f'{k}: {a!r} -> {b!r}' for k, a, b in field_changes(saved, current, RESUME_SAFE_FIELDS)]
     if diffs and not force:
         raise ValueError(f'--resume: {checkpoint} was made with other settings ({"; ".join(diffs)}); use another '
                          f'--out, or --force-resume to continue with the new settings on purpose')

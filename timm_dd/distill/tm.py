@@ -84,7 +84,7 @@ class TrajectoryMatching(Distiller):
             raise ValueError(f'experts have {experts[0].num_params} parameters, the model {self.fmodel.num_params}; '
                              f'were they trained with another architecture or width?')
         self.step_grad = StepGradient(self.fmodel, compile=cfg.compile)
-        self.dsa = DSA(cfg.dsa_strategy) if cfg.dsa else None
+        self.dsa = DSA.of(cfg)
 
     def extra_state(self) -> Dict[str, Any]:
         return {'syn_lr': self.syn_lr.detach().clone(), 'opt_lr': self.opt_lr.state_dict(),

@@ -27,7 +27,7 @@ from ..data import ImageSet
 from ..seeding import Stream, generator_for
 from .config import TrainConfig
 from .losses import label_loss
-from .loop import CallbackHook, fit, run_batches
+from .loop import CallbackHook, IterationLr, accuracy, check_finite, count_correct, epoch_batches, fit, run_batches
 from .task import create_optimizer, resolve_lr
 from .trainer import RunResult, eval_epochs
 
@@ -91,9 +91,8 @@ class _StackedRun:
         self.device = device = accelerator.device
         params, self.buffers = stack_module_state([m.to(device) for m in models])
         self.base = copy.deepcopy(models[0])  # the structure functional_call runs; its own tensors are never used
-        self.base_lr = self.lr = resolve_lr(cfg, train_set.learned_lr)
-        self.lr_schedule = cfg.lr_schedule_fn()
-        self.dsa = DSA(cfg.dsa_strategy, k=cfg.dsa_k) if cfg.dsa else None
+        self.base_lr = resolve_lr(cfg, train_set.learned_lr)
+        self.dsa = DSA.of(cfg)
         holder = nn.Module()  # create_optimizer takes a module: hold the stacked leaves as parameters
         for i, p in enumerate(params.values()):
             holder.register_parameter(f'p{i}', nn.Parameter(p, requires_grad=True))
@@ -102,6 +101,8 @@ class _StackedRun:
         self.images, self.labels = train_set.images.to(device), train_set.labels.to(device)
         self.n = len(train_set)
         self.iters_per_epoch = math.ceil(self.n / cfg.batch_size)
+        self.lr = IterationLr(self.optimizer, self.base_lr, cfg.lr_schedule_fn(), self.iters_per_epoch,
+                              cfg.reset_momentum_at_decay)
         base = self.base
 
         def seed_loss(p: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor):
@@ -117,41 +118,33 @@ class _StackedRun:
     def train_epoch(self, epoch: int) -> Dict[str, Any]:
         """One epoch for every seed, each with its own derived permutation and DSA stream."""
         t0, cfg = time.perf_counter(), self.cfg
-        self._epoch = epoch
-        self._perms = [torch.randperm(self.n, generator=generator_for(s, epoch, Stream.TRAIN_ORDER)).to(self.device)
-                       for s in self.seeds]
         self._aug_gens = [generator_for(s, epoch, 0, Stream.TRAIN_AUGMENT) for s in self.seeds]
-        if cfg.reset_momentum_at_decay and epoch in self.lr_schedule.milestones:
-            self.optimizer.state.clear()  # as train_model: MTT re-creates its optimizer at the decay
+        self.lr.start_epoch(epoch)
+        # batch i of every seed, each from its own permutation
+        batches = list(zip(*[epoch_batches(self.n, cfg.batch_size, generator_for(s, epoch, Stream.TRAIN_ORDER),
+                                           self.device) for s in self.seeds]))
         # the summed loss gives seed i's parameters only seed i's loss
-        losses = run_batches(range(self.iters_per_epoch), self._loss_of, self.optimizer, lambda l: l.sum().backward(),
-                             None, self._set_lr)
+        losses = run_batches(batches, self._loss_of, self.optimizer, lambda l: l.sum().backward(), None, self.lr)
+        loss = torch.stack(losses).sum(0) / self.iters_per_epoch
+        check_finite(loss, self.desc or 'stacked seeds', epoch)
         self.train_seconds += time.perf_counter() - t0
-        return {'epoch': epoch, 'lr': self.lr, 'loss': torch.stack(losses).sum(0) / self.iters_per_epoch}
+        return {'epoch': epoch, 'lr': self.lr.lr, 'loss': loss}
 
-    def _set_lr(self, it: int) -> None:
-        self.lr = self.base_lr * self.lr_schedule.factor(self._epoch, it, self.iters_per_epoch)
-        for group in self.optimizer.param_groups:
-            group['lr'] = self.lr
-
-    def _loss_of(self, it: int) -> torch.Tensor:
-        bs = self.cfg.batch_size
-        idx = [perm[it * bs:(it + 1) * bs] for perm in self._perms]
+    def _loss_of(self, idx: Sequence[torch.Tensor]) -> torch.Tensor:
         xs = [self.images[i] for i in idx]
         if self.dsa is not None:
             xs = [self.dsa(x, generator=g) for x, g in zip(xs, self._aug_gens)]
         x, y = torch.stack(xs), torch.stack([self.labels[i] for i in idx])
         with self.accelerator.autocast():
-            losses = self.batched_loss(self.stacked, self.buffers, x, y)
-        if not torch.isfinite(losses).all():
-            raise FloatingPointError(f'{self.desc}: loss became {losses.tolist()} at epoch {self._epoch}')
-        return losses
+            return self.batched_loss(self.stacked, self.buffers, x, y)
 
     def evaluate(self, epoch: int, record: Dict[str, Any]) -> None:
         """Every seed's test accuracy at the evaluation epochs, into its history."""
         if epoch not in self.evaluated:
             return
-        accs, count = _evaluate(self.base, self.stacked, self.buffers, self.test_loader, self.accelerator)
+        correct, count = count_correct(_StackedForward(self.base, self.stacked, self.buffers), self.test_loader,
+                                       self.device, self.accelerator)
+        accs = accuracy(correct, count)
         record['acc'] = sum(accs) / len(accs)
         for i, acc in enumerate(accs):
             self.histories[i].append({'epoch': epoch, 'lr': record['lr'], 'loss': float(record['loss'][i]),
@@ -167,24 +160,16 @@ class _StackedRun:
                 for i, h in enumerate(self.histories)]
 
 
-@torch.no_grad()
-def _evaluate(base: nn.Module, params: Dict[str, torch.Tensor], buffers: Dict[str, torch.Tensor],
-              loader: DataLoader, accelerator: Accelerator):
-    base.eval()
-    forward = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)), in_dims=(0, 0, None))
-    device = accelerator.device
-    num_seeds = next(iter(params.values())).shape[0]
-    correct = torch.zeros(num_seeds, device=device)
-    total = torch.zeros((), device=device)
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with accelerator.autocast():
-            logits = forward(params, buffers, x)  # [S, B, K]
-        correct += (logits.argmax(-1) == y).sum(1)
-        total += y.numel()
-    base.train()
-    # the same arithmetic as loop.evaluate, so equal predictions give equal accuracies
-    return [(c / total.clamp(min=1)).item() for c in correct], int(total.item())
+class _StackedForward(nn.Module):
+    """Every seed's logits ``[S, B, K]`` of one batch: the stacked parameters through one vmapped forward."""
+
+    def __init__(self, base: nn.Module, params: Dict[str, torch.Tensor], buffers: Dict[str, torch.Tensor]):
+        super().__init__()
+        self.base, self.params, self.buffers = base, params, buffers
+        self.forward_all = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)), in_dims=(0, 0, None))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_all(self.params, self.buffers, x)
 
 
 def _unstack(params: Dict[str, torch.Tensor], buffers: Dict[str, torch.Tensor], num_seeds: int) -> List[Dict[str, torch.Tensor]]:

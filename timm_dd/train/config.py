@@ -2,13 +2,13 @@
 and overridable field by field."""
 import dataclasses
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 
 from ..augment import DEFAULT_STRATEGY
-from ..fields import check_ranges, coerce_field
+from ..fields import check_ranges, typed_values
 from .losses import SOFT_LOSSES
 from .schedules import LR_SCHEDULES, KeepRateSchedule, LRSchedule
 
@@ -207,11 +207,7 @@ def load_config(recipe: Union[str, Path, Dict[str, Any]], overrides: Optional[Di
     if 'extra' in values:  # a free-form field of older versions that nothing read
         warnings.warn(f"the recipe field 'extra' is no longer used and is ignored: {values.pop('extra')!r}",
                       FutureWarning, stacklevel=2)
-    types = {f.name: f.type for f in fields(TrainConfig)}
-    unknown = sorted(set(values) - set(types))
-    if unknown:
-        raise ValueError(f'unknown training config keys {unknown}; known keys: {sorted(types)}')
-    return TrainConfig(**{k: coerce_field(k, v, types[k]) for k, v in values.items()})
+    return TrainConfig(**typed_values(TrainConfig, values, 'training config'))
 
 
 def _read_recipe(recipe: Union[str, Path], config_dir: Optional[Union[str, Path]], depth: int = 0) -> Dict[str, Any]:

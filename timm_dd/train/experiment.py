@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..data import DataSplits
+from ..fields import field_changes
 from ..io import atomic_write, atomic_write_json
 from ..seeding import seeded
 from .config import TrainConfig, short_run_note
@@ -63,24 +64,6 @@ _NEW_FIELD_DEFAULTS = {'config.recompute_bn': False, 'config.extra': None, 'conf
                        'config.relabel': False, 'config.cutmix_beta': None}
 
 
-def _config_differences(saved: Dict[str, Any], current: Dict[str, Any], prefix: str = '') -> List[str]:
-    out = []
-    for key in sorted(set(saved) | set(current)):
-        if key in RESUME_SAFE_FIELDS:
-            continue
-        a, b = saved.get(key), current.get(key)
-        name = f'{prefix}{key}'
-        if name in _NEW_FIELD_DEFAULTS and key not in saved and b == _NEW_FIELD_DEFAULTS[name]:
-            continue  # recorded by an older version, before the field existed
-        if name in _NEW_FIELD_DEFAULTS and key not in current and a in ({}, None):
-            continue  # a field that no longer exists, at its empty value
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _config_differences(a, b, f'{prefix}{key}.')
-        elif a != b:
-            out.append(f'{prefix}{key}: {a!r} -> {b!r}')
-    return out
-
-
 def check_resume(out_dir: Path, record: Dict[str, Any], resume: bool, force: bool = False) -> None:
     """``--resume`` into a folder made with another recipe, data or model kwargs is an error naming the fields
     (``force=True`` continues on purpose, with a warning)."""
@@ -91,7 +74,8 @@ def check_resume(out_dir: Path, record: Dict[str, Any], resume: bool, force: boo
         saved = json.loads(path.read_text())
     except ValueError as e:
         raise ValueError(f'{path}: unreadable run record ({e}); resume into a new --output') from e
-    diffs = _config_differences(saved, json.loads(json.dumps(record)))
+    diffs = [f'{name}: {a!r} -> {b!r}' for name, a, b in field_changes(
+        saved, json.loads(json.dumps(record)), RESUME_SAFE_FIELDS, _NEW_FIELD_DEFAULTS, nested=True)]
     if diffs and not force:
         raise ValueError(f'--resume: {out_dir} holds a run made with other settings ({"; ".join(diffs)}); use another '
                          f'--output, or --force-resume to continue it with the new settings on purpose')

@@ -1,20 +1,23 @@
 """The one training loop: epochs of minibatch updates, with hooks after each epoch.
 
 :func:`fit` runs ``train_epoch(epoch) -> record`` for each epoch and hands the record to its hooks in order
-(evaluation, metric files, trackers, snapshots, checkpoints, an expert's trajectory ...); :func:`run_batches` is the
-inner update shared by the trainer and the expert trainer; :func:`evaluate` the one top-1 accuracy. The trainer
-(:mod:`timm_dd.train.trainer`), the expert trainer (:mod:`timm_dd.distill.experts`) and distillation's periodic
-evaluation (through the trainer) all run on it.
+(evaluation, metric files, trackers, snapshots, checkpoints, an expert's trajectory ...). The parts of an epoch's
+body: :func:`epoch_batches` (the seeded permutation cut into batches, a process's slice of each),
+:class:`IterationLr` (the per-iteration learning rate and the momentum reset at a decay), :func:`run_batches` (the
+updates), :func:`check_finite` (the one divergence check); :func:`count_correct` / :func:`evaluate` the one top-1
+accuracy. The trainer (:mod:`timm_dd.train.trainer`), stacked seeds (:mod:`timm_dd.train.batched`), the expert
+trainer (:mod:`timm_dd.distill.experts`) and distillation's periodic evaluation (through the trainer) all run on it.
 """
 import logging
 import sys
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-__all__ = ['Hook', 'fit', 'run_batches', 'evaluate', 'evaluate_tensors', 'eval_batch_size', 'on_terminal']
+__all__ = ['Hook', 'fit', 'epoch_batches', 'IterationLr', 'run_batches', 'check_finite', 'count_correct', 'evaluate',
+           'evaluate_tensors', 'eval_batch_size', 'on_terminal']
 
 _logger = logging.getLogger(__name__)
 
@@ -74,6 +77,46 @@ def on_terminal() -> bool:
         return False
 
 
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device, rank: int = 0,
+                  world: int = 1) -> List[torch.Tensor]:
+    """One epoch's batches of indices into ``n`` samples: a permutation drawn from ``generator`` (on the CPU, so
+    every device draws the same) cut into ``batch_size`` chunks; with ``world`` processes, process ``rank``'s slice
+    of every chunk (every process draws the same permutation)."""
+    perm = torch.randperm(n, generator=generator).to(device)
+    return [perm[i:i + batch_size][rank::world] for i in range(0, n, batch_size)]
+
+
+class IterationLr:
+    """A recipe's learning rate, set on every parameter group before each update: ``base_lr x
+    schedule.factor(epoch, iteration, iters_per_epoch)``. ``start_epoch`` also clears the optimizer's state
+    (momentum) at the schedule's decay milestones when ``reset_momentum`` (MTT re-creates its optimizer there)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, base_lr: float, schedule: Any, iters_per_epoch: int,
+                 reset_momentum: bool = False):
+        self.optimizer, self.base_lr, self.schedule = optimizer, base_lr, schedule
+        self.iters_per_epoch, self.reset_momentum = iters_per_epoch, reset_momentum
+        self.epoch, self.lr = 0, base_lr
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if self.reset_momentum and epoch in self.schedule.milestones:
+            getattr(self.optimizer, 'optimizer', self.optimizer).state.clear()  # under Accelerate's wrapper too
+
+    def __call__(self, iteration: int) -> None:
+        self.lr = self.base_lr * self.schedule.factor(self.epoch, iteration, self.iters_per_epoch)
+        for group in self.optimizer.param_groups:
+            group['lr'] = self.lr
+
+
+def check_finite(loss: Union[float, torch.Tensor], who: str, epoch: int, hint: str = '') -> None:
+    """Raise ``FloatingPointError`` naming ``who``, the epoch and ``hint`` (what to change) when ``loss`` (a number
+    or a tensor of them, e.g. one per stacked seed) is not finite: a diverged run stops before any hook sees it."""
+    value = torch.as_tensor(loss)
+    if not bool(torch.isfinite(value).all()):
+        shown = value.tolist() if value.dim() else value.item()
+        raise FloatingPointError(f'{who}: loss became {shown} at epoch {epoch}' + (f' ({hint})' if hint else ''))
+
+
 def run_batches(
         batches: Iterable[torch.Tensor],
         loss_of: Callable[[torch.Tensor], torch.Tensor],
@@ -116,15 +159,17 @@ def _batch_bar(batches: Iterable, progress: bool, desc: str) -> Iterable:
 
 
 @torch.inference_mode()  # no autograd bookkeeping at all (cheaper than no_grad); only floats leave
-def evaluate(
+def count_correct(
         model: nn.Module,
         loader: Iterable,
         device: torch.device,
         accelerator: Optional[Any] = None,
         distributed: bool = False,
         progress: bool = False,
-) -> Dict[str, float]:
-    """Top-1 accuracy of ``model`` (in eval mode) over ``loader``'s ``(x, y)`` batches on ``device``.
+) -> Tuple[torch.Tensor, int]:
+    """Correct top-1 predictions of ``model`` (in eval mode) over ``loader``'s ``(x, y)`` batches on ``device``,
+    and how many samples were counted. The logits may carry leading dimensions (``[S, B, K]`` from stacked seeds):
+    the count then has them (``[S]``).
 
     With an ``accelerator`` the forward runs under its autocast; ``distributed=True``: ``loader`` comes from
     ``accelerator.prepare`` (each process sees a shard) and every sample is counted exactly once across processes.
@@ -141,13 +186,32 @@ def evaluate(
                 logits = model(x)
         else:
             logits = model(x)
-        preds, refs = logits.argmax(1), y
+        preds, refs = logits.argmax(-1), y
         if distributed:
             preds, refs = accelerator.gather_for_metrics((preds, refs))
-        correct += (preds == refs).sum()
+        correct = correct + (preds == refs).sum(-1)
         total += refs.numel()
     model.train(was_training)
-    return {'acc': (correct / total.clamp(min=1)).item(), 'count': int(total.item())}
+    return correct, int(total.item())
+
+
+def evaluate(
+        model: nn.Module,
+        loader: Iterable,
+        device: torch.device,
+        accelerator: Optional[Any] = None,
+        distributed: bool = False,
+        progress: bool = False,
+) -> Dict[str, float]:
+    """Top-1 accuracy of ``model`` over ``loader`` (:func:`count_correct`): ``{'acc': fraction, 'count': n}``."""
+    correct, count = count_correct(model, loader, device, accelerator, distributed, progress)
+    return {'acc': accuracy(correct, count), 'count': count}
+
+
+def accuracy(correct: torch.Tensor, count: int) -> Any:
+    """``correct / count`` as a float (a list of floats for a count per stacked seed)."""
+    value = correct / max(count, 1)
+    return value.tolist() if value.dim() else value.item()
 
 
 def eval_batch_size(device: torch.device) -> int:

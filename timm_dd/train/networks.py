@@ -5,7 +5,6 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-import timm
 import torch
 from accelerate import Accelerator
 from torch import nn
@@ -14,7 +13,7 @@ from torch.utils.data import DataLoader
 from ..data import DataSplits
 from ..io import atomic_write_json
 from ..layers import keep_rate_units
-from ..models import is_timm_dd_model
+from ..models import create_network, is_timm_dd_model
 from ..seeding import seeded
 from .config import TrainConfig, load_config
 from .elf import elf_split
@@ -50,17 +49,15 @@ def create_student(name: str, bundle: DataSplits, cfg: TrainConfig, **model_kwar
         # stock timm models only hold DropPath modules when built with a rate > 0; the schedule then drives them
         kwargs.setdefault('drop_path_rate', 0.1)
     try:
-        model = timm.create_model(name, **kwargs)
+        model = create_network(name, **kwargs)
     except ValueError as e:
+        if isinstance(e.__cause__, TypeError):  # a keyword the architecture does not take (--model-kwargs)
+            raise ValueError(f'cannot create {name} with --model-kwargs {model_kwargs or {}}: {e.__cause__}; drop the '
+                             f'keywords {name} does not take (each of --models gets the same --model-kwargs)') from e
+        if 'unknown model' in str(e):
+            raise
         raise ValueError(f'cannot create {name} for {bundle.in_chans}x{bundle.img_size}x{bundle.img_size} images '
                          f'and {bundle.num_classes} classes: {e}') from e
-    except TypeError as e:  # a keyword the architecture does not take (--model-kwargs)
-        raise ValueError(f'cannot create {name} with --model-kwargs {model_kwargs or {}}: {e}; drop the keywords '
-                         f'{name} does not take (each of --models gets the same --model-kwargs)') from e
-    except RuntimeError as e:
-        if 'Unknown model' in str(e):
-            raise ValueError(f'unknown model {name!r}; see timm.list_models() (timm_dd adds *_dd, *_mtt, convnet*)') from e
-        raise
     if cfg.drop_path and not keep_rate_units(model):
         _logger.warning('%s has no droppable units; the keep-rate schedule does nothing for it', name)
     return model

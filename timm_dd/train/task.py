@@ -1,7 +1,7 @@
 """What one training step optimizes: the task module (the student, or ELF's front and rear), its loss (labels, KD,
 ELF features), and the optimizer of a recipe."""
 from types import SimpleNamespace
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -12,7 +12,7 @@ from .config import TRAIN_RANGES, TrainConfig
 from .elf import FeatureSplit, elf_split
 from .losses import feature_loss, kd_loss, label_loss, soft_target_loss
 
-__all__ = ['TrainTask', 'LogitsOnly', 'task_loss', 'create_optimizer', 'resolve_lr']
+__all__ = ['TrainTask', 'LogitsOnly', 'task_loss', 'create_optimizer', 'optimizer_for', 'resolve_lr']
 
 
 class TrainTask(nn.Module):
@@ -35,14 +35,21 @@ class TrainTask(nn.Module):
 
 
 def create_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    """SGD with momentum (timm's ``momentum``; coupled wd), Lion (timm's, decoupled wd on all parameters) or AdamW."""
+    """The recipe's optimizer through timm's factory (``timm.optim.create_optimizer_v2``): SGD with momentum
+    (``momentum``, coupled wd), timm's Lion (decoupled wd) or AdamW, weight decay on every parameter (no bias/norm
+    exemption: MTT's and DP+KD's optimizers decay all parameters)."""
+    return optimizer_for(model, cfg.opt, lr, cfg.momentum, cfg.weight_decay, cfg.betas)
+
+
+def optimizer_for(model: nn.Module, opt: str, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
+                  betas: Optional[Tuple[float, float]] = None) -> torch.optim.Optimizer:
+    """``timm.optim.create_optimizer_v2`` over ``model``'s trainable parameters (what :func:`create_optimizer` and
+    the expert trainer share); ``betas`` only for Lion (AdamW keeps torch's defaults, as the recipes always have)."""
+    from timm.optim import create_optimizer_v2
     params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.opt == 'momentum':
-        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.opt == 'lion':
-        from timm.optim import Lion
-        return Lion(params, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    extra = {'betas': tuple(betas)} if opt == 'lion' and betas is not None else {}
+    return create_optimizer_v2(params, opt=opt, lr=lr, weight_decay=weight_decay, momentum=momentum,
+                               filter_bias_and_bn=False, **extra)
 
 
 def resolve_lr(cfg: TrainConfig, learned_lr: Optional[float]) -> float:

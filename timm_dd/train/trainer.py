@@ -27,7 +27,7 @@ from ..seeding import Stream, derive_seed, device_generator, generator_for, seed
 from ..tracking import log_metrics
 from .batchnorm import STALE_BN_GAP, has_batchnorm, recompute_bn_stats, train_accuracies
 from .config import TrainConfig
-from .loop import Hook, evaluate, fit, run_batches
+from .loop import Hook, IterationLr, check_finite, epoch_batches, evaluate, fit, run_batches
 from .task import LogitsOnly, TrainTask, create_optimizer, resolve_lr, task_loss
 
 __all__ = ['RunResult', 'train_model', 'eval_epochs']
@@ -111,8 +111,7 @@ class _Run:
         self.base_lr = resolve_lr(cfg, train_set.learned_lr)
         self.keep_schedule = cfg.keep_rate_schedule(model_name)
         self.droppable = cfg.drop_path and bool(keep_rate_units(model))  # whether the keep rate acts at all
-        self.lr_schedule = cfg.lr_schedule_fn()
-        self.dsa = DSA(cfg.dsa_strategy, k=cfg.dsa_k) if cfg.dsa else None
+        self.dsa = DSA.of(cfg)
         self.task = TrainTask(model, elf=cfg.elf).to(device)
         self.optimizer = create_optimizer(self.task, cfg, self.base_lr)
         self.scaler = None
@@ -124,6 +123,8 @@ class _Run:
         self.inner = accelerator.unwrap_model(self.task) if self.distributed else self.task
         self.n = len(train_set)
         self.iters_per_epoch = math.ceil(self.n / cfg.batch_size)
+        self.lr = IterationLr(self.optimizer, self.base_lr, cfg.lr_schedule_fn(), self.iters_per_epoch,
+                              cfg.reset_momentum_at_decay)
         self.drop_gen = device_generator(device)
         set_drop_generator(self.inner.model, self.drop_gen)
         self.train_seconds, self.images_seen = 0.0, 0
@@ -136,31 +137,22 @@ class _Run:
         set_keep_rate(self.inner.model, keep_rate)
         self.drop_gen.manual_seed(derive_seed(cfg.seed, epoch, self.rank, Stream.TRAIN_DROP_PATH))
         self._aug_gen = generator_for(cfg.seed, epoch, self.rank, Stream.TRAIN_AUGMENT)
-        self._epoch = epoch
-        perm = torch.randperm(self.n, generator=generator_for(cfg.seed, epoch, Stream.TRAIN_ORDER)).to(self.device)
-        if cfg.reset_momentum_at_decay and epoch in self.lr_schedule.milestones:
-            getattr(self.optimizer, 'optimizer', self.optimizer).state.clear()  # MTT re-creates its optimizer here
-        batches = [perm[i:i + cfg.batch_size][self.rank::self.world] for i in range(0, self.n, cfg.batch_size)]
+        self.lr.start_epoch(epoch)
+        batches = epoch_batches(self.n, cfg.batch_size, generator_for(cfg.seed, epoch, Stream.TRAIN_ORDER),
+                                self.device, self.rank, self.world)
         self.task.train()
         # dropout and other draws from the global RNG
         with seeded(cfg.seed, epoch, self.rank, Stream.TRAIN_GLOBAL, device=self.device):
-            losses = run_batches(batches, self._loss_of, self.optimizer, self._backward, self._step, self._set_lr,
+            losses = run_batches(batches, self._loss_of, self.optimizer, self._backward, self._step, self.lr,
                                  self.show_progress, f'epoch {epoch}')
         # the epoch's one read-back from the device; a non-finite step loss stops the run here, before any hook
         # (so before a checkpoint) sees the epoch
         loss = torch.stack(losses).sum().item() / self.iters_per_epoch
-        if not math.isfinite(loss):
-            raise FloatingPointError(f'{self.name}: loss became {loss} at epoch {epoch} (learning rate '
-                                     f'{self._lr:.3g}; images in [{self.images.min().item():.3g}, '
-                                     f'{self.images.max().item():.3g}])')
+        check_finite(loss, self.name, epoch, f'learning rate {self.lr.lr:.3g}; images in '
+                     f'[{self.images.min().item():.3g}, {self.images.max().item():.3g}]')
         self.train_seconds += time.perf_counter() - t0
         self.images_seen += self.n  # over all processes
-        return {'epoch': epoch, 'keep_rate': keep_rate, 'lr': self._lr, 'loss': loss}
-
-    def _set_lr(self, iteration: int) -> None:
-        self._lr = self.base_lr * self.lr_schedule.factor(self._epoch, iteration, self.iters_per_epoch)
-        for group in self.optimizer.param_groups:
-            group['lr'] = self._lr
+        return {'epoch': epoch, 'keep_rate': keep_rate, 'lr': self.lr.lr, 'loss': loss}
 
     def _loss_of(self, idx: torch.Tensor) -> torch.Tensor:
         x, y = self.images[idx], self.labels[idx]
