@@ -79,8 +79,44 @@ def test_imports_go_down_the_layers():
     assert not bad, 'imports from a higher layer:\n' + '\n'.join(bad)
 
 
+def _private_imports(path: Path, module: str) -> Iterator[Tuple[int, str]]:
+    """``(line, what)`` for every import of a private module or name (``_x``) from another top-level package."""
+    own = _top(module)
+    package = module if path.name == '__init__.py' else module.rsplit('.', 1)[0]
+    package = package.removesuffix('.__init__')
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level:
+            base = package.split('.')[:len(package.split('.')) - node.level + 1]
+            target = '.'.join(base + ([node.module] if node.module else []))
+        else:
+            target = node.module or ''
+        if not target.startswith('timm_dd.') or _top(target) in (own, ''):
+            continue
+        private = [part for part in target.split('.')[2:] if part.startswith('_') and part != '__init__']
+        private += [a.name for a in node.names if a.name.startswith('_') and not a.name.startswith('__')]
+        if private:
+            yield node.lineno, f'{target}: {private}'
+
+
+def test_no_private_imports_across_packages():
+    bad = [f'{path.relative_to(ROOT)}:{line} imports {what}' for path, module in _modules()
+           for line, what in _private_imports(path, module)]
+    assert not bad, 'private modules or names imported from another package:\n' + '\n'.join(bad)
+
+
+def test_the_private_import_check_catches_one(tmp_path):
+    path = tmp_path / 'teacher.py'
+    path.write_text('from ..models._common import describe_input\nfrom ..models import create_network\n'
+                    'from ._errors import HubError\n')
+    assert [w for _, w in _private_imports(path, 'timm_dd.hub.teacher')] == ["timm_dd.models._common: ['_common']"]
+
+
 _WRITE_MODES = re.compile(r'[wax+]')
 _SAVERS = {'save_file', 'savefig', 'write_text', 'write_bytes', 'to_parquet', 'dump'}
+#: calls that change a folder's contents (io.make_folder, io.remove_file and the atomic helpers do it)
+_FOLDER_CHANGES = {'mkdir', 'makedirs', 'unlink', 'remove', 'rmtree', 'rename', 'replace', 'rmdir'}
 _MODULE_SAVERS = {'torch', 'np', 'numpy'}  # torch.save / np.save (a set's own .save goes through the helpers)
 
 
@@ -110,12 +146,24 @@ def _writes(tree: ast.AST) -> List[Tuple[int, str]]:
                                                                 None)
             if isinstance(mode, ast.Constant) and _WRITE_MODES.search(str(mode.value)) and not uses_safe:
                 out.append((node.lineno, 'open(..., write mode)'))
+        elif name in _FOLDER_CHANGES and _changes_files(node):
+            out.append((node.lineno, f'{name}(...)'))
         elif (name in _SAVERS or name == 'save' and getattr(node.func, 'value', None) is not None
               and getattr(node.func.value, 'id', '') in _MODULE_SAVERS) and not uses_safe and args:
             if name == 'dump' and len(node.args) < 2:
                 continue
             out.append((node.lineno, f'{name}(...)'))
     return out
+
+
+def _changes_files(call: ast.Call) -> bool:
+    """``x.mkdir()``, ``os.remove(p)``, ``shutil.rmtree(p)``, ``p.rename(q)``, ...; not ``str.replace(a, b)`` (two
+    string arguments on something that is not ``os``) nor ``dict.remove`` / ``list.remove`` on one argument."""
+    name = getattr(call.func, 'attr', getattr(call.func, 'id', ''))
+    owner = getattr(getattr(call.func, 'value', None), 'id', '')
+    if name in ('replace', 'remove', 'rename'):
+        return owner in ('os', 'shutil') or (name == 'rename' and len(call.args) == 1)
+    return True
 
 
 def test_only_the_io_helpers_write_files():
@@ -131,6 +179,9 @@ def test_only_the_io_helpers_write_files():
 def test_the_writer_check_catches_a_plain_write():
     tree = ast.parse("with open(p, 'w') as f:\n    f.write('x')\nPath(p).write_text('x')\ntorch.save(x, p)\n")
     assert sorted(w for _, w in _writes(tree)) == ['open(..., write mode)', 'save(...)', 'write_text(...)']
+    folders = ast.parse("out.mkdir(parents=True)\npath.unlink()\nos.remove(p)\nshutil.rmtree(d)\n"
+                        "name.replace('a', 'b')\nitems.remove(x)\n")
+    assert sorted(w for _, w in _writes(folders)) == ['mkdir(...)', 'remove(...)', 'rmtree(...)', 'unlink(...)']
     ok = ast.parse("with atomic_write(p) as f:\n    torch.save(x, f)\natomic_write_with(p, lambda tmp: save_file(t, tmp))\n")
     assert _writes(ok) == []
 

@@ -19,7 +19,8 @@ from typing import IO, Any, Callable, Iterable, Iterator, List, Optional, Union
 
 __all__ = ['atomic_write', 'atomic_write_json', 'atomic_write_with', 'default_file_mode', 'FolderLock',
            'folder_lock_holder', 'FolderInUseError', 'atomic_folder', 'check_replaceable', 'remove_stale_temporaries',
-           'file_sha256', 'read_torch_file', 'tensor_checksum', 'append_line', 'walk_files', 'TMP_PREFIX',
+           'file_sha256', 'read_torch_file', 'tensor_checksum', 'append_line', 'make_folder', 'remove_file', 'walk_files',
+           'TMP_PREFIX',
            'OLD_PREFIX', 'LOCK_FILE']
 
 _logger = logging.getLogger(__name__)
@@ -353,6 +354,19 @@ def append_line(path: PathLike, line: str) -> None:
     """Append one line to a log file (``metrics.jsonl``); one process owns each such file."""
     with open(path, 'a', encoding='utf-8') as f:
         f.write(line.rstrip('\n') + '\n')
+
+
+def make_folder(folder: PathLike) -> Path:
+    """Create ``folder`` and its parents if missing (an existing one is left as it is); returns it as a Path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def remove_file(path: PathLike) -> None:
+    """Remove one file this library wrote (a finished run's checkpoint, a metrics log started again); a missing
+    file is fine. Only ever called on a path the library names itself, never on what a folder happens to hold."""
+    Path(path).unlink(missing_ok=True)
 
 
 def walk_files(root: PathLike, skip: Callable[[str], bool] = lambda name: False) -> Iterator[Path]:

@@ -8,6 +8,8 @@ from typing import Any, Dict
 
 import torch
 
+from .data.space import to_uint8
+
 __all__ = ['log_metrics', 'log_image', 'takes_images']
 
 
@@ -42,5 +44,5 @@ def log_image(accelerator: Any, name: str, image: torch.Tensor, step: int) -> No
             tracker.log_images({name: image.unsqueeze(0).cpu().numpy()}, step=step)  # NCHW
         else:
             from PIL import Image
-            arr = image.mul(255).round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
+            arr = to_uint8(image).permute(1, 2, 0).cpu().numpy()
             tracker.log_images({name: [Image.fromarray(arr)]}, step=step)

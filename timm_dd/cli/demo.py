@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from ..io import atomic_write, make_folder
+
 PRESET = 'digits-ipc10-att'
 # each step imports the timm_dd this demo runs from: `python -m` would put the working directory (perhaps another
 # checkout) first on the path, so it is dropped, and this package's folder is searched last if not already there
@@ -78,7 +80,6 @@ def _summary(out: Path, epochs: int, distill_stdout: str) -> str:
 
 
 def _write_text(path: Path, text: str) -> None:
-    from ..io import atomic_write
     with atomic_write(path, 'w') as f:
         f.write(text)
 
@@ -100,7 +101,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ValueError as e:
         return report_user_error(e)
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     print(f'== timm_dd demo: digits at 16 px, schedules shortened to {args.epochs} epochs (from 1000/4000) ==',
           flush=True)
     distill_stdout = ''

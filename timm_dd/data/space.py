@@ -12,7 +12,7 @@ import torch
 
 from .zca import ZCA
 
-__all__ = ['ImageSpace', 'SPACE_NAMES']
+__all__ = ['ImageSpace', 'SPACE_NAMES', 'to_uint8']
 
 #: the names a space goes by in files and on the command line
 SPACE_NAMES = ('normalized', 'zca', 'pixel')
@@ -46,6 +46,23 @@ class ImageSpace:
     @classmethod
     def normalized(cls, mean: Sequence[float], std: Sequence[float]) -> 'ImageSpace':
         return cls(tuple(mean), tuple(std))
+
+    @classmethod
+    def fit(cls, name: str, pixels: torch.Tensor, zca_eps: float = 0.1,
+            normalization: Optional['ImageSpace'] = None) -> 'ImageSpace':
+        """The space ``name`` fitted on a training split's [0, 1] ``pixels`` (the one place a space is fitted):
+        'zca' is a ZCA (eps ``zca_eps``) of the pixels themselves (MTT's ``--zca``: no normalization first);
+        'normalized' is ``normalization`` (a dataset's statistics, or CIFAR-10's for the sets made with them);
+        'pixel' maps nothing."""
+        if name == 'zca':
+            return cls(zca=ZCA.fit(pixels, eps=zca_eps))
+        if name == 'normalized':
+            if normalization is None:
+                raise ValueError("the 'normalized' space needs the dataset's mean and std")
+            return normalization
+        if name == 'pixel':
+            return cls()
+        raise ValueError(f'unknown image space {name!r}; one of {SPACE_NAMES}')
 
     @property
     def name(self) -> str:
@@ -82,6 +99,10 @@ class ImageSpace:
             x = x * std + mean
         return x
 
+    def to_uint8(self, images: torch.Tensor) -> torch.Tensor:
+        """Images of this space as uint8 pixels (:func:`to_uint8` of :meth:`to_pixels`): what previews store."""
+        return to_uint8(self.to_pixels(images))
+
     def to_dict(self) -> Dict[str, Any]:
         """JSON-serialisable description (the ZCA matrices themselves are stored as tensors, not here)."""
         out: Dict[str, Any] = {'image_space': self.name}
@@ -90,3 +111,9 @@ class ImageSpace:
         if self.zca is not None:
             out['zca_eps'] = self.zca.eps
         return out
+
+
+def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """[0, 1] pixels as uint8 (clamped, rounded to the nearest level): the one float -> uint8 conversion of image
+    grids, previews and tracker images."""
+    return pixels.clamp(0, 1).mul(255).round().to(torch.uint8)

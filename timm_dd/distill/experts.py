@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..augment import DEFAULT_STRATEGY, DSA
 from ..fields import field_changes
-from ..io import atomic_write_with, folder_lock_holder, tensor_checksum
+from ..io import atomic_write_with, folder_lock_holder, make_folder, tensor_checksum
 from ..models import create_network
 from ..seeding import Stream, generator_for, seeded
 from ..train.loop import CallbackHook, check_finite, epoch_batches, evaluate_tensors, fit, run_batches
@@ -113,7 +113,6 @@ MATCH_FIELDS = ('arch', 'model_kwargs', 'zca', 'dataset', 'dataset_checksum')
 def save_trajectory(path: Union[str, os.PathLike], trajectory: Sequence[torch.Tensor], meta: Dict[str, Any]) -> Path:
     """Write one expert (flat vectors, epoch 0 first) atomically to ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {_epoch_key(k): t.detach().float().cpu().contiguous() for k, t in enumerate(trajectory)}
     meta = dict(meta, format=EXPERT_FORMAT, format_version=EXPERT_FORMAT_VERSION, num_checkpoints=len(trajectory),
                 checksums=[tensor_checksum(t) for t in tensors.values()])
@@ -396,7 +395,7 @@ def train_experts(
         Paths of the experts owned by this process (trained now or found finished).
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir)
     _refuse_other_experts(out_dir, cfg)
     spec = param_spec(create_arch(cfg.arch, cfg.model_kwargs))
     paths = []

@@ -23,8 +23,8 @@ from accelerate.utils import gather_object
 
 from ..constants import CIFAR10_MEAN, CIFAR10_STD
 from ..data import BUILTIN_DATASETS, DataSplits, ImageSet, ImageSpace, load_dataset
-from ..data.zca import ZCA
 from ..distilled import DistilledSet, make_class_grid, save_grid
+from ..io import make_folder
 from .distiller import Distiller
 from .dm import DistributionMatching
 from .experts import ExpertConfig, ExpertPool, create_arch, train_experts
@@ -57,7 +57,7 @@ def prepare_data(cfg: DistillConfig, data: Optional[Union[str, os.PathLike]] = N
     kwargs = {'image_size': cfg.image_size} if cfg.image_size else {}
     train = load_dataset(source, 'train', root=root, **kwargs)
     test = load_dataset(source, 'test', root=root, **kwargs)
-    space = ImageSpace(zca=ZCA.fit(train.images, eps=cfg.zca_eps)) if cfg.zca else normalization_space(cfg, train)
+    space = ImageSpace.fit('zca', train.images, cfg.zca_eps) if cfg.zca else normalization_space(cfg, train)
     provenance = dict(kind='real', dataset=cfg.dataset, **space.to_dict())
     real_data = _real_data(source, data, root)
     if real_data is not None:
@@ -228,7 +228,7 @@ def run_distill(
     apply_precision(cfg)
     out_dir = Path(out_dir)
     if accelerator.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(out_dir)
     accelerator.wait_for_everyone()
     images, labels = init_synthetic(data.train.images, data.train.labels, data.num_classes, cfg.ipc,
                                     generator_for(cfg.seed, 0, Stream.SYNTHETIC_INIT), cfg.pix_init)

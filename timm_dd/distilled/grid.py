@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
+from ..data.space import to_uint8
 from ..io import atomic_write
 from .distilled_set import DistilledSet
 
@@ -193,7 +194,7 @@ def _panel_pixels(owner: DistilledSet, images: Optional[torch.Tensor], labels: t
     cells, _ = _class_cells(owner, images, labels, classes, max_per_class, cols, pad_value)
     cells = cells.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3) if scale > 1 else cells
     grid = make_grid(cells, nrow=cols, padding=padding, pad_value=pad_value)
-    return grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    return to_uint8(grid).permute(1, 2, 0).numpy()
 
 
 def _layout(titles, names, cols, cell, scale, padding, left, top, panel_w, gap) -> GridLayout:

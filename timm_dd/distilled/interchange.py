@@ -37,6 +37,7 @@ import torch
 
 from .distilled_set import DistilledSet
 from ..constants import CIFAR10_MEAN, CIFAR10_STD
+from ..data.space import ImageSpace
 from ..io import read_torch_file
 from .format import DistilledSetError
 
@@ -173,8 +174,7 @@ def import_distilled(
     if image_space == 'normalized':
         normalization = _normalization_of(train, layout, normalization_stats)
     elif image_space == 'zca':
-        from ..data.zca import ZCA
-        zca = ZCA.fit(train.images, eps=zca_eps)
+        zca = ImageSpace.fit('zca', train.images, zca_eps).zca
     _check_space(images, image_space, train, zca, folder, normalization)
     if soft is not None and soft_label_temperature is None and soft_label_kind == 'logits':
         soft_label_temperature = LAYOUT_TEMPERATURE.get(layout)  # the temperature the layout's tool trains with

@@ -9,8 +9,8 @@ soft labels when the set has them); ``soft_label``, the soft labels as stored. N
 from pathlib import Path
 from typing import Any
 
-import torch
 
+from ..data.space import to_uint8
 from ..io import atomic_write_with
 
 # a DistilledSet, typed loosely: the set's module calls this one
@@ -27,7 +27,7 @@ def write_parquet_view(dset: DistilledSet, folder: Path) -> Path:
     datasets = require('datasets', 'hub', 'the Hub dataset viewer (parquet view) of a distilled set')
     from PIL import Image
 
-    pixels = dset.to_pixel_space().clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+    pixels = to_uint8(dset.to_pixel_space()).cpu()
     mode = 'L' if pixels.shape[1] == 1 else 'RGB'
     previews = [Image.fromarray(p.squeeze(0).numpy() if mode == 'L' else p.permute(1, 2, 0).numpy(), mode)
                 for p in pixels]
@@ -42,5 +42,4 @@ def write_parquet_view(dset: DistilledSet, folder: Path) -> Path:
         features['soft_label'] = datasets.List(datasets.Value('float32'))
     table = datasets.Dataset.from_dict(columns, features=datasets.Features(features))
     path = Path(folder) / PARQUET_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write_with(path, lambda tmp: table.to_parquet(tmp))

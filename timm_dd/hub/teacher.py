@@ -17,6 +17,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 import torch.nn as nn
 
 from ..io import atomic_folder, atomic_write, check_replaceable, read_torch_file
+from ..models import describe_input
 from ._errors import HubError, hub_error, with_retries
 from ._repo import prepare_repo, split_source
 
@@ -106,7 +107,6 @@ def record_input(model: nn.Module, mean: Optional[Sequence[float]] = None, std: 
     normalization (ZCA data: the statistics of the [0, 1] pixels the ZCA was fitted on); ``image_space`` (e.g.
     ``{'kind': 'zca', 'source': 'cifar10', 'eps': 0.1}``) lets a downloaded teacher be checked against a set.
     """
-    from ..models._common import describe_input
     describe_input(model)
     cfg = dict(model.pretrained_cfg)
     if mean is not None:
@@ -145,7 +145,6 @@ def save_teacher(
 
     folder = Path(folder)
     _check_model_args(model, model_args)
-    from ..models._common import describe_input
     describe_input(model)  # input_size / num_classes of this model, whatever was recorded before
     card = teacher_model_card(model, repo_id=repo_id, dataset=dataset, folder=folder)
     name = repo_id.split('/')[-1] if repo_id else folder.name
@@ -196,7 +195,6 @@ def push_teacher(
     from timm.models import push_to_hf_hub
 
     _check_model_args(model, model_args)
-    from ..models._common import describe_input
     describe_input(model)
     card = teacher_model_card(model, repo_id=repo_id, dataset=dataset)
 

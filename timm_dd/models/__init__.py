@@ -2,6 +2,7 @@
 import timm
 import torch
 
+from ._common import describe_input
 from .alexnet_dd import *
 from .convnet_dd import *
 from .resnet_dd import *

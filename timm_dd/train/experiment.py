@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ..data import DataSplits
 from ..fields import field_changes
-from ..io import atomic_write, atomic_write_json
+from ..io import atomic_write, atomic_write_json, make_folder
 from ..seeding import seeded
 from .config import TrainConfig, short_run_note
 from .loop import eval_batch_size
@@ -277,7 +277,7 @@ def summarize(runs: List[Dict[str, Any]], teacher_runs: List[Dict[str, Any]]) ->
 
 
 def write_results(result: ExperimentResult, out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir)
     for name, text in (('results.json', json.dumps(asdict(result), indent=2)), ('results.md', format_table(result))):
         with atomic_write(out_dir / name, 'w') as f:
             f.write(text)

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data import DataSplits
-from ..io import atomic_write_json
+from ..io import atomic_write_json, remove_file
 from ..layers import keep_rate_units
 from ..models import create_network, is_timm_dd_model
 from ..seeding import seeded
@@ -136,7 +136,7 @@ def save_done(run_dir: Path, record: Dict[str, Any], keep_checkpoint: bool = Fal
     """Mark a run finished (``result.json``) and remove its resume checkpoint unless ``keep_checkpoint``."""
     atomic_write_json(run_dir / 'result.json', record, indent=2)
     if not keep_checkpoint:
-        (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+        remove_file(run_dir / CHECKPOINT_FILE)
 
 
 def elf_targets(cfg: TrainConfig, student: nn.Module, bundle: DataSplits, device: torch.device) -> torch.Tensor:

@@ -6,7 +6,6 @@ from typing import Any, Dict, Optional, Tuple
 
 from ..seeding import generator_for
 from ..data import DataSplits, ImageSet, ImageSpace, load_dataset, select_ipc
-from ..data.zca import ZCA
 from ..distilled import DistilledSet
 
 __all__ = ['prepare_data']
@@ -84,12 +83,11 @@ def _real_splits(dataset: str, real_ipc: int, seed: int, space: str, zca_eps: fl
         idx = select_ipc(train_full.labels, real_ipc, generator=generator_for(seed),
                          num_classes=train_full.num_classes)
         sub = train_full.subset(idx)
-    if space == 'zca':  # MTT's --zca space: ZCA (eps zca_eps) of [0, 1] pixels, fitted on the whole train split
-        model_space = ImageSpace(zca=ZCA.fit(train_full.images, eps=zca_eps))
-    elif space == 'normalized':
-        model_space = train_full.normalization
-    else:
+    if space not in ('zca', 'normalized'):
         raise ValueError(f"real data can be used in 'normalized' or 'zca' space, got image_space={space!r}")
+    # MTT's --zca space: ZCA (eps zca_eps) of [0, 1] pixels, fitted on the whole train split
+    model_space = ImageSpace.fit(space, train_full.images, zca_eps,
+                                 train_full.normalization if space == 'normalized' else None)
     return DataSplits(sub.in_space(model_space), test.in_space(model_space), dataset,
                       f'{real_ipc} real images per class of {dataset} (seed {seed}, {space} space)',
                       dict(kind='real', dataset=dataset, ipc=real_ipc, seed=seed, image_space=space,

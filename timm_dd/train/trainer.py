@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from ..augment import DSA, cutmix_images
 from ..data import ImageSet
-from ..io import append_line, atomic_write, read_torch_file
+from ..io import append_line, atomic_write, make_folder, read_torch_file, remove_file
 from ..layers import keep_rate_units, set_drop_generator, set_keep_rate
 from ..seeding import Stream, derive_seed, device_generator, generator_for, seeded
 from ..tracking import log_metrics
@@ -262,10 +262,10 @@ def _restore(run: _Run, out_dir: Optional[Path], resume: bool) -> _Progress:
         return progress
     metrics_path, ckpt_path = out_dir / METRICS_FILE, out_dir / CHECKPOINT_FILE
     if run.writer:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(out_dir)
     if not resume:
-        if run.writer and metrics_path.exists():
-            metrics_path.unlink()
+        if run.writer:
+            remove_file(metrics_path)
         return progress
     state = _load_checkpoint(ckpt_path, run.inner, run.optimizer, run.device)
     if state is not None:
