@@ -19,8 +19,8 @@ from typing import IO, Any, Callable, Iterable, Iterator, List, Optional, Union
 
 __all__ = ['atomic_write', 'atomic_write_json', 'atomic_write_with', 'default_file_mode', 'FolderLock',
            'folder_lock_holder', 'FolderInUseError', 'atomic_folder', 'check_replaceable', 'remove_stale_temporaries',
-           'file_sha256', 'read_torch_file', 'tensor_checksum', 'append_line', 'make_folder', 'remove_file', 'walk_files',
-           'TMP_PREFIX',
+           'file_sha256', 'read_torch_file', 'tensor_checksum', 'append_line', 'make_folder', 'remove_file',
+           'walk_files', 'TMP_PREFIX',
            'OLD_PREFIX', 'LOCK_FILE']
 
 _logger = logging.getLogger(__name__)

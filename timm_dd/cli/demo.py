@@ -102,8 +102,10 @@ def _architecture_gap_lines(out: Path) -> List[str]:
         dpkd = _final_acc(out / f'{prefix}-dpkd', 'resnet18_dd')
         if None in (convnet, resnet, dpkd):
             continue
-        gap = (f'ResNet18 is {convnet - resnet:.1f} points under the ConvNet-3: the gap DP+KD is for' if resnet < convnet
-               else f'ResNet18 is {resnet - convnet:.1f} points above the ConvNet-3: no architecture gap to close here')
+        if resnet < convnet:
+            gap = f'ResNet18 is {convnet - resnet:.1f} points under the ConvNet-3: the gap DP+KD is for'
+        else:
+            gap = f'ResNet18 is {resnet - convnet:.1f} points above the ConvNet-3: no architecture gap to close here'
         lines.append(f'- On {data}: {gap}; DP+KD moves ResNet18 {dpkd - resnet:+.1f} points ({resnet:.1f} -> '
                      f'{dpkd:.1f} %).')
     return lines

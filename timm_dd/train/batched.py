@@ -172,7 +172,8 @@ class _StackedForward(nn.Module):
         return self.forward_all(self.params, self.buffers, x)
 
 
-def _unstack(params: Dict[str, torch.Tensor], buffers: Dict[str, torch.Tensor], num_seeds: int) -> List[Dict[str, torch.Tensor]]:
+def _unstack(params: Dict[str, torch.Tensor], buffers: Dict[str, torch.Tensor],
+             num_seeds: int) -> List[Dict[str, torch.Tensor]]:
     """Per-seed state dicts of the stacked parameters and buffers."""
     return [{**{k: v[i].detach() for k, v in params.items()}, **{k: v[i] for k, v in buffers.items()}}
             for i in range(num_seeds)]
