@@ -44,7 +44,7 @@ def main() -> int:
     from timm_dd.train import format_table, prepare_data, run_experiment
 
     accelerator = Accelerator(cpu=True)
-    bundle = prepare_data(dataset=str(args.data), real_ipc=args.real_ipc, seed=0)
+    data = prepare_data(dataset=str(args.data), real_ipc=args.real_ipc, seed=0)
     E = args.epochs
     schedule = dict(epochs=E, final_epochs=max(1, E // 4), period=max(1, E // 8), eval_every=0,
                     checkpoint_every=max(1, E // 5), teacher_epochs=E)
@@ -56,10 +56,10 @@ def main() -> int:
     # seed by seed, so that an interrupted benchmark still has complete baseline/dpkd pairs (runs are resumable)
     for seed in args.seeds:
         for name, models, cfg in experiments:
-            run_experiment(cfg, models, [seed], bundle, args.workdir / name, accelerator, resume=True)
+            run_experiment(cfg, models, [seed], data, args.workdir / name, accelerator, resume=True)
     results = {}
     for name, models, cfg in experiments:  # every run is done: this only collects them
-        results[name] = run_experiment(cfg, models, args.seeds, bundle, args.workdir / name, accelerator, resume=True)
+        results[name] = run_experiment(cfg, models, args.seeds, data, args.workdir / name, accelerator, resume=True)
         print(format_table(results[name]))
     rows = []
     for name, res in results.items():

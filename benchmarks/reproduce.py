@@ -224,20 +224,20 @@ def prepare_columns(columns: Sequence[Column], dataset: str, out: Path,
     from timm_dd.hub import import_teacher
     from timm_dd.train import prepare_data
     from timm_dd.train.networks import save_model
-    bundles = {}
+    column_data = {}
     for column in columns:
         temperature = soft_label_temperature or SOURCE_SETTINGS[column.source].get('soft_label_temperature')
-        bundle = prepare_data(column.data, dataset=dataset, layout=column.layout, image_space=column.image_space,
-                              soft_label_temperature=temperature)
-        bundles[column.name] = bundle
+        data = prepare_data(column.data, dataset=dataset, layout=column.layout, image_space=column.image_space,
+                            soft_label_temperature=temperature)
+        column_data[column.name] = data
         folder = _teacher_folder(out, column)
         if column.teacher_checkpoint and not _teacher_ready(folder):
             shutil.rmtree(folder, ignore_errors=True)  # ours: a copy of the results without the weights
             settings = SOURCE_SETTINGS[column.source]
             teacher = import_teacher(column.teacher_checkpoint, settings['teacher_model'],
-                                     num_classes=bundle.num_classes, norm=settings['teacher_norm'])
-            save_model(teacher, folder, bundle, dict(norm=settings['teacher_norm']))
-    return bundles
+                                     num_classes=data.num_classes, norm=settings['teacher_norm'])
+            save_model(teacher, folder, data, dict(norm=settings['teacher_norm']))
+    return column_data
 
 
 class DpkdRunner:
@@ -260,7 +260,7 @@ class DpkdRunner:
     def setup(self, worker: int) -> Callable[[Job], Dict[str, Any]]:
         import torch
         self.worker, self.accelerator = worker, worker_accelerator(worker, self.cpu)
-        self.bundles = torch.load(self.data_file, weights_only=False, mmap=True)  # our own file, written just now
+        self.column_data = torch.load(self.data_file, weights_only=False, mmap=True)  # our own file, written just now
         return self.run
 
     def run(self, job: Job) -> Dict[str, Any]:
@@ -282,7 +282,7 @@ class DpkdRunner:
         if run is None or not _teacher_ready(dst):
             shutil.rmtree(dst, ignore_errors=True)  # ours: a copy of the results without the weights
             # a finished teacher whose network was not kept (results copied without weights) is trained again
-            result = run_experiment(cfg, [net], [0], self.bundles[column.name], self.out / job.key,
+            result = run_experiment(cfg, [net], [0], self.column_data[column.name], self.out / job.key,
                                     self.accelerator, resume=src.is_dir() or run is None, save_models=True)
             src.rename(dst)
             run = result.runs[0]
@@ -297,7 +297,7 @@ class DpkdRunner:
         recipe, net, seed = spec['recipe'], spec['net'], spec['seed']
         cfg = load_config(recipe, {**_overrides(recipe, spec['epochs']), **_column_settings(column, self.out)})
         kwargs = self.model_kwargs if net != CONVNET[column.source] else None
-        result = run_experiment(cfg, [net], [seed], self.bundles[column.name], self.out / job.key, self.accelerator,
+        result = run_experiment(cfg, [net], [seed], self.column_data[column.name], self.out / job.key, self.accelerator,
                                 model_kwargs=kwargs, resume=True)
         run = result.runs[0]
         teacher = result.teacher_runs[0]['final_acc'] if result.teacher_runs else None
@@ -435,13 +435,13 @@ def run_dpkd(args: argparse.Namespace, columns: Sequence[Column],
 
     if args.report_only:
         return table()
-    bundles = prepare_columns(columns, args.dataset, out, args.soft_label_temperature)
+    column_data = prepare_columns(columns, args.dataset, out, args.soft_label_temperature)
     for column in columns:  # a teacher recorded as finished whose network is gone is a job again
         if not _teacher_ready(_teacher_folder(out, column)):
             (out / _teacher_key(column) / DONE_FILE).unlink(missing_ok=True)
     data_file = out / '.columns.pt'  # rewritten by each invocation: the data as prepared now
     with atomic_write(data_file, 'wb') as f:
-        torch.save(bundles, f)
+        torch.save(column_data, f)
     runner = DpkdRunner(out, data_file, args.cpu, args.model_kwargs, jobs)
     status = run_queue(out, jobs, runner, workers=args.workers, time_limit=args.time_limit, on_tick=table)
     report = dict(table(), queue=dict(status, workers=args.workers))
@@ -474,17 +474,17 @@ def run_ddranking(args: argparse.Namespace, columns: Sequence[Column]) -> Dict[s
                              f'soft-stored scores a set\'s own soft labels (use hard, or soft with a relabelling '
                              f'teacher)')
     try:
-        bundles = prepare_columns(columns, args.dataset, out, args.soft_label_temperature or (1.0 if stored else None))
+        column_data = prepare_columns(columns, args.dataset, out, args.soft_label_temperature or (1.0 if stored else None))
     except DistilledSetError as e:  # a temperature for a set without soft labels
         if stored and 'without soft_labels' in str(e):
             raise hard_labels from None
         raise
-    if stored and not all(bundles[c.name].train.soft for c in columns):
+    if stored and not all(column_data[c.name].train.soft for c in columns):
         raise hard_labels
-    bundles.update(real_bundles(columns, args.dataset))
+    column_data.update(real_bundles(columns, args.dataset))
     data_file = out / '.ddranking-data.pt'  # rewritten by each invocation: the data as prepared now
     with atomic_write(data_file, 'wb') as f:
-        torch.save(bundles, f)
+        torch.save(column_data, f)
     runner = DDRankingRunner(out, data_file, args.cpu, args.model_kwargs, args.ddranking_teacher)
     status = run_queue(out, jobs, runner, workers=args.workers, time_limit=args.time_limit, on_tick=table)
     report = dict(table(), queue=dict(status, workers=args.workers))
@@ -497,12 +497,12 @@ def run_cross_arch(args: argparse.Namespace) -> Dict[str, Any]:
     from timm_dd.train import prepare_data, run_experiment
     from timm_dd.train.config import load_config
     accelerator = Accelerator(cpu=args.cpu)
-    bundle = prepare_data(args.data, dataset=args.dataset, layout=args.layout, image_space=args.image_space,
-                          soft_label_temperature=args.soft_label_temperature)
+    data = prepare_data(args.data, dataset=args.dataset, layout=args.layout, image_space=args.image_space,
+                        soft_label_temperature=args.soft_label_temperature)
     cifar10 = str(args.compare_as or args.dataset).lower() == 'cifar10'
     published = CROSS_PUBLISHED.get((args.method, args.ipc), {}) if cifar10 else {}
     cfg = load_config('baseline', _overrides('baseline', args.epochs))
-    result = run_experiment(cfg, args.nets or CROSS_NETS, args.seeds, bundle, Path(args.output) / 'baseline',
+    result = run_experiment(cfg, args.nets or CROSS_NETS, args.seeds, data, Path(args.output) / 'baseline',
                             accelerator, model_kwargs=args.model_kwargs, resume=True)
     rows = [dict(row=f'{args.method} IPC {args.ipc}', recipe='baseline', net=line['model'],
                  ours=f"{100 * line['final_mean']:.1f} ± {100 * line['final_std']:.1f}", runs=line['runs'],
@@ -510,7 +510,7 @@ def run_cross_arch(args: argparse.Namespace) -> Dict[str, Any]:
     protocol = ('full published schedules' if args.epochs is None else
                 f'SHORTENED to {args.epochs} epochs per run (published: 1000-4000): shows the pipeline, not the '
                 f'published gains')
-    report = dict(table='cross-arch', data=str(args.data), description=bundle.description, seeds=list(args.seeds),
+    report = dict(table='cross-arch', data=str(args.data), description=data.description, seeds=list(args.seeds),
                   protocol=protocol, published_source=SOURCES['cross-arch'], device=str(accelerator.device),
                   rows=rows)
     write_report(report, Path(args.output))

@@ -221,10 +221,10 @@ def test_train_reads_other_layouts_and_applies_the_soft_label_temperature(tmp_pa
     assert train_cli.main(['--data', str(frepo), '--soft-label-temperature', '0.3', '--output',
                            str(tmp_path / 'c'), *common]) == 0  # detected layout (mtt), temperature given
     from timm_dd.train import prepare_data
-    bundle = prepare_data(str(frepo), dataset='digits', layout='frepo', image_space='normalized')
-    assert torch.allclose(bundle.train.labels, torch.softmax(logits / 0.3, dim=1))  # the layout's 0.3, once
-    bundle = prepare_data(str(frepo), dataset='digits', layout='mtt', image_space='normalized')
-    assert torch.allclose(bundle.train.labels, torch.softmax(logits, dim=1))  # DATM's 1
+    data = prepare_data(str(frepo), dataset='digits', layout='frepo', image_space='normalized')
+    assert torch.allclose(data.train.labels, torch.softmax(logits / 0.3, dim=1))  # the layout's 0.3, once
+    data = prepare_data(str(frepo), dataset='digits', layout='mtt', image_space='normalized')
+    assert torch.allclose(data.train.labels, torch.softmax(logits, dim=1))  # DATM's 1
 
 
 def test_probabilities_that_do_not_sum_to_one_are_an_error():
@@ -263,10 +263,10 @@ def test_elf_feature_model_must_live_in_the_sets_space(tmp_path, digits):
 
 def test_real_data_in_zca_space_records_it():
     from timm_dd.train import prepare_data
-    bundle = prepare_data(dataset='digits', real_ipc=1, image_size=16, image_space='zca')
-    assert bundle.source['image_space'] == 'zca' and bundle.source['zca_eps'] == 0.1
+    data = prepare_data(dataset='digits', real_ipc=1, image_size=16, image_space='zca')
+    assert data.source['image_space'] == 'zca' and data.source['zca_eps'] == 0.1
     zca = ZCA.fit(load_dataset('digits', 'train', image_size=16).images, eps=0.1)
-    assert torch.allclose(bundle.test.images[:5], zca.transform(load_dataset('digits', 'test', image_size=16)
+    assert torch.allclose(data.test.images[:5], zca.transform(load_dataset('digits', 'test', image_size=16)
                                                                 .images[:5]), atol=1e-5)
 
 

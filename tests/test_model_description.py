@@ -36,9 +36,9 @@ def test_teacher_trained_on_one_channel_16px_data_publishes_its_input(tmp_path):
     from timm_dd.train.config import load_config
     accelerator = Accelerator(cpu=True)
     from timm_dd.train import prepare_data, run_experiment
-    bundle = prepare_data(dataset='digits', real_ipc=1, image_size=16)
+    data = prepare_data(dataset='digits', real_ipc=1, image_size=16)
     cfg = load_config('dpkd', dict(epochs=1, final_epochs=1, period=1, teacher_epochs=1, eval_every=0))
-    run_experiment(cfg, ['convnet3'], [0], bundle, tmp_path / 'o', accelerator, model_kwargs=dict(width=4))
+    run_experiment(cfg, ['convnet3'], [0], data, tmp_path / 'o', accelerator, model_kwargs=dict(width=4))
     config = json.loads((tmp_path / 'o' / 'teachers' / 'seed0' / 'model' / 'config.json').read_text())
     pcfg = config['pretrained_cfg']
     assert pcfg['input_size'] == [1, 16, 16] and pcfg['num_classes'] == 10

@@ -140,22 +140,22 @@ def test_distilled_set_with_other_classes_is_a_clear_error(tmp_path):
 
 
 def test_image_size_the_model_cannot_take(tmp_path):
-    bundle = prepare_data(dataset='digits', real_ipc=1)
-    bundle.train.images = torch.nn.functional.interpolate(bundle.train.images, size=20)
+    data = prepare_data(dataset='digits', real_ipc=1)
+    data.train.images = torch.nn.functional.interpolate(data.train.images, size=20)
     with pytest.raises(ValueError, match='cannot create alexnet_dd for 1x20x20'):
-        create_student('alexnet_dd', bundle, load_config('baseline'))
+        create_student('alexnet_dd', data, load_config('baseline'))
     with pytest.raises(ValueError, match='unknown model'):
-        create_student('resnet19_dd', bundle, load_config('baseline'))
+        create_student('resnet19_dd', data, load_config('baseline'))
 
 
 def test_teacher_with_other_class_count_is_a_clear_error(tmp_path, accelerator):
     from timm_dd.hub import save_teacher
     teacher = timm.create_model('convnet3', num_classes=5, in_chans=1, width=4)
     folder = save_teacher(teacher, tmp_path / 'teacher', model_args=dict(num_classes=5, in_chans=1, width=4))
-    bundle = prepare_data(dataset='digits', real_ipc=1)
+    data = prepare_data(dataset='digits', real_ipc=1)
     cfg = load_config('dpkd', dict(epochs=1, teacher=str(folder)))
     with pytest.raises(ValueError, match='teacher .* has 5 classes but the training set has 10'):
-        run_experiment(cfg, ['convnet3'], [0], bundle, tmp_path / 'out', accelerator)
+        run_experiment(cfg, ['convnet3'], [0], data, tmp_path / 'out', accelerator)
 
 
 def test_learned_lr_and_soft_labels_from_distilled_set(tmp_path):
@@ -163,10 +163,10 @@ def test_learned_lr_and_soft_labels_from_distilled_set(tmp_path):
     path = _distilled(tmp_path, soft_labels=soft, lr=0.02)
     with pytest.raises(ValueError, match='--soft-label-temperature'):
         prepare_data(str(path))  # logits without a temperature
-    bundle = prepare_data(str(path), soft_label_temperature=0.5)
-    assert bundle.train.learned_lr == pytest.approx(0.02)
-    assert torch.allclose(bundle.train.labels, torch.softmax(soft / 0.5, dim=1))  # the temperature, applied once
-    assert bundle.test.images.shape == (364, 1, 32, 32)
+    data = prepare_data(str(path), soft_label_temperature=0.5)
+    assert data.train.learned_lr == pytest.approx(0.02)
+    assert torch.allclose(data.train.labels, torch.softmax(soft / 0.5, dim=1))  # the temperature, applied once
+    assert data.test.images.shape == (364, 1, 32, 32)
 
 
 def _run_cli(args, tmp_path, launcher=None, timeout=600):
@@ -218,10 +218,10 @@ def test_elf_end_to_end(tmp_path, accelerator, student, kwargs, width, recipe):
     from timm_dd.hub import save_teacher
     phi = timm.create_model('convnet3', num_classes=10, in_chans=1, width=width)
     folder = save_teacher(phi, tmp_path / 'phi', model_args=dict(num_classes=10, in_chans=1, width=width))
-    bundle = prepare_data(dataset='digits', real_ipc=1)
+    data = prepare_data(dataset='digits', real_ipc=1)
     cfg = load_config(recipe, dict(epochs=2, final_epochs=1, period=1, eval_every=0, elf=True, teacher_epochs=1,
                                    elf_feature_model=str(folder)))
-    result = run_experiment(cfg, [student], [0], bundle, tmp_path / 'out', accelerator, model_kwargs=kwargs)
+    result = run_experiment(cfg, [student], [0], data, tmp_path / 'out', accelerator, model_kwargs=kwargs)
     assert result.runs[0]['test_count'] == 364
     losses = [json.loads(x)['loss'] for x in
               (tmp_path / 'out' / 'runs' / student / 'seed0' / 'metrics.jsonl').read_text().splitlines()]
@@ -232,10 +232,10 @@ def test_elf_feature_model_of_wrong_width_is_a_clear_error(tmp_path, accelerator
     from timm_dd.hub import save_teacher
     phi = timm.create_model('convnet3', num_classes=10, in_chans=1, width=8)
     folder = save_teacher(phi, tmp_path / 'phi', model_args=dict(num_classes=10, in_chans=1, width=8))
-    bundle = prepare_data(dataset='digits', real_ipc=1)
+    data = prepare_data(dataset='digits', real_ipc=1)
     cfg = load_config('elf', dict(epochs=1, elf_feature_model=str(folder)))
     with pytest.raises(ValueError, match='use a ConvNet of width 4'):
-        run_experiment(cfg, ['convnet3'], [0], bundle, tmp_path / 'out', accelerator, model_kwargs=dict(width=4))
+        run_experiment(cfg, ['convnet3'], [0], data, tmp_path / 'out', accelerator, model_kwargs=dict(width=4))
 
 
 _RANK1_WRITES = '''
@@ -277,13 +277,13 @@ def test_two_processes_checkpoint_with_a_slow_rank(tmp_path):
 
 
 def test_finished_runs_leave_no_resume_checkpoint_unless_kept(tmp_path, accelerator):
-    bundle = prepare_data(dataset='digits', real_ipc=1, image_size=8)
+    data = prepare_data(dataset='digits', real_ipc=1, image_size=8)
     kwargs = dict(width=4)
     for keep in (False, True):
         cfg = load_config('dpkd', dict(epochs=2, eval_every=0, checkpoint_every=1, keep_checkpoints=keep,
                                        teacher_epochs=1, period=1, final_epochs=1))
         out = tmp_path / f'keep{keep}'
-        run_experiment(cfg, ['convnet3'], [0], bundle, out, accelerator, model_kwargs=kwargs)
+        run_experiment(cfg, ['convnet3'], [0], data, out, accelerator, model_kwargs=kwargs)
         left = sorted(p.relative_to(out).as_posix() for p in out.rglob('checkpoint.pt'))
         assert left == (['runs/convnet3/seed0/checkpoint.pt', 'teachers/seed0/checkpoint.pt'] if keep else [])
         assert (out / 'runs' / 'convnet3' / 'seed0' / 'result.json').is_file()
@@ -342,11 +342,11 @@ def test_stacked_seeds_equal_sequential_runs(accelerator):
 
 
 def test_experiment_with_stacked_seeds_equals_runs(tmp_path, accelerator):
-    bundle = prepare_data(dataset='digits', real_ipc=1)
+    data = prepare_data(dataset='digits', real_ipc=1)
     tables = {}
     for mode in ('runs', 'vmap'):
         cfg = load_config('baseline', dict(epochs=2, eval_every=0, parallel=mode))
-        result = run_experiment(cfg, ['convnet3'], [0, 1], bundle, tmp_path / mode, accelerator,
+        result = run_experiment(cfg, ['convnet3'], [0, 1], data, tmp_path / mode, accelerator,
                                 model_kwargs=dict(width=4))
         tables[mode] = [(r['seed'], r['final_acc'], r['test_count']) for r in result.runs]
     assert tables['vmap'] == tables['runs'] and len(tables['runs']) == 2
@@ -441,11 +441,11 @@ def test_resume_accepts_a_run_recorded_before_new_recipe_fields(tmp_path):
 def test_a_non_finite_loss_stops_the_run_before_its_checkpoint(tmp_path, accelerator):
     """The loss is read back once per epoch (no host sync per step); a non-finite one is an error naming the epoch
     and the images' range, raised before any hook sees the epoch, so no checkpoint holds the broken weights."""
-    bundle = prepare_data(dataset='digits', real_ipc=1, image_size=8)
-    train = ImageSet(bundle.train.images * 1e30, bundle.train.labels, num_classes=10)
+    data = prepare_data(dataset='digits', real_ipc=1, image_size=8)
+    train = ImageSet(data.train.images * 1e30, data.train.labels, num_classes=10)
     cfg = load_config('baseline', dict(epochs=3, eval_every=0, checkpoint_every=1, lr=0.01))
-    model = create_student('convnet3', bundle, cfg, width=4)
-    test = DataLoader(TensorDataset(bundle.test.images[:8], bundle.test.labels[:8]), batch_size=8)
+    model = create_student('convnet3', data, cfg, width=4)
+    test = DataLoader(TensorDataset(data.test.images[:8], data.test.labels[:8]), batch_size=8)
     with pytest.raises(FloatingPointError, match=r'convnet3: loss became nan at epoch 0 .*images in \[.*e\+30'):
         train_model(model, train, test, cfg, accelerator, 'convnet3', out_dir=tmp_path, distributed=False)
     assert not (tmp_path / 'checkpoint.pt').exists()

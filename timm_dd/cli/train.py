@@ -166,21 +166,21 @@ def _run(args: argparse.Namespace, cfg: Any, models: List[str], seeds: List[int]
          accelerator: Any) -> int:
     from ..train import format_table, prepare_data, run_experiment
     with accelerator.main_process_first():  # one process fills the decoded-data cache, the others read it
-        bundle = prepare_data(args.data, args.real_ipc, args.dataset, args.data_root, seed=seeds[0],
-                              cache_dir=args.cache_dir, image_size=args.img_size,
-                              soft_label_temperature=cfg.soft_label_temperature, layout=args.data_layout,
-                              image_space=args.image_space, zca_eps=args.zca_eps, strict=args.strict)
-    accelerator.print(f'training set: {bundle.description}: {len(bundle.train)} images, '
-                      f'test set: {len(bundle.test)} images; {accelerator.num_processes} process(es) on '
+        data = prepare_data(args.data, args.real_ipc, args.dataset, args.data_root, seed=seeds[0],
+                            cache_dir=args.cache_dir, image_size=args.img_size,
+                            soft_label_temperature=cfg.soft_label_temperature, layout=args.data_layout,
+                            image_space=args.image_space, zca_eps=args.zca_eps, strict=args.strict)
+    accelerator.print(f'training set: {data.description}: {len(data.train)} images, '
+                      f'test set: {len(data.test)} images; {accelerator.num_processes} process(es) on '
                       f'{accelerator.device}')
-    result = run_experiment(cfg, models, seeds, bundle, out_dir, accelerator,
+    result = run_experiment(cfg, models, seeds, data, out_dir, accelerator,
                             model_kwargs=_key_values(args.model_kwargs), resume=args.resume,
                             save_models=args.save_models, force_resume=args.force_resume)
     if accelerator.is_main_process:
         print(format_table(result))
         if not args.no_plots:
             from ..train.plots import plot_results, plot_schedules
-            iters = -(-len(bundle.train) // cfg.batch_size)
+            iters = -(-len(data.train) // cfg.batch_size)
             try:
                 print('plots:', plot_results(result, out_dir / 'results.png'),
                       plot_schedules(cfg, models, out_dir / 'schedules.png', iters))
@@ -194,7 +194,7 @@ def _run(args: argparse.Namespace, cfg: Any, models: List[str], seeds: List[int]
             from ..train.networks import teacher_folder
             teacher_dir = teacher_folder(out_dir, seeds[0]) / 'model'
             print('pushed teacher:', push_teacher(load_teacher(str(teacher_dir)), args.push_teacher,
-                                                  class_names=bundle.class_names))
+                                                  class_names=data.class_names))
     return 0
 
 

@@ -43,9 +43,9 @@ class ExperimentResult:
     notes: List[str] = field(default_factory=list)  # what a reader of the numbers must know (a short schedule)
 
 
-def _test_loader(bundle: DataSplits, cfg: TrainConfig, accelerator: Accelerator, distributed: bool) -> DataLoader:
+def _test_loader(data: DataSplits, cfg: TrainConfig, accelerator: Accelerator, distributed: bool) -> DataLoader:
     """Sharded over the processes for DDP runs; whole (and unprepared) when each process trains runs alone."""
-    ds = TensorDataset(bundle.test.images, bundle.test.labels)
+    ds = TensorDataset(data.test.images, data.test.labels)
     batch_size = cfg.test_batch_size or eval_batch_size(accelerator.device)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False,
                         pin_memory=accelerator.device.type == 'cuda')
@@ -88,13 +88,13 @@ class _Experiment:
     ``j % K`` (trained alone); ``ddp`` has every process take part in every run; ``vmap`` stacks the seeds of a
     network."""
 
-    def __init__(self, cfg: TrainConfig, bundle: DataSplits, out_dir: Path, accelerator: Accelerator,
+    def __init__(self, cfg: TrainConfig, data: DataSplits, out_dir: Path, accelerator: Accelerator,
                  model_kwargs: Optional[Dict[str, Any]], resume: bool, save_models: bool):
-        self.cfg, self.bundle, self.out_dir, self.accelerator = cfg, bundle, out_dir, accelerator
+        self.cfg, self.data, self.out_dir, self.accelerator = cfg, data, out_dir, accelerator
         self.model_kwargs, self.resume, self.save_models = dict(model_kwargs or {}), resume, save_models
         self.distributed = cfg.parallel == 'ddp' and accelerator.num_processes > 1
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
-        self.test_loader = _test_loader(bundle, cfg, accelerator, self.distributed)
+        self.test_loader = _test_loader(data, cfg, accelerator, self.distributed)
 
     @property
     def writer(self) -> bool:
@@ -104,7 +104,7 @@ class _Experiment:
         return self.distributed or job % self.world == self.rank
 
     def teacher(self, seed: int, resume: bool) -> Tuple[nn.Module, Dict[str, Any]]:
-        return train_or_load_teacher(self.cfg, self.bundle, seed, self.accelerator, self.test_loader, self.out_dir,
+        return train_or_load_teacher(self.cfg, self.data, seed, self.accelerator, self.test_loader, self.out_dir,
                                      resume, self.distributed)
 
     def teachers(self, seeds: Sequence[int]) -> Tuple[Dict[int, nn.Module], List[Tuple[int, Dict[str, Any]]]]:
@@ -131,18 +131,18 @@ class _Experiment:
         done = load_done(run_dir) if self.resume else None
         if done is not None:
             return done
-        bundle, kwargs = self.bundle, self.model_kwargs
+        data, kwargs = self.data, self.model_kwargs
         with seeded(seed):
-            student = create_student(name, bundle, self.cfg, **kwargs)
-        feats = elf_targets(self.cfg, student, bundle, self.accelerator.device) if self.cfg.elf else None
-        snapshot = (lambda epochs, m=student: save_model(m, run_dir / f'model-epoch{epochs}', bundle, kwargs))
-        result = train_model(student, bundle.train, self.test_loader, self.cfg.replace(seed=seed), self.accelerator,
+            student = create_student(name, data, self.cfg, **kwargs)
+        feats = elf_targets(self.cfg, student, data, self.accelerator.device) if self.cfg.elf else None
+        snapshot = (lambda epochs, m=student: save_model(m, run_dir / f'model-epoch{epochs}', data, kwargs))
+        result = train_model(student, data.train, self.test_loader, self.cfg.replace(seed=seed), self.accelerator,
                              name, teacher=teacher, elf_features=feats, out_dir=run_dir, resume=self.resume,
                              desc=f'{name} seed {seed}', distributed=self.distributed, snapshot=snapshot)
         record = dict(result_record(name, seed, result), process=self.rank)
         if self.writer:
             if self.save_models:
-                save_model(student, run_dir / 'model', bundle, kwargs)
+                save_model(student, run_dir / 'model', data, kwargs)
             save_done(run_dir, record, self.cfg.keep_checkpoints)
         return record
 
@@ -156,14 +156,14 @@ class _Experiment:
         students = []
         for seed in seeds:
             with seeded(seed):
-                students.append(create_student(name, self.bundle, self.cfg, **self.model_kwargs))
-        results = train_seeds_batched(students, seeds, self.bundle.train, self.test_loader, self.cfg,
+                students.append(create_student(name, self.data, self.cfg, **self.model_kwargs))
+        results = train_seeds_batched(students, seeds, self.data.train, self.test_loader, self.cfg,
                                       self.accelerator, desc=f'{name} seeds {list(seeds)} (vmap)')
         records = []
         for i, (seed, student, result, run_dir) in enumerate(zip(seeds, students, results, run_dirs)):
             record = dict(result_record(name, seed, result), process=self.rank)
             if self.save_models:
-                save_model(student, run_dir / 'model', self.bundle, self.model_kwargs)
+                save_model(student, run_dir / 'model', self.data, self.model_kwargs)
             save_done(run_dir, record, self.cfg.keep_checkpoints)
             records.append((first_job + i, record))
         return records
@@ -194,7 +194,7 @@ def run_experiment(
         cfg: TrainConfig,
         models: Sequence[str],
         seeds: Sequence[int],
-        bundle: DataSplits,
+        data: DataSplits,
         out_dir: Path,
         accelerator: Accelerator,
         model_kwargs: Optional[Dict[str, Any]] = None,
@@ -209,33 +209,33 @@ def run_experiment(
     """
     out_dir = Path(out_dir)
     _check_distinct(models, seeds)
-    run_record = {'config': cfg.to_dict(), 'data': dict(bundle.source), 'model_kwargs': dict(model_kwargs or {})}
+    run_record = {'config': cfg.to_dict(), 'data': dict(data.source), 'model_kwargs': dict(model_kwargs or {})}
     check_resume(out_dir, run_record, resume, force_resume)
     if accelerator.is_main_process:
         atomic_write_json(out_dir / RUN_CONFIG_FILE, run_record, indent=2)
-    resolve_lr(cfg, bundle.train.learned_lr)  # a learned lr out of range stops here, before any teacher trains
-    lr_note = fallback_lr_note(cfg, bundle.train.learned_lr, bundle.source.get('kind') == 'distilled')
+    resolve_lr(cfg, data.train.learned_lr)  # a learned lr out of range stops here, before any teacher trains
+    lr_note = fallback_lr_note(cfg, data.train.learned_lr, data.source.get('kind') == 'distilled')
     subset_note = (f'periodic evaluations (curves, best) use a fixed class-balanced subset of the test set, '
                    f'{cfg.eval_subset_per_class} images per class; final accuracies use the whole test set'
                    if cfg.eval_subset_per_class else None)
     notes = [note for note in (short_run_note(cfg), lr_note, subset_note) if note]
     for note in notes:
         _logger.warning(note)
-    notes += bundle.notes  # logged where they were found
-    experiment = _Experiment(cfg, bundle, out_dir, accelerator, model_kwargs, resume, save_models)
+    notes += data.notes  # logged where they were found
+    experiment = _Experiment(cfg, data, out_dir, accelerator, model_kwargs, resume, save_models)
     teachers, teacher_runs = experiment.teachers(seeds) if cfg.uses_teacher else ({}, [])
-    data = dict(bundle.source, description=bundle.description)
+    data_record = dict(data.source, description=data.description)
     total = len(models) * len(seeds)
 
     def partial_table(runs: List[Dict[str, Any]]) -> None:  # a killed experiment leaves the table of its finished runs
         if accelerator.is_main_process and len(runs) < total:
             own = [record for _, record in teacher_runs]
-            write_results(ExperimentResult(runs, own, summarize(runs, own), cfg.to_dict(), data, notes + [
+            write_results(ExperimentResult(runs, own, summarize(runs, own), cfg.to_dict(), data_record, notes + [
                 f'PARTIAL: {len(runs)} of {total} runs finished; this table is rewritten as each run ends']), out_dir)
 
     runs = experiment.merge(experiment.students(models, seeds, teachers, partial_table))
     teacher_runs = experiment.merge(teacher_runs)
-    result = ExperimentResult(runs, teacher_runs, summarize(runs, teacher_runs), cfg.to_dict(), data, notes)
+    result = ExperimentResult(runs, teacher_runs, summarize(runs, teacher_runs), cfg.to_dict(), data_record, notes)
     if accelerator.is_main_process:
         write_results(result, out_dir)
     accelerator.wait_for_everyone()

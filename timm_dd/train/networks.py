@@ -36,11 +36,11 @@ def teacher_folder(out_dir: Path, seed: int) -> Path:
     return Path(out_dir) / 'teachers' / f'seed{seed}'
 
 
-def create_student(name: str, bundle: DataSplits, cfg: TrainConfig, **model_kwargs: Any) -> nn.Module:
-    """Create a timm_dd or stock timm model for the bundle's classes, channels and image size."""
-    kwargs = dict(num_classes=bundle.num_classes, in_chans=bundle.in_chans, **model_kwargs)
+def create_student(name: str, data: DataSplits, cfg: TrainConfig, **model_kwargs: Any) -> nn.Module:
+    """Create a timm_dd or stock timm model for the data's classes, channels and image size."""
+    kwargs = dict(num_classes=data.num_classes, in_chans=data.in_chans, **model_kwargs)
     if is_timm_dd_model(name):
-        kwargs.setdefault('img_size', bundle.img_size)
+        kwargs.setdefault('img_size', data.img_size)
         if cfg.student_norm is not None:
             kwargs.setdefault('norm', cfg.student_norm)
     elif cfg.student_norm is not None:
@@ -56,24 +56,24 @@ def create_student(name: str, bundle: DataSplits, cfg: TrainConfig, **model_kwar
                              f'keywords {name} does not take (each of --models gets the same --model-kwargs)') from e
         if 'unknown model' in str(e):
             raise
-        raise ValueError(f'cannot create {name} for {bundle.in_chans}x{bundle.img_size}x{bundle.img_size} images '
-                         f'and {bundle.num_classes} classes: {e}') from e
+        raise ValueError(f'cannot create {name} for {data.in_chans}x{data.img_size}x{data.img_size} images '
+                         f'and {data.num_classes} classes: {e}') from e
     if cfg.drop_path and not keep_rate_units(model):
         _logger.warning('%s has no droppable units; the keep-rate schedule does nothing for it', name)
     return model
 
 
-def train_or_load_teacher(cfg: TrainConfig, bundle: DataSplits, seed: int, accelerator: Accelerator,
+def train_or_load_teacher(cfg: TrainConfig, data: DataSplits, seed: int, accelerator: Accelerator,
                            test_loader: DataLoader, out_dir: Path, resume: bool,
                            distributed: bool) -> Tuple[nn.Module, Dict[str, Any]]:
     from ..hub import load_teacher
     if cfg.teacher:
         teacher = load_teacher(cfg.teacher)
-        if teacher.num_classes != bundle.num_classes:
+        if teacher.num_classes != data.num_classes:
             raise ValueError(f'the teacher {cfg.teacher} has {teacher.num_classes} classes but the training set has '
-                             f'{bundle.num_classes}')
-        _check_teacher_input(teacher, cfg.teacher, bundle)
-        _check_same_space(cfg.teacher, 'teacher', bundle)
+                             f'{data.num_classes}')
+        _check_teacher_input(teacher, cfg.teacher, data)
+        _check_same_space(cfg.teacher, 'teacher', data)
         acc = evaluate(teacher.to(accelerator.device), test_loader, accelerator.device, accelerator, distributed)
         return teacher, dict(model=cfg.teacher, seed=seed, final_acc=acc['acc'], best_acc=acc['acc'], loaded=True)
     overrides = {'seed': seed, 'eval_every': 0, 'recompute_bn': cfg.recompute_bn}
@@ -81,27 +81,27 @@ def train_or_load_teacher(cfg: TrainConfig, bundle: DataSplits, seed: int, accel
         overrides['epochs'] = cfg.teacher_epochs
     teacher_cfg = load_config(cfg.teacher_recipe, overrides)
     with seeded(seed):
-        teacher = create_student(cfg.teacher_model, bundle, teacher_cfg.replace(student_norm=cfg.teacher_norm))
+        teacher = create_student(cfg.teacher_model, data, teacher_cfg.replace(student_norm=cfg.teacher_norm))
     run_dir = teacher_folder(out_dir, seed)
     record = load_done(run_dir)
     if record is not None and resume:
         teacher.load_state_dict(_load_weights(run_dir / 'model'))
         return teacher, record
-    result = train_model(teacher, bundle.train, test_loader, teacher_cfg, accelerator, cfg.teacher_model,
+    result = train_model(teacher, data.train, test_loader, teacher_cfg, accelerator, cfg.teacher_model,
                          out_dir=run_dir, resume=resume, desc=f'teacher {cfg.teacher_model} seed {seed}',
                          distributed=distributed)
     record = result_record(cfg.teacher_model, seed, result)
     if accelerator.is_main_process or not distributed:
-        save_model(teacher, run_dir / 'model', bundle, None)
+        save_model(teacher, run_dir / 'model', data, None)
         save_done(run_dir, record, cfg.keep_checkpoints)
     if distributed:
         accelerator.wait_for_everyone()
     return teacher, record
 
 
-def _check_teacher_input(teacher: nn.Module, name: str, bundle: DataSplits) -> None:
+def _check_teacher_input(teacher: nn.Module, name: str, data: DataSplits) -> None:
     """A loaded teacher must take the training images; say which teacher and which images when it does not."""
-    x = bundle.train.images[:1]
+    x = data.train.images[:1]
     try:
         with torch.no_grad():
             teacher.eval()(x)
@@ -111,15 +111,15 @@ def _check_teacher_input(teacher: nn.Module, name: str, bundle: DataSplits) -> N
                          f'{str(e).splitlines()[0]}; use a teacher made for this data') from None
 
 
-def save_model(model: nn.Module, folder: Path, bundle: DataSplits, model_kwargs: Optional[Dict[str, Any]]) -> None:
+def save_model(model: nn.Module, folder: Path, data: DataSplits, model_kwargs: Optional[Dict[str, Any]]) -> None:
     from ..hub import record_input, save_teacher
-    src = bundle.source
+    src = data.source
     record_input(model, src.get('mean'), src.get('std'),
                  {k: src[k] for k in ('image_space', 'dataset', 'source_dataset', 'zca_eps') if k in src})
-    args = dict(num_classes=bundle.num_classes, in_chans=bundle.in_chans, **(model_kwargs or {}))
+    args = dict(num_classes=data.num_classes, in_chans=data.in_chans, **(model_kwargs or {}))
     if is_timm_dd_model(model.pretrained_cfg.get('architecture', '')):
-        args.setdefault('img_size', bundle.img_size)
-    save_teacher(model, folder, class_names=bundle.class_names, model_args=args)
+        args.setdefault('img_size', data.img_size)
+    save_teacher(model, folder, class_names=data.class_names, model_args=args)
 
 
 def _load_weights(folder: Path) -> Dict[str, torch.Tensor]:
@@ -139,7 +139,7 @@ def save_done(run_dir: Path, record: Dict[str, Any], keep_checkpoint: bool = Fal
         remove_file(run_dir / CHECKPOINT_FILE)
 
 
-def elf_targets(cfg: TrainConfig, student: nn.Module, bundle: DataSplits, device: torch.device) -> torch.Tensor:
+def elf_targets(cfg: TrainConfig, student: nn.Module, data: DataSplits, device: torch.device) -> torch.Tensor:
     from ..hub import load_teacher
     if not cfg.elf_feature_model:
         raise ValueError('ELF needs a feature model trained on real data (elf_feature_model); make one with '
@@ -150,18 +150,18 @@ def elf_targets(cfg: TrainConfig, student: nn.Module, bundle: DataSplits, device
     snapshot = Path(source) / f'model-epoch{cfg.elf_feature_epoch}'
     if Path(source).is_dir() and not (Path(source) / 'config.json').is_file() and snapshot.is_dir():
         source = str(snapshot)  # a run folder: the ELF code's feature model is the one after epoch 100
-    _check_same_space(source, 'ELF feature model', bundle)
+    _check_same_space(source, 'ELF feature model', data)
     phi = load_teacher(source).to(device).eval()
     split = elf_split(student)
     with torch.no_grad():
-        feats = torch.cat([phi.forward_features(chunk.to(device)) for chunk in bundle.train.images.split(256)])
+        feats = torch.cat([phi.forward_features(chunk.to(device)) for chunk in data.train.images.split(256)])
     if tuple(feats.shape[1:]) != tuple(split.feature_shape):
         raise ValueError(f'the ELF feature model outputs {tuple(feats.shape[1:])} but the student\'s split expects '
                          f'{split.feature_shape}; use a ConvNet of width {split.feature_shape[0]}')
     return feats.cpu()
 
 
-def _check_same_space(source: str, what: str, bundle: DataSplits) -> None:
+def _check_same_space(source: str, what: str, data: DataSplits) -> None:
     """A model that reads the training images (ELF's feature model, a loaded teacher) must have been trained in their
     image space: its recorded space (config.json ``image_space``, see ``record_input``) is compared when there is
     one."""
@@ -169,13 +169,13 @@ def _check_same_space(source: str, what: str, bundle: DataSplits) -> None:
     recorded = model_image_space(source)
     if not recorded or 'image_space' not in recorded:
         return
-    ours = bundle.source.get('image_space')
+    ours = data.source.get('image_space')
     if recorded['image_space'] != ours:
-        data = bundle.source.get('dataset') or bundle.source.get('source_dataset') or '<data>'
+        dataset = data.source.get('dataset') or data.source.get('source_dataset') or '<data>'
         flag = f' --image-space {ours}' if ours in ('zca', 'normalized') else ''
         raise ValueError(f'the {what} {source} was trained in {recorded["image_space"]} space, the training set is in '
                          f'{ours} space: train one in that space '
-                         f'(`timm-dd-train --dataset {data} --real-ipc -1{flag} ...`)')
+                         f'(`timm-dd-train --dataset {dataset} --real-ipc -1{flag} ...`)')
 
 
 def result_record(model: str, seed: int, result: RunResult) -> Dict[str, Any]:
