@@ -20,7 +20,7 @@ Sections (each under its own time limit; the whole run under ``--budget`` second
 3. ``dpkd``: seconds per epoch of the ``dpkd`` recipe (Lion, DropPath schedule, 2-fold DSA, KD from a ConvNet-3
    teacher; the teacher is untrained here since only the cost is measured) on ``resnet18_dd`` and 100 images.
 4. ``real``: a short real run with the library's end-to-end functions (``get_preset('cifar10-ipc10-mtt')``,
-   ``prepare_data``, ``run_experts``, ``run_distill``): a few experts with fewer epochs than published, then as many
+   ``load_distillation_data``, ``run_experts``, ``run_distill``): a few experts with fewer epochs than published, then as many
    MTT iterations at IPC 10 as the remaining time allows (capped by ``--max-iterations``), then ConvNet-3 test
    accuracy of the result against 10 random real images per class (same training recipe, ``baseline``). The
    settings actually used are written to the output.
@@ -277,15 +277,15 @@ def find_data(arg: Optional[str]) -> Optional[Path]:
 
 def load_data(s: Settings, data_path: Optional[Path], accelerator, device) -> tuple:
     """``(cfg, DataSplits or None, description)`` for the run's preset (CIFAR-10 in the ZCA space on a GPU run)."""
-    from timm_dd.distill import get_preset, prepare_data
+    from timm_dd.distill import get_preset, load_distillation_data
     cfg = get_preset(s.preset, s.overrides)
     if s.mode == 'smoke':
-        data = prepare_data(cfg)
+        data = load_distillation_data(cfg)
         return cfg, data, f'digits (embedded) at {cfg.image_size} px, ZCA={cfg.zca}'
     if data_path is None or not data_path.exists():
         return cfg, None, (f'CIFAR-10 JPEG copy not found (tried {", ".join(map(str, DATA_CANDIDATES))}; pass '
                            f'--data): timing sections use random data, the real run is skipped')
-    data = prepare_data(cfg, data_path)
+    data = load_distillation_data(cfg, data_path)
     return cfg, data, f'CIFAR-10 JPEG copy {data_path} (50,000 train / 10,000 test), ZCA eps {cfg.zca_eps}'
 
 

@@ -415,3 +415,12 @@ def test_cifar100_presets_use_cifar10_statistics_as_mtt_does():
     train = ImageSet(torch.rand(2, 3, 4, 4), torch.tensor([0, 1]), mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2))
     assert normalization_space(get_preset('cifar100-ipc10-mtt'), train) == ImageSpace(CIFAR10_MEAN, CIFAR10_STD)
     assert normalization_space(get_preset('cifar10-ipc10-mtt'), train) == ImageSpace(train.mean, train.std)
+
+
+def test_the_old_name_of_load_distillation_data_still_works_with_a_warning():
+    from timm_dd import distill
+    cfg = distill.get_preset('digits-ipc10-att', {'image_size': 8})
+    with pytest.warns(FutureWarning, match='load_distillation_data'):
+        old = distill.prepare_data(cfg)
+    new = distill.load_distillation_data(cfg)
+    assert torch.equal(old.train.images, new.train.images) and old.description == new.description

@@ -174,12 +174,12 @@ def _page_faults_likely(device: Any, method: str) -> bool:
 
 def _run(args: argparse.Namespace, cfg: Any, out: Path, acc: Any) -> Optional[Any]:
     """Train experts (returns ``None``) or distil (returns the set)."""
-    from ..distill import prepare_data, run_distill, run_experts
+    from ..distill import load_distillation_data, run_distill, run_experts
     if args.command == 'distill' and cfg.method in ('mtt', 'att'):
         from ..distill import ExpertPool
         ExpertPool.check_folder(args.experts, cfg.max_experts)  # before a minute of loading the data
     with acc.main_process_first():  # one process fills the decoded-data cache, the others read it
-        data = prepare_data(cfg, args.dataset, args.data_root)
+        data = load_distillation_data(cfg, args.dataset, args.data_root)
     if args.command == 'experts':
         run_experts(cfg, data, out, acc)
         if args.push_to_hub and acc.is_main_process:

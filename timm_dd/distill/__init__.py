@@ -1,7 +1,7 @@
 """Dataset distillation: expert trajectories, MTT / ATT trajectory matching (unrolled or exact recomputed
 meta-gradient), distribution matching (DM), presets and end-to-end runs.
 
-Runs: :func:`prepare_data`, :func:`run_experts`, :func:`run_distill` (what ``distill.py`` calls), with a preset
+Runs: :func:`load_distillation_data`, :func:`run_experts`, :func:`run_distill` (what ``distill.py`` calls), with a preset
 (:func:`get_preset`, :func:`list_presets`). Methods: :class:`TrajectoryMatching`, :class:`DistributionMatching`
 on the shared :class:`Distiller` loop. Experts: :func:`train_experts`, :class:`ExpertPool`. The exact meta-gradient
 as a building block: :func:`trajectory_match` with :class:`FlatModel` (or a :class:`StepGradient` of it, eager or
@@ -13,7 +13,7 @@ from .experts import ExpertConfig, ExpertFileError, ExpertPool, ExpertTrajectory
 from .matching import (ATT_NORMS, GRAD_MODES, FlatModel, MatchResult, Shards, StepGradient, StepPlan, plan_steps,
                        trajectory_match)
 from .presets import METHODS, PRESETS, DistillConfig, get_preset, list_presets
-from .run import build_set, make_evaluator, prepare_data, run_distill, run_experts
+from .run import build_set, load_distillation_data, make_evaluator, prepare_data, run_distill, run_experts
 from .state import DistillationDiverged
 from .tm import TrajectoryMatching, init_synthetic
 
@@ -22,6 +22,6 @@ __all__ = [
     'ExpertPool', 'ExpertTrajectory', 'save_trajectory', 'train_experts', 'ATT_NORMS', 'GRAD_MODES', 'FlatModel',
     'StepGradient', 'MatchResult', 'Shards', 'StepPlan', 'plan_steps', 'trajectory_match', 'METHODS', 'PRESETS',
     'DistillConfig', 'get_preset',
-    'list_presets', 'build_set', 'make_evaluator', 'prepare_data', 'run_distill', 'run_experts',
+    'list_presets', 'build_set', 'make_evaluator', 'load_distillation_data', 'prepare_data', 'run_distill', 'run_experts',
     'DistillationDiverged',
 ]

@@ -4,7 +4,7 @@ Used by the ``distill.py`` script; usable from Python::
 
     accelerator = accelerate.Accelerator()          # the caller's: device, processes, mixed precision
     cfg = get_preset('digits-ipc10-att', {'iterations': 20})
-    data = prepare_data(cfg)
+    data = load_distillation_data(cfg)
     run_experts(cfg, data, 'buffers/digits', accelerator)
     dset = run_distill(cfg, data, 'buffers/digits', 'runs/digits-att', accelerator)
 
@@ -14,6 +14,7 @@ minibatch is split (exact), and the periodic evaluation's seeds are split (seed 
 """
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
@@ -33,7 +34,7 @@ from .tm import TrajectoryMatching, init_synthetic
 from ..seeding import Stream, generator_for, seeded
 from ..tracking import log_image, log_metrics, takes_images
 
-__all__ = ['apply_precision', 'prepare_data', 'model_kwargs', 'make_evaluator', 'run_experts', 'run_distill',
+__all__ = ['apply_precision', 'load_distillation_data', 'prepare_data', 'model_kwargs', 'make_evaluator', 'run_experts', 'run_distill',
            'expert_config']
 
 _logger = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ _logger = logging.getLogger(__name__)
 _DATASET_ALIASES = {'tiny-imagenet': None, 'tiny': None}  # needs a folder (--data)
 
 
-def prepare_data(cfg: DistillConfig, data: Optional[Union[str, os.PathLike]] = None,
+def load_distillation_data(cfg: DistillConfig, data: Optional[Union[str, os.PathLike]] = None,
                  root: Optional[Union[str, os.PathLike]] = None) -> DataSplits:
     """Load ``cfg.dataset`` (or the folder/zip ``data``; CIFAR from the data folder ``root``) and move both splits
     to the distillation space. Where local data was read is recorded (``source['real_data']``), so that training on
@@ -64,6 +65,14 @@ def prepare_data(cfg: DistillConfig, data: Optional[Union[str, os.PathLike]] = N
         provenance['real_data'] = real_data
     return DataSplits(train.in_space(space), test.in_space(space), cfg.dataset, f'{cfg.dataset} ({space.name} space)',
                       provenance)
+
+
+def prepare_data(*args: Any, **kwargs: Any) -> DataSplits:
+    """Deprecated name of :func:`load_distillation_data` (``timm_dd.train.prepare_data`` is another function: the
+    training set of an experiment)."""
+    warnings.warn('timm_dd.distill.prepare_data is renamed load_distillation_data (timm_dd.train.prepare_data is the '
+                  'training-side function)', FutureWarning, stacklevel=2)
+    return load_distillation_data(*args, **kwargs)
 
 
 def _real_data(source: str, data: Optional[Union[str, os.PathLike]],
@@ -215,7 +224,7 @@ def run_distill(
 
     Args:
         cfg: Settings.
-        data: Output of :func:`prepare_data`.
+        data: Output of :func:`load_distillation_data`.
         expert_dir: Expert buffer folder (MTT/ATT).
         out_dir: Run folder: checkpoint, grids, output set(s).
         accelerator: The caller's ``accelerate.Accelerator`` (device, processes, mixed precision of the evaluation).
