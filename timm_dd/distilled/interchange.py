@@ -347,12 +347,9 @@ _CIFAR10_STATS_FOR_CIFAR100 = ('mtt', 'ddranking')
 
 
 def _space_stats(train, space: str, zca, normalization: Optional[Dict[str, list]] = None) -> torch.Tensor:
-    x = train.images[:2000]
-    if space == 'normalized':
-        mean, std = (torch.tensor(normalization[k]).view(1, -1, 1, 1) for k in ('mean', 'std'))
-        x = (x - mean) / std
-    elif space == 'zca':
-        x = zca.transform(x)
+    mapping = (ImageSpace(normalization['mean'], normalization['std']) if space == 'normalized'
+               else ImageSpace(zca=zca) if space == 'zca' else ImageSpace())
+    x = mapping.to_model(train.images[:2000])
     return x.transpose(0, 1).reshape(x.shape[1], -1).std(1)
 
 
