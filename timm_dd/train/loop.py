@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-__all__ = ['Hook', 'fit', 'epoch_batches', 'IterationLr', 'run_batches', 'check_finite', 'count_correct', 'evaluate',
-           'evaluate_tensors', 'eval_batch_size', 'on_terminal']
+__all__ = ['Hook', 'fit', 'epoch_batches', 'IterationLr', 'run_batches', 'check_finite', 'count_correct', 'accuracy',
+           'evaluate', 'evaluate_tensors', 'eval_batch_size', 'on_terminal']
 
 _logger = logging.getLogger(__name__)
 
