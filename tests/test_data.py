@@ -10,7 +10,7 @@ from PIL import Image
 import timm_dd.data.folders as dsmod  # the image-folder reader, whose decoding the cache tests count
 from timm_dd.data.cache import load_cached
 from timm_dd.data import (
-    CIFAR10_CLASSES, CIFAR10_MEAN, DIGITS_MEAN, DIGITS_STD, IMAGENET_MEAN, ImageSet, load_dataset, select_ipc,
+    CIFAR10_CLASSES, CIFAR10_MEAN, DIGITS_MEAN, DIGITS_STD, IMAGENET_MEAN, ImageSet, ImageSpace, load_dataset, select_ipc,
 )
 
 SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / 'shared' / 'data' / 'cifar10-jpeg'
@@ -94,14 +94,14 @@ def test_image_dataset_helpers():
     ds = load_dataset('digits', 'test')
     sub = ds.subset([3, 1, 2])
     assert len(sub) == 3 and torch.equal(sub.images[0], ds.images[3]) and sub.labels[1] == ds.labels[1]
-    assert sub.class_names == ds.class_names and sub.mean == ds.mean
+    assert sub.class_names == ds.class_names and sub.normalization == ds.normalization
     norm = ds.normalized()
     torch.testing.assert_close(norm, (ds.images - DIGITS_MEAN[0]) / DIGITS_STD[0])
     assert 'digits' in repr(ds)
     with pytest.raises(ValueError):
-        ImageSet(ds.images, ds.labels[:-1], ds.class_names, ds.mean, ds.std)
+        ImageSet(ds.images, ds.labels[:-1], ds.class_names, ds.normalization)
     with pytest.raises(ValueError):
-        ImageSet(ds.images, ds.labels, ds.class_names, (0.5, 0.5, 0.5), ds.std)
+        ImageSet(ds.images, ds.labels, ds.class_names, ImageSpace.normalized((0.5, 0.5, 0.5), (0.2,) * 3))
 
 
 def test_folder_loading(tmp_path):
@@ -111,7 +111,7 @@ def test_folder_loading(tmp_path):
     assert ds.class_names == sorted(CLASSES) and ds.name == 'tiny'
     assert ds.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert torch.equal(ds.images, _expected())  # PNG is lossless
-    assert ds.mean == IMAGENET_MEAN
+    assert ds.normalization.mean == IMAGENET_MEAN
     # parent folder with split subfolders
     parent = tmp_path / 'parent'
     _write_tree(parent / 'train')
@@ -142,7 +142,7 @@ def test_grey_resize_and_size_mismatch(tmp_path):
     _write_tree(root, grey=True)
     ds = load_dataset(str(root), cache_dir=tmp_path / 'c')
     assert ds.images.shape == (9, 1, 8, 8) and torch.equal(ds.images, _expected(grey=True))
-    assert len(ds.mean) == 1
+    assert len(ds.normalization.mean) == 1
     Image.fromarray(_pixels(0, 0, (6, 5))).save(root / 'a_cat' / 'odd.png')
     with pytest.raises(ValueError, match='image_size'):
         load_dataset(str(root), cache_dir=tmp_path / 'c')
@@ -269,7 +269,7 @@ def test_shared_cifar10_jpeg(shared_cifar):
     assert train.labels.bincount().tolist() == [5000] * 10
     assert test.labels.bincount().tolist() == [1000] * 10
     assert train.class_names == list(CIFAR10_CLASSES) == test.class_names
-    assert train.mean == CIFAR10_MEAN and train.num_classes == 10
+    assert train.normalization.mean == CIFAR10_MEAN and train.num_classes == 10
     assert len(list(Path(cache).glob('*.safetensors'))) == 2
     # the cached reload is identical
     again = load_dataset(str(SHARED_CIFAR), 'test', cache_dir=cache)
@@ -300,7 +300,7 @@ def test_cifar10_from_an_image_folder_copy_in_data_root(tmp_path, layout):
     for split, offset in (('train', 0), ('test', 50)):
         ds = load_dataset('cifar10', split, root=root, cache_dir=tmp_path / 'c')
         assert ds.name == 'cifar10' and ds.split == split
-        assert ds.class_names == list(CIFAR10_CLASSES) and ds.mean == CIFAR10_MEAN
+        assert ds.class_names == list(CIFAR10_CLASSES) and ds.normalization.mean == CIFAR10_MEAN
         assert ds.images.shape == (20, 3, 8, 8) and ds.labels.tolist() == [k for k in range(10) for _ in range(2)]
         assert torch.equal(ds.images[3], torch.from_numpy(_pixels(1, offset + 1)).permute(2, 0, 1).float() / 255)
     assert load_dataset('cifar10', 'test', root=root, cache_dir=tmp_path / 'c', image_size=4).image_size == (4, 4)
@@ -321,7 +321,7 @@ def test_shared_cifar10_jpeg_through_data_root(shared_cifar):
     data, cache = shared_cifar
     for root in (SHARED_CIFAR, SHARED_CIFAR.parent):  # the copy itself, or the folder that holds it
         test = load_dataset('cifar10', 'test', root=root, cache_dir=cache)
-        assert test.name == 'cifar10' and test.class_names == list(CIFAR10_CLASSES) and test.mean == CIFAR10_MEAN
+        assert test.name == 'cifar10' and test.class_names == list(CIFAR10_CLASSES) and test.normalization.mean == CIFAR10_MEAN
         assert torch.equal(test.images, data['test'].images) and torch.equal(test.labels, data['test'].labels)
 
 
@@ -337,3 +337,16 @@ def test_shared_cifar10_jpeg_as_typed_on_the_command_line(shared_cifar, tmp_path
                            '--cpu', '--cache-dir', str(cache), '--output', str(out)]) == 0, capsys.readouterr().err
     result = json.loads((out / 'results.json').read_text())
     assert [r['test_count'] for r in result['runs']] == [10000] and result['data']['dataset'] == 'cifar10'
+
+
+def test_a_recorded_space_is_compared_by_name_statistics_and_eps():
+    from timm_dd.data import ZCA
+    cifar = ImageSpace.normalized(CIFAR10_MEAN, (0.25, 0.24, 0.26))
+    assert cifar.disagreement(cifar.to_dict()) is None
+    rounded = dict(cifar.to_dict(), mean=[round(m, 2) for m in CIFAR10_MEAN])  # published, rounded statistics
+    assert cifar.disagreement(rounded) is None
+    assert 'mean' in cifar.disagreement(dict(cifar.to_dict(), mean=[0.13] * 3))  # another dataset's
+    zca = ImageSpace(zca=ZCA.fit(torch.rand(50, 1, 4, 4, generator=torch.Generator().manual_seed(0)), eps=0.1))
+    assert cifar.disagreement(zca.to_dict()) == 'zca space, not normalized'
+    assert zca.disagreement(zca.to_dict()) is None
+    assert 'eps' in zca.disagreement(dict(zca.to_dict(), zca_eps=0.01))

@@ -412,9 +412,10 @@ def test_cifar100_presets_use_cifar10_statistics_as_mtt_does():
     assert get_preset('cifar100-ipc10-att').normalization == 'cifar10'
     assert get_preset('cifar10-ipc10-mtt').normalization == 'dataset'
 
-    train = ImageSet(torch.rand(2, 3, 4, 4), torch.tensor([0, 1]), mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2))
+    train = ImageSet(torch.rand(2, 3, 4, 4), torch.tensor([0, 1]), 
+                     normalization=ImageSpace.normalized((0.5, 0.5, 0.5), (0.2, 0.2, 0.2)))
     assert normalization_space(get_preset('cifar100-ipc10-mtt'), train) == ImageSpace(CIFAR10_MEAN, CIFAR10_STD)
-    assert normalization_space(get_preset('cifar10-ipc10-mtt'), train) == ImageSpace(train.mean, train.std)
+    assert normalization_space(get_preset('cifar10-ipc10-mtt'), train) == train.normalization
 
 
 def test_the_old_name_of_load_distillation_data_still_works_with_a_warning():

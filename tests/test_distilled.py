@@ -379,6 +379,24 @@ def test_overwrite(tmp_path):
 
 # pixel space and grids
 
+def test_space_is_one_stored_value_given_whole_or_as_parts(tmp_path):
+    from timm_dd.data import ImageSpace
+    p = _pixels()
+    space = ImageSpace.normalized(MEAN, STD)
+    whole = DistilledSet(space.to_model(p), _labels(), space=space)
+    parts = DistilledSet(space.to_model(p), _labels(), normalization={'mean': MEAN, 'std': STD})
+    assert whole.space == parts.space == space
+    assert (parts.image_space, parts.normalization, parts.zca) == ('normalized', {'mean': MEAN, 'std': STD}, None)
+    with pytest.raises(AttributeError):  # views of the one value, not a second copy to get out of step
+        parts.image_space = 'pixel'
+    with pytest.raises(DistilledSetError, match='not both'):
+        DistilledSet(p, _labels(), space=space, image_space='normalized')
+    with pytest.raises(DistilledSetError, match='one per channel'):
+        DistilledSet(p, _labels(), space=ImageSpace.normalized([0.5], [0.2]))
+    folder = whole.save(tmp_path / 'set')
+    assert DistilledSet.load(folder).space == space
+
+
 def test_to_pixel_space():
     p = _pixels()
     mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)

@@ -14,7 +14,7 @@ image many times, so a per-item ``Dataset`` would only add overhead). Sources:
   ``.zip`` archive (see :mod:`timm_dd.data.folders`).
 * ``'digits'``: scikit-learn's bundled 8x8 digits (1,797 images, values 0..16), works offline.
 
-Normalization statistics (``ImageSet.mean`` / ``std``; the images themselves stay [0, 1] pixels): the values researchers use for CIFAR-10/100; for
+Normalization statistics (``ImageSet.normalization``; the images themselves stay [0, 1] pixels): the values researchers use for CIFAR-10/100; for
 folders and archives CIFAR-10's when the class names are exactly the 10 CIFAR-10 classes in order and the
 images are RGB, ImageNet's for other RGB data, and the mean of ImageNet's three channels for greyscale data;
 for digits the statistics of its train split (see :data:`DIGITS_MEAN`).
@@ -32,6 +32,7 @@ from ..constants import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, 
 from ..constants import BUILTIN_DATASETS, CIFAR10_CLASSES
 from .folders import IMG_EXTENSIONS, load_image_tree
 from .sets import ImageSet
+from .space import ImageSpace
 
 __all__ = [
     'load_dataset', 'select_ipc', 'BUILTIN_DATASETS', 'CIFAR10_CLASSES', 'CIFAR10_MEAN',
@@ -226,7 +227,7 @@ def _load_cifar(
     images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).float().div_(255)
     mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == 'cifar10' else (CIFAR100_MEAN, CIFAR100_STD)
     return ImageSet(_resize_float(images, size), torch.as_tensor(ds.targets, dtype=torch.int64),
-                    list(ds.classes), mean, std, name, split)
+                    list(ds.classes), ImageSpace.normalized(mean, std), name, split)
 
 
 def _load_cifar_copy(
@@ -249,7 +250,7 @@ def _load_cifar_copy(
         raise ValueError(f'{folder} holds greyscale images; {name} is RGB')
     _logger.info('%s %s read from the image-folder copy %s', name, split, folder)
     mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == 'cifar10' else (CIFAR100_MEAN, CIFAR100_STD)
-    return ImageSet(ds.images, ds.labels, ds.class_names, mean, std, name, split)
+    return ImageSet(ds.images, ds.labels, ds.class_names, ImageSpace.normalized(mean, std), name, split)
 
 
 def _digits_split_indices(targets: torch.Tensor, split: str) -> torch.Tensor:
@@ -277,5 +278,5 @@ def _load_digits(split: str, size: Optional[Tuple[int, int]]) -> ImageSet:
     idx = _digits_split_indices(targets, split)
     x = torch.as_tensor(bunch.images, dtype=torch.float32)[idx].unsqueeze(1) / 16.0
     x = F.interpolate(x, size=size or (DIGITS_SIZE, DIGITS_SIZE), mode='bilinear', align_corners=False)
-    return ImageSet(x.contiguous(), targets[idx].contiguous(), [str(i) for i in range(10)], DIGITS_MEAN,
-                        DIGITS_STD, 'digits', split)
+    return ImageSet(x.contiguous(), targets[idx].contiguous(), [str(i) for i in range(10)],
+                    ImageSpace.normalized(DIGITS_MEAN, DIGITS_STD), 'digits', split)

@@ -20,6 +20,7 @@ from ..constants import BUILTIN_DATASETS, CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10
 from ..io import file_sha256, walk_files
 from .cache import cache_key, default_cache_dir, load_cached, save_cached, tree_fingerprint
 from .sets import ImageSet
+from .space import ImageSpace
 
 __all__ = ['load_image_tree', 'IMG_EXTENSIONS', 'SPLIT_NAMES']
 
@@ -223,4 +224,4 @@ def _tree_dataset(
         split: str,
 ) -> ImageSet:
     mean, std = _tree_stats(class_names, images_u8.shape[1])
-    return ImageSet(images_u8.float().div_(255), labels, class_names, mean, std, name, split)
+    return ImageSet(images_u8.float().div_(255), labels, class_names, ImageSpace.normalized(mean, std), name, split)

@@ -46,8 +46,8 @@ class ImageSet(HasImages):
         images: float ``[N, C, H, W]`` in ``space`` ([0, 1] pixels for a loaded dataset).
         labels: int64 ``[N]`` in ``[0, num_classes)``, or soft labels ``[N, K]``: probabilities, rows summing to 1.
         class_names: name of each class, indexed by label (may be empty when unknown).
-        mean: per-channel normalization mean of the source data (``None`` when unknown).
-        std: per-channel normalization std of the source data.
+        normalization: the source data's per-channel mean/std as a space (``None`` when unknown): what
+            'normalized' space means for this data, whatever space ``images`` are in now.
         name: short name of the source (``'cifar10'``, ``'digits'``, a folder or archive name).
         split: the split (``'train'``, ``'test'``, ...).
         space: the space ``images`` are in (default: pixels).
@@ -57,8 +57,7 @@ class ImageSet(HasImages):
     images: torch.Tensor
     labels: torch.Tensor
     class_names: List[str] = field(default_factory=list)
-    mean: Optional[Tuple[float, ...]] = None
-    std: Optional[Tuple[float, ...]] = None
+    normalization: Optional[ImageSpace] = None
     name: str = ''
     split: str = ''
     space: ImageSpace = field(default_factory=ImageSpace)
@@ -71,11 +70,12 @@ class ImageSet(HasImages):
         if self.num_classes is None:
             self.num_classes = self._infer_num_classes()
         self._check_labels()
-        if self.mean is not None or self.std is not None:
-            stats = ImageSpace(self.mean, self.std)  # validates them
-            self.mean, self.std = stats.mean, stats.std
-            if len(self.mean) != self.images.shape[1]:
-                raise ValueError(f'mean/std need {self.images.shape[1]} values, got {self.mean} / {self.std}')
+        stats = self.normalization
+        if stats is not None:
+            if not isinstance(stats, ImageSpace) or stats.mean is None or stats.zca is not None:
+                raise ValueError(f'normalization must be ImageSpace.normalized(mean, std), got {stats!r}')
+            if len(stats.mean) != self.images.shape[1]:
+                raise ValueError(f'mean/std need {self.images.shape[1]} values, got {stats.mean} / {stats.std}')
 
     def _check_images(self) -> None:
         x = self.images
@@ -111,18 +111,13 @@ class ImageSet(HasImages):
     def soft(self) -> bool:
         return self.labels.ndim == 2
 
-    @property
-    def normalization(self) -> ImageSpace:
-        """The source data's normalization as a space (``ValueError`` when the statistics are unknown)."""
-        if self.mean is None:
-            raise ValueError(f'{self!r} has no normalization statistics (mean/std)')
-        return ImageSpace(self.mean, self.std)
-
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def normalized(self) -> torch.Tensor:
         """The images mapped from pixels into :attr:`normalization` (a new tensor)."""
+        if self.normalization is None:
+            raise ValueError(f'{self!r} has no normalization statistics (mean/std)')
         return self.normalization.to_model(self.space.to_pixels(self.images) if self.space.name != 'pixel'
                                            else self.images)
 
@@ -156,7 +151,9 @@ class DataSplits:
         test: the test split in the same space and size.
         name: the source dataset (``'cifar10'``, a folder).
         description: one line for tables and logs.
-        source: JSON-serialisable provenance (recorded with results and saved models).
+        source: JSON-serialisable provenance: what the data is and where it came from (``kind``, ``dataset``,
+            ``path``, ``ipc``, ...), not its space (``space``); :attr:`record` is both, as results and saved models
+            keep them.
         notes: what a reader of numbers trained on this data must know (a set loaded without checksums); they
             land in the results' notes.
     """
@@ -187,6 +184,12 @@ class DataSplits:
     @property
     def space(self) -> ImageSpace:
         return self.train.space
+
+    @property
+    def record(self) -> Dict[str, Any]:
+        """Provenance and space in one JSON-serialisable dict (``source`` and ``space.to_dict()``): the ``data`` of
+        results and run records."""
+        return {**self.source, **self.space.to_dict()}
 
     @property
     def checksum(self) -> str:

@@ -6,7 +6,7 @@ maps back (un-whiten, then de-normalize). MTT's ``--zca`` sets are ZCA of raw [0
 DC/DSA/DM sets are normalized; a set may also be ZCA of normalized pixels (both given).
 """
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -111,6 +111,23 @@ class ImageSpace:
         if self.zca is not None:
             out['zca_eps'] = self.zca.eps
         return out
+
+    def disagreement(self, record: Mapping[str, Any], stats_tolerance: float = 0.02) -> Optional[str]:
+        """``None`` when ``record`` (a :meth:`to_dict`, e.g. the space a saved model records) describes this space,
+        else what differs: the space's name, the mean/std (within ``stats_tolerance``: a dataset's own statistics
+        and its published rounded ones agree, two datasets' do not) or the ZCA's eps."""
+        name = record.get('image_space')
+        if name != self.name:
+            return f'{name} space, not {self.name}'
+        for key in ('mean', 'std'):
+            ours, theirs = getattr(self, key), record.get(key)
+            if ours is not None and theirs is not None and (
+                    len(theirs) != len(ours) or any(abs(a - b) > stats_tolerance for a, b in zip(theirs, ours))):
+                return f'{key} {[round(v, 4) for v in theirs]}, not {[round(v, 4) for v in ours]}'
+        eps = record.get('zca_eps')
+        if self.zca is not None and eps is not None and float(eps) != self.zca.eps:
+            return f'ZCA eps {eps}, not {self.zca.eps}'
+        return None
 
 
 def to_uint8(pixels: torch.Tensor) -> torch.Tensor:

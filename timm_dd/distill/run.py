@@ -59,7 +59,7 @@ def load_distillation_data(cfg: DistillConfig, data: Optional[Union[str, os.Path
     train = load_dataset(source, 'train', root=root, **kwargs)
     test = load_dataset(source, 'test', root=root, **kwargs)
     space = ImageSpace.fit('zca', train.images, cfg.zca_eps) if cfg.zca else normalization_space(cfg, train)
-    provenance = dict(kind='real', dataset=cfg.dataset, **space.to_dict())
+    provenance: Dict[str, Any] = dict(kind='real', dataset=cfg.dataset)
     real_data = _real_data(source, data, root)
     if real_data is not None:
         provenance['real_data'] = real_data
@@ -202,8 +202,7 @@ def build_set(cfg: DistillConfig, data: DataSplits, images: torch.Tensor, lr: Op
     return DistilledSet(
         images=images.detach().cpu().float(), labels=torch.arange(data.num_classes).repeat_interleave(cfg.ipc),
         method=cfg.method.upper(), source_dataset=data.name, class_names=data.class_names, ipc=cfg.ipc,
-        image_space=data.space.name, normalization=data.space.normalization, lr=lr, zca=data.space.zca,
-        distill_arch=cfg.arch, seed=cfg.seed, extra=extra)
+        space=data.space, lr=lr, distill_arch=cfg.arch, seed=cfg.seed, extra=extra)
 
 
 def run_distill(

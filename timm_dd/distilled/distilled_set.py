@@ -7,9 +7,9 @@ problem.
 """
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 
@@ -20,7 +20,7 @@ from ..version import __version__
 from .card import render_card
 from .format import DISTILLED_FILE, FORMAT_NAME, FORMAT_VERSION, ZCA_FILE, DistilledSetError, file_of_field, \
     read_set_folder, safetensors_header, verify_checksums, write_set_folder
-from .validation import is_number, validate
+from .validation import is_number, space_from_parts, validate
 
 __all__ = ['DistilledSet']
 
@@ -33,8 +33,14 @@ class DistilledSet(HasImages):
 
     Validated on construction (:meth:`validate`), so an invalid set can be neither built nor saved.
     Inferred when left ``None``: ``num_classes`` (from ``class_names``, soft-label width, or ``labels.max() + 1``),
-    ``ipc`` (when every class has the same number of images), ``image_space`` ('zca' if ``zca`` is given,
-    'normalized' if ``normalization`` is given, else 'pixel') and ``soft_label_kind`` ('logits').
+    ``ipc`` (when every class has the same number of images), the space (from its parts, below) and
+    ``soft_label_kind`` ('logits').
+
+    The images' space is one stored value, ``space`` (an :class:`~timm_dd.data.ImageSpace`). It may be given
+    instead as the parts files and other tools state it, ``image_space``, ``normalization`` and ``zca`` (each checked
+    with its own error); ``image_space`` is then inferred when left ``None`` ('zca' if ``zca`` is given,
+    'normalized' if ``normalization`` is given, else 'pixel'). After construction the three names are read-only
+    views of ``space``.
 
     Args:
         images: ``[N, C, H, W]`` float32 (fp16/bf16/fp64 kept as is), in the space named by ``image_space``.
@@ -52,6 +58,7 @@ class DistilledSet(HasImages):
         soft_label_temperature: Temperature the soft labels are meant to be used with.
         lr: Learned learning rate (MTT/TESLA), stored as a 0-d float32 tensor.
         zca: The ZCA transform when ``image_space='zca'``.
+        space: The :class:`~timm_dd.data.ImageSpace` of the images (instead of the three parts above).
         distill_arch: Architecture used for distillation, e.g. 'convnet3'.
         seed: Random seed of the distillation run.
         license: License identifier for the card (``None`` -> 'unknown').
@@ -66,23 +73,25 @@ class DistilledSet(HasImages):
     num_classes: Optional[int] = None
     class_names: Optional[List[str]] = None
     ipc: Optional[int] = None
-    image_space: Optional[str] = None
-    normalization: Optional[Dict[str, List[float]]] = None
+    image_space: InitVar[Optional[str]] = None
+    normalization: InitVar[Optional[Dict[str, List[float]]]] = None
     soft_labels: Optional[torch.Tensor] = None
     soft_label_kind: Optional[str] = None
     soft_label_temperature: Optional[float] = None
     lr: Optional[Union[float, torch.Tensor]] = None
-    zca: Optional[ZCA] = None
+    zca: InitVar[Optional[ZCA]] = None
     distill_arch: Optional[str] = None
     seed: Optional[int] = None
     license: Optional[str] = None
     library_version: str = __version__
     eval_results: List[Dict[str, Any]] = field(default_factory=list)
     extra: Dict[str, Any] = field(default_factory=dict)
+    space: Optional[ImageSpace] = None
     # what loading found that a reader of numbers made with this set must know (files without checksums); not saved
     load_notes: List[str] = field(default_factory=list, compare=False, repr=False)
 
-    def __post_init__(self):
+    def __post_init__(self, image_space: Optional[str], normalization: Optional[Dict[str, List[float]]],
+                      zca: Optional[ZCA]) -> None:
         if isinstance(self.labels, (list, tuple)):
             self.labels = torch.tensor(self.labels, dtype=torch.int64)
         if isinstance(self.labels, torch.Tensor) and self.labels.dtype != torch.int64 \
@@ -94,13 +103,7 @@ class DistilledSet(HasImages):
                 self.lr = torch.tensor(float(self.lr), dtype=torch.float32)
             elif isinstance(self.lr, torch.Tensor) and self.lr.numel() == 1 and self.lr.is_floating_point():
                 self.lr = self.lr.detach().reshape(()).to(torch.float32)
-        if self.image_space is None:
-            self.image_space = 'zca' if self.zca is not None else 'normalized' if self.normalization else 'pixel'
-        if self.normalization is not None and isinstance(self.normalization, Mapping):
-            self.normalization = {
-                k: [float(v) if is_number(v) or isinstance(v, torch.Tensor) else v for v in vs]
-                if isinstance(vs, (list, tuple, torch.Tensor)) else vs
-                for k, vs in self.normalization.items()}
+        self._set_space(image_space, normalization, zca)
         if self.class_names is not None and isinstance(self.class_names, (list, tuple)):
             self.class_names = list(self.class_names)
         if self.soft_labels is not None and self.soft_label_kind is None:
@@ -112,6 +115,16 @@ class DistilledSet(HasImages):
             counts = torch.bincount(self.labels.detach().cpu(), minlength=self.num_classes)
             if bool((counts == counts[0]).all()) and int(counts[0]) > 0:
                 self.ipc = int(counts[0])
+
+    def _set_space(self, image_space: Optional[str], normalization: Any, zca: Optional[ZCA]) -> None:
+        given_as_parts = image_space is not None or normalization is not None or zca is not None
+        if self.space is not None and given_as_parts:
+            raise DistilledSetError('give the space either as space=ImageSpace(...) or as its parts (image_space, '
+                                    'normalization, zca), not both', field='image_space')
+        if self.space is None:
+            x = self.images
+            channels = x.shape[1] if isinstance(x, torch.Tensor) and x.dim() == 4 else None
+            self.space = space_from_parts(image_space, normalization, zca, channels)
 
     def _infer_num_classes(self) -> Optional[int]:
         if isinstance(self.class_names, list):
@@ -126,12 +139,12 @@ class DistilledSet(HasImages):
         dtype = str(self.images.dtype).replace('torch.', '') if isinstance(self.images, torch.Tensor) else '?'
         shape = list(self.images.shape) if isinstance(self.images, torch.Tensor) else '?'
         parts = [f'method={self.method!r}', f'source_dataset={self.source_dataset!r}', f'images={shape} {dtype}',
-                 f'num_classes={self.num_classes}', f'ipc={self.ipc}', f'image_space={self.image_space!r}',
+                 f'num_classes={self.num_classes}', f'ipc={self.ipc}', f'image_space={self.space.name!r}',
                  f'labels={self.label_type}']
         if self.lr is not None:
             parts.append(f'lr={float(self.lr):.4g}')
-        if self.zca is not None:
-            parts.append(f'zca_eps={self.zca.eps}')
+        if self.space.zca is not None:
+            parts.append(f'zca_eps={self.space.zca.eps}')
         return f'{self.__class__.__name__}({", ".join(parts)})'
 
     # properties
@@ -149,12 +162,6 @@ class DistilledSet(HasImages):
         validate(self)
 
     # space and training
-
-    @property
-    def space(self) -> ImageSpace:
-        """The :class:`~timm_dd.data.ImageSpace` the images are in."""
-        norm = self.normalization
-        return ImageSpace(tuple(norm['mean']) if norm else None, tuple(norm['std']) if norm else None, self.zca)
 
     def to_pixel_space(self, images: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Map ``images`` (default: the set's) to pixel space, nominally [0, 1]; float32, not clipped.
@@ -210,9 +217,9 @@ class DistilledSet(HasImages):
             'num_images': self.num_images,
             'image_size': list(self.image_shape),  # [C, H, W] in format version 1
             'image_dtype': str(self.images.dtype).replace('torch.', ''),
-            'image_space': self.image_space,
-            'normalization': self.normalization,
-            'zca': None if self.zca is None else {'eps': self.zca.eps, 'file': ZCA_FILE},
+            'image_space': self.space.name,
+            'normalization': self.space.normalization,
+            'zca': None if self.space.zca is None else {'eps': self.space.zca.eps, 'file': ZCA_FILE},
             'label_type': self.label_type,
             'soft_label_kind': self.soft_label_kind,
             'soft_label_temperature': self.soft_label_temperature,
@@ -256,10 +263,10 @@ class DistilledSet(HasImages):
         if folder.is_dir() and not overwrite:
             raise FileExistsError(f'{folder} exists (pass overwrite=True to replace it)')
         header = safetensors_header(method=self.method, source_dataset=self.source_dataset, ipc=self.ipc,
-                                    num_classes=self.num_classes, image_space=self.image_space)
+                                    num_classes=self.num_classes, image_space=self.space.name)
         repo_id = str(folder) if repo_id is None else repo_id
         write_set_folder(folder, self.tensors(), header, self.to_config(),
-                         lambda parquet_file: self.to_card(repo_id, parquet_file), self.zca,
+                         lambda parquet_file: self.to_card(repo_id, parquet_file), self.space.zca,
                          self._write_parquet if parquet_view else None)
         _logger.info(f'saved distilled set ({self.num_images} images, {self.method}) to {folder}')
         return folder
@@ -309,3 +316,12 @@ class DistilledSet(HasImages):
             dset.load_notes = verify_checksums(folder, config, strict)
         return dset
 
+
+
+# read-only views of the one stored space, under the names files use (set after the class: during its creation the
+# names are the constructor's InitVars)
+DistilledSet.image_space = property(lambda self: self.space.name,
+                                    doc="'zca', 'normalized' or 'pixel' (``space.name``).")
+DistilledSet.normalization = property(lambda self: self.space.normalization,
+                                      doc="``{'mean': [...], 'std': [...]}`` or ``None`` (``space.normalization``).")
+DistilledSet.zca = property(lambda self: self.space.zca, doc='The ZCA transform or ``None`` (``space.zca``).')

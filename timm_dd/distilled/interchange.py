@@ -170,12 +170,9 @@ def import_distilled(
     train = _real_train(dataset, images.shape[-2:])
     num_classes = len(train.class_names)
     _check_labels(labels, soft, num_classes, folder)
-    normalization, zca = None, None
-    if image_space == 'normalized':
-        normalization = _normalization_of(train, layout, normalization_stats)
-    elif image_space == 'zca':
-        zca = ImageSpace.fit('zca', train.images, zca_eps).zca
-    _check_space(images, image_space, train, zca, folder, normalization)
+    normalization = _normalization_of(train, layout, normalization_stats) if image_space == 'normalized' else None
+    space = ImageSpace.fit(image_space, train.images, zca_eps, normalization)
+    _check_space(images, space, train, folder)
     if soft is not None and soft_label_temperature is None and soft_label_kind == 'logits':
         soft_label_temperature = LAYOUT_TEMPERATURE.get(layout)  # the temperature the layout's tool trains with
     if lr is None:
@@ -183,7 +180,7 @@ def import_distilled(
     try:
         dset = DistilledSet(
             images=images.float(), labels=labels, method=method or layout.upper(), source_dataset=str(dataset),
-            class_names=list(train.class_names), image_space=image_space, normalization=normalization, zca=zca,
+            class_names=list(train.class_names), space=space,
             soft_labels=soft, soft_label_kind=soft_label_kind if soft is not None else None,
             soft_label_temperature=soft_label_temperature, lr=lr,
             extra={'imported_from': str(source), 'layout': layout, **({'note': note} if note else {}),
@@ -330,15 +327,15 @@ def _check_labels(labels: torch.Tensor, soft: Optional[torch.Tensor], num_classe
                          f'classes')
 
 
-def _normalization_of(train, layout: str, stats: Optional[str]) -> Dict[str, list]:
+def _normalization_of(train, layout: str, stats: Optional[str]) -> ImageSpace:
     """The mean/std a normalized set was made with: the dataset's own, or CIFAR-10's, which MTT, ATT, DATM,
     DD-Ranking and ELF use for CIFAR-100 too (their ``get_dataset``), so that is the default for their layouts."""
     if stats is None:
         stats = 'cifar10' if train.name == 'cifar100' and layout in _CIFAR10_STATS_FOR_CIFAR100 else 'dataset'
     if stats == 'cifar10':
-        return {'mean': list(CIFAR10_MEAN), 'std': list(CIFAR10_STD)}
+        return ImageSpace.normalized(CIFAR10_MEAN, CIFAR10_STD)
     if stats == 'dataset':
-        return {'mean': list(train.mean), 'std': list(train.std)}
+        return train.normalization
     raise ValueError(f"normalization_stats must be 'dataset' or 'cifar10', got {stats!r}")
 
 
@@ -346,28 +343,25 @@ def _normalization_of(train, layout: str, stats: Optional[str]) -> Dict[str, lis
 _CIFAR10_STATS_FOR_CIFAR100 = ('mtt', 'ddranking')
 
 
-def _space_stats(train, space: str, zca, normalization: Optional[Dict[str, list]] = None) -> torch.Tensor:
-    mapping = (ImageSpace(normalization['mean'], normalization['std']) if space == 'normalized'
-               else ImageSpace(zca=zca) if space == 'zca' else ImageSpace())
-    x = mapping.to_model(train.images[:2000])
+def _space_stats(train, space: ImageSpace) -> torch.Tensor:
+    x = space.to_model(train.images[:2000])
     return x.transpose(0, 1).reshape(x.shape[1], -1).std(1)
 
 
-def _check_space(images: torch.Tensor, space: str, train, zca, where: Path,
-                 normalization: Optional[Dict[str, list]] = None) -> None:
+def _check_space(images: torch.Tensor, space: ImageSpace, train, where: Path) -> None:
     """Per-channel spread of the imported images against the real train split's in the claimed space."""
     if images.shape[1] != train.images.shape[1]:
         raise ValueError(f'{where}: {images.shape[1]}-channel images, but the dataset has {train.images.shape[1]}')
     spread = images.float().transpose(0, 1).reshape(images.shape[1], -1).std(1)
-    expected = _space_stats(train, space, zca, normalization)
+    expected = _space_stats(train, space)
     ratio = (spread / expected.clamp_min(1e-8)).max().item(), (spread / expected.clamp_min(1e-8)).min().item()
     plausible = ratio[0] <= _SPREAD_FACTOR and ratio[1] >= 1 / _SPREAD_FACTOR
-    if space == 'pixel':
+    if space.name == 'pixel':
         inside = ((images >= -0.25) & (images <= 1.25)).float().mean().item()
         plausible = plausible and inside >= 0.95
     if not plausible:
         raise ValueError(
-            f'{where}: the images do not look like {space} space of this dataset: per-channel std '
+            f'{where}: the images do not look like {space.name} space of this dataset: per-channel std '
             f'{[round(v, 3) for v in spread.tolist()]} vs {[round(v, 3) for v in expected.tolist()]} for the real '
             f'train split in that space (allowed: within x{_SPREAD_FACTOR:g}). Check image_space (and zca_eps, '
             f'dataset)')
@@ -404,8 +398,8 @@ def export_distilled(dset: DistilledSet, folder: Union[str, os.PathLike], layout
     # what the other tool's files cannot say; it ignores this file, import_distilled reads it back
     atomic_write_json(folder / EXPORT_FACTS_FILE, {
         'method': dset.method, 'source_dataset': dset.source_dataset,
-        'image_space': 'pixel' if pixels else dset.image_space,
-        'zca_eps': dset.zca.eps if dset.zca is not None and not pixels else None, 'ipc': dset.ipc,
+        'image_space': 'pixel' if pixels else dset.space.name,
+        'zca_eps': dset.space.zca.eps if dset.space.zca is not None and not pixels else None, 'ipc': dset.ipc,
         'soft_label_temperature': None if pixels else dset.soft_label_temperature,
         'soft_label_kind': None if pixels else dset.soft_label_kind})
     return folder
@@ -418,7 +412,7 @@ def _write_class_folders(dset: DistilledSet, folder: Path) -> None:
     from PIL import Image
 
     from ..io import atomic_write
-    pixels = dset.to_pixel_space().detach().clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+    pixels = dset.space.to_uint8(dset.images.detach()).cpu()
     for i, (image, label) in enumerate(zip(pixels, dset.labels.tolist())):
         array = image.permute(1, 2, 0).numpy()
         picture = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)

@@ -5,18 +5,18 @@ loader can say which file holds it.
 """
 import json
 import math
-from typing import Any
+from typing import Any, Mapping, Optional, Tuple
 
 import torch
 
-from ..data.space import SPACE_NAMES
+from ..data.space import SPACE_NAMES, ImageSpace
 from ..data.zca import ZCA
 from .format import DistilledSetError
 
 # the checks read a DistilledSet's fields; typed loosely so that this module does not import the set's module
 DistilledSet = Any
 
-__all__ = ['validate', 'IMAGE_SPACES', 'SOFT_LABEL_KINDS']
+__all__ = ['validate', 'space_from_parts', 'IMAGE_SPACES', 'SOFT_LABEL_KINDS']
 
 IMAGE_SPACES = SPACE_NAMES
 SOFT_LABEL_KINDS = ('logits', 'probs')
@@ -128,31 +128,59 @@ def check_lr(lr: Any) -> None:
         _fail('lr', f'learned lr must be positive, got {float(lr)}')
 
 
-def check_normalization(dset: DistilledSet) -> None:
-    norm, c = dset.normalization, dset.images.shape[1]
-    if norm is not None:
-        if not isinstance(norm, dict) or set(norm) != {'mean', 'std'}:
-            _fail('normalization', f"normalization must be {{'mean': [...], 'std': [...]}}, got {norm!r}")
-        for key in ('mean', 'std'):
-            v = norm[key]
-            if not isinstance(v, list) or len(v) != c or not all(is_number(a) and math.isfinite(a) for a in v):
-                _fail('normalization', f'normalization[{key!r}] must be {c} finite numbers (one per channel), got {v!r}')
-        if any(a <= 0 for a in norm['std']):
-            _fail('normalization', f'normalization std must be positive, got {norm["std"]}')
-    if dset.image_space == 'normalized' and norm is None:
+def space_from_parts(image_space: Optional[str], normalization: Any, zca: Any,
+                     channels: Optional[int] = None) -> ImageSpace:
+    """The :class:`~timm_dd.data.ImageSpace` that a space name, a ``{'mean': [...], 'std': [...]}`` normalization and
+    a ZCA transform describe (the form files and other tools give them in), each part checked with its own error.
+    ``image_space`` is inferred when ``None``: 'zca' with a ZCA, 'normalized' with a normalization, else 'pixel'."""
+    if image_space is None:
+        image_space = 'zca' if zca is not None else 'normalized' if normalization else 'pixel'
+    if image_space not in IMAGE_SPACES:
+        _fail('image_space', f'image_space must be one of {IMAGE_SPACES}, got {image_space!r}')
+    mean, std = _check_normalization(normalization, channels)
+    if image_space == 'normalized' and normalization is None:
         _fail('normalization', "image_space='normalized' needs normalization={'mean': [...], 'std': [...]}")
-    if dset.image_space == 'pixel' and norm is not None:
+    if image_space == 'pixel' and normalization is not None:
         _fail('normalization', "image_space='pixel' must not have a normalization (images are in [0, 1])")
+    if image_space != 'zca' and zca is not None:
+        _fail('zca', f"a ZCA transform is given but image_space is {image_space!r}, not 'zca'")
+    if image_space == 'zca' and not isinstance(zca, ZCA):
+        _fail('zca', f"image_space='zca' needs a ZCA transform, got {type(zca).__name__}")
+    return ImageSpace(mean, std, zca)
 
 
-def check_zca(dset: DistilledSet) -> None:
-    z = dset.zca
-    if dset.image_space != 'zca':
-        if z is not None:
-            _fail('zca', f"a ZCA transform is given but image_space is {dset.image_space!r}, not 'zca'")
+def _check_normalization(norm: Any, channels: Optional[int]) -> Tuple[Optional[Tuple[float, ...]], ...]:
+    if norm is None:
+        return None, None
+    if not isinstance(norm, Mapping) or set(norm) != {'mean', 'std'}:
+        _fail('normalization', f"normalization must be {{'mean': [...], 'std': [...]}}, got {norm!r}")
+    values = {}
+    for key in ('mean', 'std'):
+        v = norm[key]
+        v = v.tolist() if isinstance(v, torch.Tensor) else v
+        count = len(v) if isinstance(v, (list, tuple)) else -1
+        if count < 1 or count != (channels or len(norm['mean'])) or not all(is_number(a) and math.isfinite(a)
+                                                                            for a in v):
+            _fail('normalization', f'normalization[{key!r}] must be {channels or "C"} finite numbers (one per '
+                                   f'channel), got {v!r}')
+        values[key] = tuple(float(a) for a in v)
+    if any(a <= 0 for a in values['std']):
+        _fail('normalization', f'normalization std must be positive, got {list(values["std"])}')
+    return values['mean'], values['std']
+
+
+def check_space(dset: DistilledSet) -> None:
+    """The set's :class:`~timm_dd.data.ImageSpace` fits its images: one mean/std per channel, a ZCA of C*H*W
+    features that can be inverted (pixels must be recoverable)."""
+    space = dset.space
+    if not isinstance(space, ImageSpace):
+        _fail('image_space', f'space must be an ImageSpace, got {type(space).__name__}')
+    if space.mean is not None and len(space.mean) != dset.images.shape[1]:
+        _fail('normalization', f'normalization needs {dset.images.shape[1]} values per statistic (one per channel), '
+                               f'got {len(space.mean)}')
+    z = space.zca
+    if z is None:
         return
-    if not isinstance(z, ZCA):
-        _fail('zca', f"image_space='zca' needs a ZCA transform, got {type(z).__name__}")
     d = dset.images[0].numel()
     if z.dim != d:
         _fail('zca', f'ZCA has {z.dim} features but images have C*H*W = {d}')
@@ -188,8 +216,5 @@ def validate(dset: DistilledSet) -> None:
     check_labels(dset)
     check_soft_labels(dset)
     check_lr(dset.lr)
-    if dset.image_space not in IMAGE_SPACES:
-        _fail('image_space', f'image_space must be one of {IMAGE_SPACES}, got {dset.image_space!r}')
-    check_normalization(dset)
-    check_zca(dset)
+    check_space(dset)
     check_metadata(dset)

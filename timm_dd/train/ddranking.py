@@ -17,7 +17,7 @@ best of the evaluations every 10 epochs of the best lr in :data:`LR_GRID` (its s
 one evaluation round per seed, mean and population std (``numpy.std``) over the rounds.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, Iterable, Mapping, Sequence, Tuple
 
 import torch
@@ -100,8 +100,7 @@ def with_class_labels(splits: DataSplits, ipc: int) -> DataSplits:
         raise ValueError(f'the set has {len(train)} images, not {ipc} per class for {k} classes: DD-Ranking labels '
                          f'a set by position (class c = images c*ipc .. (c+1)*ipc - 1); give the set\'s ipc')
     labels = torch.arange(k).repeat_interleave(ipc)
-    hard = ImageSet(train.images, labels, list(train.class_names), name=train.name, split=train.split,
-                    space=train.space, num_classes=k, learned_lr=train.learned_lr)
+    hard = replace(train, labels=labels, num_classes=k)
     return DataSplits(hard, splits.test, splits.name, splits.description + ' (class labels by position)',
                       dict(splits.source, labels='class by position'), list(splits.notes))
 

@@ -209,7 +209,7 @@ def run_experiment(
     """
     out_dir = Path(out_dir)
     _check_distinct(models, seeds)
-    run_record = {'config': cfg.to_dict(), 'data': dict(data.source), 'model_kwargs': dict(model_kwargs or {})}
+    run_record = {'config': cfg.to_dict(), 'data': data.record, 'model_kwargs': dict(model_kwargs or {})}
     check_resume(out_dir, run_record, resume, force_resume)
     if accelerator.is_main_process:
         atomic_write_json(out_dir / RUN_CONFIG_FILE, run_record, indent=2)
@@ -224,7 +224,7 @@ def run_experiment(
     notes += data.notes  # logged where they were found
     experiment = _Experiment(cfg, data, out_dir, accelerator, model_kwargs, resume, save_models)
     teachers, teacher_runs = experiment.teachers(seeds) if cfg.uses_teacher else ({}, [])
-    data_record = dict(data.source, description=data.description)
+    data_record = dict(data.record, description=data.description)
     total = len(models) * len(seeds)
 
     def partial_table(runs: List[Dict[str, Any]]) -> None:  # a killed experiment leaves the table of its finished runs

@@ -113,9 +113,10 @@ def _check_teacher_input(teacher: nn.Module, name: str, data: DataSplits) -> Non
 
 def save_model(model: nn.Module, folder: Path, data: DataSplits, model_kwargs: Optional[Dict[str, Any]]) -> None:
     from ..hub import record_input, save_teacher
-    src = data.source
-    record_input(model, src.get('mean'), src.get('std'),
-                 {k: src[k] for k in ('image_space', 'dataset', 'source_dataset', 'zca_eps') if k in src})
+    # pretrained_cfg's mean/std: the space's normalization, else (ZCA of pixels) the data's pixel statistics
+    stats = data.space if data.space.mean is not None else data.train.normalization or data.space
+    facts = {k: data.source[k] for k in ('dataset', 'source_dataset') if k in data.source}
+    record_input(model, stats.mean, stats.std, {**data.space.to_dict(), **facts})
     args = dict(num_classes=data.num_classes, in_chans=data.in_chans, **(model_kwargs or {}))
     if is_timm_dd_model(model.pretrained_cfg.get('architecture', '')):
         args.setdefault('img_size', data.img_size)
@@ -169,13 +170,14 @@ def _check_same_space(source: str, what: str, data: DataSplits) -> None:
     recorded = model_image_space(source)
     if not recorded or 'image_space' not in recorded:
         return
-    ours = data.source.get('image_space')
-    if recorded['image_space'] != ours:
+    difference = data.space.disagreement(recorded)
+    if difference is not None:
+        ours = data.space.name
         dataset = data.source.get('dataset') or data.source.get('source_dataset') or '<data>'
         flag = f' --image-space {ours}' if ours in ('zca', 'normalized') else ''
-        raise ValueError(f'the {what} {source} was trained in {recorded["image_space"]} space, the training set is in '
-                         f'{ours} space: train one in that space '
-                         f'(`timm-dd-train --dataset {dataset} --real-ipc -1{flag} ...`)')
+        raise ValueError(f'the {what} {source} was trained in another image space than the training set: '
+                         f'{difference}; train one in that space (`timm-dd-train --dataset {dataset} --real-ipc -1'
+                         f'{flag} ...`)')
 
 
 def result_record(model: str, seed: int, result: RunResult) -> Dict[str, Any]:

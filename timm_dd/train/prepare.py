@@ -68,8 +68,7 @@ def _distilled_splits(data: str, dataset: Optional[str], layout: Optional[str], 
     return DataSplits(train, test.in_space(dset.space), source,
                       f'{dset.method} {dset.source_dataset} ipc {dset.ipc} ({data})',
                       dict(kind='distilled', path=str(data), method=dset.method, ipc=dset.ipc,
-                           image_space=dset.image_space, source_dataset=dset.source_dataset,
-                           **_normalization(dset.normalization)), notes=list(dset.load_notes))
+                           source_dataset=dset.source_dataset), notes=list(dset.load_notes))
 
 
 def _real_splits(dataset: str, real_ipc: int, seed: int, space: str, zca_eps: float,
@@ -90,9 +89,7 @@ def _real_splits(dataset: str, real_ipc: int, seed: int, space: str, zca_eps: fl
                                  train_full.normalization if space == 'normalized' else None)
     return DataSplits(sub.in_space(model_space), test.in_space(model_space), dataset,
                       f'{real_ipc} real images per class of {dataset} (seed {seed}, {space} space)',
-                      dict(kind='real', dataset=dataset, ipc=real_ipc, seed=seed, image_space=space,
-                           mean=list(train_full.mean), std=list(train_full.std),
-                           **({'zca_eps': zca_eps} if space == 'zca' else {})))
+                      dict(kind='real', dataset=dataset, ipc=real_ipc, seed=seed))
 
 
 def _test_split(dset: DistilledSet, data: str, dataset: Optional[str], loads: Dict[str, Any]) -> Tuple[str, ImageSet]:
@@ -127,10 +124,6 @@ def _load_set(data: str, layout: Optional[str], dataset: Optional[str], image_sp
         return load_distilled(data, strict=strict)
     return import_distilled(data, layout, dataset=dataset, image_space=image_space, zca_eps=zca_eps,
                             soft_label_temperature=soft_label_temperature)
-
-
-def _normalization(norm: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    return {'mean': list(norm['mean']), 'std': list(norm['std'])} if norm else {}
 
 
 def _check_classes(train_names, test_names, train_k: int, test_k: int, train_src: str, test_src: str) -> None:
