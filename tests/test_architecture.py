@@ -217,3 +217,41 @@ def test_randomness_only_through_seeding():
     assert not bad, 'random generators made outside timm_dd/seeding.py:\n' + '\n'.join(bad)
     assert _random_sources('g = torch.Generator().manual_seed(3)\nx = np.random.rand(2)\nimport random\n') == [
         'torch.Generator(', 'manual_seed(', 'np.random.', 'import random']
+
+
+#: the only modules imported inside functions, and why each must wait until it is needed
+LAZY_IMPORTS = {
+    'matplotlib': 'an optional extra (plots): the package imports without it',
+    'fcntl': 'POSIX only: where it is missing (Windows) the folder lock is a no-op',
+    'torch._inductor': "loads the compiler stack; only the compiled step's probe needs it",
+    'huggingface_hub': 'get_token, which older clients lack (guarded by try)',
+}
+
+
+def _function_imports(tree: ast.AST) -> Iterator[Tuple[int, str]]:
+    """``(line, module)`` of every import inside a function body (relative ones keep their dots)."""
+    for fn in ast.walk(tree):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.ImportFrom):
+                    yield node.lineno, '.' * node.level + (node.module or '')
+                elif isinstance(node, ast.Import):
+                    yield from ((node.lineno, a.name) for a in node.names)
+
+
+def _lazy_allowed(module: str) -> bool:
+    return any(module == m or module.startswith(m + '.') for m in LAZY_IMPORTS)
+
+
+def test_imports_are_at_the_top_unless_they_must_wait():
+    bad = [f'{path.relative_to(ROOT)}:{line}: {module}' for path, _ in _modules()
+           for line, module in _function_imports(ast.parse(path.read_text())) if not _lazy_allowed(module)]
+    assert not bad, ('imports inside functions (move them to the top of the module, or add the module to '
+                     'LAZY_IMPORTS with the reason it must wait):\n' + '\n'.join(bad))
+
+
+def test_the_function_import_check_catches_one():
+    tree = ast.parse('import os\n\ndef f():\n    from ..hub import load_teacher\n    import matplotlib.pyplot as plt\n')
+    found = list(_function_imports(tree))
+    assert found == [(4, '..hub'), (5, 'matplotlib.pyplot')]
+    assert [m for _, m in found if not _lazy_allowed(m)] == ['..hub']

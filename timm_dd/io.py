@@ -12,10 +12,13 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator, List, Optional, Union
+
+import torch
 
 __all__ = ['atomic_write', 'atomic_write_json', 'atomic_write_with', 'default_file_mode', 'FolderLock',
            'folder_lock_holder', 'FolderInUseError', 'atomic_folder', 'check_replaceable', 'remove_stale_temporaries',
@@ -314,9 +317,6 @@ def read_torch_file(path: PathLike, map_location: Any = 'cpu') -> Any:
     """``torch.load(path, weights_only=True)``: tensors, numbers and containers of them, never code. An unreadable
     file is a one-line ``ValueError`` naming it (torch's own message spans a dozen lines and suggests
     ``weights_only=False``, which would run whatever the file holds)."""
-    import pickle
-
-    import torch
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except OSError as e:

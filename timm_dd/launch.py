@@ -1,4 +1,5 @@
 """Process-level set-up shared by the command-line scripts (``train.py``, ``distill.py``)."""
+import ctypes
 import os
 import signal
 import sys
@@ -15,7 +16,6 @@ def exit_with_launcher() -> bool:
     if 'LOCAL_RANK' not in os.environ or not sys.platform.startswith('linux'):
         return False
     try:
-        import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
         pr_set_pdeathsig = 1
         if libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0) != 0:

@@ -7,6 +7,7 @@ next to the runs stay the always-on local record.
 from typing import Any, Dict
 
 import torch
+from PIL import Image
 
 from .data.space import to_uint8
 
@@ -43,6 +44,5 @@ def log_image(accelerator: Any, name: str, image: torch.Tensor, step: int) -> No
         if tracker.name == 'tensorboard':
             tracker.log_images({name: image.unsqueeze(0).cpu().numpy()}, step=step)  # NCHW
         else:
-            from PIL import Image
             arr = to_uint8(image).permute(1, 2, 0).cpu().numpy()
             tracker.log_images({name: [Image.fromarray(arr)]}, step=step)

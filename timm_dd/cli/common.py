@@ -25,6 +25,14 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
+import yaml
+from accelerate import Accelerator
+
+from ..configs import parse_yaml, read_config
+from ..distill.state import DistillationDiverged
+from ..hub import HubError
+from ..io import FolderInUseError, FolderLock, atomic_write
+from ..launch import exit_with_launcher
 
 __all__ = ['add_common_args', 'parse_set', 'read_cli_config', 'apply_deprecations', 'report_user_error',
            'DEPRECATED_FLAGS', 'setup_logging', 'run_command', 'EXIT_OK', 'EXIT_RUN_FAILED', 'EXIT_USER_ERROR',
@@ -127,7 +135,6 @@ def add_common_args(parser: argparse.ArgumentParser, seeds: bool = True) -> None
 
 def parse_set(items: Optional[Sequence[str]]) -> Dict[str, Any]:
     """``['lr=1e-5', 'dsa=false']`` -> ``{'lr': '1e-5', 'dsa': False}``: YAML values; the config types them."""
-    from ..configs import parse_yaml
     out: Dict[str, Any] = {}
     for item in items or []:
         if '=' not in item:
@@ -146,7 +153,6 @@ def read_cli_config(parser: argparse.ArgumentParser, argv: Sequence[str], kind: 
     ``parser`` (``models``, ``seeds``, ``data``, ...) become the flags' defaults. The ``args.yaml`` of a run holds
     its flags plus the fully resolved config under ``config_resolved``, so passing it back repeats the run.
     """
-    from ..configs import read_config
     first = argparse.ArgumentParser(add_help=False)
     first.add_argument('-c', '--config', '--preset', dest='config', default=None)
     known, _ = first.parse_known_args(argv)
@@ -180,9 +186,6 @@ def report_user_error(err: Any) -> int:
 def run_command(body: Callable[[], int], resume_hint: str = 'run the same command with --resume') -> int:
     """``body()`` with every failure as one ``error:`` line and the exit status of the table above: a
     diverged run (1), an error the user can fix (2), Ctrl-C (130, saying how to continue)."""
-    from ..distill.state import DistillationDiverged
-    from ..hub import HubError
-    from ..io import FolderInUseError
     warnings.formatwarning = _one_line_warning
     try:
         return body()
@@ -204,11 +207,6 @@ def command_run(args: argparse.Namespace, out_dir: Path, record: Dict[str, Any],
     ``--log-with`` trackers under ``<output>/trackers``), logging (warnings only on the other processes), the output
     folder's lock, ``args_file`` (``record`` with the resolved ``config``: ``-c`` it to repeat the run), the
     trackers' config; the trackers are closed at the end. Yields the accelerator."""
-    import yaml
-    from accelerate import Accelerator
-
-    from ..io import FolderLock, atomic_write
-    from ..launch import exit_with_launcher
     exit_with_launcher()
     tracking = {}
     if args.log_with:

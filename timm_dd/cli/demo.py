@@ -17,12 +17,16 @@ process, so the demo's numbers are those commands' numbers.
 Usage: timm-dd-demo [--output output/demo] [--epochs 40] [--distill-set KEY=VALUE ...]
 """
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
 from typing import List, Optional
 
+from ..distill import get_preset
 from ..io import atomic_write, make_folder
+from ..train.plots import write_report
+from .common import parse_set, report_user_error
 
 PRESET = 'digits-ipc10-att'
 # each step imports the timm_dd this demo runs from: `python -m` would put the working directory (perhaps another
@@ -61,7 +65,6 @@ def steps(out: Path, epochs: int, distill_set: List[str]) -> List[List[str]]:
 
 
 def _summary(out: Path, epochs: int, distill_stdout: str) -> str:
-    from ..train.plots import write_report
     claim = [line for line in distill_stdout.splitlines() if CORE_CLAIM in line]
     table = write_report([out / 'real-baseline', out / 'real-dpkd', out / 'att-baseline', out / 'att-dpkd'],
                          out / 'comparison.md', out / 'comparison.png')
@@ -84,7 +87,6 @@ def _summary(out: Path, epochs: int, distill_stdout: str) -> str:
 
 def _final_acc(folder: Path, model: str) -> Optional[float]:
     """A step's final top-1 (%) of ``model`` from its ``results.json``, or None."""
-    import json
     try:
         table = json.loads((folder / 'results.json').read_text())['table']
     except (OSError, ValueError, KeyError):
@@ -127,8 +129,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.epochs < 1:
         p.error('--epochs must be at least 1')
     try:  # a typo in an override fails here, not after the first training steps
-        from ..distill import get_preset
-        from .common import parse_set, report_user_error
         get_preset(PRESET, parse_set(args.distill_set))
     except ValueError as e:
         return report_user_error(e)

@@ -19,9 +19,17 @@ import json
 import logging
 import os
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import torch
+
+from ..distill import (
+    PRESETS, DistillConfig, ExpertPool, get_preset, load_distillation_data, run_distill, run_experts,
+)
+from ..hub import import_distilled, push_expert_buffers
+from ..train.report import format_accuracies
 from .common import (
     add_common_args, apply_deprecations, command_run, parse_set, read_cli_config, report_user_error, run_command,
     setup_logging,
@@ -98,9 +106,6 @@ def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.Argume
 
 def resolve_config(argv: List[str]):
     """Parse ``argv`` (two passes: ``-c`` first) into ``(args, DistillConfig or None)``."""
-    from dataclasses import fields
-
-    from ..distill import DistillConfig, get_preset
     parser = build_parser()
     command = argv[0] if argv and argv[0] in COMMANDS else None
     values: Dict[str, Any] = {}
@@ -139,7 +144,6 @@ def _main(argv: List[str]) -> int:
         return report_user_error(f'--output {args.output} is the experts folder: a distillation writes its checkpoint, '
                                  f'images and sets there; choose another --output (the experts stay as they are)')
     if args.threads:
-        import torch
         torch.set_num_threads(args.threads)
     if args.deterministic:
         _deterministic()
@@ -174,16 +178,13 @@ def _page_faults_likely(device: Any, method: str) -> bool:
 
 def _run(args: argparse.Namespace, cfg: Any, out: Path, acc: Any) -> Optional[Any]:
     """Train experts (returns ``None``) or distil (returns the set)."""
-    from ..distill import load_distillation_data, run_distill, run_experts
     if args.command == 'distill' and cfg.method in ('mtt', 'att'):
-        from ..distill import ExpertPool
         ExpertPool.check_folder(args.experts, cfg.max_experts)  # before a minute of loading the data
     with acc.main_process_first():  # one process fills the decoded-data cache, the others read it
         data = load_distillation_data(cfg, args.dataset, args.data_root)
     if args.command == 'experts':
         run_experts(cfg, data, out, acc)
         if args.push_to_hub and acc.is_main_process:
-            from ..hub import push_expert_buffers
             push_expert_buffers(out, args.push_to_hub)
         return None
     return run_distill(cfg, data, args.experts, out, acc, resume=args.resume, evaluate=not args.no_eval,
@@ -196,7 +197,6 @@ def _start_vs_end(dset, cfg) -> Optional[str]:
     history = [h for h in dset.extra.get('history', []) if 'accs' in h]
     if cfg.pix_init != 'real' or len(history) < 2 or history[0]['iteration'] != 0:
         return None
-    from ..train.report import format_accuracies
     first, last = history[0], history[-1]
     seeds = len(first['accs'])
     line = (f'{cfg.arch} ({cfg.eval_epochs} epochs, {seeds} seed{"s" if seeds != 1 else ""}) trained on {cfg.ipc} '
@@ -213,7 +213,6 @@ def _start_vs_end(dset, cfg) -> Optional[str]:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from ..hub import import_distilled
     dset = import_distilled(args.source, args.layout, dataset=args.dataset, image_space=args.image_space,
                             zca_eps=args.zca_eps, lr=args.lr, soft_label_temperature=args.soft_label_temperature,
                             soft_label_kind=args.soft_label_kind, iteration=args.iteration, ema=args.ema,
@@ -225,7 +224,6 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _presets(show: Optional[str]) -> int:
-    from ..distill import PRESETS, get_preset
     if show is None:
         for name in sorted(PRESETS):
             print(f'{name:24s} {PRESETS[name].get("source", "")}')
@@ -244,9 +242,7 @@ def _presets(show: Optional[str]) -> int:
 
 
 def _deterministic() -> None:
-    import os
     os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # before the first cuBLAS call
-    import torch
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
     torch.use_deterministic_algorithms(True, warn_only=True)  # warn (not fail) where no deterministic kernel exists

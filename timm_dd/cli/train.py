@@ -14,9 +14,15 @@ values become the defaults; any flag given on the command line wins; ``--set key
 """
 import argparse
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from ..hub import load_teacher, push_teacher
+from ..train import format_table, prepare_data, run_experiment
+from ..train.config import TrainConfig, load_config
+from ..train.networks import teacher_folder
+from ..train.plots import plot_results, plot_schedules
 from ..train.schedules import LR_SCHEDULES
 from .common import (
     add_common_args, apply_deprecations, command_run, parse_set, read_cli_config, report_user_error, run_command,
@@ -125,9 +131,6 @@ def _key_values(items: Optional[List[str]]) -> Dict[str, Any]:
 
 def resolve_config(argv: List[str]):
     """Parse ``argv`` (two passes) into ``(args, TrainConfig)``."""
-    from dataclasses import fields
-
-    from ..train.config import TrainConfig, load_config
     parser = build_parser()
     recipe_fields = [f.name for f in fields(TrainConfig)]
     flag_defaults, config_values = read_cli_config(parser, argv, 'train', recipe_fields)
@@ -149,7 +152,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _main(argv: List[str]) -> int:
-    from .. import models as _registered  # noqa: F401  (registers the models with timm)
     args, cfg = resolve_config(argv)
     models = args.models or ([args.model] if args.model else None)
     if not models:
@@ -164,7 +166,6 @@ def _main(argv: List[str]) -> int:
 
 def _run(args: argparse.Namespace, cfg: Any, models: List[str], seeds: List[int], out_dir: Path,
          accelerator: Any) -> int:
-    from ..train import format_table, prepare_data, run_experiment
     with accelerator.main_process_first():  # one process fills the decoded-data cache, the others read it
         data = prepare_data(args.data, args.real_ipc, args.dataset, args.data_root, seed=seeds[0],
                             cache_dir=args.cache_dir, image_size=args.img_size,
@@ -179,7 +180,6 @@ def _run(args: argparse.Namespace, cfg: Any, models: List[str], seeds: List[int]
     if accelerator.is_main_process:
         print(format_table(result))
         if not args.no_plots:
-            from ..train.plots import plot_results, plot_schedules
             iters = -(-len(data.train) // cfg.batch_size)
             try:
                 print('plots:', plot_results(result, out_dir / 'results.png'),
@@ -190,8 +190,6 @@ def _run(args: argparse.Namespace, cfg: Any, models: List[str], seeds: List[int]
         if args.push_teacher:
             if not result.teacher_runs or result.teacher_runs[0].get('loaded'):
                 return report_user_error('--push-teacher needs a teacher trained in this run (kd on, no --teacher)')
-            from ..hub import load_teacher, push_teacher
-            from ..train.networks import teacher_folder
             teacher_dir = teacher_folder(out_dir, seeds[0]) / 'model'
             print('pushed teacher:', push_teacher(load_teacher(str(teacher_dir)), args.push_teacher,
                                                   class_names=data.class_names))

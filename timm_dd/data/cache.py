@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from ..io import atomic_write_with, walk_files
 
@@ -70,8 +72,6 @@ def save_cached(
         extra: Optional[Dict[str, str]] = None,
 ) -> None:
     """Atomically write uint8 ``images`` ``[N, C, H, W]``, int64 ``labels`` and ``class_names`` to ``path``."""
-    from safetensors.torch import save_file
-
     if images.dtype != torch.uint8 or images.ndim != 4:
         raise ValueError(f'cached images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}')
     images = images.contiguous()
@@ -91,8 +91,6 @@ def load_cached(path: PathLike) -> Optional[Tuple[torch.Tensor, torch.Tensor, Li
     Returns ``(images_uint8, labels, class_names, metadata)``, or ``None`` when the file is missing, unreadable,
     truncated, of another cache version, or fails its CRC (the latter cases are logged as warnings).
     """
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         return None

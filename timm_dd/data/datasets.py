@@ -27,9 +27,13 @@ from typing import Optional, Tuple, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision import datasets as tvd
 
-from ..constants import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD
-from ..constants import BUILTIN_DATASETS, CIFAR10_CLASSES
+from .._optional import require
+from ..constants import (
+    BUILTIN_DATASETS, CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN,
+    IMAGENET_STD,
+)
 from .folders import IMG_EXTENSIONS, load_image_tree
 from .sets import ImageSet
 from .space import ImageSpace
@@ -207,8 +211,6 @@ def _load_cifar(
         copy = _find_cifar_copy(name, root)
         if copy is not None:
             return _load_cifar_copy(name, copy, split, cache_dir, size, use_cache)
-    from torchvision import datasets as tvd
-
     cls = tvd.CIFAR10 if name == 'cifar10' else tvd.CIFAR100
     try:
         ds = cls(str(root), train=split == 'train', download=download)
@@ -272,7 +274,6 @@ def _load_digits(split: str, size: Optional[Tuple[int, int]]) -> ImageSet:
     """
     if split not in ('train', 'test'):
         raise ValueError(f"digits has splits 'train' and 'test', got {split!r}")
-    from .._optional import require
     bunch = require('sklearn.datasets', 'demo', "the embedded 'digits' dataset").load_digits()
     targets = torch.as_tensor(bunch.target, dtype=torch.int64)
     idx = _digits_split_indices(targets, split)

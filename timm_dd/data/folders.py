@@ -15,6 +15,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..constants import BUILTIN_DATASETS, CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD
 from ..io import file_sha256, walk_files
@@ -127,8 +128,6 @@ def _class_entries(
 
 
 def _decode_image(fp, size: Optional[Tuple[int, int]]) -> np.ndarray:
-    from PIL import Image
-
     with Image.open(fp) as im:
         im.load()  # decode now so truncated files fail here
         im = im.convert('L' if im.mode in _GREY_MODES else 'RGB')

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..io import tensor_checksum
 from .space import ImageSpace
 
 __all__ = ['ImageSet', 'DataSplits', 'HasImages']
@@ -195,6 +196,5 @@ class DataSplits:
     def checksum(self) -> str:
         """Identifies the training images (recorded by experts, checked when they are used)."""
         if getattr(self, '_checksum', None) is None:
-            from ..io import tensor_checksum
             self._checksum = tensor_checksum(self.train.images)
         return self._checksum

@@ -22,6 +22,7 @@ batch norm would see smaller batches, so it is refused.
 """
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -33,8 +34,8 @@ from torch.func import functional_call
 
 from ..augment import DSA, DSADraw
 
-__all__ = ['FlatModel', 'StepGradient', 'cpu_compiler_available', 'Shards', 'StepPlan', 'MatchResult', 'plan_steps', 'match_unrolled', 'match_recompute',
-           'trajectory_match', 'GRAD_MODES', 'ATT_NORMS']
+__all__ = ['FlatModel', 'StepGradient', 'cpu_compiler_available', 'Shards', 'StepPlan', 'MatchResult', 'plan_steps',
+           'match_unrolled', 'match_recompute', 'trajectory_match', 'GRAD_MODES', 'ATT_NORMS']
 
 GRAD_MODES = ('unrolled', 'recompute')
 ATT_NORMS = ('l1', 'l2')
@@ -165,7 +166,6 @@ class MatchResult:
 
 def cpu_compiler_available() -> bool:
     """Whether ``torch.compile`` can build CPU kernels here: a C++ compiler (inductor's, ``$CXX``, g++ or clang++)."""
-    import shutil
     from torch._inductor import config as inductor_config
     cxx = inductor_config.cpp.cxx[-1] if inductor_config.cpp.cxx else None
     return any(shutil.which(c) for c in (cxx, os.environ.get('CXX'), 'g++', 'clang++') if c)
@@ -375,7 +375,8 @@ def match_recompute(
         h, d = torch.autograd.grad(s, (theta, x_leaf), allow_unused=shards.world > 1)
         s = s.detach()
         if shards.world > 1:
-            d = torch.zeros_like(images) if d is None else d  # this process had no sample in the step  # one collective per step: Σ H_i λ and Σ ⟨λ, g_i⟩
+            # this process had no sample in the step; one collective per step: Σ H_i λ and Σ ⟨λ, g_i⟩
+            d = torch.zeros_like(images) if d is None else d
             packed = shards.sum_(torch.cat([h, s.view(1)]))
             h, s = packed[:-1], packed[-1]
         grad_x -= alpha * d

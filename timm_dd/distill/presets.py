@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, List, Mapping, Optional, Union
 
 from ..augment import DEFAULT_STRATEGY
+from ..configs import config_names, read_config
 from ..fields import check_ranges, field_changes, typed_values
 
 __all__ = ['DistillConfig', 'PRESETS', 'get_preset', 'list_presets', 'METHODS', 'DISTILL_RANGES']
@@ -133,7 +134,6 @@ class DistillConfig:
 
 
 def _load_presets() -> Dict[str, Dict[str, Any]]:
-    from ..configs import config_names, read_config
     return {name: read_config('distill', name) for name in config_names('distill')}
 
 

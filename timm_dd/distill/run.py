@@ -21,21 +21,26 @@ from typing import Any, Dict, List, Optional, Union
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
+from torch.utils.data import DataLoader, TensorDataset
 
 from ..constants import CIFAR10_MEAN, CIFAR10_STD
 from ..data import BUILTIN_DATASETS, DataSplits, ImageSet, ImageSpace, load_dataset
 from ..distilled import DistilledSet, make_class_grid, save_grid
+from ..hub import push_distilled
 from ..io import make_folder
+from ..seeding import Stream, generator_for, seeded
+from ..tracking import log_image, log_metrics, takes_images
+from ..train.config import load_config
+from ..train.loop import eval_batch_size
+from ..train.trainer import train_model
 from .distiller import Distiller
 from .dm import DistributionMatching
 from .experts import ExpertConfig, ExpertPool, create_arch, train_experts
 from .presets import DistillConfig
 from .tm import TrajectoryMatching, init_synthetic
-from ..seeding import Stream, generator_for, seeded
-from ..tracking import log_image, log_metrics, takes_images
 
-__all__ = ['apply_precision', 'load_distillation_data', 'prepare_data', 'model_kwargs', 'make_evaluator', 'run_experts', 'run_distill',
-           'expert_config']
+__all__ = ['apply_precision', 'load_distillation_data', 'prepare_data', 'model_kwargs', 'make_evaluator',
+           'run_experts', 'run_distill', 'expert_config']
 
 _logger = logging.getLogger(__name__)
 
@@ -140,11 +145,6 @@ def make_evaluator(cfg: DistillConfig, data: DataSplits, accelerator: Accelerato
     Runs on ``accelerator.device`` with its mixed precision; with several processes seed ``s`` is trained by
     process ``s % K`` alone and the accuracies are gathered, so every process gets the one-process record.
     """
-    from torch.utils.data import DataLoader, TensorDataset
-    from ..train.config import load_config
-    from ..train.loop import eval_batch_size
-    from ..train.trainer import train_model
-
     test_loader = DataLoader(TensorDataset(data.test.images, data.test.labels),
                              batch_size=eval_batch_size(accelerator.device),
                              pin_memory=accelerator.device.type == 'cuda')
@@ -249,7 +249,6 @@ def run_distill(
     if accelerator.is_main_process:  # the images are identical on every process; one writes
         _save_outputs(cfg, data, distiller, dset, out_dir, images if cfg.pix_init == 'real' else None)
         if push_to_hub:
-            from ..hub import push_distilled
             push_distilled(dset, push_to_hub)
     accelerator.wait_for_everyone()
     return dset

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..augment import DSA
+from ..data import select_ipc
 from ..seeding import Stream, generator_for
 from .distiller import Distiller, EvalFn, set_hyper
 from .experts import ExpertPool
@@ -33,7 +34,6 @@ def init_synthetic(
         pix_init: str = 'real',
 ) -> tuple:
     """Class-major synthetic images and hard labels: ``ipc`` distinct random real images per class, or noise."""
-    from ..data import select_ipc
     idx = select_ipc(labels, ipc, generator=generator, num_classes=num_classes)
     syn_labels = torch.arange(num_classes).repeat_interleave(ipc)
     if pix_init == 'real':

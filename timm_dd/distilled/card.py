@@ -11,6 +11,8 @@ import re
 from pathlib import Path
 from typing import Any, List, Mapping, Optional
 
+from huggingface_hub import DatasetCardData
+
 from .format import CONFIG_FILE, DISTILLED_FILE, ZCA_FILE
 
 __all__ = ['render_card', 'card_data', 'size_category', 'pretty_name']
@@ -63,7 +65,6 @@ def _table(header: List[str], rows: List[List[Any]]) -> List[str]:
 
 def card_data(config: Mapping[str, Any], parquet_file: Optional[str] = None):
     """The card's YAML header as ``huggingface_hub.DatasetCardData``."""
-    from huggingface_hub import DatasetCardData
     tags = ['dataset-distillation', 'distilled', 'timm_dd']
     if config.get('ipc') is not None:
         tags.append(f'ipc-{config["ipc"]}')

@@ -18,8 +18,11 @@ from ..data.sets import HasImages
 from ..data.zca import ZCA
 from ..version import __version__
 from .card import render_card
-from .format import DISTILLED_FILE, FORMAT_NAME, FORMAT_VERSION, ZCA_FILE, DistilledSetError, file_of_field, \
-    read_set_folder, safetensors_header, verify_checksums, write_set_folder
+from .format import (
+    DISTILLED_FILE, FORMAT_NAME, FORMAT_VERSION, ZCA_FILE, DistilledSetError, file_of_field, read_set_folder,
+    safetensors_header, verify_checksums, write_set_folder,
+)
+from .parquet import PARQUET_FILE, write_parquet_view
 from .validation import is_number, space_from_parts, validate
 
 __all__ = ['DistilledSet']
@@ -272,7 +275,6 @@ class DistilledSet(HasImages):
         return folder
 
     def _write_parquet(self, folder: Path) -> str:
-        from .parquet import PARQUET_FILE, write_parquet_view
         write_parquet_view(self, folder)
         return PARQUET_FILE
 

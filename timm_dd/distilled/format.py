@@ -19,11 +19,12 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import save
 
 from ..data.zca import ZCA, ZCA_KEYS
-from .parquet import PARQUET_FILE
 from ..io import atomic_folder, atomic_write, check_replaceable, file_sha256
 from ..version import __version__
+from .parquet import PARQUET_FILE
 
 __all__ = [
     'DistilledSetError', 'DISTILLED_FILE', 'CONFIG_FILE', 'ZCA_FILE', 'CARD_FILE', 'FORMAT_NAME', 'FORMAT_VERSION',
@@ -80,7 +81,6 @@ def _write_tensors(tensors: Dict[str, torch.Tensor], path: Path, metadata: Dict[
 
 
 def _safetensors_bytes(tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> bytes:
-    from safetensors.torch import save
     return save(tensors, metadata=metadata)
 
 

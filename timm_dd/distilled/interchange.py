@@ -25,6 +25,7 @@ checked against the claimed space: their per-channel spread must be within a fac
 split has in that space (and pixel-space images mostly inside [0, 1]); a failed check names the statistics and the
 spaces that would fit.
 """
+import io
 import json
 import logging
 import math
@@ -34,12 +35,14 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
+from PIL import Image
 
-from .distilled_set import DistilledSet
 from ..constants import CIFAR10_MEAN, CIFAR10_STD
+from ..data import load_dataset
 from ..data.space import ImageSpace
-from ..io import read_torch_file
-from .format import DistilledSetError
+from ..io import atomic_write, atomic_write_json, read_torch_file
+from .distilled_set import DistilledSet
+from .format import CONFIG_FILE, DistilledSetError
 
 __all__ = ['LAYOUTS', 'import_distilled', 'export_distilled', 'detect_layout', 'ImportFacts']
 
@@ -88,7 +91,6 @@ def detect_layout(source: Union[str, os.PathLike]) -> str:
     """``'timm_dd'`` for a timm_dd set or a Hub repo id, else the layout its files show (``mtt``, ``ddranking``, or
     ``folder`` for class folders of images); a folder that holds sets (a distillation run's output) is an error naming
     them."""
-    from .format import CONFIG_FILE
     folder = Path(source)
     if not folder.is_dir() or (folder / CONFIG_FILE).is_file():
         return 'timm_dd'
@@ -303,7 +305,6 @@ def _read_lr(path: Path) -> float:
 
 
 def _read_folder(folder: Path):
-    from ..data import load_dataset
     ds = load_dataset(str(folder), 'train', use_cache=False)
     note = 'imported from image files: 8-bit previews, less precise than the float tensors of the distillation'
     _logger.warning('%s: %s', folder, note)
@@ -311,7 +312,6 @@ def _read_folder(folder: Path):
 
 
 def _real_train(dataset: str, size):
-    from ..data import load_dataset
     train = load_dataset(str(dataset), 'train')
     if tuple(train.images.shape[-2:]) != tuple(size):
         train = load_dataset(str(dataset), 'train', image_size=tuple(int(s) for s in size))
@@ -375,7 +375,6 @@ def export_distilled(dset: DistilledSet, folder: Union[str, os.PathLike], layout
     soft labels as labels when the set has them. Beside the files, ``timm_dd_export.json`` keeps what the files
     cannot say (method, source dataset, space, ZCA eps, ipc, label kind), which :func:`import_distilled` reads back.
     """
-    from ..io import atomic_write, atomic_write_json
     names = {'ddranking': ('images.pt', 'labels.pt', 'lr.pt'),
              'mtt': ('images_best.pt', 'labels_best.pt', 'lr_best.pt'),
              'frepo': ('images_best.pt', 'labels_best.pt', 'lr_best.pt')}
@@ -407,11 +406,6 @@ def export_distilled(dset: DistilledSet, folder: Union[str, os.PathLike], layout
 
 def _write_class_folders(dset: DistilledSet, folder: Path) -> None:
     """One PNG per image under ``<folder>/<class index>/`` (hard labels: image files carry no soft labels)."""
-    import io
-
-    from PIL import Image
-
-    from ..io import atomic_write
     pixels = dset.space.to_uint8(dset.images.detach()).cpu()
     for i, (image, label) in enumerate(zip(pixels, dset.labels.tolist())):
         array = image.permute(1, 2, 0).numpy()

@@ -9,7 +9,9 @@ soft labels when the set has them); ``soft_label``, the soft labels as stored. N
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 
+from .._optional import require
 from ..data.space import to_uint8
 from ..io import atomic_write_with
 
@@ -23,10 +25,7 @@ PARQUET_FILE = 'data/train-00000-of-00001.parquet'
 
 def write_parquet_view(dset: DistilledSet, folder: Path) -> Path:
     """Write ``folder / PARQUET_FILE`` for ``dset``; returns its path."""
-    from .._optional import require
     datasets = require('datasets', 'hub', 'the Hub dataset viewer (parquet view) of a distilled set')
-    from PIL import Image
-
     pixels = to_uint8(dset.to_pixel_space()).cpu()
     mode = 'L' if pixels.shape[1] == 1 else 'RGB'
     previews = [Image.fromarray(p.squeeze(0).numpy() if mode == 'L' else p.permute(1, 2, 0).numpy(), mode)

@@ -12,9 +12,16 @@ import os
 import re
 import time
 from contextlib import contextmanager
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Tuple, TypeVar
 from urllib.parse import unquote
+
+from huggingface_hub import constants
+from huggingface_hub.utils import (
+    EntryNotFoundError, GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled,
+    RepositoryNotFoundError, RevisionNotFoundError,
+)
 
 __all__ = ['HubError', 'hub_error', 'hub_errors', 'with_retries', 'retry_policy', 'redact', 'MAX_RETRY_AFTER']
 
@@ -80,8 +87,6 @@ def _status(err: BaseException) -> Optional[int]:
 def _retryable(err: BaseException) -> bool:
     """Server errors (5xx, 429) and transport failures (refused, reset, timed out) are worth another try; nothing is
     in offline mode (a cache miss stays a miss)."""
-    from huggingface_hub import constants
-    from huggingface_hub.utils import OfflineModeIsEnabled
     if isinstance(err, OfflineModeIsEnabled) or getattr(constants, 'HF_HUB_OFFLINE', False):
         return False
     status = _status(err)
@@ -120,7 +125,6 @@ def _retry_after(err: BaseException, wait: float) -> float:
     try:
         seconds = float(raw)
     except ValueError:
-        from email.utils import parsedate_to_datetime
         try:
             seconds = parsedate_to_datetime(raw).timestamp() - time.time()
         except (TypeError, ValueError):
@@ -201,8 +205,6 @@ def hub_error(
     Returns:
         A ``HubError`` to raise ``from None``, or None if ``err`` does not come from the Hub client.
     """
-    from huggingface_hub.utils import GatedRepoError, OfflineModeIsEnabled, RepositoryNotFoundError
-
     ctx = _Context(action, repo_id, repo_type, revision, filename or _filename_from(err), write)
     if write and isinstance(err, OfflineModeIsEnabled):
         return ctx.error('HF_HUB_OFFLINE=1 is set, so nothing can be uploaded. Unset it (or set it to 0) to push.')
@@ -224,7 +226,6 @@ class _Context:
 
     def __init__(self, action: str, repo_id: str, repo_type: str, revision: Optional[str], filename: Optional[str],
                  write: bool):
-        from huggingface_hub import constants
         self.action, self.repo_id, self.repo_type, self.revision, self.filename, self.write = \
             action, repo_id, repo_type, revision, filename, write
         self.endpoint = constants.ENDPOINT
@@ -242,9 +243,6 @@ class _Context:
 
 def _revision_or_file_error(err: BaseException, ctx: _Context) -> Optional[HubError]:
     """A missing revision, a file neither on the Hub nor in the cache, a missing file."""
-    from huggingface_hub.utils import (
-        EntryNotFoundError, LocalEntryNotFoundError, OfflineModeIsEnabled, RevisionNotFoundError,
-    )
     if isinstance(err, RevisionNotFoundError):
         return ctx.error(
             f"revision '{ctx.rev}' does not exist in {ctx.repo} on {ctx.endpoint}. Use an existing branch, tag or full "
@@ -269,7 +267,6 @@ def _revision_or_file_error(err: BaseException, ctx: _Context) -> Optional[HubEr
 
 def _http_error(err: BaseException, ctx: _Context) -> Optional[HubError]:
     """Any other HTTP answer (permissions, server errors), or a connection that failed."""
-    from huggingface_hub.utils import HfHubHTTPError
     if isinstance(err, HfHubHTTPError):
         status = getattr(getattr(err, 'response', None), 'status_code', None)
         server = getattr(err, 'server_message', None) or ''

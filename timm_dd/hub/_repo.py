@@ -5,6 +5,11 @@ import re
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
+from huggingface_hub import HfApi, constants, snapshot_download
+from huggingface_hub.utils import LocalEntryNotFoundError
+
+from ._errors import _is_transport_error, with_retries
+
 __all__ = ['prepare_repo', 'split_source', 'download_snapshot']
 
 _logger = logging.getLogger(__name__)
@@ -81,10 +86,7 @@ def download_snapshot(
     (:func:`with_retries`). Files are downloaded to temporary names and renamed when complete, and a distilled set
     is checked against its checksums on load, so an interrupted download never looks like a valid set.
     """
-    from huggingface_hub import HfApi, constants, snapshot_download
-    from huggingface_hub.utils import LocalEntryNotFoundError
 
-    from ._errors import _is_transport_error, with_retries
 
     kwargs = dict(repo_type='dataset', allow_patterns=allow_patterns, token=token,
                   cache_dir=None if cache_dir is None else str(cache_dir),

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import List, Optional, Union
 
+from huggingface_hub import HfApi
+
 from ._errors import with_retries
 from ._repo import download_snapshot, prepare_repo, split_source
 
@@ -52,8 +54,6 @@ def push_expert_buffers(
         HubError: the Hub refused or could not be reached.
         FileNotFoundError: ``folder`` is not a directory.
     """
-    from huggingface_hub import HfApi
-
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f'Expert buffer folder {str(folder)!r} does not exist or is not a directory.')

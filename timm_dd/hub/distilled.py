@@ -5,12 +5,18 @@ A distilled set is published as a dataset repo holding exactly what ``DistilledS
 :mod:`timm_dd.distilled.format`). Downloads go through the standard Hub cache, so a set loaded once also loads with
 ``HF_HUB_OFFLINE=1``.
 """
+import importlib.util
 import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
+from huggingface_hub import HfApi
+
+from timm_dd.distilled import DistilledSet
+
+from ..distilled.interchange import import_distilled as import_folder
 from ._errors import with_retries
 from ._repo import download_snapshot, prepare_repo, split_source
 
@@ -46,8 +52,6 @@ def push_distilled(
     Raises:
         HubError: the Hub refused or could not be reached.
     """
-    from huggingface_hub import HfApi
-
     if commit_message is None:
         method, source = getattr(dset, 'method', None), getattr(dset, 'source_dataset', None)
         commit_message = f'Upload {method} distilled {source} (IPC {getattr(dset, "ipc", "?")})'
@@ -70,7 +74,6 @@ def push_distilled(
 def import_distilled(source: Union[str, os.PathLike], layout: str, **kwargs):
     """:func:`timm_dd.distilled.interchange.import_distilled` for a local folder or a Hub dataset repo (downloaded
     first, cached): a set made by another tool (MTT/ATT/DATM, FRePo, DD-Ranking, image folders)."""
-    from ..distilled.interchange import import_distilled as import_folder
     folder, repo_id = split_source(source)
     if folder is None:
         folder = download_snapshot('import distilled set from', repo_id)
@@ -78,7 +81,6 @@ def import_distilled(source: Union[str, os.PathLike], layout: str, **kwargs):
 
 
 def _has_datasets() -> bool:
-    import importlib.util
     if importlib.util.find_spec('datasets') is None:
         _logger.warning('`datasets` is not installed: the set is pushed without its parquet view (no dataset viewer, '
                         'no datasets.load_dataset); pip install "timm_dd[hub]" to add it')
@@ -109,8 +111,6 @@ def load_distilled(
     Raises:
         HubError: repo, revision or files not found, no permission, or offline with nothing cached.
     """
-    from timm_dd.distilled import DistilledSet
-
     folder, repo_id = split_source(repo_id_or_path)
     if folder is None:
         folder = download_snapshot('load distilled set from', repo_id, revision, cache_dir, token)

@@ -9,12 +9,18 @@ Teachers are ordinary timm model repos (``config.json`` + ``model.safetensors`` 
 ``config.json`` stores the architecture name and the creation kwargs (``model_args``); loading without
 ``import timm_dd`` fails with ``RuntimeError: Unknown model``. Repo naming follows timm: ``<org>/<arch>.<tag>``.
 """
+import json
 import logging
 import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
+import timm
+import torch
 import torch.nn as nn
+from huggingface_hub import HfApi, hf_hub_download
+from timm.models import push_to_hf_hub, save_for_hf
+from timm.models._hub import generate_readme
 
 from ..io import atomic_folder, atomic_write, check_replaceable, read_torch_file
 from ..models import describe_input
@@ -140,9 +146,6 @@ def save_teacher(
     Returns:
         The folder (``config.json``, ``model.safetensors``, ``README.md``).
     """
-    from timm.models import save_for_hf
-    from timm.models._hub import generate_readme
-
     folder = Path(folder)
     _check_model_args(model, model_args)
     describe_input(model)  # input_size / num_classes of this model, whatever was recorded before
@@ -191,9 +194,6 @@ def push_teacher(
     Raises:
         HubError: the Hub refused or could not be reached.
     """
-    from huggingface_hub import HfApi
-    from timm.models import push_to_hf_hub
-
     _check_model_args(model, model_args)
     describe_input(model)
     card = teacher_model_card(model, repo_id=repo_id, dataset=dataset)
@@ -218,15 +218,14 @@ def push_teacher(
     return commit
 
 
-def model_image_space(repo_or_path: Union[str, os.PathLike], revision: Optional[str] = None) -> Optional[Dict[str, Any]]:
+def model_image_space(repo_or_path: Union[str, os.PathLike],
+                      revision: Optional[str] = None) -> Optional[Dict[str, Any]]:
     """The image space a saved or pushed model records in its ``config.json`` (see :func:`record_input`), or
     ``None`` when it records none."""
-    import json
     folder, repo_id = split_source(repo_or_path)
     if folder is not None:
         path = Path(folder) / 'config.json'
     else:
-        from huggingface_hub import hf_hub_download
         path = Path(with_retries(lambda: hf_hub_download(repo_id, 'config.json', revision=revision),
                                  'read the config of', repo_id, 'model', revision))
     if not path.is_file():
@@ -258,8 +257,6 @@ def load_teacher(
         HubError: repo, revision or weights not found, no permission, offline with nothing cached, or an
             architecture that is not registered with timm.
     """
-    import timm
-
     folder, repo_id = split_source(repo_or_path)
     if folder is not None:
         if revision is not None:
@@ -306,9 +303,6 @@ def import_teacher(checkpoint: Union[str, os.PathLike], model_name: str, **model
         ValueError: the file holds no state dict, or one whose names or shapes do not fit ``model_name`` with
             ``model_args`` (the message lists them, e.g. a batch-norm checkpoint given an instance-norm model).
     """
-    import timm
-    import torch
-
     path = Path(checkpoint)
     obj = read_torch_file(path)
     state = obj.get('state_dict', obj) if isinstance(obj, dict) else None

@@ -8,7 +8,10 @@ __all__ = ['CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR100_MEAN', 'CIFAR100_STD', 'IMAG
            'cifar_cfg', 'create_act', 'conv_norm_act', 'conv_dp_block', 'factory_kwargs', 'check_img_size',
            'check_in_chans', 'reject_drop_path', 'FeatureIntermediates', 'describe_input']
 
+from timm.models._features import feature_take_indices
+
 from ..constants import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD
+from ..layers import VirtualShortcut, create_norm2d
 
 _ACTS = {'relu': nn.ReLU, 'leakyrelu': lambda: nn.LeakyReLU(0.01), 'sigmoid': nn.Sigmoid, 'gelu': nn.GELU}
 
@@ -49,7 +52,6 @@ def conv_norm_act(in_chs: int, out_chs: int, kernel_size: int, norm: str, act: s
                   dd: Optional[dict] = None) -> List[nn.Module]:
     """``[conv, norm, act]`` with 'same' padding; the norm is left out (not an Identity) for ``norm='none'`` so
     module indices match the reference code of networks without normalization."""
-    from ..layers import create_norm2d
     dd = dd or {}
     layers = [nn.Conv2d(in_chs, out_chs, kernel_size, padding=(kernel_size - 1) // 2, **dd)]
     if norm != 'none':
@@ -89,7 +91,6 @@ def conv_dp_block(
     The reference builds the shortcut norm even when the shortcut is the identity; with ``keep_unused_norm``
     that norm is kept (frozen, never called) so parameter counts and state dicts match the reference.
     """
-    from ..layers import VirtualShortcut, create_norm2d  # local: layers imports nothing from models
     dd = dd or {}
     k1, k2 = kernel_sizes
     main = [nn.Conv2d(in_chs, hidden_chs, k1, padding=(k1 - 1) // 2, **dd), create_norm2d(norm, hidden_chs, **dd),
@@ -125,7 +126,6 @@ class FeatureIntermediates:
             output_fmt: str = 'NCHW',
             intermediates_only: bool = False,
     ):
-        from timm.models._features import feature_take_indices
         if output_fmt != 'NCHW':
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         take, _ = feature_take_indices(len(self.feature_info), indices)

@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-
 from ..augment import DEFAULT_STRATEGY
+from ..configs import config_names, read_config
 from ..fields import check_ranges, typed_values
 from .losses import SOFT_LOSSES
 from .schedules import LR_SCHEDULES, KeepRateSchedule, LRSchedule
@@ -211,7 +211,6 @@ def load_config(recipe: Union[str, Path, Dict[str, Any]], overrides: Optional[Di
 
 
 def _read_recipe(recipe: Union[str, Path], config_dir: Optional[Union[str, Path]], depth: int = 0) -> Dict[str, Any]:
-    from ..configs import read_config
     if depth > 8:
         raise ValueError(f'recipe base chain too deep at {recipe!r}')
     path = Path(recipe)
@@ -231,7 +230,6 @@ def _read_recipe(recipe: Union[str, Path], config_dir: Optional[Union[str, Path]
 def short_run_note(cfg: TrainConfig, fraction: float = 0.5) -> Optional[str]:
     """A note when ``cfg`` trains fewer than ``fraction`` of its shipped recipe's epochs (the published protocol),
     saying by how much and that its numbers are not comparable to published ones; ``None`` otherwise."""
-    from ..configs import config_names
     if cfg.recipe not in config_names('train'):
         return None
     protocol = load_config(cfg.recipe).epochs

@@ -20,11 +20,13 @@ from ..data import DataSplits
 from ..fields import field_changes
 from ..io import atomic_write, atomic_write_json, make_folder
 from ..seeding import seeded
+from .batched import train_seeds_batched
 from .config import TrainConfig, short_run_note
 from .loop import eval_batch_size
+from .networks import (
+    create_student, elf_targets, load_done, result_record, run_folder, save_done, save_model, train_or_load_teacher,
+)
 from .report import format_table  # the one table renderer (also for merged results)
-from .networks import create_student, elf_targets, load_done, result_record, run_folder, save_done, save_model, \
-    train_or_load_teacher
 from .task import fallback_lr_note, resolve_lr
 from .trainer import train_model
 
@@ -148,7 +150,6 @@ class _Experiment:
 
     def seeds_batched(self, name: str, seeds: Sequence[int], first_job: int) -> List[Tuple[int, Dict[str, Any]]]:
         """Every seed of ``name`` at once (``parallel: vmap``); finished runs are kept on ``resume``."""
-        from .batched import train_seeds_batched
         run_dirs = [run_folder(self.out_dir, name, seed) for seed in seeds]
         done = [load_done(d) if self.resume else None for d in run_dirs]
         if all(d is not None for d in done):
@@ -268,7 +269,8 @@ def summarize(runs: List[Dict[str, Any]], teacher_runs: List[Dict[str, Any]]) ->
         rs = [r for r in runs if r['model'] == name]
         final_mean, final_std = _mean_std([r['final_acc'] for r in rs])
         best_mean, best_std = _mean_std([r['best_acc'] for r in rs])
-        ips = [r['images_per_second'] for r in rs if r.get('images_per_second') and math.isfinite(r['images_per_second'])]
+        ips = [r['images_per_second'] for r in rs
+               if r.get('images_per_second') and math.isfinite(r['images_per_second'])]
         table.append(dict(
             model=name, runs=len(rs), final_mean=final_mean, final_std=final_std, best_mean=best_mean,
             best_std=best_std, gap_to_teacher=(final_mean - teacher_mean) if teacher_mean is not None else None,

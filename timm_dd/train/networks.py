@@ -7,10 +7,12 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 from accelerate import Accelerator
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data import DataSplits
+from ..hub import load_teacher, model_image_space, record_input, save_teacher
 from ..io import atomic_write_json, remove_file
 from ..layers import keep_rate_units
 from ..models import create_network, is_timm_dd_model
@@ -20,8 +22,8 @@ from .elf import elf_split
 from .loop import evaluate
 from .trainer import CHECKPOINT_FILE, RunResult, train_model
 
-__all__ = ['run_folder', 'teacher_folder', 'create_student', 'train_or_load_teacher', 'elf_targets', 'save_model', 'load_done', 'save_done',
-           'result_record']
+__all__ = ['run_folder', 'teacher_folder', 'create_student', 'train_or_load_teacher', 'elf_targets', 'save_model',
+           'load_done', 'save_done', 'result_record']
 
 _logger = logging.getLogger(__name__)
 
@@ -66,7 +68,6 @@ def create_student(name: str, data: DataSplits, cfg: TrainConfig, **model_kwargs
 def train_or_load_teacher(cfg: TrainConfig, data: DataSplits, seed: int, accelerator: Accelerator,
                            test_loader: DataLoader, out_dir: Path, resume: bool,
                            distributed: bool) -> Tuple[nn.Module, Dict[str, Any]]:
-    from ..hub import load_teacher
     if cfg.teacher:
         teacher = load_teacher(cfg.teacher)
         if teacher.num_classes != data.num_classes:
@@ -112,7 +113,6 @@ def _check_teacher_input(teacher: nn.Module, name: str, data: DataSplits) -> Non
 
 
 def save_model(model: nn.Module, folder: Path, data: DataSplits, model_kwargs: Optional[Dict[str, Any]]) -> None:
-    from ..hub import record_input, save_teacher
     # pretrained_cfg's mean/std: the space's normalization, else (ZCA of pixels) the data's pixel statistics
     stats = data.space if data.space.mean is not None else data.train.normalization or data.space
     facts = {k: data.source[k] for k in ('dataset', 'source_dataset') if k in data.source}
@@ -124,7 +124,6 @@ def save_model(model: nn.Module, folder: Path, data: DataSplits, model_kwargs: O
 
 
 def _load_weights(folder: Path) -> Dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
     return load_file(str(folder / 'model.safetensors'))
 
 
@@ -141,7 +140,6 @@ def save_done(run_dir: Path, record: Dict[str, Any], keep_checkpoint: bool = Fal
 
 
 def elf_targets(cfg: TrainConfig, student: nn.Module, data: DataSplits, device: torch.device) -> torch.Tensor:
-    from ..hub import load_teacher
     if not cfg.elf_feature_model:
         raise ValueError('ELF needs a feature model trained on real data (elf_feature_model); make one with '
                          '`timm-dd-train -c baseline --dataset <data> --real-ipc -1 --model convnet3 --model-kwargs '
@@ -166,7 +164,6 @@ def _check_same_space(source: str, what: str, data: DataSplits) -> None:
     """A model that reads the training images (ELF's feature model, a loaded teacher) must have been trained in their
     image space: its recorded space (config.json ``image_space``, see ``record_input``) is compared when there is
     one."""
-    from ..hub import model_image_space
     recorded = model_image_space(source)
     if not recorded or 'image_space' not in recorded:
         return

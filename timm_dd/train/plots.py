@@ -4,9 +4,9 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from ..io import atomic_write_with
+from .._optional import require
+from ..io import atomic_write, atomic_write_with
 from .config import TrainConfig
-from ..io import atomic_write
 from .report import _as_dict, data_label, load_results, merge_results, teacher_summary
 
 __all__ = ['plot_results', 'plot_comparison', 'plot_schedules', 'write_report']
@@ -17,7 +17,6 @@ _TEACHER_STYLES = ('--', ':', '-.')
 
 
 def _pyplot():
-    from .._optional import require
     matplotlib = require('matplotlib', 'plots', 'plotting results')
     matplotlib.use('Agg')  # files only, never a window
     import matplotlib.pyplot as plt

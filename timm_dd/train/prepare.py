@@ -3,10 +3,11 @@ split, both in the space the networks see (a :class:`~timm_dd.data.DataSplits`).
 import logging
 from typing import Any, Dict, Optional, Tuple
 
-
-from ..seeding import generator_for
 from ..data import DataSplits, ImageSet, ImageSpace, load_dataset, select_ipc
 from ..distilled import DistilledSet
+from ..distilled.interchange import detect_layout
+from ..hub import import_distilled, load_distilled
+from ..seeding import generator_for
 
 __all__ = ['prepare_data']
 
@@ -55,7 +56,8 @@ def prepare_data(
     if dataset is None:
         raise ValueError('real_ipc (--real-ipc) needs a dataset (--dataset: e.g. digits, cifar10, or a '
                          'folder/zip)')
-    return _real_splits(dataset, real_ipc, seed, image_space or 'normalized', zca_eps, dict(loads, image_size=image_size))
+    return _real_splits(dataset, real_ipc, seed, image_space or 'normalized', zca_eps,
+                        dict(loads, image_size=image_size))
 
 
 def _distilled_splits(data: str, dataset: Optional[str], layout: Optional[str], image_space: Optional[str],
@@ -117,8 +119,6 @@ def _test_split(dset: DistilledSet, data: str, dataset: Optional[str], loads: Di
 
 def _load_set(data: str, layout: Optional[str], dataset: Optional[str], image_space: Optional[str],
               soft_label_temperature: Optional[float], strict: bool, zca_eps: float = 0.1) -> DistilledSet:
-    from ..distilled.interchange import detect_layout
-    from ..hub import import_distilled, load_distilled
     layout = layout or detect_layout(data)
     if layout == 'timm_dd':
         return load_distilled(data, strict=strict)

@@ -10,10 +10,10 @@ recorded (a schedule much shorter than its recipe's) follow the settings.
 """
 import json
 import os
+import statistics
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
-
 
 __all__ = ['format_table', 'merge_results', 'load_results', 'data_label', 'format_accuracy', 'format_accuracies']
 
@@ -68,7 +68,6 @@ def format_accuracies(values: Sequence[float], digits: int = 2) -> str:
 
 
 def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
-    import statistics
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 

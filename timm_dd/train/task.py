@@ -6,6 +6,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.optim import create_optimizer_v2
 
 from ..fields import check_ranges
 from .config import TRAIN_RANGES, TrainConfig
@@ -45,7 +46,6 @@ def optimizer_for(model: nn.Module, opt: str, lr: float, momentum: float = 0.0, 
                   betas: Optional[Tuple[float, float]] = None) -> torch.optim.Optimizer:
     """``timm.optim.create_optimizer_v2`` over ``model``'s trainable parameters (what :func:`create_optimizer` and
     the expert trainer share); ``betas`` only for Lion (AdamW keeps torch's defaults, as the recipes always have)."""
-    from timm.optim import create_optimizer_v2
     params = [p for p in model.parameters() if p.requires_grad]
     extra = {'betas': tuple(betas)} if opt == 'lion' and betas is not None else {}
     return create_optimizer_v2(params, opt=opt, lr=lr, weight_decay=weight_decay, momentum=momentum,
