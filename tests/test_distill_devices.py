@@ -42,6 +42,10 @@ def test_two_processes_give_the_one_process_gradient_and_images(tmp_path):
             run = out[f'run-{mode}-{method}']
             assert run['images'] < 1e-5 and run['lr'] < 1e-5 and run['same_on_all'], (mode, method, run)
             assert run['moved'] > 1e-3  # the images did change: the comparison is not vacuous
+    for method in ('mtt', 'att'):  # a memory budget (one kept graph, two recomputed steps) splits the same way
+        grad = out[f'budget-{method}']
+        assert grad['images'] < 1e-5 and grad['lr'] < 1e-5 and grad['loss'] < 1e-6, (method, grad)
+        assert grad['n_opt'][0] == grad['n_opt'][1]
     for mode in ('unrolled', 'recompute') if has_cxx else ():
         grad = out[f'compiled-{mode}']  # fp32: eager one-process vs compiled split differ by summation order only
         assert grad['images'] < 1e-4 and grad['lr'] < 1e-4 and grad['loss'] < 1e-6, (mode, grad)

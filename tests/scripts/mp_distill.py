@@ -11,8 +11,8 @@ from accelerate import Accelerator
 import timm_dd  # noqa: F401
 from timm_dd.augment import DSA
 from timm_dd.distill import (
-    DistributionMatching, ExpertPool, FlatModel, Shards, StepGradient, TrajectoryMatching, get_preset, plan_steps,
-    save_trajectory, trajectory_match,
+    DistributionMatching, ExpertPool, FlatModel, Shards, StepGradient, TrajectoryMatching, get_preset,
+    match_budgeted, plan_steps, save_trajectory, trajectory_match,
 )
 
 torch.set_num_threads(1)
@@ -44,6 +44,12 @@ for mode in ('unrolled', 'recompute'):
         out[f'{mode}-{method}'] = dict(images=rel(many.grad_images, one.grad_images),
                                        lr=rel(many.grad_lr, one.grad_lr), loss=rel(many.loss, one.loss),
                                        n_opt=[one.n_opt, many.n_opt])
+for method in ('mtt', 'att'):  # the middle under a memory budget: the last step keeps its graph, two are recomputed
+    plan = plan_steps(7, 3, 5, 8, dsa, torch.Generator().manual_seed(1))
+    one = trajectory_match('unrolled', fm, x, y, lr, th0, target, plan, dsa, method, 'l1')
+    many = match_budgeted(fm, x, y, lr, th0, target, plan, dsa, method, 'l1', shards, graph_steps=1)
+    out[f'budget-{method}'] = dict(images=rel(many.grad_images, one.grad_images), lr=rel(many.grad_lr, one.grad_lr),
+                                   loss=rel(many.loss, one.loss), n_opt=[one.n_opt, many.n_opt])
 
 # 1b. the compiled inner step (--set compile=true) splits the same way (all 7 images per step: one shape per rank)
 if len(sys.argv) > 3 and sys.argv[3] == 'compile':

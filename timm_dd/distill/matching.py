@@ -35,7 +35,8 @@ from torch.func import functional_call
 from ..augment import DSA, DSADraw
 
 __all__ = ['FlatModel', 'StepGradient', 'cpu_compiler_available', 'Shards', 'StepPlan', 'MatchResult', 'plan_steps',
-           'match_unrolled', 'match_recompute', 'trajectory_match', 'GRAD_MODES', 'ATT_NORMS']
+           'match_unrolled', 'match_recompute',
+           'match_budgeted', 'trajectory_match', 'GRAD_MODES', 'ATT_NORMS']
 
 GRAD_MODES = ('unrolled', 'recompute')
 ATT_NORMS = ('l1', 'l2')
@@ -285,6 +286,63 @@ def _check(method: str, norm: str) -> None:
         raise ValueError(f'att_norm must be one of {ATT_NORMS}, got {norm!r}')
 
 
+def _first_order_steps(step_grad: StepGradient, thetas: List[torch.Tensor], images: torch.Tensor,
+                       labels: torch.Tensor, alpha: torch.Tensor, plan: StepPlan, dsa: Optional[DSA],
+                       steps: range, shards: Shards, distances: List[float], target: torch.Tensor, method: str,
+                       norm: str) -> None:
+    """Inner steps ``steps`` to first order (no graph kept between steps), appending each ``θ`` to ``thetas``."""
+    for k in steps:
+        theta = thetas[-1].requires_grad_(True)
+        g = _step_grad(step_grad, theta, images, labels, plan, dsa, k, shards, create_graph=False)
+        shards.sum_(g)
+        thetas[-1] = theta.detach()
+        thetas.append(thetas[-1] - alpha * g)
+        if method == 'att':
+            distances.append(_distance(thetas[-1], target, norm))
+
+
+def _graph_steps(step_grad: StepGradient, thetas: List[torch.Tensor], x_leaf: torch.Tensor, labels: torch.Tensor,
+                 lr_leaf: torch.Tensor, plan: StepPlan, dsa: Optional[DSA], steps: range, shards: Shards,
+                 distances: List[float], target: torch.Tensor, method: str, norm: str) -> None:
+    """Inner steps ``steps`` keeping their whole graph (``create_graph``), appending each ``θ`` to ``thetas``."""
+    for k in steps:
+        theta_k = thetas[-1] if shards.world == 1 else _CopyToShards.apply(thetas[-1], shards)
+        g = _step_grad(step_grad, theta_k, x_leaf, labels, plan, dsa, k, shards, create_graph=True)
+        if shards.world > 1:
+            g = _SumShards.apply(g, shards)
+        thetas.append(thetas[-1] - lr_leaf * g)
+        if method == 'att':
+            distances.append(_distance(thetas[-1], target, norm))
+
+
+def _reverse_steps(step_grad: StepGradient, thetas: List[Optional[torch.Tensor]], images: torch.Tensor,
+                   labels: torch.Tensor, alpha: torch.Tensor, plan: StepPlan, dsa: Optional[DSA], first: int,
+                   lam: torch.Tensor, grad_x: torch.Tensor, grad_lr: torch.Tensor, shards: Shards) -> None:
+    """Reverse accumulation over steps ``first-1 .. 0`` from the adjoint ``lam = ∂L/∂θ_first``, rebuilding each step's
+    graph from its stored ``θ``; adds into ``grad_x`` (this process's part) and ``grad_lr``."""
+    for k in range(first - 1, -1, -1):
+        theta = thetas[k].requires_grad_(True)
+        x_leaf = images.detach().requires_grad_(True)
+        g = _step_grad(step_grad, theta, x_leaf, labels, plan, dsa, k, shards, create_graph=True)
+        s = torch.dot(lam, g)
+        h, d = torch.autograd.grad(s, (theta, x_leaf), allow_unused=shards.world > 1)
+        s = s.detach()
+        if shards.world > 1:
+            # this process had no sample in the step; one collective per step: Σ H_i λ and Σ ⟨λ, g_i⟩
+            d = torch.zeros_like(images) if d is None else d
+            packed = shards.sum_(torch.cat([h, s.view(1)]))
+            h, s = packed[:-1], packed[-1]
+        grad_x -= alpha * d
+        grad_lr -= s
+        lam = lam - alpha * h
+        thetas[k] = None  # free the stored step as soon as it is used
+
+
+def _tail_loss(theta_start: torch.Tensor, theta_target: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """MTT's normalized matching loss ``‖θ − θ*‖² / ‖θ_0 − θ*‖²``."""
+    return (theta - theta_target).pow(2).sum() / (theta_start - theta_target).pow(2).sum()
+
+
 def match_unrolled(
         fmodel: Union[FlatModel, 'StepGradient'],
         images: torch.Tensor,
@@ -306,19 +364,11 @@ def match_unrolled(
     step_grad = _as_step_gradient(fmodel)
     x_leaf = images.detach().requires_grad_(True)
     lr_leaf = syn_lr.detach().requires_grad_(True)
-    theta = theta_start.detach().requires_grad_(True)
-    thetas, distances = [theta], []
-    for k in range(len(plan)):
-        theta_k = thetas[-1] if shards.world == 1 else _CopyToShards.apply(thetas[-1], shards)
-        g = _step_grad(step_grad, theta_k, x_leaf, labels, plan, dsa, k, shards, create_graph=True)
-        if shards.world > 1:
-            g = _SumShards.apply(g, shards)
-        thetas.append(thetas[-1] - lr_leaf * g)
-        if method == 'att':
-            distances.append(_distance(thetas[-1], theta_target, att_norm))
+    thetas, distances = [theta_start.detach().requires_grad_(True)], []
+    _graph_steps(step_grad, thetas, x_leaf, labels, lr_leaf, plan, dsa, range(len(plan)), shards, distances,
+                 theta_target, method, att_norm)
     n_opt = _select_step(distances) if method == 'att' else len(plan)
-    denom = (theta_start - theta_target).pow(2).sum()
-    loss = (thetas[n_opt] - theta_target).pow(2).sum() / denom
+    loss = _tail_loss(theta_start, theta_target, thetas[n_opt])
     gx, glr = torch.autograd.grad(loss, (x_leaf, lr_leaf), allow_unused=True)
     gx = shards.sum_(torch.zeros_like(images) if gx is None else gx)  # each process has its samples' part
     glr = torch.zeros_like(syn_lr) if glr is None else glr  # computed from replicated values: the same everywhere
@@ -344,51 +394,74 @@ def match_recompute(
     the stored ``θ_k``, take ``(h, d) = ∇_(θ_k, X) ⟨λ, g_k⟩``, then ``dL/dX -= α d``, ``dL/dα -= ⟨λ, g_k⟩`` and
     ``λ -= α h`` (``θ_{k+1} = θ_k − α g_k`` so ``∂θ_{k+1}/∂θ_k = I − α H_k``).
     """
+    return match_budgeted(fmodel, images, labels, syn_lr, theta_start, theta_target, plan, dsa, method, att_norm,
+                          shards, graph_steps=0)
+
+
+def match_budgeted(
+        fmodel: Union[FlatModel, 'StepGradient'],
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        syn_lr: torch.Tensor,
+        theta_start: torch.Tensor,
+        theta_target: torch.Tensor,
+        plan: StepPlan,
+        dsa: Optional[DSA] = None,
+        method: str = 'mtt',
+        att_norm: str = 'l1',
+        shards: Shards = Shards(),
+        graph_steps: int = 0,
+) -> MatchResult:
+    """Exact meta-gradient keeping the graphs of the last ``graph_steps`` inner steps and recomputing the others.
+
+    The first ``N - graph_steps`` steps run to first order (their ``θ`` stored, as :func:`match_recompute`); the
+    last ``graph_steps`` keep their graph from a stored ``θ`` (as :func:`match_unrolled`). One backward through that
+    graph gives its part of ``dL/dX`` and ``dL/dα`` and the adjoint at its first step, from which the earlier steps
+    are reversed one at a time, each rebuilt from its ``θ``. Memory: ``graph_steps`` steps' graphs, then one.
+    ``graph_steps >= N`` is :func:`match_unrolled`, ``0`` is :func:`match_recompute`. With ATT, when the matched
+    step comes before the kept graphs, they are dropped unused and the reverse starts at that step.
+    """
     _check(method, att_norm)
+    n = len(plan)
+    if graph_steps >= n:
+        return match_unrolled(fmodel, images, labels, syn_lr, theta_start, theta_target, plan, dsa, method,
+                              att_norm, shards)
     step_grad = _as_step_gradient(fmodel)
-    images = images.detach()
-    alpha = syn_lr.detach()
+    images, alpha = images.detach(), syn_lr.detach()
     theta_start, theta_target = theta_start.detach(), theta_target.detach()
+    split = n - max(graph_steps, 0)
     thetas, distances = [theta_start], []
-    # forward: first order only, no graph kept between steps
-    for k in range(len(plan)):
-        theta = thetas[-1].requires_grad_(True)
-        g = _step_grad(step_grad, theta, images, labels, plan, dsa, k, shards, create_graph=False)
-        shards.sum_(g)
-        thetas[-1] = theta.detach()
-        thetas.append(thetas[-1] - alpha * g)
-        if method == 'att':
-            distances.append(_distance(thetas[-1], theta_target, att_norm))
-    n_opt = _select_step(distances) if method == 'att' else len(plan)
-    del thetas[n_opt + 1:]  # steps after N_opt do not reach the loss
-    denom = (theta_start - theta_target).pow(2).sum()
-    diff = thetas[n_opt] - theta_target
-    loss = diff.pow(2).sum() / denom
-    lam = 2.0 * diff / denom
-    grad_x = torch.zeros_like(images)
-    grad_lr = torch.zeros_like(alpha)
-    for k in range(n_opt - 1, -1, -1):
-        theta = thetas[k].requires_grad_(True)
-        x_leaf = images.detach().requires_grad_(True)
-        g = _step_grad(step_grad, theta, x_leaf, labels, plan, dsa, k, shards, create_graph=True)
-        s = torch.dot(lam, g)
-        h, d = torch.autograd.grad(s, (theta, x_leaf), allow_unused=shards.world > 1)
-        s = s.detach()
-        if shards.world > 1:
-            # this process had no sample in the step; one collective per step: Σ H_i λ and Σ ⟨λ, g_i⟩
-            d = torch.zeros_like(images) if d is None else d
-            packed = shards.sum_(torch.cat([h, s.view(1)]))
-            h, s = packed[:-1], packed[-1]
-        grad_x -= alpha * d
-        grad_lr -= s
-        lam = lam - alpha * h
-        thetas[k] = None  # free the stored step as soon as it is used
+    _first_order_steps(step_grad, thetas, images, labels, alpha, plan, dsa, range(split), shards, distances,
+                       theta_target, method, att_norm)
+    grad_x, grad_lr = torch.zeros_like(images), torch.zeros_like(alpha)
+    tail = [thetas[split].requires_grad_(True)]
+    x_leaf, lr_leaf = images.detach().requires_grad_(True), alpha.detach().requires_grad_(True)
+    _graph_steps(step_grad, tail, x_leaf, labels, lr_leaf, plan, dsa, range(split, n), shards, distances,
+                 theta_target, method, att_norm)
+    n_opt = _select_step(distances) if method == 'att' else n
+    if n_opt > split:  # the loss is inside the kept graph
+        loss = _tail_loss(theta_start, theta_target, tail[n_opt - split])
+        gx, glr, lam = torch.autograd.grad(loss, (x_leaf, lr_leaf, tail[0]), allow_unused=True)
+        if gx is not None:
+            grad_x += gx
+        if glr is not None:
+            grad_lr += glr.reshape(grad_lr.shape)
+        first = split
+    else:  # ATT matched an earlier step: the kept graphs do not reach the loss
+        loss = _tail_loss(theta_start, theta_target, thetas[n_opt])
+        lam = 2.0 * (thetas[n_opt] - theta_target) / (theta_start - theta_target).pow(2).sum()
+        first = n_opt
+    del tail
+    thetas[split] = thetas[split].detach()
+    del thetas[first + 1:]  # steps after the reverse's start do not reach the loss
+    _reverse_steps(step_grad, thetas, images, labels, alpha, plan, dsa, first, lam.detach(), grad_x, grad_lr, shards)
     shards.sum_(grad_x)
     return MatchResult(loss.detach(), grad_x, grad_lr.reshape(syn_lr.shape), n_opt, distances or None)
 
 
 def trajectory_match(grad_mode: str, *args, **kwargs) -> MatchResult:
-    """Dispatch to :func:`match_unrolled` or :func:`match_recompute` by ``grad_mode``."""
+    """Dispatch to :func:`match_unrolled` or :func:`match_recompute` by ``grad_mode`` (a memory budget between the
+    two: :func:`match_budgeted`)."""
     if grad_mode == 'unrolled':
         return match_unrolled(*args, **kwargs)
     if grad_mode == 'recompute':

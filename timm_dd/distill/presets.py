@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 from ..augment import DEFAULT_STRATEGY
 from ..configs import config_names, read_config
 from ..fields import check_ranges, field_changes, typed_values
+from .graph_budget import parse_budget
 
 __all__ = ['DistillConfig', 'PRESETS', 'get_preset', 'list_presets', 'METHODS', 'DISTILL_RANGES']
 
@@ -65,6 +66,9 @@ class DistillConfig:
     ema_decay: Optional[float] = None  # ATT: EMA of the images; None: off
     att_norm: str = 'l1'
     grad_mode: str = 'recompute'  # 'unrolled' (one graph) or 'recompute' (exact, one step of activations)
+    # between the two: keep the graphs of the last inner steps that fit this much memory ('2GB', '512MiB', 'auto':
+    # 80 % of the free memory), recompute the others; exact either way (None: grad_mode alone decides)
+    graph_budget: Optional[str] = None
     dsa: bool = True
     dsa_strategy: str = DEFAULT_STRATEGY
     pix_init: str = 'real'  # 'real' or 'noise'
@@ -99,6 +103,11 @@ class DistillConfig:
             raise ValueError(f'method must be one of {METHODS}, got {self.method!r}')
         if self.grad_mode not in ('unrolled', 'recompute'):
             raise ValueError(f"grad_mode must be 'unrolled' or 'recompute', got {self.grad_mode!r}")
+        if self.graph_budget is not None:
+            parse_budget(self.graph_budget)
+            if self.grad_mode == 'unrolled':
+                raise ValueError("graph_budget keeps the graphs that fit and recomputes the rest; grad_mode=unrolled "
+                                 "keeps every graph: give one of the two")
         if self.att_norm not in ('l1', 'l2'):
             raise ValueError(f"att_norm must be 'l1' or 'l2', got {self.att_norm!r}")
         if self.pix_init not in ('real', 'noise'):

@@ -59,7 +59,8 @@ def check_finite_state(
 
 #: settings that may change when a distillation is resumed: they do not change the images of the iterations run
 RESUME_SAFE_FIELDS = ('iterations', 'eval_every', 'eval_seeds', 'eval_epochs', 'eval_recipe', 'eval_lr',
-                      'checkpoint_every', 'source', 'matmul_precision', 'grad_mode', 'compile', 'num_experts',
+                      'checkpoint_every', 'source', 'matmul_precision', 'grad_mode', 'graph_budget', 'compile',
+                      'num_experts',
                       'expert_train_epochs', 'expert_lr', 'expert_batch')
 
 

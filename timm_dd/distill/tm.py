@@ -5,6 +5,7 @@ Every random draw of iteration ``it`` (expert, start epoch, batches, DSA) comes 
 checkpoint (images, step size, both optimizers' momentum, EMA, iteration) continues exactly like an uninterrupted
 one with the same seed.
 """
+import logging
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
@@ -17,11 +18,14 @@ from ..data import select_ipc
 from ..seeding import Stream, generator_for
 from .distiller import Distiller, EvalFn, set_hyper
 from .experts import ExpertPool
-from .matching import FlatModel, MatchResult, StepGradient, plan_steps, trajectory_match
+from .graph_budget import format_bytes, graph_step_bytes, graph_steps_for_budget
+from .matching import FlatModel, MatchResult, StepGradient, StepPlan, match_budgeted, plan_steps, trajectory_match
 from .presets import DistillConfig
 from .state import DistillationDiverged, to_device
 
 __all__ = ['TrajectoryMatching', 'init_synthetic']
+
+_logger = logging.getLogger(__name__)
 
 
 
@@ -85,6 +89,8 @@ class TrajectoryMatching(Distiller):
                              f'were they trained with another architecture or width?')
         self.step_grad = StepGradient(self.fmodel, compile=cfg.compile)
         self.dsa = DSA.of(cfg)
+        #: how many of the last inner steps keep their graph under ``cfg.graph_budget`` (set at the first match)
+        self.graph_steps: Optional[int] = None
 
     def extra_state(self) -> Dict[str, Any]:
         return {'syn_lr': self.syn_lr.detach().clone(), 'opt_lr': self.opt_lr.state_dict(),
@@ -114,9 +120,24 @@ class TrajectoryMatching(Distiller):
         theta_target = to_device(expert.get(start + cfg.expert_epochs), self.device)
         plan = plan_steps(self.images.shape[0], cfg.syn_steps, cfg.batch_syn, self.images.shape[-1], self.dsa, gen,
                           self.device)
+        if grad_mode is None and cfg.graph_budget is not None:
+            return match_budgeted(self.step_grad, self.images, self.labels, self.syn_lr, theta_start, theta_target,
+                                  plan, self.dsa, cfg.method, cfg.att_norm, self.shards,
+                                  graph_steps=self._graph_steps(plan, theta_start))
         return trajectory_match(
             grad_mode or cfg.grad_mode, self.step_grad, self.images, self.labels, self.syn_lr, theta_start,
             theta_target, plan, self.dsa, cfg.method, cfg.att_norm, self.shards)
+
+    def _graph_steps(self, plan: StepPlan, theta_start: torch.Tensor) -> int:
+        """The number of kept graphs for ``cfg.graph_budget``, from one step's graph measured at the first match."""
+        if self.graph_steps is None:
+            step = graph_step_bytes(self.step_grad, self.images, self.labels, theta_start, plan, self.dsa,
+                                    self.syn_lr, self.shards)
+            self.graph_steps = graph_steps_for_budget(self.cfg.graph_budget, step, self.cfg.syn_steps, self.device)
+            _logger.info('graph_budget %s: one inner step\'s graph takes %s; the last %d of %d steps keep theirs, '
+                         'the others are recomputed', self.cfg.graph_budget, format_bytes(step), self.graph_steps,
+                         self.cfg.syn_steps)
+        return self.graph_steps
 
     def step(self) -> Dict[str, Any]:
         """One outer iteration: match, update images and step size, update the EMA; guards against divergence."""
