@@ -56,6 +56,15 @@ class Settings:
     eval_seeds: int
     budgets: Dict[str, float]  # per-section time limits (s)
     eval_reserve: float  # seconds kept for the evaluation of the real run
+    # published-scale rows on synthetic data (section 'scale'): ImageNet-1K 64x64 distillation, Tiny-ImageNet experts
+    scale_size: int = 64
+    scale_classes: int = 1000
+    scale_ipcs: tuple = (1, 10)
+    scale_steps: int = 20
+    scale_batch_syn: int = 100  # TESLA's ImageNet-1K runs: minibatches of the synthetic set
+    scale_width: int = 128
+    tiny_images: int = 100000
+    tiny_classes: int = 200
 
 
 def full_settings() -> Settings:
@@ -64,7 +73,7 @@ def full_settings() -> Settings:
         timing_size=32, repeats=5, expert_epochs=2, dpkd_epochs=20, dpkd_model_kwargs={}, teacher_kwargs={},
         real_ipc=10, real_experts=3, real_max_start_epochs=(20, 10, 5, 3, 2), real_syn_steps=None,
         eval_epochs=(1000, 300), eval_seeds=2,
-        budgets=dict(mtt=150, experts=45, dpkd=30, real_experts=80), eval_reserve=60)
+        budgets=dict(mtt=150, experts=45, dpkd=30, scale=60, real_experts=80), eval_reserve=60)
 
 
 def smoke_settings() -> Settings:
@@ -74,7 +83,9 @@ def smoke_settings() -> Settings:
         width=8, timing_ipc=2, timing_steps=2, timing_size=8, repeats=1, expert_epochs=1, dpkd_epochs=2,
         dpkd_model_kwargs=dict(widths=(4, 8, 8, 16)), teacher_kwargs=dict(width=4),
         real_ipc=2, real_experts=2, real_max_start_epochs=(2,), real_syn_steps=2, eval_epochs=(50, 20),
-        eval_seeds=1, budgets=dict(mtt=75, experts=15, dpkd=15, real_experts=20), eval_reserve=10)
+        eval_seeds=1, budgets=dict(mtt=75, experts=15, dpkd=15, scale=20, real_experts=20), eval_reserve=10,
+        scale_size=16, scale_classes=20, scale_ipcs=(1, 2), scale_steps=2, scale_batch_syn=8, scale_width=8,
+        tiny_images=400, tiny_classes=20)
 
 
 def quick_settings() -> Settings:
@@ -84,8 +95,9 @@ def quick_settings() -> Settings:
         full_settings(), mode='quick', overrides=dict(model_kwargs={'width': 8}), width=8, timing_steps=2,
         repeats=1, expert_epochs=1, dpkd_epochs=2, dpkd_model_kwargs=dict(widths=(4, 8, 8, 16)),
         teacher_kwargs=dict(width=4), real_experts=2, real_max_start_epochs=(2,), real_syn_steps=2,
-        eval_epochs=(20, 10), eval_seeds=1, budgets=dict(mtt=60, experts=60, dpkd=30, real_experts=60),
-        eval_reserve=30)
+        eval_epochs=(20, 10), eval_seeds=1, budgets=dict(mtt=60, experts=60, dpkd=30, scale=30, real_experts=60),
+        eval_reserve=30, scale_size=16, scale_classes=20, scale_ipcs=(1, 2), scale_steps=2, scale_batch_syn=8,
+        scale_width=8, tiny_images=400, tiny_classes=20)
 
 
 class Clock:

@@ -206,6 +206,66 @@ def section_experts(s: Settings, cfg, data, device, accelerator, limit: float) -
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# section: published scale on synthetic data
+
+
+def section_scale(s: Settings, device: torch.device, limit: float) -> Dict[str, Any]:
+    """One ImageNet-1K-shaped MTT iteration per IPC (random 64x64 images, 1000 classes, ConvNet-4, TESLA-style
+    minibatches of the synthetic set, the exact gradient under ``graph_budget='auto'``) and one Tiny-ImageNet-shaped
+    expert epoch (100,000 random 64x64 images, 200 classes, ConvNet-4, batch 256, DSA): the published-scale rows."""
+    import timm
+    import timm_dd  # noqa: F401
+    from timm_dd.augment import DSA
+    from timm_dd.distill import FlatModel, StepGradient, graph_step_bytes, graph_steps_for_budget, match_budgeted, \
+        plan_steps
+    from timm_dd.distill.experts import ExpertConfig, train_expert
+    t_section, size, k = time.perf_counter(), s.scale_size, s.scale_classes
+    torch.manual_seed(0)
+    model = timm.create_model('convnet4', num_classes=k, in_chans=3, img_size=size, width=s.scale_width).to(device)
+    fm = StepGradient(FlatModel(model))
+    th0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    target = th0 + 1e-3 * torch.randn(th0.shape, generator=torch.Generator().manual_seed(1)).to(device)
+    lr, dsa = torch.tensor(0.01, device=device), DSA()
+    rows = []
+    for ipc in s.scale_ipcs:
+        if time.perf_counter() - t_section > limit / 2:
+            rows.append(dict(ipc=ipc, skipped='out of time'))
+            continue
+        n = ipc * k
+        x = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(ipc)).to(device)
+        y = torch.arange(k, device=device).repeat_interleave(ipc)
+
+        def plan(seed: int):
+            return plan_steps(n, s.scale_steps, s.scale_batch_syn, size, dsa, torch.Generator().manual_seed(seed),
+                              device)
+        step_bytes = graph_step_bytes(fm, x, y, th0, plan(0), dsa, lr)
+        keep = graph_steps_for_budget('auto', step_bytes, s.scale_steps, device)
+        run = lambda r: match_budgeted(fm, x, y, lr, th0, target, plan(r), dsa, 'mtt', graph_steps=keep)  # noqa
+        rows.append(dict(ipc=ipc, images=n, graph_steps_kept=keep, step_graph_mb=step_bytes / 2 ** 20,
+                         **time_block(run, device, 1, limit / 2)))
+        del x, y
+    # Tiny-ImageNet-shaped expert epoch
+    n = s.tiny_images
+    x = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(2))
+    y = torch.arange(n) % s.tiny_classes
+    ecfg = ExpertConfig(arch='convnet4', model_kwargs=dict(num_classes=s.tiny_classes, in_chans=3, img_size=size,
+                                                          width=s.scale_width),
+                        num_experts=1, epochs=1, lr=0.01, batch_size=256, dsa=True, seed=0, dataset='random')
+    train_expert(x[:1024], y[:1024], ecfg, 0, device=device)  # warm-up
+    sync(device)
+    t0 = time.perf_counter()
+    with PeakMemory(device) as mem:
+        train_expert(x, y, ecfg, 0, device=device)
+    epoch = time.perf_counter() - t0
+    return dict(setting=dict(distill=f'MTT, convnet4 width {s.scale_width}, {size}x{size}, {k} classes, random '
+                                     f'images, N = {s.scale_steps}, batch_syn {s.scale_batch_syn}, DSA, '
+                                     "graph_budget='auto'",
+                             experts=f'convnet4 width {s.scale_width}, {n:,} random {size}x{size} images, '
+                                     f'{s.tiny_classes} classes, batch 256, DSA, 1 epoch'),
+                distill_rows=rows, expert_seconds_per_epoch=epoch, expert_peak_mb=mem.peak_mb)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # section 3: dpkd epochs
 
 

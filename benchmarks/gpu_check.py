@@ -19,9 +19,13 @@ Sections (each under its own time limit; the whole run under ``--budget`` second
    (``timm_dd.distill.experts.train_expert`` with the preset's ``ExpertConfig``: batch 256, DSA, SGD lr 0.01).
 3. ``dpkd``: seconds per epoch of the ``dpkd`` recipe (Lion, DropPath schedule, 2-fold DSA, KD from a ConvNet-3
    teacher; the teacher is untrained here since only the cost is measured) on ``resnet18_dd`` and 100 images.
-4. ``real``: a short real run with the library's end-to-end functions (``get_preset('cifar10-ipc10-mtt')``,
+4. ``scale``: the published-scale rows on synthetic data: one ImageNet-1K-shaped MTT iteration (64x64, 1000 classes,
+   ConvNet-4, IPC 1 and 10, minibatches of 100 synthetic images as TESLA, the exact gradient under
+   ``graph_budget='auto'``) and one Tiny-ImageNet-shaped expert epoch (100,000 images, 200 classes).
+5. ``real``: a short real run with the library's end-to-end functions (``get_preset('cifar10-ipc10-mtt')``,
    ``load_distillation_data``, ``run_experts``, ``run_distill``): a few experts with fewer epochs than published,
-   then as many MTT iterations at IPC 10 as the remaining time allows (capped by ``--max-iterations``), then ConvNet-3 test
+   then as many MTT iterations at IPC 10 as the remaining time allows (capped by ``--max-iterations``), then
+   ConvNet-3 test
    accuracy of the result against 10 random real images per class (same training recipe, ``baseline``). The
    settings actually used are written to the output.
 
@@ -87,7 +91,7 @@ from _gpu_common import (  # noqa: E402
     DATA_CANDIDATES, GRAD_TOL, Clock, PeakMemory, find_data, full_settings, is_finite, json_safe, load_data,
     precision, quick_settings, smoke_settings,
 )
-from _gpu_sections import section_dpkd, section_experts, section_mtt, section_real  # noqa: E402
+from _gpu_sections import section_dpkd, section_experts, section_mtt, section_real, section_scale  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------------------------
 # report
@@ -146,6 +150,20 @@ def markdown(result: Dict[str, Any]) -> str:
             lines.append(f"| {name} | {desc} | {_fmt(r['seconds_per_epoch'])} | {_fmt(r['peak_mb'], '.1f')} |")
         else:
             lines.append(f"| {name} | {r.get('skipped') or r.get('error', 'not run')} | | |")
+    scale = sec.get('scale', {})
+    if 'distill_rows' in scale:
+        lines += ['', f"Published scale, {scale['setting']['distill']}:", '',
+                  '| IPC | images | graphs kept | step graph MB | s / iteration | peak MB |',
+                  '| --- | --- | --- | --- | --- | --- |']
+        for r in scale['distill_rows']:
+            lines.append(f"| {r['ipc']} | skipped: {r['skipped']} | | | | |" if 'skipped' in r else
+                         f"| {r['ipc']} | {r['images']:,} | {r['graph_steps_kept']} | "
+                         f"{_fmt(r['step_graph_mb'], '.1f')} | {_fmt(r['seconds'])} | {_fmt(r['peak_mb'], '.1f')} |")
+        lines += ['', f"Tiny-ImageNet-shaped expert epoch ({scale['setting']['experts']}): "
+                      f"{_fmt(scale['expert_seconds_per_epoch'], '.1f')} s, "
+                      f"peak {_fmt(scale['expert_peak_mb'], '.0f')} MB"]
+    elif scale:
+        lines += ['', f"Published scale: {scale.get('skipped') or scale.get('error')}"]
     real = sec.get('real', {})
     lines.append('')
     if 'distilled_acc_mean' in real:
@@ -169,7 +187,7 @@ def markdown(result: Dict[str, Any]) -> str:
 # main
 
 
-SECTIONS = ('mtt', 'experts', 'dpkd', 'real')
+SECTIONS = ('mtt', 'experts', 'dpkd', 'scale', 'real')
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -259,6 +277,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if 'dpkd' in args.sections:
         run_section('dpkd', lambda: section_dpkd(s, cfg, data, device, accelerator,
                                                  min(s.budgets['dpkd'], clock.remaining())))
+    if 'scale' in args.sections:
+        run_section('scale', lambda: section_scale(s, device, min(s.budgets['scale'], clock.remaining())))
     if 'real' in args.sections:
         mtt_rows = {r['grad_mode']: r['seconds'] for r in result['sections'].get('mtt', {}).get('rows', [])
                     if r['row'] in ('timm_dd unrolled', 'timm_dd recompute')}

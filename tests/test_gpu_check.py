@@ -37,7 +37,11 @@ def test_smoke_mode_writes_every_section(tmp_path):
     res, stdout = _run(tmp_path, *extra)
     assert res['mode'] == 'smoke' and res['env']['device'] == 'cpu' and not res['errors']
     sec = res['sections']
-    assert {'data', 'mtt', 'experts', 'dpkd', 'real'} <= set(sec)
+    assert {'data', 'mtt', 'experts', 'dpkd', 'scale', 'real'} <= set(sec)
+    scale = sec['scale']  # the published-scale rows (ImageNet-1K-shaped iteration, Tiny-ImageNet-shaped epoch)
+    assert [r['ipc'] for r in scale['distill_rows']] == [1, 2] and _pos(scale['expert_seconds_per_epoch'])
+    for r in scale['distill_rows']:
+        assert _pos(r['seconds']) and _pos(r['step_graph_mb']) and 0 <= r['graph_steps_kept'] <= 2
     rows = {r['row']: r for r in sec['mtt']['rows']}
     assert {'timm_dd unrolled', 'timm_dd recompute', 'timm_dd recompute+speed'} <= set(rows)
     for r in rows.values():

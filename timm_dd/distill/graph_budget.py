@@ -2,17 +2,20 @@
 
 ``graph_budget`` (a distillation setting, ``--set graph_budget=...``) is an amount of memory with its unit
 (``'2GB'``, ``'512MiB'``) or ``'auto'`` (80 % of the memory free on the device when distillation starts, shared
-among the processes of one host on a CPU). One inner step's graph is measured once, as the bytes of the tensors
-autograd saves for it (``torch.autograd.graph.saved_tensors_hooks``): what the graph holds, on any device, without
-the parameters and images that are stored anyway. :func:`~timm_dd.distill.matching.match_budgeted` then keeps the
+among the processes of one host on a CPU). One inner step's footprint is measured once, on any device: the peak
+bytes of the tensors made while the step and its graph are built (followed through a ``TorchDispatchMode``; what
+the graph keeps plus the temporaries of building it), without the parameters and images that are stored anyway. :func:`~timm_dd.distill.matching.match_budgeted` then keeps the
 graphs of the last ``budget // step`` steps and recomputes the others, exact either way.
 """
 import math
 import os
 import re
-from typing import Optional, Union
+import weakref
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from ..augment import DSA
 from .matching import Shards, StepGradient, StepPlan, _step_grad
@@ -67,30 +70,48 @@ def available_bytes(device: torch.device) -> Optional[int]:
     return kib * 1024 // max(int(os.environ.get('LOCAL_WORLD_SIZE', 1)), 1)
 
 
+class _LiveBytes(TorchDispatchMode):
+    """The bytes of the tensors made under it that are still alive, and their peak (storages are followed by weak
+    reference: an entry ends when autograd or the caller lets its storage go)."""
+
+    def __init__(self, exclude: Sequence[torch.Tensor]):
+        super().__init__()
+        self.exclude = {t.untyped_storage().data_ptr() for t in exclude}
+        self.live: Dict[int, Tuple[Any, int]] = {}
+        self.current = self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in self.exclude:
+                storage = t.untyped_storage()
+                if storage.data_ptr() not in self.live:
+                    self.live[storage.data_ptr()] = (weakref.ref(storage), storage.nbytes())
+                    self.current += storage.nbytes()
+        self.peak = max(self.peak, self.current)
+        for key, (ref, nbytes) in list(self.live.items()):
+            if ref() is None:
+                del self.live[key]
+                self.current -= nbytes
+        return out
+
+
 def graph_step_bytes(step_grad: StepGradient, images: torch.Tensor, labels: torch.Tensor, theta: torch.Tensor,
                      plan: StepPlan, dsa: Optional[DSA], syn_lr: Optional[torch.Tensor] = None,
                      shards: Shards = Shards()) -> int:
-    """Bytes autograd saves for the first inner step of ``plan`` kept with its graph (its forward and backward,
-    and the update ``θ - α g``), not counting ``θ`` and the images (stored anyway). A compiled step is measured
-    uncompiled (the compiled one saves at most as much)."""
+    """The memory one inner step of ``plan`` takes when it keeps its graph: the peak bytes of the tensors made
+    while its forward, its backward with ``create_graph`` and the update ``θ - α g`` run (what the graph keeps,
+    plus the temporaries of building it), not counting ``θ`` and the images (stored anyway). A compiled step is
+    measured uncompiled (the compiled one keeps at most as much)."""
     theta_leaf = theta.detach().requires_grad_(True)
     x_leaf = images.detach().requires_grad_(True)
     lr = (syn_lr if syn_lr is not None else torch.tensor(0.01, device=theta.device)).detach().requires_grad_(True)
-    stored = {theta_leaf.untyped_storage().data_ptr(), x_leaf.untyped_storage().data_ptr()}
-    saved = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in stored:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with _LiveBytes([theta_leaf, x_leaf, lr]) as measure:
         g = _step_grad(StepGradient(step_grad.fmodel), theta_leaf, x_leaf, labels, plan, dsa, 0, shards,
-                             create_graph=True)
+                       create_graph=True)
         theta_next = theta_leaf - lr * g
     del theta_next, g
-    return max(sum(saved.values()), 1)
+    return max(measure.peak, 1)
 
 
 def graph_steps_for_budget(budget: Budget, step_bytes: int, num_steps: int, device: torch.device) -> int:
