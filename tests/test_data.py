@@ -110,7 +110,7 @@ def test_folder_loading(tmp_path):
     ds = load_dataset(str(root), cache_dir=tmp_path / 'c')
     assert ds.class_names == sorted(CLASSES) and ds.name == 'tiny'
     assert ds.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
-    assert torch.equal(ds.images, _expected())  # PNG is lossless
+    assert torch.equal(ds.pixels(), _expected()) and ds.stores_pixels  # PNG is lossless; kept as uint8
     assert ds.normalization.mean == IMAGENET_MEAN
     # parent folder with split subfolders
     parent = tmp_path / 'parent'
@@ -133,7 +133,7 @@ def test_zip_loading(tmp_path, prefix):
     for src, split in ((parent / 'train.zip', 'train'), (parent, 'train')):
         ds = load_dataset(str(src), split, cache_dir=tmp_path / 'c', use_cache=False)
         assert ds.class_names == sorted(CLASSES) and ds.name == 'zipped'
-        assert torch.equal(ds.images, _expected())
+        assert torch.equal(ds.pixels(), _expected())
         assert ds.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
 
 
@@ -141,7 +141,7 @@ def test_grey_resize_and_size_mismatch(tmp_path):
     root = tmp_path / 'grey'
     _write_tree(root, grey=True)
     ds = load_dataset(str(root), cache_dir=tmp_path / 'c')
-    assert ds.images.shape == (9, 1, 8, 8) and torch.equal(ds.images, _expected(grey=True))
+    assert ds.images.shape == (9, 1, 8, 8) and torch.equal(ds.pixels(), _expected(grey=True))
     assert len(ds.normalization.mean) == 1
     Image.fromarray(_pixels(0, 0, (6, 5))).save(root / 'a_cat' / 'odd.png')
     with pytest.raises(ValueError, match='image_size'):
@@ -302,7 +302,7 @@ def test_cifar10_from_an_image_folder_copy_in_data_root(tmp_path, layout):
         assert ds.name == 'cifar10' and ds.split == split
         assert ds.class_names == list(CIFAR10_CLASSES) and ds.normalization.mean == CIFAR10_MEAN
         assert ds.images.shape == (20, 3, 8, 8) and ds.labels.tolist() == [k for k in range(10) for _ in range(2)]
-        assert torch.equal(ds.images[3], torch.from_numpy(_pixels(1, offset + 1)).permute(2, 0, 1).float() / 255)
+        assert torch.equal(ds.pixels(3), torch.from_numpy(_pixels(1, offset + 1)).permute(2, 0, 1).float() / 255)
     assert load_dataset('cifar10', 'test', root=root, cache_dir=tmp_path / 'c', image_size=4).image_size == (4, 4)
 
 

@@ -139,7 +139,7 @@ def test_cifar100_sets_are_normalized_as_their_tool_did(tmp_path, monkeypatch):
     monkeypatch.setenv('TIMM_DD_DATA', str(tmp_path))
     monkeypatch.setenv('TIMM_DD_CACHE', str(tmp_path / 'cache'))
     train = load_dataset('cifar100', 'train')
-    images = (train.images[:100] - torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)) / 0.25
+    images = (train.pixels(slice(0, 100)) - torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)) / 0.25
     src = _save(tmp_path / 'set', **{'images.pt': images, 'labels.pt': train.labels[:100]})
     facts = dict(dataset='cifar100', image_space='normalized', lr=0.01)
     assert import_distilled(src, 'ddranking', **facts).normalization['mean'] == pytest.approx(list(CIFAR10_MEAN))

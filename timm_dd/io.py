@@ -16,7 +16,7 @@ import pickle
 import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Iterator, List, Optional, Union
+from typing import IO, Any, Callable, Iterable, Iterator, List, Optional, Sequence, Union
 
 import torch
 
@@ -342,11 +342,15 @@ def file_sha256(path: PathLike, chunk_size: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def tensor_checksum(t: Any) -> str:
-    """SHA-256 of a tensor's fp32 contents (shape included): identifies a dataset or an expert epoch."""
-    t = t.detach().float().cpu().contiguous()
-    h = hashlib.sha256(str(tuple(t.shape)).encode())
-    h.update(t.numpy().tobytes())
+def tensor_checksum(t: Any, shape: Optional[Sequence[int]] = None) -> str:
+    """SHA-256 of a tensor's fp32 contents (shape included): identifies a dataset or an expert epoch. ``t`` may also
+    be an iterable of consecutive row blocks of a tensor of ``shape`` (a set converted block by block): the same
+    digest as the whole tensor's."""
+    if isinstance(t, torch.Tensor):
+        t, shape = [t], t.shape
+    h = hashlib.sha256(str(tuple(shape)).encode())
+    for block in t:
+        h.update(block.detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
 

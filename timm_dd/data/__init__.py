@@ -5,12 +5,12 @@ from .datasets import (
     BUILTIN_DATASETS, CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, DIGITS_MEAN,
     DIGITS_STD, IMAGENET_MEAN, IMAGENET_STD, IMG_EXTENSIONS, load_dataset, select_ipc,
 )
-from .sets import DataSplits, ImageSet
+from .sets import DataSplits, ImageSet, as_image_set
 from .space import ImageSpace
 from .zca import ZCA
 
 __all__ = [
-    'ImageSet', 'DataSplits', 'ImageSpace', 'ZCA', 'load_dataset', 'select_ipc', 'default_cache_dir', 'BUILTIN_DATASETS',
+    'ImageSet', 'DataSplits', 'as_image_set', 'ImageSpace', 'ZCA', 'load_dataset', 'select_ipc', 'default_cache_dir', 'BUILTIN_DATASETS',
     'CIFAR10_CLASSES', 'CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR100_MEAN', 'CIFAR100_STD', 'DIGITS_MEAN', 'DIGITS_STD',
     'IMAGENET_MEAN', 'IMAGENET_STD', 'IMG_EXTENSIONS',
 ]

@@ -223,4 +223,4 @@ def _tree_dataset(
         split: str,
 ) -> ImageSet:
     mean, std = _tree_stats(class_names, images_u8.shape[1])
-    return ImageSet(images_u8.float().div_(255), labels, class_names, ImageSpace.normalized(mean, std), name, split)
+    return ImageSet(images_u8, labels, class_names, ImageSpace.normalized(mean, std), name, split)

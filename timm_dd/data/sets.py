@@ -17,7 +17,7 @@ import torch
 from ..io import tensor_checksum
 from .space import ImageSpace
 
-__all__ = ['ImageSet', 'DataSplits', 'HasImages']
+__all__ = ['ImageSet', 'DataSplits', 'HasImages', 'as_image_set']
 
 
 class HasImages:
@@ -43,8 +43,16 @@ class HasImages:
 class ImageSet(HasImages):
     """A whole labelled image set in memory.
 
+    A dataset read from image files keeps its images as they were decoded, uint8 ``[N, C, H, W]`` pixels: four
+    times less memory than float32, and no float copy of the whole set. Its ``space`` then says what a batch becomes:
+    :meth:`batch` converts the rows it takes (``space.to_model(pixels / 255)``, on the device), and
+    :meth:`in_space` to a normalization only changes ``space``. Only a ZCA space, whose whitening mixes all pixels
+    of an image, is applied to the whole set at once (a float copy, as for CIFAR-sized data). Code that needs every
+    image as floats at once calls :meth:`float_images`.
+
     Attributes:
-        images: float ``[N, C, H, W]`` in ``space`` ([0, 1] pixels for a loaded dataset).
+        images: float ``[N, C, H, W]`` in ``space`` (the images themselves), or uint8 ``[N, C, H, W]`` pixels that
+            ``space`` maps batch by batch.
         labels: int64 ``[N]`` in ``[0, num_classes)``, or soft labels ``[N, K]``: probabilities, rows summing to 1.
         class_names: name of each class, indexed by label (may be empty when unknown).
         normalization: the source data's per-channel mean/std as a space (``None`` when unknown): what
@@ -80,10 +88,10 @@ class ImageSet(HasImages):
 
     def _check_images(self) -> None:
         x = self.images
-        if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
-            raise ValueError(f'images must be a float [N, C, H, W] tensor, got {getattr(x, "dtype", type(x))} '
-                             f'{tuple(getattr(x, "shape", ()))}')
-        if not bool(torch.isfinite(x).all()):
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or not (x.is_floating_point() or x.dtype == torch.uint8):
+            raise ValueError(f'images must be a float (or uint8 pixel) [N, C, H, W] tensor, got '
+                             f'{getattr(x, "dtype", type(x))} {tuple(getattr(x, "shape", ()))}')
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
             raise ValueError('images contain NaN or Inf')
 
     def _infer_num_classes(self) -> int:
@@ -115,19 +123,46 @@ class ImageSet(HasImages):
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    @property
+    def stores_pixels(self) -> bool:
+        """Whether ``images`` are uint8 pixels that :meth:`batch` maps into ``space`` (else float in ``space``)."""
+        return self.images.dtype == torch.uint8
+
+    def batch(self, indices: Union[torch.Tensor, Sequence[int], slice],
+              device: Optional[Union[str, torch.device]] = None) -> torch.Tensor:
+        """The images at ``indices`` as float32 in ``space``, on ``device`` (default: where they are); stored pixels
+        are converted here, after the move (a uint8 batch travels, not a float one)."""
+        if not isinstance(indices, slice):
+            indices = torch.as_tensor(indices, dtype=torch.long, device=self.images.device)
+        x = self.images[indices]
+        x = x if device is None else x.to(device, non_blocking=True)
+        return self.space.to_model(x.float().div_(255)) if self.stores_pixels else x
+
+    def pixels(self, indices: Union[torch.Tensor, Sequence[int], slice] = slice(None)) -> torch.Tensor:
+        """The images at ``indices`` as float [0, 1] pixels (a new tensor)."""
+        if self.stores_pixels:
+            return self.images[indices].float().div_(255)
+        x = self.images[indices]
+        return x if self.space.name == 'pixel' else self.space.to_pixels(x)
+
+    def float_images(self) -> 'ImageSet':
+        """The same set with every image as float in ``space`` (a float copy of stored pixels; itself otherwise)."""
+        return replace(self, images=self.batch(slice(None))) if self.stores_pixels else self
+
     def normalized(self) -> torch.Tensor:
         """The images mapped from pixels into :attr:`normalization` (a new tensor)."""
         if self.normalization is None:
             raise ValueError(f'{self!r} has no normalization statistics (mean/std)')
-        return self.normalization.to_model(self.space.to_pixels(self.images) if self.space.name != 'pixel'
-                                           else self.images)
+        return self.normalization.to_model(self.pixels())
 
     def in_space(self, space: ImageSpace) -> 'ImageSet':
-        """The same set with its images mapped into ``space`` (through pixels)."""
+        """The same set with its images mapped into ``space`` (through pixels). Stored pixels stay as they are when
+        the space maps each pixel on its own (a normalization): only ``space`` changes, :meth:`batch` applies it."""
         if space is self.space:
             return self
-        pixels = self.images if self.space.name == 'pixel' else self.space.to_pixels(self.images)
-        return replace(self, images=space.to_model(pixels), space=space)
+        if self.stores_pixels and space.zca is None:
+            return replace(self, space=space)
+        return replace(self, images=space.to_model(self.pixels()), space=space)
 
     def subset(self, indices: Union[torch.Tensor, Sequence[int]]) -> 'ImageSet':
         """A new set holding the images at ``indices`` (in that order), with the same metadata."""
@@ -139,8 +174,17 @@ class ImageSet(HasImages):
         return replace(self, images=self.images.to(device), labels=self.labels.to(device))
 
     def __repr__(self) -> str:
-        return (f'ImageSet(name={self.name!r}, split={self.split!r}, images={tuple(self.images.shape)}, '
+        stored = ' uint8 pixels' if self.stores_pixels else ''
+        return (f'ImageSet(name={self.name!r}, split={self.split!r}, images={tuple(self.images.shape)}{stored}, '
                 f'num_classes={self.num_classes}, space={self.space.name!r})')
+
+
+def as_image_set(images: Union[torch.Tensor, ImageSet], labels: Optional[torch.Tensor] = None) -> ImageSet:
+    """``images`` when it is an :class:`ImageSet`, else the set of the tensor ``images`` (float, in the space the
+    caller uses) with ``labels``: what lets a loop take either and read batches with :meth:`ImageSet.batch`."""
+    if isinstance(images, ImageSet):
+        return images
+    return ImageSet(images, labels, num_classes=int(labels.max()) + 1 if labels.numel() else 0)
 
 
 @dataclass
@@ -196,5 +240,7 @@ class DataSplits:
     def checksum(self) -> str:
         """Identifies the training images (recorded by experts, checked when they are used)."""
         if getattr(self, '_checksum', None) is None:
-            self._checksum = tensor_checksum(self.train.images)
+            train = self.train
+            self._checksum = tensor_checksum(train.images) if not train.stores_pixels else tensor_checksum(
+                (train.batch(slice(i, i + 4096)) for i in range(0, len(train), 4096)), train.images.shape)
         return self._checksum

@@ -48,13 +48,16 @@ class ImageSpace:
         return cls(tuple(mean), tuple(std))
 
     @classmethod
-    def fit(cls, name: str, pixels: torch.Tensor, zca_eps: float = 0.1,
+    def fit(cls, name: str, pixels: Optional[torch.Tensor], zca_eps: float = 0.1,
             normalization: Optional['ImageSpace'] = None) -> 'ImageSpace':
-        """The space ``name`` fitted on a training split's [0, 1] ``pixels`` (the one place a space is fitted):
+        """The space ``name`` fitted on a training split's [0, 1] ``pixels`` (only 'zca' reads them; the one place a
+        space is fitted):
         'zca' is a ZCA (eps ``zca_eps``) of the pixels themselves (MTT's ``--zca``: no normalization first);
         'normalized' is ``normalization`` (a dataset's statistics, or CIFAR-10's for the sets made with them);
         'pixel' maps nothing."""
         if name == 'zca':
+            if pixels is None:
+                raise ValueError("the 'zca' space is fitted on the training split's pixels; none were given")
             return cls(zca=ZCA.fit(pixels, eps=zca_eps))
         if name == 'normalized':
             if normalization is None:

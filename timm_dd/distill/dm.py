@@ -14,10 +14,10 @@ import torch
 import torch.nn as nn
 
 from ..augment import DSA
+from ..data import ImageSet, as_image_set
 from ..seeding import Stream, generator_for, seeded
 from .distiller import Distiller, EvalFn
 from .presets import DistillConfig
-from .state import to_device
 
 __all__ = ['DistributionMatching']
 
@@ -47,7 +47,7 @@ class DistributionMatching(Distiller):
             cfg: DistillConfig,
             images: torch.Tensor,
             labels: torch.Tensor,
-            real_images: torch.Tensor,
+            real_images: Union[torch.Tensor, ImageSet],
             real_labels: torch.Tensor,
             make_model: Callable[[], nn.Module],
             out_dir: Optional[Union[str, Path]] = None,
@@ -57,7 +57,7 @@ class DistributionMatching(Distiller):
         super().__init__(cfg, images, out_dir, eval_fn, accelerator)
         self.labels = labels.detach().cpu().clone()
         self.classes = sorted(int(c) for c in self.labels.unique())
-        self.real_images = real_images
+        self.real = as_image_set(real_images, real_labels)  # stored pixels: each class batch converted on the device
         self.real_by_class = {c: (real_labels == c).nonzero().flatten() for c in self.classes}
         self.syn_by_class = {c: (self.labels == c).nonzero().flatten() for c in self.classes}
         self.make_model = make_model
@@ -78,7 +78,7 @@ class DistributionMatching(Distiller):
             draw = self.dsa.sample(1, size, self.device, gen, siamese=True) if self.dsa is not None else None
             if position % self.shards.world != self.shards.rank:
                 continue
-            real = to_device(self.real_images[real_idx], self.device)
+            real = self.real.batch(real_idx, self.device)
             syn = images[self.syn_by_class[c].to(self.device)]
             if draw is not None:  # the same transform for both
                 real, syn = self.dsa.apply(real, draw), self.dsa.apply(syn, draw)

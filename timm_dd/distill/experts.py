@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..augment import DEFAULT_STRATEGY, DSA
+from ..data import ImageSet, as_image_set
 from ..fields import field_changes
 from ..io import atomic_write_with, folder_lock_holder, make_folder, tensor_checksum
 from ..models import create_network
@@ -297,7 +298,7 @@ class ExpertPool:
 
 
 def train_expert(
-        images: torch.Tensor,
+        images: Union[torch.Tensor, ImageSet],
         labels: torch.Tensor,
         cfg: ExpertConfig,
         index: int,
@@ -307,7 +308,8 @@ def train_expert(
         log: Optional[Callable[[Dict[str, float], int], None]] = None,
 ) -> List[torch.Tensor]:
     """Train expert ``index`` with plain SGD on (already normalized / ZCA'd) ``images`` on ``device`` and return its
-    trajectory (CPU vectors).
+    trajectory (CPU vectors). ``images`` may be an :class:`~timm_dd.data.ImageSet` (then ``labels`` are its own):
+    a set of stored pixels moves to the device as uint8 and each batch is converted there.
 
     The init, batch order and DSA draws come from generators seeded by ``(cfg.seed, index)`` (CPU generators: the same
     draws on any device). ``progress`` shows a bar over the epochs with the running loss; ``log(values, epoch)``
@@ -319,14 +321,15 @@ def train_expert(
     dsa = DSA.of(cfg)
     perm_gen = generator_for(cfg.seed, index, Stream.EXPERT_ORDER)
     aug_gen = generator_for(cfg.seed, index, Stream.EXPERT_AUGMENT)
-    images, labels = images.to(device), labels.to(device)
-    n = images.shape[0]
+    train = as_image_set(images, labels).to(device)
+    n = len(train)
     trajectory = [flat_params(model)]
     model.train()
 
     def loss_of(idx: torch.Tensor) -> torch.Tensor:
-        x = dsa(images[idx], generator=aug_gen) if dsa is not None else images[idx]
-        return F.cross_entropy(model(x), labels[idx])
+        x = train.batch(idx)
+        x = dsa(x, generator=aug_gen) if dsa is not None else x
+        return F.cross_entropy(model(x), train.labels[idx])
 
     def train_epoch(epoch: int) -> Dict[str, Any]:
         batches = epoch_batches(n, cfg.batch_size, perm_gen, device)  # one generator over all epochs, as MTT
@@ -366,7 +369,7 @@ def _refuse_other_experts(folder: Path, cfg: ExpertConfig) -> None:
 
 
 def train_experts(
-        images: torch.Tensor,
+        images: Union[torch.Tensor, ImageSet],
         labels: torch.Tensor,
         out_dir: Union[str, os.PathLike],
         cfg: ExpertConfig,

@@ -63,7 +63,7 @@ def load_distillation_data(cfg: DistillConfig, data: Optional[Union[str, os.Path
     kwargs = {'image_size': cfg.image_size} if cfg.image_size else {}
     train = load_dataset(source, 'train', root=root, **kwargs)
     test = load_dataset(source, 'test', root=root, **kwargs)
-    space = ImageSpace.fit('zca', train.images, cfg.zca_eps) if cfg.zca else normalization_space(cfg, train)
+    space = ImageSpace.fit('zca', train.pixels(), cfg.zca_eps) if cfg.zca else normalization_space(cfg, train)
     provenance: Dict[str, Any] = dict(kind='real', dataset=cfg.dataset)
     real_data = _real_data(source, data, root)
     if real_data is not None:
@@ -126,8 +126,9 @@ def run_experts(
     """Train (or skip when finished) this process's share of ``cfg.num_experts`` experts into ``out_dir``, on
     ``accelerator.device``; returns when every process is done."""
     apply_precision(cfg)
-    paths = train_experts(data.train.images, data.train.labels, out_dir, expert_config(cfg, data),
-                          test=(data.test.images, data.test.labels), process_index=accelerator.process_index,
+    test = data.test.float_images()
+    paths = train_experts(data.train, data.train.labels, out_dir, expert_config(cfg, data),
+                          test=(test.images, test.labels), process_index=accelerator.process_index,
                           num_processes=accelerator.num_processes, device=accelerator.device,
                           progress=accelerator.is_local_main_process,
                           log=lambda values, step: log_metrics(accelerator, values, step))
@@ -145,7 +146,7 @@ def make_evaluator(cfg: DistillConfig, data: DataSplits, accelerator: Accelerato
     Runs on ``accelerator.device`` with its mixed precision; with several processes seed ``s`` is trained by
     process ``s % K`` alone and the accuracies are gathered, so every process gets the one-process record.
     """
-    test_loader = DataLoader(TensorDataset(data.test.images, data.test.labels),
+    test_loader = DataLoader(TensorDataset(data.test.float_images().images, data.test.labels),
                              batch_size=eval_batch_size(accelerator.device),
                              pin_memory=accelerator.device.type == 'cuda')
     labels = torch.arange(data.num_classes).repeat_interleave(cfg.ipc)
@@ -238,7 +239,7 @@ def run_distill(
     if accelerator.is_main_process:
         make_folder(out_dir)
     accelerator.wait_for_everyone()
-    images, labels = init_synthetic(data.train.images, data.train.labels, data.num_classes, cfg.ipc,
+    images, labels = init_synthetic(data.train, data.train.labels, data.num_classes, cfg.ipc,
                                     generator_for(cfg.seed, 0, Stream.SYNTHETIC_INIT), cfg.pix_init)
     distiller = _make_distiller(cfg, data, images, labels, expert_dir, out_dir, accelerator, evaluate)
     if resume and distiller.resume(force_resume):
@@ -262,7 +263,7 @@ def _make_distiller(cfg: DistillConfig, data: DataSplits, images: torch.Tensor, 
     eval_fn = make_evaluator(cfg, data, accelerator, out_dir, initial=initial) if evaluate else None
     if cfg.method == 'dm':
         return DistributionMatching(
-            cfg, images, labels, data.train.images, data.train.labels,
+            cfg, images, labels, data.train, data.train.labels,
             lambda: create_arch(cfg.arch, model_kwargs(cfg, data)), out_dir, eval_fn, accelerator)
     if expert_dir is None:
         raise ValueError(f'{cfg.method} needs an expert buffer folder')

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from ..augment import DSA
-from ..data import select_ipc
+from ..data import ImageSet, as_image_set, select_ipc
 from ..seeding import Stream, generator_for
 from .distiller import Distiller, EvalFn, set_hyper
 from .experts import ExpertPool
@@ -30,7 +30,7 @@ _logger = logging.getLogger(__name__)
 
 
 def init_synthetic(
-        images: torch.Tensor,
+        images: Union[torch.Tensor, ImageSet],
         labels: torch.Tensor,
         num_classes: int,
         ipc: int,
@@ -40,10 +40,11 @@ def init_synthetic(
     """Class-major synthetic images and hard labels: ``ipc`` distinct random real images per class, or noise."""
     idx = select_ipc(labels, ipc, generator=generator, num_classes=num_classes)
     syn_labels = torch.arange(num_classes).repeat_interleave(ipc)
+    real = as_image_set(images, labels)
     if pix_init == 'real':
-        syn = images[idx].detach().clone()
+        syn = real.batch(idx).detach().clone()
     else:
-        syn = torch.randn((num_classes * ipc,) + tuple(images.shape[1:]), generator=generator)
+        syn = torch.randn((num_classes * ipc,) + tuple(real.image_shape), generator=generator)
     return syn.float(), syn_labels
 
 

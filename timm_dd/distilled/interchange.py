@@ -173,7 +173,7 @@ def import_distilled(
     num_classes = len(train.class_names)
     _check_labels(labels, soft, num_classes, folder)
     normalization = _normalization_of(train, layout, normalization_stats) if image_space == 'normalized' else None
-    space = ImageSpace.fit(image_space, train.images, zca_eps, normalization)
+    space = ImageSpace.fit(image_space, train.pixels() if image_space == 'zca' else None, zca_eps, normalization)
     _check_space(images, space, train, folder)
     if soft is not None and soft_label_temperature is None and soft_label_kind == 'logits':
         soft_label_temperature = LAYOUT_TEMPERATURE.get(layout)  # the temperature the layout's tool trains with
@@ -308,7 +308,7 @@ def _read_folder(folder: Path):
     ds = load_dataset(str(folder), 'train', use_cache=False)
     note = 'imported from image files: 8-bit previews, less precise than the float tensors of the distillation'
     _logger.warning('%s: %s', folder, note)
-    return ds.images, ds.labels, None, None, note
+    return ds.pixels(), ds.labels, None, None, note
 
 
 def _real_train(dataset: str, size):
@@ -344,7 +344,7 @@ _CIFAR10_STATS_FOR_CIFAR100 = ('mtt', 'ddranking')
 
 
 def _space_stats(train, space: ImageSpace) -> torch.Tensor:
-    x = space.to_model(train.images[:2000])
+    x = space.to_model(train.pixels(slice(0, 2000)))
     return x.transpose(0, 1).reshape(x.shape[1], -1).std(1)
 
 

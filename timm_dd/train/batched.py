@@ -98,7 +98,7 @@ class _StackedRun:
             holder.register_parameter(f'p{i}', nn.Parameter(p, requires_grad=True))
         self.stacked = dict(zip(params.keys(), holder.parameters()))
         self.optimizer = create_optimizer(holder, cfg, self.base_lr)
-        self.images, self.labels = train_set.images.to(device), train_set.labels.to(device)
+        self.images, self.labels = train_set.float_images().images.to(device), train_set.labels.to(device)
         self.n = len(train_set)
         self.iters_per_epoch = math.ceil(self.n / cfg.batch_size)
         self.lr = IterationLr(self.optimizer, self.base_lr, cfg.lr_schedule_fn(), self.iters_per_epoch,

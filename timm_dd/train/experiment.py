@@ -47,7 +47,7 @@ class ExperimentResult:
 
 def _test_loader(data: DataSplits, cfg: TrainConfig, accelerator: Accelerator, distributed: bool) -> DataLoader:
     """Sharded over the processes for DDP runs; whole (and unprepared) when each process trains runs alone."""
-    ds = TensorDataset(data.test.images, data.test.labels)
+    ds = TensorDataset(data.test.float_images().images, data.test.labels)
     batch_size = cfg.test_batch_size or eval_batch_size(accelerator.device)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False,
                         pin_memory=accelerator.device.type == 'cuda')

@@ -102,7 +102,7 @@ def train_or_load_teacher(cfg: TrainConfig, data: DataSplits, seed: int, acceler
 
 def _check_teacher_input(teacher: nn.Module, name: str, data: DataSplits) -> None:
     """A loaded teacher must take the training images; say which teacher and which images when it does not."""
-    x = data.train.images[:1]
+    x = data.train.batch(slice(0, 1))
     try:
         with torch.no_grad():
             teacher.eval()(x)
@@ -153,7 +153,8 @@ def elf_targets(cfg: TrainConfig, student: nn.Module, data: DataSplits, device: 
     phi = load_teacher(source).to(device).eval()
     split = elf_split(student)
     with torch.no_grad():
-        feats = torch.cat([phi.forward_features(chunk.to(device)) for chunk in data.train.images.split(256)])
+        feats = torch.cat([phi.forward_features(data.train.batch(slice(i, i + 256), device))
+                           for i in range(0, len(data.train), 256)])
     if tuple(feats.shape[1:]) != tuple(split.feature_shape):
         raise ValueError(f'the ELF feature model outputs {tuple(feats.shape[1:])} but the student\'s split expects '
                          f'{split.feature_shape}; use a ConvNet of width {split.feature_shape[0]}')

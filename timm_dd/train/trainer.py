@@ -106,7 +106,7 @@ class _Run:
         self.distributed = distributed and accelerator.num_processes > 1
         self.rank, self.world = (accelerator.process_index, accelerator.num_processes) if self.distributed else (0, 1)
         self.writer = accelerator.is_main_process or not self.distributed  # the one process writing this run's files
-        self.images, self.labels = train_set.images.to(device), train_set.labels.to(device)
+        self.images, self.labels = train_set.float_images().images.to(device), train_set.labels.to(device)
         self.features = elf_features.to(device) if elf_features is not None else None
         self.base_lr = resolve_lr(cfg, train_set.learned_lr)
         self.keep_schedule = cfg.keep_rate_schedule(model_name)
