@@ -350,3 +350,56 @@ def test_a_recorded_space_is_compared_by_name_statistics_and_eps():
     assert cifar.disagreement(zca.to_dict()) == 'zca space, not normalized'
     assert zca.disagreement(zca.to_dict()) is None
     assert 'eps' in zca.disagreement(dict(zca.to_dict(), zca_eps=0.01))
+
+
+# -- images kept as uint8 pixels -----------------------------------------------------------------------------------
+
+def test_a_folder_keeps_uint8_pixels_and_batches_give_the_float_images(tmp_path):
+    root = tmp_path / 'root'
+    _write_tree(root)
+    ds = load_dataset(str(root), cache_dir=tmp_path / 'c')
+    assert ds.stores_pixels and ds.images.dtype == torch.uint8
+    space = ds.normalization
+    normalized = ds.in_space(space)
+    assert normalized.images is ds.images and normalized.space is space  # a normalization copies nothing
+    reference = space.to_model(ds.images.float() / 255)  # what a float copy of the set held before
+    idx = torch.tensor([4, 0, 7])
+    assert torch.equal(normalized.batch(idx), reference[idx])
+    assert torch.equal(normalized.float_images().images, reference)
+    assert torch.equal(normalized.normalized(), reference)
+    zca = ImageSpace.fit('zca', ds.pixels(), 0.1)
+    whitened = ds.in_space(zca)  # ZCA mixes the pixels of an image: applied to the whole set, as floats
+    assert not whitened.stores_pixels and torch.allclose(whitened.images, zca.to_model(ds.pixels()))
+
+
+def test_the_cache_is_memory_mapped_and_a_safetensors_file(tmp_path):
+    from safetensors import safe_open
+    root = tmp_path / 'root'
+    _write_tree(root)
+    first = load_dataset(str(root), cache_dir=tmp_path / 'c')
+    again = load_dataset(str(root), cache_dir=tmp_path / 'c')
+    assert torch.equal(again.images, first.images) and torch.equal(again.labels, first.labels)
+    (path,) = (tmp_path / 'c').glob('*.safetensors')
+    with safe_open(str(path), framework='pt') as f:  # any safetensors reader reads it
+        assert torch.equal(f.get_tensor('images'), first.images) and f.metadata()['crc32']
+    mapped = [line for line in open('/proc/self/maps') if str(path) in line]
+    assert mapped, 'the cached images are not mapped from the file'
+
+
+def test_a_folder_too_large_for_the_machine_is_refused_before_decoding(tmp_path, count_decodes):
+    root = tmp_path / 'root'
+    _write_tree(root)
+    with pytest.raises(ValueError, match=r'need \d+\.\d GiB of memory as uint8 pixels, but this machine has '
+                                         r'\d+\.\d GiB available'):
+        load_dataset(str(root), cache_dir=tmp_path / 'c', image_size=200000)
+    assert count_decodes == []  # refused before any image was decoded
+    from timm_dd.data.folders import check_fits_in_memory
+    check_fits_in_memory(1 << 20, root, 'a MiB')  # what fits passes
+    with pytest.raises(ValueError, match='16777216.0 GiB'):
+        check_fits_in_memory(1 << 54, root, 'a lot')
+
+
+def test_a_checksum_streamed_block_by_block_equals_the_whole_tensors():
+    from timm_dd.io import tensor_checksum
+    x = torch.rand(10, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    assert tensor_checksum((x[i:i + 3] for i in range(0, 10, 3)), x.shape) == tensor_checksum(x)

@@ -2,7 +2,11 @@
 
 Decoded images are stored as uint8 ``[N, C, H, W]`` plus int64 labels in one ``.safetensors`` file per source,
 keyed by a checksum of the source (sha256 of an archive, or of a file listing for a directory) and the decode
-options. Files are written atomically (temporary file in the same directory, then ``os.replace``) so a reader
+options. The file is written straight from the tensors' memory and read back memory-mapped (copy-on-write pages of
+the file, no copy in the process): safetensors' own ``save_file`` and ``get_tensor`` make a full copy each, which
+would double the memory of an ImageNet-sized set. The layout is safetensors' (an 8-byte header length, the JSON
+header with dtypes, shapes, offsets and the metadata, then the raw bytes), readable by any safetensors reader.
+Files are written atomically (temporary file in the same directory, then ``os.replace``) so a reader
 never sees a partial file. Each file carries a CRC-32 of its tensors; a truncated or corrupted file is reported
 as a cache miss (logged) and rebuilt by the caller.
 """
@@ -10,13 +14,13 @@ import hashlib
 import json
 import logging
 import os
+import struct
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
+import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ..io import atomic_write_with, walk_files
 
@@ -64,6 +68,47 @@ def _crc32(*tensors: torch.Tensor) -> str:
     return f'{crc:08x}'
 
 
+_DTYPES = {torch.uint8: ('U8', np.uint8), torch.int64: ('I64', np.int64)}
+_NUMPY = {code: dtype for code, dtype in _DTYPES.values()}
+
+
+def _write_safetensors(path: PathLike, tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> None:
+    """``tensors`` (contiguous, CPU, uint8/int64) in the safetensors layout, written from their own memory."""
+    header: Dict[str, Any] = {'__metadata__': metadata}
+    offset = 0
+    for name, t in tensors.items():
+        size = t.numel() * t.element_size()
+        header[name] = {'dtype': _DTYPES[t.dtype][0], 'shape': list(t.shape), 'data_offsets': [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header, separators=(',', ':')).encode('utf-8')
+    blob += b' ' * (-len(blob) % 8)  # the data starts 8-byte aligned, as safetensors pads it
+    with open(path, 'wb') as f:
+        f.write(struct.pack('<Q', len(blob)))
+        f.write(blob)
+        for t in tensors.values():
+            f.write(t.numpy().data)
+
+
+def _map_safetensors(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    """The tensors of a safetensors file, memory-mapped copy-on-write, and its metadata."""
+    with open(path, 'rb') as f:
+        length = struct.unpack('<Q', f.read(8))[0]
+        if length > os.path.getsize(path):
+            raise ValueError(f'header length {length} beyond the end of the file')
+        header = json.loads(f.read(length))
+    start, tensors = 8 + length, {}
+    for name, info in header.items():
+        if name == '__metadata__':
+            continue
+        begin, end = info['data_offsets']
+        dtype = _NUMPY[info['dtype']]
+        if end - begin != int(np.prod(info['shape'])) * np.dtype(dtype).itemsize:
+            raise ValueError(f'tensor {name!r}: its offsets do not match its shape')
+        array = np.memmap(path, dtype=dtype, mode='c', offset=start + begin, shape=tuple(info['shape']))
+        tensors[name] = torch.from_numpy(array)
+    return tensors, header.get('__metadata__') or {}
+
+
 def save_cached(
         path: PathLike,
         images: torch.Tensor,
@@ -82,23 +127,22 @@ def save_cached(
         'crc32': _crc32(images, labels),
         **(extra or {}),
     }
-    atomic_write_with(path, lambda tmp: save_file({'images': images, 'labels': labels}, tmp, metadata=meta))
+    atomic_write_with(path, lambda tmp: _write_safetensors(tmp, {'images': images, 'labels': labels}, meta))
 
 
 def load_cached(path: PathLike) -> Optional[Tuple[torch.Tensor, torch.Tensor, List[str], Dict[str, str]]]:
     """Read a file written by :func:`save_cached`.
 
-    Returns ``(images_uint8, labels, class_names, metadata)``, or ``None`` when the file is missing, unreadable,
-    truncated, of another cache version, or fails its CRC (the latter cases are logged as warnings).
+    Returns ``(images_uint8, labels, class_names, metadata)``, the images memory-mapped from the file, or ``None``
+    when the file is missing, unreadable, truncated, of another cache version, or fails its CRC (the latter cases are
+    logged as warnings).
     """
     path = Path(path)
     if not path.is_file():
         return None
     try:
-        with safe_open(str(path), framework='pt') as f:
-            meta = f.metadata() or {}
-            images = f.get_tensor('images')
-            labels = f.get_tensor('labels')
+        tensors, meta = _map_safetensors(path)
+        images, labels = tensors['images'], tensors['labels'].clone()
         if meta.get('cache_version') != str(CACHE_VERSION):
             _logger.warning('ignoring cache file %s of another cache version (%s)', path, meta.get('cache_version'))
             return None

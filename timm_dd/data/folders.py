@@ -143,24 +143,46 @@ def _decode_all(
         source: Path,
         size: Optional[Tuple[int, int]],
 ) -> torch.Tensor:
-    """uint8 ``[N, C, H, W]`` from the images named in ``entries``; ``read(key)`` gives a file object/path."""
-    arrays = []
-    first = None
-    for key, _ in entries:
+    """uint8 ``[N, C, H, W]`` from the images named in ``entries``; ``read(key)`` gives a file object/path.
+
+    The tensor is allocated once, when the first image gives the size, after a check that it fits in memory, and
+    filled in place (no list of arrays stacked at the end: that would need the set twice)."""
+    if size is not None:  # at least one channel of the given size: refuse before decoding anything
+        check_fits_in_memory(len(entries) * size[0] * size[1], source,
+                             f'{len(entries):,} images of {size[0]}x{size[1]} pixels')
+    out, first = None, None
+    for i, (key, _) in enumerate(entries):
         try:
             arr = _decode_image(read(key), size)
         except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
             raise ValueError(f'cannot decode image {key!r} in {source}: {type(e).__name__}: {e}') from e
         if first is None:
             first = (key, arr.shape[:2])
+            out = torch.empty((len(entries), arr.shape[2]) + arr.shape[:2], dtype=torch.uint8)
+            check_fits_in_memory(out.numel(), source, f'{len(entries):,} images of {arr.shape[2]}x{arr.shape[0]}x'
+                                                      f'{arr.shape[1]}')
         elif arr.shape[:2] != first[1]:
             raise ValueError(
                 f'images differ in size: {first[0]!r} is {first[1][1]}x{first[1][0]} but {key!r} is '
                 f'{arr.shape[1]}x{arr.shape[0]} (width x height) in {source}; pass image_size= to resize all')
-        arrays.append(arr)
-    if any(a.shape[2] == 3 for a in arrays):
-        arrays = [np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a for a in arrays]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        if arr.shape[2] > out.shape[1]:  # the first RGB image after grey ones: the whole set becomes RGB
+            out = out.expand(-1, 3, -1, -1).contiguous()
+        out.numpy()[i] = np.moveaxis(arr, 2, 0)  # a grey image broadcasts to RGB
+    return out if out is not None else torch.empty((0, 3, 0, 0), dtype=torch.uint8)
+
+
+def check_fits_in_memory(nbytes: int, source: Path, what: str) -> None:
+    """Refuse a set of ``nbytes`` (as uint8) that the machine's available memory cannot hold, before allocating it,
+    with the figure it would need. Where the available memory cannot be read, nothing is refused."""
+    try:
+        with open('/proc/meminfo') as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith('MemAvailable:'))
+    except (OSError, StopIteration, ValueError):
+        return
+    if nbytes > available:
+        raise ValueError(f'{source}: {what} need {nbytes / 2 ** 30:.1f} GiB of memory as uint8 pixels, but this '
+                          f'machine has {available / 2 ** 30:.1f} GiB available; use a machine with more memory, a '
+                          f'smaller image_size, or a subset of the folder')
 
 
 def _tree_stats(class_names: List[str], channels: int) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
