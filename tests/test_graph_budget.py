@@ -13,13 +13,7 @@ from timm_dd.distill import (
 )
 from timm_dd.distill.graph_budget import format_bytes
 
-
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from test_distill import _one_thread  # noqa: F401 - the same one-thread fixture: tiny convolutions
 
 
 def _problem(n=6, size=8, chans=2, classes=3, width=4, near_start=False):

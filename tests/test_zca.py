@@ -101,7 +101,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match='4-D'):
         ZCA.fit(x.reshape(64, -1))
     with pytest.raises(TypeError, match='floating point'):
-        ZCA.fit((x * 255).to(torch.uint8))
+        ZCA.fit((x * 255).to(torch.int32))  # uint8 pixels are accepted, other integers not
     bad = x.clone()
     bad[3, 0, 1, 1] = float('nan')
     with pytest.raises(ValueError, match='NaN or Inf'):
@@ -120,3 +120,11 @@ def test_bad_input():
         zca.transform(torch.rand(2, 3, 8, 8))
     with pytest.raises(ValueError, match='shape'):
         ZCA(torch.zeros(1, 4), torch.eye(3))
+
+
+def test_fit_on_uint8_pixels_equals_the_fit_on_their_floats():
+    # a loaded dataset keeps uint8 pixels: the fit reads them chunk by chunk, with no float copy of the set
+    u8 = torch.randint(0, 256, (300, 3, 4, 4), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    a, b = ZCA.fit(u8, eps=0.1, chunk_size=64), ZCA.fit(u8.float() / 255, eps=0.1, chunk_size=64)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name

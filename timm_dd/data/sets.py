@@ -145,6 +145,11 @@ class ImageSet(HasImages):
         x = self.images[indices]
         return x if self.space.name == 'pixel' else self.space.to_pixels(x)
 
+    def stored_pixels(self) -> torch.Tensor:
+        """The pixels as stored: uint8 when the set keeps them so (no copy), else as [0, 1] floats (see
+        :meth:`pixels`); what a space is fitted on (``ZCA.fit`` reads uint8 chunk by chunk)."""
+        return self.images if self.stores_pixels and self.space.name == 'pixel' else self.pixels()
+
     def float_images(self) -> 'ImageSet':
         """The same set with every image as float in ``space`` (a float copy of stored pixels; itself otherwise)."""
         return replace(self, images=self.batch(slice(None))) if self.stores_pixels else self

@@ -30,9 +30,10 @@ def _check_images(x: torch.Tensor, name: str = 'x') -> None:
         raise TypeError(f'{name} must be a torch.Tensor, got {type(x).__name__}')
     if x.dim() != 4:
         raise ValueError(f'{name} must be 4-D [N, C, H, W], got shape {tuple(x.shape)}')
-    if not x.is_floating_point():
-        raise TypeError(f'{name} must be a floating point tensor (e.g. pixels in [0, 1]), got {x.dtype}')
-    if not bool(torch.isfinite(x).all()):
+    if not x.is_floating_point() and x.dtype != torch.uint8:
+        raise TypeError(f'{name} must be a floating point tensor (e.g. pixels in [0, 1]) or uint8 pixels, got '
+                        f'{x.dtype}')
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
         raise ValueError(f'{name} contains NaN or Inf values')
 
 
@@ -44,18 +45,25 @@ def _gram(x: torch.Tensor) -> torch.Tensor:
     return x.T @ x
 
 
+def _chunk(flat: torch.Tensor, i: int, chunk_size: int) -> torch.Tensor:
+    """Rows ``i .. i + chunk_size`` as floats: uint8 pixels become [0, 1] float32, as a loaded set's are."""
+    rows = flat[i:i + chunk_size]
+    return rows.float().div_(255) if rows.dtype == torch.uint8 else rows
+
+
 def _mean_and_covariance(flat: torch.Tensor, chunk_size: int, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Two passes over chunks of ``[N, D]``: the float64 mean, then centered matmuls summed in ``dtype``."""
+    """Two passes over chunks of ``[N, D]`` (uint8 pixels converted chunk by chunk: no float copy of the set): the
+    float64 mean, then centered matmuls summed in ``dtype``."""
     n, dim = flat.shape
     mean = torch.zeros(dim, dtype=torch.float64, device=flat.device)
     for i in range(0, n, chunk_size):
-        mean += flat[i:i + chunk_size].sum(0, dtype=torch.float64)
+        mean += _chunk(flat, i, chunk_size).sum(0, dtype=torch.float64)
     mean /= n
-    mm_dtype = torch.float32 if flat.dtype != torch.float64 else torch.float64
+    mm_dtype = torch.float64 if flat.dtype == torch.float64 else torch.float32
     mean_mm = mean.to(mm_dtype)
     cov = torch.zeros(dim, dim, dtype=dtype, device=flat.device)
     for i in range(0, n, chunk_size):
-        xc = flat[i:i + chunk_size].to(mm_dtype) - mean_mm
+        xc = _chunk(flat, i, chunk_size).to(mm_dtype) - mean_mm
         cov += _gram(xc).to(dtype)
     cov /= n - 1
     return mean, (cov + cov.T) * 0.5
@@ -133,7 +141,7 @@ class ZCA:
         """Fit on images ``x`` ``[N, C, H, W]`` (MTT: the whole training set, pixels in [0, 1]).
 
         Args:
-            x: Floating point images, N >= 2.
+            x: Floating point images, or uint8 pixels (read as ``x / 255``, chunk by chunk), N >= 2.
             eps: Added to the covariance eigenvalues (MTT: 0.1).
             chunk_size: Rows per covariance matmul; bounds the extra memory to ``chunk_size x D`` floats.
             compute_inv: Also compute ``transform_inv`` (needed by :meth:`inverse_transform`).

@@ -63,7 +63,7 @@ def load_distillation_data(cfg: DistillConfig, data: Optional[Union[str, os.Path
     kwargs = {'image_size': cfg.image_size} if cfg.image_size else {}
     train = load_dataset(source, 'train', root=root, **kwargs)
     test = load_dataset(source, 'test', root=root, **kwargs)
-    space = ImageSpace.fit('zca', train.pixels(), cfg.zca_eps) if cfg.zca else normalization_space(cfg, train)
+    space = ImageSpace.fit('zca', train.stored_pixels(), cfg.zca_eps) if cfg.zca else normalization_space(cfg, train)
     provenance: Dict[str, Any] = dict(kind='real', dataset=cfg.dataset)
     real_data = _real_data(source, data, root)
     if real_data is not None:

@@ -173,7 +173,7 @@ def import_distilled(
     num_classes = len(train.class_names)
     _check_labels(labels, soft, num_classes, folder)
     normalization = _normalization_of(train, layout, normalization_stats) if image_space == 'normalized' else None
-    space = ImageSpace.fit(image_space, train.pixels() if image_space == 'zca' else None, zca_eps, normalization)
+    space = ImageSpace.fit(image_space, train.stored_pixels() if image_space == 'zca' else None, zca_eps, normalization)
     _check_space(images, space, train, folder)
     if soft is not None and soft_label_temperature is None and soft_label_kind == 'logits':
         soft_label_temperature = LAYOUT_TEMPERATURE.get(layout)  # the temperature the layout's tool trains with

@@ -87,7 +87,7 @@ def _real_splits(dataset: str, real_ipc: int, seed: int, space: str, zca_eps: fl
     if space not in ('zca', 'normalized'):
         raise ValueError(f"real data can be used in 'normalized' or 'zca' space, got image_space={space!r}")
     # MTT's --zca space: ZCA (eps zca_eps) of [0, 1] pixels, fitted on the whole train split
-    model_space = ImageSpace.fit(space, train_full.pixels() if space == 'zca' else None, zca_eps,
+    model_space = ImageSpace.fit(space, train_full.stored_pixels() if space == 'zca' else None, zca_eps,
                                  train_full.normalization if space == 'normalized' else None)
     return DataSplits(sub.in_space(model_space), test.in_space(model_space), dataset,
                       f'{real_ipc} real images per class of {dataset} (seed {seed}, {space} space)',
