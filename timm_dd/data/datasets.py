@@ -35,6 +35,7 @@ from ..constants import (
     IMAGENET_STD,
 )
 from .folders import IMG_EXTENSIONS, load_image_tree
+from .imagenet_npz import IMAGENET_NPZ, load_imagenet_npz
 from .sets import ImageSet
 from .space import ImageSpace
 
@@ -71,7 +72,9 @@ def load_dataset(
     """Load a whole dataset split into memory.
 
     Args:
-        name_or_path: ``'cifar10'``, ``'cifar100'``, ``'digits'`` (case-insensitive), or the path of an
+        name_or_path: ``'cifar10'``, ``'cifar100'``, ``'digits'``, ``'imagenet64'`` (the downsampled ImageNet-1K
+            release's npz files under ``root``, see :mod:`timm_dd.data.imagenet_npz`; also ``'imagenet32'``,
+            ``'imagenet16'``) (case-insensitive), or the path of an
             ``ImageFolder``-layout directory, a ``.zip`` of one, or a folder holding ``<split>/`` or
             ``<split>.zip``.
         split: ``'train'`` or ``'test'`` (any name for folders: picks ``<split>/`` or ``<split>.zip``; a bare
@@ -98,6 +101,12 @@ def load_dataset(
     if key in BUILTIN_DATASETS and os.path.sep not in name_or_path:
         if key == 'digits':
             return _load_digits(split, size)
+        if key in IMAGENET_NPZ:
+            if size is not None:
+                raise ValueError(f'{key} comes at its own size; image_size does not apply (use imagenet32/16 for '
+                                 f'smaller releases)')
+            return load_imagenet_npz(key, split, Path(root) if root is not None else _default_root() / key,
+                                     cache_dir, use_cache)
         return _load_cifar(key, split, root, download, size, cache_dir, use_cache)
     path = Path(name_or_path).expanduser()
     for name, folder in _TORCHVISION_FOLDERS.items():  # a torchvision data folder given as the dataset
