@@ -17,12 +17,12 @@ import os
 import struct
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, BinaryIO, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
-from ..io import atomic_write_with, walk_files
+from ..io import atomic_write, walk_files
 
 __all__ = ['CACHE_VERSION', 'default_cache_dir', 'tree_fingerprint', 'cache_key', 'load_cached',
            'save_cached']
@@ -72,8 +72,9 @@ _DTYPES = {torch.uint8: ('U8', np.uint8), torch.int64: ('I64', np.int64)}
 _NUMPY = {code: dtype for code, dtype in _DTYPES.values()}
 
 
-def _write_safetensors(path: PathLike, tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> None:
-    """``tensors`` (contiguous, CPU, uint8/int64) in the safetensors layout, written from their own memory."""
+def _write_safetensors(f: BinaryIO, tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> None:
+    """``tensors`` (contiguous, CPU, uint8/int64) to the open file ``f`` in the safetensors layout, written from their
+    own memory."""
     header: Dict[str, Any] = {'__metadata__': metadata}
     offset = 0
     for name, t in tensors.items():
@@ -82,11 +83,10 @@ def _write_safetensors(path: PathLike, tensors: Dict[str, torch.Tensor], metadat
         offset += size
     blob = json.dumps(header, separators=(',', ':')).encode('utf-8')
     blob += b' ' * (-len(blob) % 8)  # the data starts 8-byte aligned, as safetensors pads it
-    with open(path, 'wb') as f:
-        f.write(struct.pack('<Q', len(blob)))
-        f.write(blob)
-        for t in tensors.values():
-            f.write(t.numpy().data)
+    f.write(struct.pack('<Q', len(blob)))
+    f.write(blob)
+    for t in tensors.values():
+        f.write(t.numpy().data)
 
 
 def _map_safetensors(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
@@ -127,7 +127,8 @@ def save_cached(
         'crc32': _crc32(images, labels),
         **(extra or {}),
     }
-    atomic_write_with(path, lambda tmp: _write_safetensors(tmp, {'images': images, 'labels': labels}, meta))
+    with atomic_write(path) as f:
+        _write_safetensors(f, {'images': images, 'labels': labels}, meta)
 
 
 def load_cached(path: PathLike) -> Optional[Tuple[torch.Tensor, torch.Tensor, List[str], Dict[str, str]]]:
