@@ -391,7 +391,7 @@ def test_a_folder_too_large_for_the_machine_is_refused_before_decoding(tmp_path,
     _write_tree(root)
     with pytest.raises(ValueError, match=r'need \d+\.\d GiB of memory as uint8 pixels, but this machine has '
                                          r'\d+\.\d GiB available'):
-        load_dataset(str(root), cache_dir=tmp_path / 'c', image_size=200000)
+        load_dataset(str(root), cache_dir=tmp_path / 'c', image_size=2_000_000)  # 9 images: 32 TiB, more than any machine
     assert count_decodes == []  # refused before any image was decoded
     from timm_dd.data.folders import check_fits_in_memory
     check_fits_in_memory(1 << 20, root, 'a MiB')  # what fits passes
