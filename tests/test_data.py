@@ -10,7 +10,8 @@ from PIL import Image
 import timm_dd.data.folders as dsmod  # the image-folder reader, whose decoding the cache tests count
 from timm_dd.data.cache import load_cached
 from timm_dd.data import (
-    CIFAR10_CLASSES, CIFAR10_MEAN, DIGITS_MEAN, DIGITS_STD, IMAGENET_MEAN, ImageSet, ImageSpace, load_dataset, select_ipc,
+    CIFAR10_CLASSES, CIFAR10_MEAN, DIGITS_MEAN, DIGITS_STD, IMAGENET_MEAN, ImageSet, ImageSpace, load_dataset,
+    select_ipc,
 )
 
 SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / 'shared' / 'data' / 'cifar10-jpeg'
@@ -321,7 +322,8 @@ def test_shared_cifar10_jpeg_through_data_root(shared_cifar):
     data, cache = shared_cifar
     for root in (SHARED_CIFAR, SHARED_CIFAR.parent):  # the copy itself, or the folder that holds it
         test = load_dataset('cifar10', 'test', root=root, cache_dir=cache)
-        assert test.name == 'cifar10' and test.class_names == list(CIFAR10_CLASSES) and test.normalization.mean == CIFAR10_MEAN
+        assert test.name == 'cifar10' and test.class_names == list(CIFAR10_CLASSES)
+        assert test.normalization.mean == CIFAR10_MEAN
         assert torch.equal(test.images, data['test'].images) and torch.equal(test.labels, data['test'].labels)
 
 
@@ -391,7 +393,8 @@ def test_a_folder_too_large_for_the_machine_is_refused_before_decoding(tmp_path,
     _write_tree(root)
     with pytest.raises(ValueError, match=r'need \d+\.\d GiB of memory as uint8 pixels, but this machine has '
                                          r'\d+\.\d GiB available'):
-        load_dataset(str(root), cache_dir=tmp_path / 'c', image_size=2_000_000)  # 9 images: 32 TiB, more than any machine
+        # 9 images of 2,000,000 x 2,000,000 pixels: 32 TiB, more than any machine has
+        load_dataset(str(root), cache_dir=tmp_path / 'c', image_size=2_000_000)
     assert count_decodes == []  # refused before any image was decoded
     from timm_dd.data.folders import check_fits_in_memory
     check_fits_in_memory(1 << 20, root, 'a MiB')  # what fits passes

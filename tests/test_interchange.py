@@ -31,7 +31,8 @@ def test_mtt_layout_normalized_with_learned_lr(tmp_path, digits):
                                       'lr_best.pt': torch.tensor(0.0123)})
     dset = import_distilled(src, 'mtt', dataset='digits', image_space='normalized')
     assert torch.equal(dset.images, images) and torch.equal(dset.labels, labels)
-    assert dset.image_space == 'normalized' and dset.normalization['mean'] == pytest.approx(list(train.normalization.mean))
+    assert dset.image_space == 'normalized'
+    assert dset.normalization['mean'] == pytest.approx(list(train.normalization.mean))
     assert float(dset.lr) == pytest.approx(0.0123) and dset.ipc == 2 and dset.class_names == list(train.class_names)
 
 
@@ -64,7 +65,7 @@ def test_ddranking_export_round_trip(tmp_path, digits):
     train, idx = digits
     dset = DistilledSet(images=train.normalized()[idx], labels=train.labels[idx], method='MTT', source_dataset='digits',
                         class_names=list(train.class_names), image_space='normalized',
-                        normalization={'mean': list(train.normalization.mean), 'std': list(train.normalization.std)}, lr=0.02)
+                        normalization=train.normalization.normalization, lr=0.02)
     folder = export_distilled(dset, tmp_path / 'dd', layout='ddranking')
     assert sorted(p.name for p in folder.iterdir()) == ['images.pt', 'labels.pt', 'lr.pt', 'timm_dd_export.json']
     back = import_distilled(folder, 'ddranking', dataset='digits', image_space='normalized')
@@ -79,7 +80,7 @@ def test_export_keeps_the_method_space_and_label_kind(tmp_path, digits):
     probs = torch.softmax(torch.randn(len(idx), 10, generator=torch.Generator().manual_seed(0)), 1)
     dset = DistilledSet(images=train.normalized()[idx], labels=train.labels[idx], method='ATT', source_dataset='digits',
                         class_names=list(train.class_names), image_space='normalized',
-                        normalization={'mean': list(train.normalization.mean), 'std': list(train.normalization.std)}, lr=0.02,
+                        normalization=train.normalization.normalization, lr=0.02,
                         soft_labels=probs, soft_label_kind='probs')
     back = import_distilled(export_distilled(dset, tmp_path / 'dd'), 'ddranking')  # no facts needed: recorded
     assert back.method == 'ATT' and back.image_space == 'normalized' and back.source_dataset == 'digits'
@@ -252,7 +253,7 @@ def test_elf_feature_model_must_live_in_the_sets_space(tmp_path, digits):
     zsrc = _save(tmp_path / 'zca', **{'images_best.pt': zca.transform(train.images[idx]),
                                        'labels_best.pt': train.labels[idx]})
     zset = prepare_data(str(zsrc), dataset='digits', image_space='zca')
-    with pytest.raises(ValueError, match='trained in another image space than the training set: normalized space, not zca'):
+    with pytest.raises(ValueError, match='another image space than the training set: normalized space, not zca'):
         run_experiment(elf, ['convnet3'], [0], zset, tmp_path / 'z', accelerator, model_kwargs=dict(width=4))
     # a normalized set: the same feature model trains
     nsrc = _save(tmp_path / 'n', **{'images_best.pt': train.normalized()[idx], 'labels_best.pt': train.labels[idx]})
@@ -277,7 +278,7 @@ def test_the_digits_set_round_trips_through_every_layout_with_its_provenance(tmp
     train, idx = digits
     dset = DistilledSet(images=train.normalized()[idx], labels=train.labels[idx], method='ATT', source_dataset='digits',
                         class_names=list(train.class_names), image_space='normalized',
-                        normalization={'mean': list(train.normalization.mean), 'std': list(train.normalization.std)}, lr=0.02)
+                        normalization=train.normalization.normalization, lr=0.02)
     folder = export_distilled(dset, tmp_path / layout, layout=layout)
     assert detect_layout(folder) == ('mtt' if layout == 'frepo' else layout)
     back = import_distilled(folder, layout)

@@ -44,7 +44,8 @@ def test_teacher_trained_on_one_channel_16px_data_publishes_its_input(tmp_path):
     assert pcfg['input_size'] == [1, 16, 16] and pcfg['num_classes'] == 10
     from timm_dd.data import load_dataset
     digits = load_dataset('digits', 'train', image_size=16)
-    assert pcfg['mean'] == pytest.approx(list(digits.normalization.mean)) and pcfg['std'] == pytest.approx(list(digits.normalization.std))
+    stats = digits.normalization
+    assert pcfg['mean'] == pytest.approx(list(stats.mean)) and pcfg['std'] == pytest.approx(list(stats.std))
     assert config['image_space']['image_space'] == 'normalized' and config['image_space']['dataset'] == 'digits'
     reloaded = load_teacher(str(tmp_path / 'o' / 'teachers' / 'seed0' / 'model'))
     assert tuple(reloaded.pretrained_cfg['input_size']) == (1, 16, 16)

@@ -10,7 +10,8 @@ from .space import ImageSpace
 from .zca import ZCA
 
 __all__ = [
-    'ImageSet', 'DataSplits', 'as_image_set', 'ImageSpace', 'ZCA', 'load_dataset', 'select_ipc', 'default_cache_dir', 'BUILTIN_DATASETS',
+    'ImageSet', 'DataSplits', 'as_image_set', 'ImageSpace', 'ZCA', 'load_dataset', 'select_ipc', 'default_cache_dir',
+    'BUILTIN_DATASETS',
     'CIFAR10_CLASSES', 'CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR100_MEAN', 'CIFAR100_STD', 'DIGITS_MEAN', 'DIGITS_STD',
     'IMAGENET_MEAN', 'IMAGENET_STD', 'IMG_EXTENSIONS',
 ]

@@ -27,6 +27,7 @@ __all__ = [
     'match_recompute', 'match_budgeted', 'graph_step_bytes', 'graph_steps_for_budget', 'parse_budget', 'METHODS',
     'PRESETS',
     'DistillConfig', 'get_preset',
-    'list_presets', 'build_set', 'make_evaluator', 'load_distillation_data', 'prepare_data', 'run_distill', 'run_experts',
+    'list_presets', 'build_set', 'make_evaluator', 'load_distillation_data', 'prepare_data', 'run_distill',
+    'run_experts',
     'DistillationDiverged',
 ]

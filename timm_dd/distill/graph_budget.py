@@ -4,8 +4,9 @@
 (``'2GB'``, ``'512MiB'``) or ``'auto'`` (80 % of the memory free on the device when distillation starts, shared
 among the processes of one host on a CPU). One inner step's footprint is measured once, on any device: the peak
 bytes of the tensors made while the step and its graph are built (followed through a ``TorchDispatchMode``; what
-the graph keeps plus the temporaries of building it), without the parameters and images that are stored anyway. :func:`~timm_dd.distill.matching.match_budgeted` then keeps the
-graphs of the last ``budget // step`` steps and recomputes the others, exact either way.
+the graph keeps plus the temporaries of building it), without the parameters and images that are stored anyway.
+:func:`~timm_dd.distill.matching.match_budgeted` then keeps the graphs of the last ``budget // step`` steps and
+recomputes the others, exact either way.
 """
 import math
 import os
