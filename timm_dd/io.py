@@ -23,7 +23,7 @@ import torch
 __all__ = ['atomic_write', 'atomic_write_json', 'atomic_write_with', 'default_file_mode', 'FolderLock',
            'folder_lock_holder', 'FolderInUseError', 'atomic_folder', 'check_replaceable', 'remove_stale_temporaries',
            'file_sha256', 'read_torch_file', 'tensor_checksum', 'append_line', 'make_folder', 'remove_file',
-           'walk_files', 'TMP_PREFIX',
+           'walk_files', 'available_memory', 'TMP_PREFIX',
            'OLD_PREFIX', 'LOCK_FILE']
 
 _logger = logging.getLogger(__name__)
@@ -358,6 +358,16 @@ def append_line(path: PathLike, line: str) -> None:
     """Append one line to a log file (``metrics.jsonl``); one process owns each such file."""
     with open(path, 'a', encoding='utf-8') as f:
         f.write(line.rstrip('\n') + '\n')
+
+
+def available_memory() -> Optional[int]:
+    """Bytes the host can still give without swapping (``MemAvailable`` of ``/proc/meminfo``), or ``None`` where
+    that cannot be read (not Linux): the one reading for the dataset size check and the ``auto`` graph budget."""
+    try:
+        with open('/proc/meminfo') as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith('MemAvailable:'))
+    except (OSError, StopIteration, ValueError):
+        return None
 
 
 def make_folder(folder: PathLike) -> Path:

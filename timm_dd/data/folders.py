@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ..constants import BUILTIN_DATASETS, CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD
-from ..io import file_sha256, walk_files
+from ..io import available_memory, file_sha256, walk_files
 from .cache import cache_key, default_cache_dir, load_cached, save_cached, tree_fingerprint
 from .sets import ImageSet
 from .space import ImageSpace
@@ -174,12 +174,8 @@ def _decode_all(
 def check_fits_in_memory(nbytes: int, source: Path, what: str) -> None:
     """Refuse a set of ``nbytes`` (as uint8) that the machine's available memory cannot hold, before allocating it,
     with the figure it would need. Where the available memory cannot be read, nothing is refused."""
-    try:
-        with open('/proc/meminfo') as f:
-            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith('MemAvailable:'))
-    except (OSError, StopIteration, ValueError):
-        return
-    if nbytes > available:
+    available = available_memory()
+    if available is not None and nbytes > available:
         raise ValueError(f'{source}: {what} need {nbytes / 2 ** 30:.1f} GiB of memory as uint8 pixels, but this '
                           f'machine has {available / 2 ** 30:.1f} GiB available; use a machine with more memory, a '
                           f'smaller image_size, or a subset of the folder')

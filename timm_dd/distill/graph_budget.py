@@ -19,6 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from ..augment import DSA
+from ..io import available_memory
 from .matching import Shards, StepGradient, StepPlan, _step_grad
 
 __all__ = ['AUTO_SHARE', 'parse_budget', 'format_bytes', 'available_bytes', 'graph_step_bytes',
@@ -63,12 +64,8 @@ def available_bytes(device: torch.device) -> Optional[int]:
         return int(torch.cuda.mem_get_info(device)[0])
     if device.type != 'cpu':
         return None
-    try:
-        with open('/proc/meminfo') as f:
-            kib = next(int(line.split()[1]) for line in f if line.startswith('MemAvailable:'))
-    except (OSError, StopIteration, ValueError):
-        return None
-    return kib * 1024 // max(int(os.environ.get('LOCAL_WORLD_SIZE', 1)), 1)
+    host = available_memory()
+    return None if host is None else host // max(int(os.environ.get('LOCAL_WORLD_SIZE', 1)), 1)
 
 
 class _LiveBytes(TorchDispatchMode):
