@@ -12,6 +12,13 @@ image many times, so a per-item ``Dataset`` would only add overhead). Sources:
   torchvision's files (``DIR/cifar-10-batches-py``) is read as CIFAR too.
 * A directory in torchvision ``ImageFolder`` layout (``<class>/**/<image>``), or the same layout inside a
   ``.zip`` archive (see :mod:`timm_dd.data.folders`).
+* ``'imagenet64'`` / ``'imagenet32'`` / ``'imagenet16'``: ImageNet-1K at that side under ``root``: the downsampled
+  release's npz batches (:mod:`timm_dd.data.imagenet_npz`; labels as the release numbers them), or ``train/`` and
+  ``val/`` folders of images already at that size, one class folder per wnid (the layout TESLA's code reads with
+  ``ImageFolder``; labels in sorted-wnid order, torchvision's). The release's numbering need not be the sorted-wnid
+  order: evaluate a set on the layout it was distilled from.
+* MTT's ImageNet subsets (``'imagenette'``, ``'imagewoof'``, ...; :mod:`timm_dd.data.imagenet_subsets`): ten
+  ImageNet-1K classes at 128x128, read from ImageNet-1K's folders or fast.ai's release under ``root``.
 * ``'digits'``: scikit-learn's bundled 8x8 digits (1,797 images, values 0..16), works offline.
 
 Normalization statistics (``ImageSet.normalization``; the images themselves stay [0, 1] pixels): the values researchers use for CIFAR-10/100; for
@@ -36,6 +43,7 @@ from ..constants import (
 )
 from .folders import IMG_EXTENSIONS, load_image_tree
 from .imagenet_npz import IMAGENET_NPZ, load_imagenet_npz
+from .imagenet_subsets import IMAGENET_SUBSETS, load_imagenet_subset
 from .sets import ImageSet
 from .space import ImageSpace
 
@@ -74,7 +82,9 @@ def load_dataset(
     Args:
         name_or_path: ``'cifar10'``, ``'cifar100'``, ``'digits'``, ``'imagenet64'`` (the downsampled ImageNet-1K
             release's npz files under ``root``, see :mod:`timm_dd.data.imagenet_npz`; also ``'imagenet32'``,
-            ``'imagenet16'``) (case-insensitive), or the path of an
+            ``'imagenet16'``), MTT's ImageNet subsets ``'imagenette'``, ``'imagewoof'``, ``'imagemeow'``,
+            ``'imagesquawk'``, ``'imagefruit'``, ``'imageyellow'`` (128x128, from ImageNet-1K or fast.ai's release
+            folder under ``root``, see :mod:`timm_dd.data.imagenet_subsets`) (case-insensitive), or the path of an
             ``ImageFolder``-layout directory, a ``.zip`` of one, or a folder holding ``<split>/`` or
             ``<split>.zip``.
         split: ``'train'`` or ``'test'`` (any name for folders: picks ``<split>/`` or ``<split>.zip``; a bare
@@ -105,8 +115,14 @@ def load_dataset(
             if size is not None:
                 raise ValueError(f'{key} comes at its own size; image_size does not apply (use imagenet32/16 for '
                                  f'smaller releases)')
-            return load_imagenet_npz(key, split, Path(root) if root is not None else _default_root() / key,
-                                     cache_dir, use_cache)
+            npz_root = Path(root).expanduser() if root is not None else _default_root() / key
+            if (npz_root / 'train').is_dir():  # TESLA's layout: train/ and val/ folders of small images
+                return load_image_tree(npz_root / ('val' if split == 'test' else split), split, cache_dir, None,
+                                       use_cache, name=key)
+            return load_imagenet_npz(key, split, npz_root, cache_dir, use_cache)
+        if key in IMAGENET_SUBSETS:
+            return load_imagenet_subset(key, split, Path(root) if root is not None else _default_root() / key,
+                                        cache_dir, size, use_cache)
         return _load_cifar(key, split, root, download, size, cache_dir, use_cache)
     path = Path(name_or_path).expanduser()
     for name, folder in _TORCHVISION_FOLDERS.items():  # a torchvision data folder given as the dataset

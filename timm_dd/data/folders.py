@@ -5,13 +5,14 @@ Class folders at the top (or inside one top-level folder of an archive); a paren
 ``__MACOSX``) are skipped. Images are decoded with PIL: to 1 channel when every image is greyscale, else RGB (alpha
 dropped). Decoded tensors are cached on disk (see :mod:`timm_dd.data.cache`).
 """
+import hashlib
 import io
 import logging
 import os
 import time
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -97,13 +98,23 @@ def class_order(names: Iterable[str], source: Path) -> List[str]:
     return [by_value[v] for v in sorted(by_value)]
 
 
-def _list_dir(root: Path) -> Tuple[List[str], List[Tuple[str, int]]]:
-    classes = class_order((e.name for e in os.scandir(root) if e.is_dir() and not _hidden(e.name)), root)
+def _list_dir(root: Path, classes: Optional[Sequence[str]] = None) -> Tuple[List[str], List[Tuple[str, int]]]:
+    """Class names in label order and ``(path, label)`` per image; with ``classes``, only those class folders are
+    read (a subset of a large tree), labelled in the given order."""
+    if classes is None:
+        classes = class_order((e.name for e in os.scandir(root) if e.is_dir() and not _hidden(e.name)), root)
+        walks = [walk_files(root, skip=_hidden)]  # loops and doubly linked folders refused, naming the link
+    else:
+        missing = [c for c in classes if not (root / c).is_dir()]
+        if missing:
+            raise FileNotFoundError(f'{root} has no class folders {missing}')
+        walks = [walk_files(root / c, skip=_hidden) for c in classes]  # paths under root/c, relative to root below
     rel, full = [], []
-    for p in walk_files(root, skip=_hidden):  # loops and doubly linked folders refused, naming the link
-        rel.append(PurePosixPath(p.relative_to(root).as_posix()))
-        full.append(str(p))
-    return _class_entries(rel, full, root, classes)
+    for walk in walks:
+        for p in walk:
+            rel.append(PurePosixPath(p.relative_to(root).as_posix()))
+            full.append(str(p))
+    return _class_entries(rel, full, root, list(classes), ordered=True)
 
 
 def _class_entries(
@@ -111,12 +122,15 @@ def _class_entries(
         keys: List[str],
         source: Path,
         all_classes: Optional[List[str]] = None,
+        ordered: bool = False,
 ) -> Tuple[List[str], List[Tuple[str, int]]]:
+    """Class names and ``(key, label)`` per image; the classes sort like ``ImageFolder``'s unless ``ordered``
+    (``all_classes`` is then the label order)."""
     by_class = {}
     for p, k in zip(rel, keys):
         if len(p.parts) >= 2 and not any(_hidden(s) for s in p.parts) and _is_image(p.name):
             by_class.setdefault(p.parts[0], []).append((p, k))
-    classes = class_order(set(by_class) | set(all_classes or ()), source)
+    classes = list(all_classes or ()) if ordered else class_order(set(by_class) | set(all_classes or ()), source)
     empty = [c for c in classes if c not in by_class]
     if empty or not classes:
         raise FileNotFoundError(f'no image files ({", ".join(IMG_EXTENSIONS)}) for the classes {empty} in '
@@ -195,14 +209,24 @@ def load_image_tree(
         cache_dir: Optional[Union[str, os.PathLike]],
         size: Optional[Tuple[int, int]],
         use_cache: bool,
+        classes: Optional[Sequence[str]] = None,
+        name: Optional[str] = None,
 ) -> ImageSet:
-    kind, src, name = _resolve_tree(path, split)
+    """The ``split`` of the folder or zip ``path`` as uint8 pixels (decoded once, then read from the cache).
+
+    ``classes``: read only these class folders of a directory, labelled in this order (a subset of a large tree such
+    as ImageNet's); ``name``: the set's name (default: the folder's or archive's)."""
+    kind, src, tree_name = _resolve_tree(path, split)
+    name = name or tree_name
     if kind == 'zip' and src == path and src.stem in SPLIT_NAMES:
         split = src.stem  # an archive named after its split ('test.zip') is that split
+    if classes is not None and kind == 'zip':
+        raise ValueError(f'{src}: a selection of classes is read from folders only; extract the archive')
     cache_file = None
     if use_cache:
-        checksum = file_sha256(src) if kind == 'zip' else tree_fingerprint(src, skip=_hidden)
-        key = cache_key(kind=kind, checksum=checksum, image_size=size)
+        checksum = file_sha256(src) if kind == 'zip' else _folder_fingerprint(src, classes)
+        key = cache_key(kind=kind, checksum=checksum, image_size=size,
+                        **({'classes': list(classes)} if classes is not None else {}))
         safe = ''.join(ch if ch.isalnum() or ch in '-_.' else '_' for ch in f'{name}-{split}')
         cache_file = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         cache_file = cache_file / f'{safe}-{key[:24]}.safetensors'
@@ -221,7 +245,7 @@ def load_image_tree(
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:  # truncated, or a damaged entry
             raise ValueError(f'{src} is a damaged zip archive ({e}): copy or download it again') from None
     else:
-        class_names, entries = _list_dir(src)
+        class_names, entries = _list_dir(src, classes)
         images_u8 = _decode_all(entries, lambda k: k, src, size)
     labels = torch.tensor([label for _, label in entries], dtype=torch.int64)
     _logger.info('decoded %d images from %s in %.1f s', len(entries), src, time.perf_counter() - t0)
@@ -231,6 +255,15 @@ def load_image_tree(
         except OSError as e:  # a read-only cache must not stop loading
             _logger.warning('could not write cache file %s: %s', cache_file, e)
     return _tree_dataset(images_u8, labels, class_names, name, split)
+
+
+def _folder_fingerprint(src: Path, classes: Optional[Sequence[str]]) -> str:
+    """:func:`tree_fingerprint` of the folder, or of just the chosen class folders (a subset of ImageNet's 1.28
+    million files need not list the rest)."""
+    if classes is None:
+        return tree_fingerprint(src, skip=_hidden)
+    rows = [f'{c}\t{tree_fingerprint(src / c, skip=_hidden)}' for c in classes]
+    return hashlib.sha256('\n'.join(rows).encode('utf-8')).hexdigest()
 
 
 def _tree_dataset(
