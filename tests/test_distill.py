@@ -332,6 +332,12 @@ def test_presets():
     att = get_preset('cifar10-ipc1-att', {'lr_lr': '1e-6'})
     assert att.syn_steps == 80 and att.expert_epochs == 4 and att.lr_lr == 1e-6 and att.ema_decay == 0.9999
     assert all(get_preset(n).source for n in names)
+    for subset in ('imagenette', 'imagewoof', 'imagefruit', 'imagemeow', 'imagesquawk', 'imageyellow'):
+        for ipc in (1, 10):  # MTT's ImageNet subsets: ConvNet-5 at 128 px, the author's settings (mtt-distillation#1)
+            sub = get_preset(f'{subset}-ipc{ipc}-mtt')
+            assert (sub.dataset, sub.arch, sub.image_size, sub.lr_img, sub.lr_lr, sub.batch_syn) == \
+                (subset, 'convnet5', 128, 1e5, 1e-6, 20 if ipc == 10 else None)
+    assert get_preset('imagewoof-ipc1-att').lr_lr == 5e-8 and get_preset('imagenette-ipc10-att').ema_decay == 0.999
     with pytest.raises(ValueError, match='unknown distillation config keys'):
         get_preset('cifar10-ipc10-mtt', {'lr_imgg': 1})
     with pytest.raises(ValueError, match='unknown preset'):

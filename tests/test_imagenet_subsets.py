@@ -11,6 +11,7 @@ from PIL import Image
 
 from timm_dd.data import IMAGENET_MEAN, IMAGENET_STD, load_dataset
 from timm_dd.data.imagenet_subsets import IMAGENET_SUBSETS, SUBSET_WNIDS
+from timm_dd.distill import get_preset, load_distillation_data
 
 
 def _image(path: Path, value: int, size=(40, 30)) -> None:
@@ -36,13 +37,14 @@ def _full_imagenet_names() -> List[str]:
     return names
 
 
-def test_a_fastai_release_reads_in_mtts_label_order_at_128(tmp_path):
+def test_a_fastai_release_reads_in_mtts_label_order_at_128(tmp_path, caplog):
     root = tmp_path / 'data'
     wnids = sorted(SUBSET_WNIDS['imagewoof'])  # the folders, alphabetical
     _fill(root / 'imagewoof2' / 'train', wnids)
     _fill(root / 'imagewoof2' / 'val', wnids, per_class=1)
     train = load_dataset('imagewoof', 'train', root=root, cache_dir=tmp_path / 'cache')
     assert train.name == 'imagewoof' and train.split == 'train' and train.stores_pixels
+    assert "MTT's numbers use ImageNet's own split" in caplog.text  # fast.ai's v2 split is not MTT's
     assert tuple(train.images.shape) == (20, 3, 128, 128)  # stretched, as MTT's Resize((128, 128))
     assert train.class_names == list(SUBSET_WNIDS['imagewoof'])
     assert train.normalization.mean == IMAGENET_MEAN and train.normalization.std == IMAGENET_STD
@@ -107,3 +109,13 @@ def test_imagenet64_reads_teslas_folder_layout(tmp_path):
     assert train.name == 'imagenet64' and tuple(train.images.shape) == (4, 3, 64, 64)
     assert train.labels.tolist() == [0, 0, 1, 1] and test.split == 'test' and len(test) == 2
     assert torch.equal(test.labels, torch.tensor([0, 1]))
+
+
+def test_a_subset_preset_loads_its_data_from_the_data_root(tmp_path):
+    _fill(tmp_path / 'woof' / 'train', list(SUBSET_WNIDS['imagewoof']))
+    _fill(tmp_path / 'woof' / 'val', list(SUBSET_WNIDS['imagewoof']), per_class=1)
+    cfg = get_preset('imagewoof-ipc1-mtt', {'image_size': 8})
+    data = load_distillation_data(cfg, root=tmp_path / 'woof')
+    assert data.name == 'imagewoof' and data.num_classes == 10 and data.img_size == 8
+    assert data.space.mean == IMAGENET_MEAN and data.source['real_data']['root'] == str((tmp_path / 'woof').resolve())
+    assert len(data.train) == 20 and len(data.test) == 10

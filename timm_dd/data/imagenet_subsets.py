@@ -17,11 +17,13 @@ ImageNette, ImageWoof, ImageMeow, ImageSquawk, ImageFruit and ImageYellow, ten I
     ``ImageNet`` and timm expect): the subset's folders are picked by sorted position, as torchvision does, and
     only those ten folders are read;
   - the fast.ai releases ``imagenette2`` / ``imagewoof2`` (only their ten folders; ImageNette and ImageWoof only).
-    ``imagenette2`` holds the full-size images; the ``-320`` / ``-160`` releases are already shrunk, which changes
-    the pixels (a different protocol from MTT's).
+    Their version 2 moved images between train and validation, while MTT used ImageNet's own split (the MTT author
+    in ``GeorgeCazenavette/mtt-distillation#22`` and ``#35``): accuracies on them are not comparable with MTT's, and
+    loading one logs a warning. The ``-320`` / ``-160`` releases are also already shrunk.
 
   ``root`` itself, or a sub-folder whose name starts with the subset's (``imagenette2``, ``imagewoof2-320``).
 """
+import logging
 import os
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
@@ -30,6 +32,8 @@ from .folders import load_image_tree
 from .sets import ImageSet
 
 __all__ = ['IMAGENET_SUBSETS', 'SUBSET_WNIDS', 'SUBSET_IMAGE_SIZE', 'subset_class_folders', 'load_imagenet_subset']
+
+_logger = logging.getLogger(__name__)
 
 #: ImageNet-1K class indices of each subset, in label order (MTT ``utils.py``, ``Config``)
 IMAGENET_SUBSETS: Dict[str, Tuple[int, ...]] = {
@@ -76,6 +80,10 @@ def subset_class_folders(split_dir: Path, subset: str) -> List[str]:
                              f'{chosen}, not its wnids {list(wnids)}: the folders are not named by ImageNet wnids')
         return chosen
     if wnids is not None and set(wnids) <= set(folders):
+        _logger.warning('%s: read as a release of %s alone. fast.ai\'s imagenette2/imagewoof2 rebalanced the train and '
+                        'validation images; MTT\'s numbers use ImageNet\'s own split (GeorgeCazenavette/'
+                        'mtt-distillation#22, #35): for a comparison with them, pass ImageNet-1K\'s folders',
+                        split_dir, subset)
         return list(wnids)
     expected = (f"ImageNet-1K's 1,000 wnid folders, or {subset}'s ten ({', '.join(wnids)})" if wnids is not None
                 else f"ImageNet-1K's 1,000 wnid folders ({subset} is picked from them by position)")

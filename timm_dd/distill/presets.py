@@ -5,10 +5,14 @@ Preset names are ``<dataset>-ipc<N>-<method>``, e.g. ``cifar10-ipc10-mtt``; :fun
 (``timm_dd/configs/distill/<name>.yaml``, see :mod:`timm_dd.configs`); every preset records where its numbers come
 from in ``source``:
 
-* MTT: the MTT authors' commands as listed in DC-Bench's MTT readme.
+* MTT: the MTT authors' commands as listed in DC-Bench's MTT readme. The ImageNet subsets (``imagenette-ipc1-mtt``
+  ..., ConvNet-5 at 128 px, IPC 1 and 10): the settings the MTT author gives for every ImageNet experiment of the
+  paper in ``GeorgeCazenavette/mtt-distillation#1`` (lr_img 1e5; batch_syn 20 at IPC 10; 5,000 iterations with 5
+  networks evaluated every 1,000); the README's one ImageNet example command uses lr_img 1000.
 * ATT: the ATT repository's (``NiaLiu/ATT``) results table and README commands; iterations / eval_it / ema_decay from the
   README commands. Where the table and a command disagree (Tiny IPC 10, CIFAR-10 IPC 50 ``syn_steps``) the table
-  is used. ATT has no Tiny ImageNet IPC 50 setting.
+  is used. ATT has no Tiny ImageNet IPC 50 setting. Its ImageNet-subset rows (ImageNette, ImageWoof, ImageFruit,
+  ImageMeow) come from the same table and the README's commented-out commands.
 * DM: ``VICO-UoE/DatasetCondensation`` ``main_DM.py`` defaults (lr_img 1.0, SGD momentum 0.5, batch_real 256,
   20,000 iterations, real init, DSA) -- recalled, not transcribed in the specs: check before relying on them.
 * ``digits-ipc10-att``: a tiny CPU demo / test setting, not a published one.
