@@ -19,6 +19,9 @@ image many times, so a per-item ``Dataset`` would only add overhead). Sources:
   order: evaluate a set on the layout it was distilled from.
 * MTT's ImageNet subsets (``'imagenette'``, ``'imagewoof'``, ...; :mod:`timm_dd.data.imagenet_subsets`): ten
   ImageNet-1K classes at 128x128, read from ImageNet-1K's folders or fast.ai's release under ``root``.
+* A folder of parquet files (a Hugging Face Hub dataset repo's layout, :mod:`timm_dd.data.parquet_images`), or
+  ``hf://datasets/<owner>/<name>[@<revision>]`` for such a repo on the Hub (its parquet files are downloaded once
+  into the Hugging Face cache). The named datasets above also take such a folder or ``hf://`` repo as ``root``.
 * ``'digits'``: scikit-learn's bundled 8x8 digits (1,797 images, values 0..16), works offline.
 
 Normalization statistics (``ImageSet.normalization``; the images themselves stay [0, 1] pixels): the values researchers use for CIFAR-10/100; for
@@ -44,6 +47,9 @@ from ..constants import (
 from .folders import IMG_EXTENSIONS, load_image_tree
 from .imagenet_npz import IMAGENET_NPZ, load_imagenet_npz
 from .imagenet_subsets import IMAGENET_SUBSETS, load_imagenet_subset
+from .parquet_images import (
+    HUB_DATASET_PREFIX, IMAGENET_TEST_FILES, fetch_hub_dataset, is_parquet_folder, load_parquet_images,
+)
 from .sets import ImageSet
 from .space import ImageSpace
 
@@ -107,6 +113,11 @@ def load_dataset(
     """
     size = _check_size(image_size)
     name_or_path = os.fspath(name_or_path)
+    if name_or_path.startswith(HUB_DATASET_PREFIX):  # a Hub dataset repo of parquet files
+        return load_parquet_images(fetch_hub_dataset(name_or_path), split, cache_dir, size, use_cache,
+                                   name=name_or_path[len(HUB_DATASET_PREFIX):].split('@')[0].split('/')[-1])
+    if root is not None and os.fspath(root).startswith(HUB_DATASET_PREFIX):
+        root = fetch_hub_dataset(os.fspath(root))
     key = name_or_path.lower()
     if key in BUILTIN_DATASETS and os.path.sep not in name_or_path:
         if key == 'digits':
@@ -119,12 +130,17 @@ def load_dataset(
             if (npz_root / 'train').is_dir():  # TESLA's layout: train/ and val/ folders of small images
                 return load_image_tree(npz_root / ('val' if split == 'test' else split), split, cache_dir, None,
                                        use_cache, name=key)
+            if is_parquet_folder(npz_root):  # a parquet copy (a Hub dataset repo)
+                return load_parquet_images(npz_root, split, cache_dir, None, use_cache, name=key,
+                                           file_splits=IMAGENET_TEST_FILES if split == 'test' else None)
             return load_imagenet_npz(key, split, npz_root, cache_dir, use_cache)
         if key in IMAGENET_SUBSETS:
             return load_imagenet_subset(key, split, Path(root) if root is not None else _default_root() / key,
                                         cache_dir, size, use_cache)
         return _load_cifar(key, split, root, download, size, cache_dir, use_cache)
     path = Path(name_or_path).expanduser()
+    if is_parquet_folder(path):
+        return load_parquet_images(path, split, cache_dir, size, use_cache)
     for name, folder in _TORCHVISION_FOLDERS.items():  # a torchvision data folder given as the dataset
         if (path / folder).is_dir() and _tree_copy(path) is None:
             return _load_cifar(name, split, path, False, size, cache_dir, use_cache)

@@ -12,7 +12,7 @@ import os
 import time
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from .cache import cache_key, default_cache_dir, load_cached, save_cached, tree_
 from .sets import ImageSet
 from .space import ImageSpace
 
-__all__ = ['load_image_tree', 'IMG_EXTENSIONS', 'SPLIT_NAMES']
+__all__ = ['load_image_tree', 'decode_images', 'check_fits_in_memory', 'IMG_EXTENSIONS', 'SPLIT_NAMES']
 
 _logger = logging.getLogger(__name__)
 
@@ -151,30 +151,32 @@ def _decode_image(fp, size: Optional[Tuple[int, int]]) -> np.ndarray:
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
-def _decode_all(
-        entries: List[Tuple[str, int]],
-        read: Callable[[str], object],
+def decode_images(
+        items: Iterable[Tuple[str, Any]],
+        count: int,
         source: Path,
         size: Optional[Tuple[int, int]],
 ) -> torch.Tensor:
-    """uint8 ``[N, C, H, W]`` from the images named in ``entries``; ``read(key)`` gives a file object/path.
+    """uint8 ``[count, C, H, W]`` from ``items``, ``(key, image)`` pairs in order: ``image`` is a path or a file
+    object PIL can open, ``key`` names it in errors.
 
     The tensor is allocated once, when the first image gives the size, after a check that it fits in memory, and
     filled in place (no list of arrays stacked at the end: that would need the set twice)."""
     if size is not None:  # at least one channel of the given size: refuse before decoding anything
-        check_fits_in_memory(len(entries) * size[0] * size[1], source,
-                             f'{len(entries):,} images of {size[0]}x{size[1]} pixels')
-    out, first = None, None
-    for i, (key, _) in enumerate(entries):
+        check_fits_in_memory(count * size[0] * size[1], source, f'{count:,} images of {size[0]}x{size[1]} pixels')
+    out, first, decoded = None, None, 0
+    for i, (key, image) in enumerate(items):
+        if i == count:
+            raise ValueError(f'{source}: more than the {count:,} images announced')
         try:
-            arr = _decode_image(read(key), size)
+            arr = _decode_image(image, size)
         except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
             raise ValueError(f'cannot decode image {key!r} in {source}: {type(e).__name__}: {e}') from e
         if first is None:
             first = (key, arr.shape[:2])
-            out = torch.empty((len(entries), arr.shape[2]) + arr.shape[:2], dtype=torch.uint8)
-            check_fits_in_memory(out.numel(), source, f'{len(entries):,} images of {arr.shape[2]}x{arr.shape[0]}x'
-                                                      f'{arr.shape[1]}')
+            check_fits_in_memory(count * arr.size, source, f'{count:,} images of {arr.shape[2]}x{arr.shape[0]}x'
+                                                           f'{arr.shape[1]}')
+            out = torch.empty((count, arr.shape[2]) + arr.shape[:2], dtype=torch.uint8)
         elif arr.shape[:2] != first[1]:
             raise ValueError(
                 f'images differ in size: {first[0]!r} is {first[1][1]}x{first[1][0]} but {key!r} is '
@@ -182,6 +184,9 @@ def _decode_all(
         if arr.shape[2] > out.shape[1]:  # the first RGB image after grey ones: the whole set becomes RGB
             out = out.expand(-1, 3, -1, -1).contiguous()
         out.numpy()[i] = np.moveaxis(arr, 2, 0)  # a grey image broadcasts to RGB
+        decoded = i + 1
+    if decoded != count:
+        raise ValueError(f'{source}: {decoded:,} images where {count:,} were announced')
     return out if out is not None else torch.empty((0, 3, 0, 0), dtype=torch.uint8)
 
 
@@ -195,7 +200,7 @@ def check_fits_in_memory(nbytes: int, source: Path, what: str) -> None:
                           f'smaller image_size, or a subset of the folder')
 
 
-def _tree_stats(class_names: List[str], channels: int) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+def tree_stats(class_names: List[str], channels: int) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
     if channels == 1:
         return GREY_MEAN, GREY_STD
     if tuple(class_names) == CIFAR10_CLASSES:
@@ -241,12 +246,12 @@ def load_image_tree(
         try:
             with zipfile.ZipFile(src) as zf:
                 class_names, entries = _list_zip(zf, src)
-                images_u8 = _decode_all(entries, lambda k: io.BytesIO(zf.read(k)), src, size)
+                images_u8 = decode_images(((k, io.BytesIO(zf.read(k))) for k, _ in entries), len(entries), src, size)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:  # truncated, or a damaged entry
             raise ValueError(f'{src} is a damaged zip archive ({e}): copy or download it again') from None
     else:
         class_names, entries = _list_dir(src, classes)
-        images_u8 = _decode_all(entries, lambda k: k, src, size)
+        images_u8 = decode_images(((k, k) for k, _ in entries), len(entries), src, size)
     labels = torch.tensor([label for _, label in entries], dtype=torch.int64)
     _logger.info('decoded %d images from %s in %.1f s', len(entries), src, time.perf_counter() - t0)
     if cache_file is not None:
@@ -273,5 +278,5 @@ def _tree_dataset(
         name: str,
         split: str,
 ) -> ImageSet:
-    mean, std = _tree_stats(class_names, images_u8.shape[1])
+    mean, std = tree_stats(class_names, images_u8.shape[1])
     return ImageSet(images_u8, labels, class_names, ImageSpace.normalized(mean, std), name, split)

@@ -22,6 +22,9 @@ ImageNette, ImageWoof, ImageMeow, ImageSquawk, ImageFruit and ImageYellow, ten I
     loading one logs a warning. The ``-320`` / ``-160`` releases are also already shrunk.
 
   ``root`` itself, or a sub-folder whose name starts with the subset's (``imagenette2``, ``imagewoof2-320``).
+* **Parquet copies** (a Hub dataset repo, ``root='hf://datasets/<owner>/<name>'``, or its files in a folder): ImageNet-1K
+  with 1,000 classes in torchvision's order (only the subset's rows are decoded), or the subset alone with its wnids
+  as class names.
 """
 import logging
 import os
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 from .folders import load_image_tree
+from .parquet_images import IMAGENET_TEST_FILES, is_parquet_folder, load_parquet_images, parquet_class_names
 from .sets import ImageSet
 
 __all__ = ['IMAGENET_SUBSETS', 'SUBSET_WNIDS', 'SUBSET_IMAGE_SIZE', 'subset_class_folders', 'load_imagenet_subset']
@@ -124,7 +128,27 @@ def load_imagenet_subset(
     as uint8 pixels of ``image_size`` (default 128x128), decoded once and then read from the cache."""
     if subset not in IMAGENET_SUBSETS:
         raise ValueError(f'unknown ImageNet subset {subset!r}; known: {", ".join(IMAGENET_SUBSETS)}')
-    split_dir = _split_dir(_find_root(Path(root).expanduser(), subset), split, subset)
     size = image_size or (SUBSET_IMAGE_SIZE, SUBSET_IMAGE_SIZE)
+    if is_parquet_folder(Path(root).expanduser()):
+        if split not in _SPLIT_FOLDERS:
+            raise ValueError(f"{subset} has the splits 'train' and 'test' (ImageNet's validation images), got "
+                             f"{split!r}")
+        files = ('train',) if split == 'train' else IMAGENET_TEST_FILES
+        return load_parquet_images(root, split, cache_dir, size, use_cache, name=subset, file_splits=files,
+                                   classes=_parquet_classes(Path(root), split, files, subset))
+    split_dir = _split_dir(_find_root(Path(root).expanduser(), subset), split, subset)
     return load_image_tree(split_dir, split, cache_dir, size, use_cache,
                            classes=subset_class_folders(split_dir, subset), name=subset)
+
+
+def _parquet_classes(root: Path, split: str, files: Tuple[str, ...], subset: str) -> List[int]:
+    """The labels of ``subset`` in a parquet copy: ImageNet-1K's (1,000 classes in torchvision's order, as the Hub's
+    ``imagenet-1k`` has them) by position, or a copy of the subset alone whose class names are its wnids."""
+    names = parquet_class_names(root, split, files)
+    wnids = SUBSET_WNIDS.get(subset)
+    if len(names) == IMAGENET_CLASSES:
+        return list(IMAGENET_SUBSETS[subset])
+    if wnids is not None and set(wnids) <= set(names):
+        return [names.index(w) for w in wnids]
+    raise ValueError(f'the parquet dataset in {root} has {len(names)} named classes; {subset} needs ImageNet-1K\'s '
+                     f'1,000 or its own ten wnids as class names')
