@@ -6,7 +6,8 @@ Only this layer parses arguments and prints. Every command understands:
 ``-c/--config``        a named config shipped with the package, a YAML file, or the ``args.yaml`` a run wrote;
                        read first, its values become the defaults (timm's two-pass ``-c``); flags win
 ``--output``           the output folder
-``--dataset``          the real dataset: a name (``cifar10``, ``digits``), an ImageFolder folder or a zip
+``--dataset``          the real dataset: a name (``cifar10``, ``imagewoof``, ``digits``), an ImageFolder folder, a
+                       zip, a folder of parquet files or ``hf://datasets/<owner>/<name>``
 ``--data``             a distilled set: a folder or a Hub dataset id (train only)
 ``--seed``/``--seeds`` one seed / several seeds
 ``--set key=value``    any config field, typed by the field (``1e-5`` is a float); repeatable
@@ -118,7 +119,8 @@ def add_common_args(parser: argparse.ArgumentParser, seeds: bool = True) -> None
     parser.add_argument('-c', '--config', default=None, metavar='NAME|YAML',
                         help='a shipped config name, a YAML file, or the args.yaml of an earlier run (repeats it)')
     parser.add_argument('--output', default=None, help='output folder')
-    parser.add_argument('--dataset', default=None, help='real dataset: cifar10, cifar100, digits, or a folder / zip')
+    parser.add_argument('--dataset', default=None, help='real dataset: cifar10, cifar100, imagenet64, imagewoof, '
+                        '..., digits, a folder / zip / parquet folder, or hf://datasets/<owner>/<name>')
     if seeds:
         group = parser.add_mutually_exclusive_group()
         group.add_argument('--seeds', nargs='+', type=int, default=None, help='seeds (one run per seed)')

@@ -44,7 +44,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     add_common_args(p, seeds=False)
     p.add_argument('--preset', dest='config', default=None, metavar='NAME', help='the same as -c: a preset name')
     p.add_argument('--data-root', default=None, metavar='DIR',
-                   help="CIFAR's data folder: torchvision's cifar-10-batches-py, or an image-folder/zip copy")
+                   help="the named dataset's folder: torchvision's cifar-10-batches-py or an image-folder/zip "
+                        "copy (CIFAR), the npz batches (imagenet64), ImageNet's train/ and val/ (imagewoof, ...), "
+                        "or a parquet copy (a folder or hf://datasets/<owner>/<name>)")
     p.add_argument('--threads', type=int, default=None,
                    help='torch CPU threads (1 is much faster for tiny networks on a shared machine)')
     p.add_argument('--deterministic', action='store_true',

@@ -54,8 +54,10 @@ def _data_args(p: argparse.ArgumentParser) -> None:
                    help='eps of the ZCA of a zca-space --data set made by another tool, or of --real-ipc data with '
                         '--image-space zca (MTT, ATT, DATM, DD-Ranking: 0.1)')
     g.add_argument('--real-ipc', type=int, help='train on K real images per class of --dataset instead (-1: all)')
-    g.add_argument('--data-root', metavar='DIR', help="CIFAR's data folder: torchvision's cifar-10-batches-py, "
-                                                    'or an image-folder/zip copy (train/ test/ or train.zip test.zip)')
+    g.add_argument('--data-root', metavar='DIR', help="the named dataset's folder: torchvision's cifar-10-batches-py "
+                                                    'or an image-folder/zip copy (CIFAR), the npz batches '
+                                                    "(imagenet64), ImageNet's train/ and val/ (imagewoof, ...), or "
+                                                    'a parquet copy (a folder or hf://datasets/<owner>/<name>)')
     g.add_argument('--img-size', type=int, help='resize the real dataset (with --real-ipc) to this size')
     g.add_argument('--cache-dir', help='decoded-dataset cache (default $TIMM_DD_CACHE or ~/.cache/timm_dd)')
     g.add_argument('--strict', action='store_true',

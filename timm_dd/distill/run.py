@@ -24,7 +24,7 @@ from accelerate.utils import gather_object
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..constants import CIFAR10_MEAN, CIFAR10_STD
-from ..data import BUILTIN_DATASETS, DataSplits, ImageSet, ImageSpace, load_dataset
+from ..data import BUILTIN_DATASETS, HUB_DATASET_PREFIX, DataSplits, ImageSet, ImageSpace, load_dataset
 from ..distilled import DistilledSet, make_class_grid, save_grid
 from ..hub import push_distilled
 from ..io import make_folder
@@ -82,12 +82,14 @@ def prepare_data(*args: Any, **kwargs: Any) -> DataSplits:
 
 def _real_data(source: str, data: Optional[Union[str, os.PathLike]],
                root: Optional[Union[str, os.PathLike]]) -> Optional[Dict[str, Any]]:
-    """``load_dataset``'s dataset and root when the data was read locally (a folder, a zip or a ``root``)."""
+    """``load_dataset``'s dataset and root when the data was read locally (a folder, a zip or a ``root``) or from a
+    Hub dataset repo (``hf://datasets/...``, kept as written)."""
     local = data is not None and str(data).lower() not in BUILTIN_DATASETS and Path(data).expanduser().exists()
-    if not local and root is None:
+    hub = str(data).startswith(HUB_DATASET_PREFIX)
+    if not (local or hub) and root is None:
         return None
-    return {'dataset': str(Path(data).expanduser().resolve()) if local else source,
-            'root': str(Path(root).expanduser().resolve()) if root is not None else None}
+    where = lambda p: str(p) if str(p).startswith(HUB_DATASET_PREFIX) else str(Path(p).expanduser().resolve())
+    return {'dataset': where(data) if local or hub else source, 'root': where(root) if root is not None else None}
 
 
 def normalization_space(cfg: DistillConfig, train: ImageSet) -> ImageSpace:
