@@ -337,6 +337,9 @@ def test_presets():
             sub = get_preset(f'{subset}-ipc{ipc}-mtt')
             assert (sub.dataset, sub.arch, sub.image_size, sub.lr_img, sub.lr_lr, sub.batch_syn) == \
                 (subset, 'convnet5', 128, 1e5, 1e-6, 20 if ipc == 10 else None)
+    tesla = get_preset('imagenet64-ipc1-tesla')  # TESLA's README command: soft labels from the target expert
+    assert (tesla.dataset, tesla.arch, tesla.syn_steps, tesla.expert_epochs, tesla.batch_syn, tesla.teacher_label,
+            tesla.num_experts) == ('imagenet64', 'convnet4', 10, 3, 100, True, 50)
     assert get_preset('imagewoof-ipc1-att').lr_lr == 5e-8 and get_preset('imagenette-ipc10-att').ema_decay == 0.999
     with pytest.raises(ValueError, match='unknown distillation config keys'):
         get_preset('cifar10-ipc10-mtt', {'lr_imgg': 1})

@@ -54,3 +54,11 @@ def test_files_that_are_not_the_release_are_refused(tmp_path):
         load_dataset('imagenet64', 'test', root=tmp_path / 'labels', use_cache=False)
     with pytest.raises(ValueError, match='image_size does not apply'):
         load_dataset('imagenet64', 'train', root=tmp_path / 'odd', image_size=32)
+
+
+def test_the_tesla_preset_loads_the_release_as_its_data(tmp_path):
+    from timm_dd.distill import get_preset, load_distillation_data
+    _release(tmp_path / 'imagenet64')
+    data = load_distillation_data(get_preset('imagenet64-ipc1-tesla'), root=tmp_path / 'imagenet64')
+    assert data.num_classes == 1000 and data.img_size == 8 and len(data.train) == 28 and len(data.test) == 4
+    assert data.space.mean == IMAGENET_MEAN  # ImageNet's statistics, no ZCA (TESLA's transform)

@@ -24,8 +24,9 @@ __all__ = ['Distiller', 'EvalFn']
 
 _logger = logging.getLogger(__name__)
 
-#: ``eval_fn(iteration, images, ema_images, lr) -> dict`` (see :func:`~timm_dd.distill.run.make_evaluator`)
-EvalFn = Callable[[int, torch.Tensor, Optional[torch.Tensor], Optional[float]], Dict[str, Any]]
+#: ``eval_fn(iteration, images, ema_images, lr) -> dict`` (see :func:`~timm_dd.distill.run.make_evaluator`); a run
+#: with soft labels (``teacher_label``) also passes ``soft_labels=`` (probabilities ``[N, classes]``)
+EvalFn = Callable[..., Dict[str, Any]]
 
 
 class Distiller:
@@ -46,6 +47,8 @@ class Distiller:
     syn_lr: Optional[torch.Tensor] = None
     #: an exponential moving average of the images (ATT), or ``None``
     ema: Optional[torch.Tensor] = None
+    #: the images' soft labels (probabilities) when the method makes them (TESLA's ``teacher_label``), else ``None``
+    soft_labels: Optional[torch.Tensor] = None
 
     def __init__(self, cfg: DistillConfig, images: torch.Tensor, out_dir: Optional[Union[str, Path]] = None,
                  eval_fn: Optional[EvalFn] = None, accelerator: Optional[Any] = None):
@@ -145,11 +148,12 @@ class Distiller:
             record['syn_lr'] = lr
         if self.eval_fn is not None:
             ema = self.ema.clone() if self.ema is not None else None
-            record.update(self.eval_fn(self.iteration, self.images.detach().clone(), ema, lr))
+            soft = {'soft_labels': self.soft_labels.detach().clone()} if self.soft_labels is not None else {}
+            record.update(self.eval_fn(self.iteration, self.images.detach().clone(), ema, lr, **soft))
         _logger.info(f'eval at iteration {self.iteration}: {record}')
         log_metrics(self.accelerator, {f'eval/{k}': v for k, v in record.items() if k != 'iteration'}, self.iteration)
         self.history.append(record)
-        self.best = best_images(self.best, record, self.images, lr)
+        self.best = best_images(self.best, record, self.images, lr, self.soft_labels)
         return record
 
     def run(self, iterations: Optional[int] = None) -> List[Dict[str, Any]]:

@@ -13,6 +13,10 @@ from in ``source``:
   README commands. Where the table and a command disagree (Tiny IPC 10, CIFAR-10 IPC 50 ``syn_steps``) the table
   is used. ATT has no Tiny ImageNet IPC 50 setting. Its ImageNet-subset rows (ImageNette, ImageWoof, ImageFruit,
   ImageMeow) come from the same table and the README's commented-out commands.
+* ``imagenet64-ipc1-tesla``: TESLA (``justincui03/tesla``): its README's ImageNet-1K IPC 1 command (ConvNet-4,
+  ``--teacher_label``: soft labels from the target expert) and buffer command (50 experts of 50 epochs), the rest
+  ``distill.py``'s defaults. TESLA's code drops the meta-gradient's terms through earlier inner steps (its memory
+  saving); here the gradient is the exact one (``grad_mode``, ``graph_budget`` for the memory).
 * DM: ``VICO-UoE/DatasetCondensation`` ``main_DM.py`` defaults (lr_img 1.0, SGD momentum 0.5, batch_real 256,
   20,000 iterations, real init, DSA) -- recalled, not transcribed in the specs: check before relying on them.
 * ``digits-ipc10-att``: a tiny CPU demo / test setting, not a published one.
@@ -69,6 +73,10 @@ class DistillConfig:
     lr_momentum: float = 0.5
     ema_decay: Optional[float] = None  # ATT: EMA of the images; None: off
     att_norm: str = 'l1'
+    # TESLA's --teacher_label: every iteration the synthetic images' labels are the softmax of the target expert
+    # (the parameters the inner steps are matched to) on them; the inner steps, the evaluation and the saved set use
+    # those soft labels (the set keeps the last iteration's)
+    teacher_label: bool = False
     grad_mode: str = 'recompute'  # 'unrolled' (one graph) or 'recompute' (exact, one step of activations)
     # between the two: keep the graphs of the last inner steps that fit this much memory ('2GB', '512MiB', 'auto':
     # 80 % of the free memory), recompute the others; exact either way (None: grad_mode alone decides)
@@ -130,6 +138,9 @@ class DistillConfig:
         if self.compile and self.method == 'dm':
             raise ValueError("compile applies to trajectory matching (method 'mtt' or 'att'); DM has no inner "
                              "steps to compile: leave compile off")
+        if self.teacher_label and self.method == 'dm':
+            raise ValueError("teacher_label takes the soft labels from the target expert of trajectory matching "
+                             "(method 'mtt' or 'att'); DM has no experts: leave it off")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f'ema_decay must be in [0, 1) or None, got {self.ema_decay}')
         check_ranges(self, DISTILL_RANGES, 'timm_dd.distill.presets.DISTILL_RANGES')

@@ -155,9 +155,10 @@ def make_evaluator(cfg: DistillConfig, data: DataSplits, accelerator: Accelerato
     rank, world = accelerator.process_index, accelerator.num_processes
     recipe = load_config(cfg.eval_recipe, dict(epochs=cfg.eval_epochs, eval_every=0))  # read once
 
-    def _accs(images: torch.Tensor, lr: float) -> List[float]:
+    def _accs(images: torch.Tensor, lr: float, soft_labels: Optional[torch.Tensor]) -> List[float]:
         mine = []
-        train_set = ImageSet(images.detach(), labels.to(images.device), data.class_names, space=data.space,
+        targets = soft_labels if soft_labels is not None else labels
+        train_set = ImageSet(images.detach(), targets.to(images.device), data.class_names, space=data.space,
                              learned_lr=lr, num_classes=data.num_classes)  # stays on the device
         for s in range(rank, cfg.eval_seeds, world):
             with seeded(cfg.seed, s, Stream.EVAL_NETWORK):
@@ -169,14 +170,15 @@ def make_evaluator(cfg: DistillConfig, data: DataSplits, accelerator: Accelerato
             mine = gather_object(mine)
         return [acc for _, acc in sorted(mine)]
 
-    def eval_fn(iteration: int, images: torch.Tensor, ema: Optional[torch.Tensor], lr: Optional[float]):
+    def eval_fn(iteration: int, images: torch.Tensor, ema: Optional[torch.Tensor], lr: Optional[float],
+                soft_labels: Optional[torch.Tensor] = None):
         lr = lr if lr is not None else cfg.eval_lr
         record: Dict[str, Any] = {}
         if cfg.eval_seeds > 0 and cfg.eval_epochs > 0:
-            accs = _accs(images, lr)
+            accs = _accs(images, lr, soft_labels)
             record.update(acc_mean=sum(accs) / len(accs), accs=accs)
             if ema is not None:
-                accs = _accs(ema, lr)
+                accs = _accs(ema, lr, soft_labels)
                 record.update(ema_acc_mean=sum(accs) / len(accs), ema_accs=accs)
         if grid and out_dir is not None and accelerator.is_main_process:
             dset = build_set(cfg, data, images, lr if cfg.method != 'dm' else None)
@@ -190,9 +192,10 @@ def make_evaluator(cfg: DistillConfig, data: DataSplits, accelerator: Accelerato
 
 def build_set(cfg: DistillConfig, data: DataSplits, images: torch.Tensor, lr: Optional[float],
               history: Optional[List[Dict[str, Any]]] = None, ema: Optional[torch.Tensor] = None,
-              experts: Optional[Dict[str, Any]] = None) -> DistilledSet:
+              experts: Optional[Dict[str, Any]] = None, soft_labels: Optional[torch.Tensor] = None) -> DistilledSet:
     """The :class:`DistilledSet` of the current images with every effective setting in ``extra['config']`` and
-    the expert buffer used in ``extra['experts']`` (see :meth:`ExpertPool.provenance`)."""
+    the expert buffer used in ``extra['experts']`` (see :meth:`ExpertPool.provenance`); ``soft_labels``: the images'
+    probabilities (``teacher_label``), stored beside the hard labels."""
     extra = {'config': cfg.to_dict()}
     if experts is not None:
         extra['experts'] = experts
@@ -205,7 +208,9 @@ def build_set(cfg: DistillConfig, data: DataSplits, images: torch.Tensor, lr: Op
     return DistilledSet(
         images=images.detach().cpu().float(), labels=torch.arange(data.num_classes).repeat_interleave(cfg.ipc),
         method=cfg.method.upper(), source_dataset=data.name, class_names=data.class_names, ipc=cfg.ipc,
-        space=data.space, lr=lr, distill_arch=cfg.arch, seed=cfg.seed, extra=extra)
+        space=data.space, lr=lr, distill_arch=cfg.arch, seed=cfg.seed, extra=extra,
+        soft_labels=soft_labels.detach().cpu().float() if soft_labels is not None else None,
+        soft_label_kind='probs' if soft_labels is not None else None)
 
 
 def run_distill(
@@ -248,7 +253,8 @@ def run_distill(
         _logger.info(f'resumed at iteration {distiller.iteration}')
     history = distiller.run(iterations)
     experts = distiller.experts.provenance() if isinstance(distiller, TrajectoryMatching) else None
-    dset = build_set(cfg, data, distiller.images, distiller.learned_lr, history, experts=experts)
+    dset = build_set(cfg, data, distiller.images, distiller.learned_lr, history, experts=experts,
+                     soft_labels=distiller.soft_labels)
     if accelerator.is_main_process:  # the images are identical on every process; one writes
         _save_outputs(cfg, data, distiller, dset, out_dir, images if cfg.pix_init == 'real' else None)
         if push_to_hub:
@@ -283,10 +289,11 @@ def _save_outputs(cfg: DistillConfig, data: DataSplits, distiller: Distiller, ds
     save_grid(dset, out_dir / 'distilled.png', real=initial)
     lr, history, experts = distiller.learned_lr, distiller.history, dset.extra.get('experts')
     if distiller.ema is not None:
-        build_set(cfg, data, distiller.ema, lr, history, ema=distiller.ema, experts=experts).save(
-            out_dir / 'distilled_ema')
+        build_set(cfg, data, distiller.ema, lr, history, ema=distiller.ema, experts=experts,
+                  soft_labels=distiller.soft_labels).save(out_dir / 'distilled_ema')
     if distiller.best is not None:  # the published selection rule, labelled: it selects on the test set
-        best = build_set(cfg, data, distiller.best['images'], distiller.best['lr'], history, experts=experts)
+        best = build_set(cfg, data, distiller.best['images'], distiller.best['lr'], history, experts=experts,
+                         soft_labels=distiller.best.get('soft_labels'))
         best.extra.update(selection=f'images of iteration {distiller.best["iteration"]}, the evaluation with '
                                     f'the best mean test accuracy ({distiller.best["acc_mean"]:.4f}): the MTT/ATT '
                                     f'rule, which selects on the test set',

@@ -116,10 +116,11 @@ def to_cpu(obj: Any) -> Any:
 
 
 def best_images(best: Optional[Dict[str, Any]], record: Dict[str, Any], images: torch.Tensor,
-                lr: Optional[float]) -> Optional[Dict[str, Any]]:
+                lr: Optional[float], soft_labels: Optional[torch.Tensor] = None) -> Optional[Dict[str, Any]]:
     """The MTT/ATT selection rule: keep the images of the evaluation with the best mean test accuracy (ties: the
-    earlier). Returns the new ``{'iteration', 'acc_mean', 'images', 'lr'}`` or ``best`` unchanged."""
+    earlier). Returns the new ``{'iteration', 'acc_mean', 'images', 'lr', 'soft_labels'}`` or ``best`` unchanged."""
     acc = record.get('acc_mean')
     if acc is None or (best is not None and acc <= best['acc_mean']):
         return best
-    return {'iteration': record['iteration'], 'acc_mean': acc, 'images': images.detach().cpu().clone(), 'lr': lr}
+    return {'iteration': record['iteration'], 'acc_mean': acc, 'images': images.detach().cpu().clone(), 'lr': lr,
+            'soft_labels': soft_labels.detach().cpu().clone() if soft_labels is not None else None}

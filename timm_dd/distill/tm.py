@@ -27,6 +27,8 @@ __all__ = ['TrajectoryMatching', 'init_synthetic']
 
 _logger = logging.getLogger(__name__)
 
+#: images per forward when computing teacher labels (bounds the activation memory of a 1,000-class set)
+_TEACHER_LABEL_CHUNK = 256
 
 
 def init_synthetic(
@@ -95,7 +97,8 @@ class TrajectoryMatching(Distiller):
 
     def extra_state(self) -> Dict[str, Any]:
         return {'syn_lr': self.syn_lr.detach().clone(), 'opt_lr': self.opt_lr.state_dict(),
-                'ema': self.ema.clone() if self.ema is not None else None}
+                'ema': self.ema.clone() if self.ema is not None else None,
+                'soft_labels': self.soft_labels.clone() if self.soft_labels is not None else None}
 
     def load_extra_state(self, state: Dict[str, Any]) -> None:
         with torch.no_grad():
@@ -104,6 +107,8 @@ class TrajectoryMatching(Distiller):
         set_hyper(self.opt_lr, lr=self.cfg.lr_lr, momentum=self.cfg.lr_momentum)
         if self.ema is not None and state.get('ema') is not None:
             self.ema = state['ema'].to(self.device, copy=True)
+        if self.cfg.teacher_label and state.get('soft_labels') is not None:
+            self.soft_labels = state['soft_labels'].to(self.device, copy=True)
 
     def expert_for(self, iteration: int) -> int:
         """The expert of ``iteration``: experts are consumed in a seeded random order, reshuffled every pass."""
@@ -112,22 +117,35 @@ class TrajectoryMatching(Distiller):
         return int(perm[iteration % n])
 
     def match(self, iteration: int, grad_mode: Optional[str] = None) -> MatchResult:
-        """Loss and meta-gradients of ``iteration`` at the current images and step size (no update)."""
+        """Loss and meta-gradients of ``iteration`` at the current images and step size (no update of the images;
+        with ``teacher_label``, :attr:`soft_labels` becomes the iteration's)."""
         cfg = self.cfg
         gen = generator_for(cfg.seed, iteration, Stream.MATCH_STEP)
         expert = self.experts[self.expert_for(iteration)]
         start = int(torch.randint(0, cfg.max_start_epoch, (1,), generator=gen))
         theta_start = to_device(expert.get(start), self.device)
         theta_target = to_device(expert.get(start + cfg.expert_epochs), self.device)
+        labels = self.labels
+        if cfg.teacher_label:
+            labels = self.soft_labels = self.teacher_labels(theta_target)
         plan = plan_steps(self.images.shape[0], cfg.syn_steps, cfg.batch_syn, self.images.shape[-1], self.dsa, gen,
                           self.device)
         if grad_mode is None and cfg.graph_budget is not None:
-            return match_budgeted(self.step_grad, self.images, self.labels, self.syn_lr, theta_start, theta_target,
+            return match_budgeted(self.step_grad, self.images, labels, self.syn_lr, theta_start, theta_target,
                                   plan, self.dsa, cfg.method, cfg.att_norm, self.shards,
                                   graph_steps=self._graph_steps(plan, theta_start))
         return trajectory_match(
-            grad_mode or cfg.grad_mode, self.step_grad, self.images, self.labels, self.syn_lr, theta_start,
+            grad_mode or cfg.grad_mode, self.step_grad, self.images, labels, self.syn_lr, theta_start,
             theta_target, plan, self.dsa, cfg.method, cfg.att_norm, self.shards)
+
+    @torch.no_grad()
+    def teacher_labels(self, theta: torch.Tensor) -> torch.Tensor:
+        """TESLA's teacher labels (Cui et al., ICML 2023, ``--teacher_label``): the softmax of the network at
+        ``theta`` on the current images, un-augmented, in chunks (one image's output does not depend on the others
+        in an instance-norm ConvNet)."""
+        images = self.images.detach()
+        logits = torch.cat([self.fmodel(theta, chunk) for chunk in images.split(_TEACHER_LABEL_CHUNK)])
+        return torch.softmax(logits.float(), dim=1)
 
     def _graph_steps(self, plan: StepPlan, theta_start: torch.Tensor) -> int:
         """The number of kept graphs for ``cfg.graph_budget``, from one step's graph measured at the first match."""
