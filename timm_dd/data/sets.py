@@ -13,11 +13,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from ..io import tensor_checksum
 from .space import ImageSpace
 
-__all__ = ['ImageSet', 'DataSplits', 'HasImages', 'as_image_set']
+__all__ = ['ImageSet', 'ImageSetDataset', 'DataSplits', 'HasImages', 'as_image_set']
 
 
 class HasImages:
@@ -174,6 +175,12 @@ class ImageSet(HasImages):
         idx = torch.as_tensor(indices, dtype=torch.long, device=self.images.device)
         return replace(self, images=self.images[idx], labels=self.labels[idx.to(self.labels.device)])
 
+    def loader(self, batch_size: int, pin_memory: bool = False) -> DataLoader:
+        """A ``DataLoader`` over the set in order, each batch converted into ``space`` when it is read (stored pixels
+        stay uint8: no float copy of the set); for test sets, and ``accelerate.prepare`` can shard it."""
+        return DataLoader(ImageSetDataset(self), batch_size=batch_size, shuffle=False, pin_memory=pin_memory,
+                          collate_fn=_whole_batch)
+
     def to(self, device: Union[str, torch.device]) -> 'ImageSet':
         """A copy with images and labels on ``device``."""
         return replace(self, images=self.images.to(device), labels=self.labels.to(device))
@@ -182,6 +189,29 @@ class ImageSet(HasImages):
         stored = ' uint8 pixels' if self.stores_pixels else ''
         return (f'ImageSet(name={self.name!r}, split={self.split!r}, images={tuple(self.images.shape)}{stored}, '
                 f'num_classes={self.num_classes}, space={self.space.name!r})')
+
+
+class ImageSetDataset(Dataset):
+    """An :class:`ImageSet` as a torch ``Dataset`` of ``(image, label)`` in its space; a batch is read at once
+    (``__getitems__``, which ``DataLoader`` calls with a batch's indices) and converted as one tensor."""
+
+    def __init__(self, images: ImageSet):
+        self.images = images
+        self.labels = images.labels  # what a class-balanced subset of a test loader reads
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.images.batch([index])[0], self.labels[index]
+
+    def __getitems__(self, indices: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return self.images.batch(idx), self.labels[idx]
+
+
+def _whole_batch(batch: Tuple[torch.Tensor, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    return batch  # __getitems__ made the batch already
 
 
 def as_image_set(images: Union[torch.Tensor, ImageSet], labels: Optional[torch.Tensor] = None) -> ImageSet:

@@ -33,7 +33,7 @@ from ..fields import field_changes
 from ..io import atomic_write_with, folder_lock_holder, make_folder, tensor_checksum
 from ..models import create_network
 from ..seeding import Stream, generator_for, seeded
-from ..train.loop import CallbackHook, check_finite, epoch_batches, evaluate_tensors, fit, run_batches
+from ..train.loop import CallbackHook, check_finite, epoch_batches, eval_batch_size, evaluate, fit, run_batches
 from ..train.task import optimizer_for
 
 __all__ = [
@@ -297,12 +297,22 @@ class ExpertPool:
         return self.experts[i]
 
 
+#: a test split: a set read batch by batch, or ``(images, labels)`` tensors
+TestSet = Union[ImageSet, Tuple[torch.Tensor, torch.Tensor]]
+
+
+def split_accuracy(model: nn.Module, test: TestSet, device: torch.device) -> float:
+    """Top-1 accuracy on ``test``, batch by batch (stored pixels converted per batch, no float copy of the split)."""
+    test = test if isinstance(test, ImageSet) else as_image_set(*test)
+    return evaluate(model, test.loader(eval_batch_size(device)), device)['acc']
+
+
 def train_expert(
         images: Union[torch.Tensor, ImageSet],
         labels: torch.Tensor,
         cfg: ExpertConfig,
         index: int,
-        test: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+        test: Optional[TestSet] = None,
         device: Union[str, torch.device] = 'cpu',
         progress: bool = False,
         log: Optional[Callable[[Dict[str, float], int], None]] = None,
@@ -345,7 +355,7 @@ def train_expert(
             log({f'expert_{index:05d}/loss': record['loss']}, epoch)
         msg = f'expert {index} epoch {epoch + 1}/{cfg.epochs} train loss {record["loss"]:.4f}'
         if test is not None and epoch + 1 == cfg.epochs:
-            _logger.info(msg + f' test acc {evaluate_tensors(model, test[0], test[1], device):.4f}')
+            _logger.info(msg + f' test acc {split_accuracy(model, test, device):.4f}')
         else:
             _logger.debug(msg)
 
@@ -373,7 +383,7 @@ def train_experts(
         labels: torch.Tensor,
         out_dir: Union[str, os.PathLike],
         cfg: ExpertConfig,
-        test: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+        test: Optional[TestSet] = None,
         process_index: int = 0,
         num_processes: int = 1,
         device: Union[str, torch.device] = 'cpu',
@@ -387,7 +397,8 @@ def train_experts(
         labels: ``[N]`` int64.
         out_dir: Buffer folder.
         cfg: Recipe, architecture and provenance.
-        test: Optional ``(images, labels)`` for a final accuracy log line per expert.
+        test: Optional test split (an :class:`ImageSet`, read batch by batch, or ``(images, labels)``) for a final
+            accuracy log line per expert.
         process_index: This process's rank (``accelerator.process_index``).
         num_processes: World size (``accelerator.num_processes``).
         device: Device to train on.

@@ -21,7 +21,6 @@ from typing import Any, Dict, List, Optional, Union
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
-from torch.utils.data import DataLoader, TensorDataset
 
 from ..constants import CIFAR10_MEAN, CIFAR10_STD
 from ..data import BUILTIN_DATASETS, HUB_DATASET_PREFIX, DataSplits, ImageSet, ImageSpace, load_dataset
@@ -128,9 +127,8 @@ def run_experts(
     """Train (or skip when finished) this process's share of ``cfg.num_experts`` experts into ``out_dir``, on
     ``accelerator.device``; returns when every process is done."""
     apply_precision(cfg)
-    test = data.test.float_images()
     paths = train_experts(data.train, data.train.labels, out_dir, expert_config(cfg, data),
-                          test=(test.images, test.labels), process_index=accelerator.process_index,
+                          test=data.test, process_index=accelerator.process_index,
                           num_processes=accelerator.num_processes, device=accelerator.device,
                           progress=accelerator.is_local_main_process,
                           log=lambda values, step: log_metrics(accelerator, values, step))
@@ -148,9 +146,7 @@ def make_evaluator(cfg: DistillConfig, data: DataSplits, accelerator: Accelerato
     Runs on ``accelerator.device`` with its mixed precision; with several processes seed ``s`` is trained by
     process ``s % K`` alone and the accuracies are gathered, so every process gets the one-process record.
     """
-    test_loader = DataLoader(TensorDataset(data.test.float_images().images, data.test.labels),
-                             batch_size=eval_batch_size(accelerator.device),
-                             pin_memory=accelerator.device.type == 'cuda')
+    test_loader = data.test.loader(eval_batch_size(accelerator.device), pin_memory=accelerator.device.type == 'cuda')
     labels = torch.arange(data.num_classes).repeat_interleave(cfg.ipc)
     rank, world = accelerator.process_index, accelerator.num_processes
     recipe = load_config(cfg.eval_recipe, dict(epochs=cfg.eval_epochs, eval_every=0))  # read once

@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from ..data import DataSplits
 from ..fields import field_changes
@@ -47,10 +47,8 @@ class ExperimentResult:
 
 def _test_loader(data: DataSplits, cfg: TrainConfig, accelerator: Accelerator, distributed: bool) -> DataLoader:
     """Sharded over the processes for DDP runs; whole (and unprepared) when each process trains runs alone."""
-    ds = TensorDataset(data.test.float_images().images, data.test.labels)
     batch_size = cfg.test_batch_size or eval_batch_size(accelerator.device)
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False,
-                        pin_memory=accelerator.device.type == 'cuda')
+    loader = data.test.loader(batch_size, pin_memory=accelerator.device.type == 'cuda')  # converted per batch
     return accelerator.prepare(loader) if distributed else loader
 
 

@@ -348,10 +348,11 @@ def class_balanced_loader(test_loader: DataLoader, per_class: int, accelerator: 
     """A loader over a fixed subset of ``test_loader``'s data: the first ``per_class`` images of every class in
     the test set's order (the same images in every run and on every machine), for cheap periodic evaluations."""
     dataset = test_loader.dataset
-    labels = dataset.tensors[1] if hasattr(dataset, 'tensors') else torch.as_tensor([y for _, y in dataset])
+    labels = dataset.labels if hasattr(dataset, 'labels') else (
+        dataset.tensors[1] if hasattr(dataset, 'tensors') else torch.as_tensor([y for _, y in dataset]))
     keep = torch.cat([(labels == c).nonzero().flatten()[:per_class] for c in labels.unique()]).sort().values
     loader = DataLoader(torch.utils.data.Subset(dataset, keep.tolist()), batch_size=test_loader.batch_size,
-                        shuffle=False, pin_memory=accelerator.device.type == 'cuda')
+                        shuffle=False, pin_memory=accelerator.device.type == 'cuda', collate_fn=test_loader.collate_fn)
     return accelerator.prepare(loader) if distributed else loader
 
 
