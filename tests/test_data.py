@@ -406,3 +406,22 @@ def test_a_checksum_streamed_block_by_block_equals_the_whole_tensors():
     from timm_dd.io import tensor_checksum
     x = torch.rand(10, 3, 4, 4, generator=torch.Generator().manual_seed(0))
     assert tensor_checksum((x[i:i + 3] for i in range(0, 10, 3)), x.shape) == tensor_checksum(x)
+
+
+def test_a_sets_loader_gives_the_float_batches_without_a_float_copy():
+    from accelerate import Accelerator
+    from timm_dd.train.trainer import class_balanced_loader
+    pixels = torch.randint(0, 256, (23, 3, 5, 5), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    stored = ImageSet(pixels, torch.arange(23) % 4, num_classes=4).in_space(ImageSpace.normalized((0.4,) * 3,
+                                                                                                 (0.2,) * 3))
+    loader = stored.loader(10)
+    assert loader.dataset.images.images.dtype == torch.uint8  # the set itself, still pixels
+    floats = stored.float_images()
+    got = list(loader)
+    assert [len(y) for _, y in got] == [10, 10, 3]
+    assert torch.equal(torch.cat([x for x, _ in got]), floats.images)  # the same arithmetic, per batch
+    assert torch.equal(torch.cat([y for _, y in got]), stored.labels)
+    balanced = list(class_balanced_loader(loader, 2, Accelerator(cpu=True), False))
+    labels = torch.cat([y for _, y in balanced])
+    assert labels.tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
+    assert torch.equal(torch.cat([x for x, _ in balanced]), floats.images[:8])
