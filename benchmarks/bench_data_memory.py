@@ -8,6 +8,9 @@
    ``/proc/self/clear_refs`` reset), and that growth over the set's uint8 size. A least-squares line through the
    sizes projects both to ImageNet-1K at 64x64 (1,281,167 images, 15.7 GB of uint8 pixels). Target: peak RSS <= 1.1x
    the uint8 size + a constant (the largest size is the test of it; the constant is the fitted intercept).
+   With ``--format parquet`` the same images are first written as parquet shards of 10,000 rows (the Hub's layout:
+   an ``image`` struct of the PNG bytes and an integer ``label``) and loaded from those: the same targets for
+   :mod:`timm_dd.data.parquet_images`.
 2. **Expert epoch.** One ConvNet-3 expert epoch (width 128, batch 256, DSA, SGD lr 0.01; MTT's recipe) on
    ``--expert-images`` CIFAR-10 training images (the shared JPEG copy when present, else random pixels), once with
    the images stored as uint8 pixels converted batch by batch (what a loaded dataset does now) and once from a float
@@ -15,7 +18,7 @@
    ratio of the best times. Target: stored pixels not slower (ratio <= 1.0, within noise).
 
 Usage: python benchmarks/bench_data_memory.py [--sizes 1000 10000 100000] [--expert-images 5000] [--repeats 2]
-       [--out benchmarks/results/data_memory.json]
+       [--format folder|parquet] [--out benchmarks/results/data_memory.json]
 """
 import argparse
 import json
@@ -52,6 +55,22 @@ def make_folder(root: Path, count: int, classes: int = 100, seed: int = 0) -> No
         image.save(root / 'train' / f'c{i % classes:03d}' / f'{i:07d}.png')
 
 
+def make_parquet(folder: Path, out: Path, rows_per_file: int = 10000) -> Path:
+    """The images of ``folder``'s train split as parquet shards (``out/data/train-0000k-of-N.parquet``), their PNG
+    bytes as they are (no decoding), labelled by class folder in sorted order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    classes = sorted(p.name for p in (folder / 'train').iterdir())
+    files = [(f, label) for label, c in enumerate(classes) for f in sorted((folder / 'train' / c).iterdir())]
+    shards = [files[i:i + rows_per_file] for i in range(0, len(files), rows_per_file)]
+    (out / 'data').mkdir(parents=True, exist_ok=True)
+    for k, shard in enumerate(shards):
+        images = [{'bytes': f.read_bytes(), 'path': f.name} for f, _ in shard]
+        table = pa.table({'image': images, 'label': pa.array([label for _, label in shard], pa.int64())})
+        pq.write_table(table, out / 'data' / f'train-{k:05d}-of-{len(shards):05d}.parquet')
+    return out
+
+
 def _child_load(folder: str, cache: str) -> dict:
     from timm_dd.data import load_dataset
     reset = reset_peak()
@@ -78,12 +97,14 @@ def _fit(xs, ys):
     return float(slope), float(intercept)
 
 
-def growth(sizes, tmp: Path) -> dict:
+def growth(sizes, tmp: Path, fmt: str = 'folder') -> dict:
     rows = []
     for n in sizes:
         folder, cache = tmp / f'folder{n}', tmp / f'cache{n}'
         t0 = time.perf_counter()
         make_folder(folder, n)
+        if fmt == 'parquet':
+            folder = make_parquet(folder, tmp / f'parquet{n}')
         made = time.perf_counter() - t0
         decode = _load_row(folder, cache)
         cached = _load_row(folder, cache)
@@ -104,7 +125,8 @@ def growth(sizes, tmp: Path) -> dict:
     largest = rows[-1]
     constant = {k: max(projection[k]['intercept'], 0.0) for k in ('decode_peak_mb', 'cache_peak_mb')}
     target = {k: largest[k] <= 1.1 * largest['uint8_mb'] + constant[k] for k in constant}
-    return dict(rows=rows, projection=dict(projection, imagenet_64_uint8_mb=uint8_target, images=IMAGENET_64),
+    return dict(format=fmt, rows=rows,
+                projection=dict(projection, imagenet_64_uint8_mb=uint8_target, images=IMAGENET_64),
                 target='peak RSS <= 1.1x uint8 size + constant (the fitted intercept), at the largest size',
                 target_met=target)
 
@@ -149,6 +171,8 @@ def main(argv=None) -> int:
     parser.add_argument('--expert-images', type=int, default=5000)
     parser.add_argument('--repeats', type=int, default=2)
     parser.add_argument('--data', type=Path, default=DEFAULT_DATA)
+    parser.add_argument('--format', choices=['folder', 'parquet'], default='folder',
+                        help='how the synthetic images are stored: PNG files in class folders, or parquet shards')
     parser.add_argument('--out', type=Path, default=REPO / 'benchmarks' / 'results' / 'data_memory.json')
     parser.add_argument('--child-load', nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -158,10 +182,11 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix='bench_data_memory_') as tmp:
-        grow = growth(args.sizes, Path(tmp))
+        grow = growth(args.sizes, Path(tmp), args.format)
     epoch = expert_epoch(args.expert_images, args.repeats, args.data) if args.expert_images else None
     proj = grow['projection']
-    print(f"\nImageNet-1K 64x64 ({IMAGENET_64:,} images, {proj['imagenet_64_uint8_mb'] / 1024:.1f} GiB of uint8): "
+    print(f"\n{args.format}: ImageNet-1K 64x64 ({IMAGENET_64:,} images, "
+          f"{proj['imagenet_64_uint8_mb'] / 1024:.1f} GiB of uint8): "
           f"decode {proj['decode_seconds']['imagenet_64'] / 3600:.1f} h (one core), peak "
           f"{proj['decode_peak_mb']['imagenet_64'] / 1024:.1f} GiB; from the cache "
           f"{proj['cache_seconds']['imagenet_64']:.0f} s, peak {proj['cache_peak_mb']['imagenet_64'] / 1024:.1f} GiB "
