@@ -8,5 +8,5 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
 #: dataset names with a built-in loader (anything else is a folder or an archive)
-BUILTIN_DATASETS = ('cifar10', 'cifar100', 'digits', 'imagenet64', 'imagenet32', 'imagenet16', 'imagenette', 'imagewoof',
-                    'imagemeow', 'imagesquawk', 'imagefruit', 'imageyellow')
+BUILTIN_DATASETS = ('cifar10', 'cifar100', 'digits', 'imagenet64', 'imagenet32', 'imagenet16', 'imagenette',
+                    'imagewoof', 'imagemeow', 'imagesquawk', 'imagefruit', 'imageyellow')

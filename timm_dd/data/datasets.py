@@ -24,9 +24,9 @@ image many times, so a per-item ``Dataset`` would only add overhead). Sources:
   into the Hugging Face cache). The named datasets above also take such a folder or ``hf://`` repo as ``root``.
 * ``'digits'``: scikit-learn's bundled 8x8 digits (1,797 images, values 0..16), works offline.
 
-Normalization statistics (``ImageSet.normalization``; the images themselves stay [0, 1] pixels): the values researchers use for CIFAR-10/100; for
-folders and archives CIFAR-10's when the class names are exactly the 10 CIFAR-10 classes in order and the
-images are RGB, ImageNet's for other RGB data, and the mean of ImageNet's three channels for greyscale data;
+Normalization statistics (``ImageSet.normalization``; the images themselves stay [0, 1] pixels): the values
+researchers use for CIFAR-10/100; for folders, archives and parquet files CIFAR-10's when the class names are exactly
+the 10 CIFAR-10 classes in order and the images are RGB, ImageNet's for other RGB data, and the mean of ImageNet's three channels for greyscale data;
 for digits the statistics of its train split (see :data:`DIGITS_MEAN`).
 """
 import logging

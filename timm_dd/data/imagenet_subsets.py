@@ -22,9 +22,9 @@ ImageNette, ImageWoof, ImageMeow, ImageSquawk, ImageFruit and ImageYellow, ten I
     loading one logs a warning. The ``-320`` / ``-160`` releases are also already shrunk.
 
   ``root`` itself, or a sub-folder whose name starts with the subset's (``imagenette2``, ``imagewoof2-320``).
-* **Parquet copies** (a Hub dataset repo, ``root='hf://datasets/<owner>/<name>'``, or its files in a folder): ImageNet-1K
-  with 1,000 classes in torchvision's order (only the subset's rows are decoded), or the subset alone with its wnids
-  as class names.
+* **Parquet copies** (a Hub dataset repo, ``root='hf://datasets/<owner>/<name>'``, or its files in a folder):
+  ImageNet-1K with 1,000 classes in torchvision's order (only the subset's rows are decoded), or the subset alone with
+  its wnids as class names.
 """
 import logging
 import os

@@ -9,9 +9,9 @@ from in ``source``:
   ..., ConvNet-5 at 128 px, IPC 1 and 10): the settings the MTT author gives for every ImageNet experiment of the
   paper in ``GeorgeCazenavette/mtt-distillation#1`` (lr_img 1e5; batch_syn 20 at IPC 10; 5,000 iterations with 5
   networks evaluated every 1,000); the README's one ImageNet example command uses lr_img 1000.
-* ATT: the ATT repository's (``NiaLiu/ATT``) results table and README commands; iterations / eval_it / ema_decay from the
-  README commands. Where the table and a command disagree (Tiny IPC 10, CIFAR-10 IPC 50 ``syn_steps``) the table
-  is used. ATT has no Tiny ImageNet IPC 50 setting. Its ImageNet-subset rows (ImageNette, ImageWoof, ImageFruit,
+* ATT: the ATT repository's (``NiaLiu/ATT``) results table and README commands; iterations / eval_it / ema_decay
+  from the README commands. Where the table and a command disagree (Tiny IPC 10, CIFAR-10 IPC 50 ``syn_steps``) the
+  table is used. ATT has no Tiny ImageNet IPC 50 setting. Its ImageNet-subset rows (ImageNette, ImageWoof, ImageFruit,
   ImageMeow) come from the same table and the README's commented-out commands.
 * ``imagenet64-ipc1-tesla``: TESLA (``justincui03/tesla``): its README's ImageNet-1K IPC 1 command (ConvNet-4,
   ``--teacher_label``: soft labels from the target expert) and buffer command (50 experts of 50 epochs), the rest

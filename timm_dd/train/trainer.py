@@ -313,7 +313,8 @@ def train_model(
     progress = _restore(run, out_dir, resume)
     last_epoch = cfg.epochs - 1 if stop_after_epoch is None else min(stop_after_epoch, cfg.epochs - 1)
     ckpt_path = out_dir / CHECKPOINT_FILE if out_dir is not None else None
-    hooks = [_EvaluationHook(run, test_loader, progress), _MetricsHook(run, out_dir / METRICS_FILE if out_dir else None),
+    hooks = [_EvaluationHook(run, test_loader, progress),
+             _MetricsHook(run, out_dir / METRICS_FILE if out_dir else None),
              _CheckpointHook(run, ckpt_path, progress, last_epoch, snapshot)]
 
     def postfix(record: Dict[str, Any]) -> Dict[str, str]:
