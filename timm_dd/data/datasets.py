@@ -26,8 +26,8 @@ image many times, so a per-item ``Dataset`` would only add overhead). Sources:
 
 Normalization statistics (``ImageSet.normalization``; the images themselves stay [0, 1] pixels): the values
 researchers use for CIFAR-10/100; for folders, archives and parquet files CIFAR-10's when the class names are exactly
-the 10 CIFAR-10 classes in order and the images are RGB, ImageNet's for other RGB data, and the mean of ImageNet's three channels for greyscale data;
-for digits the statistics of its train split (see :data:`DIGITS_MEAN`).
+the 10 CIFAR-10 classes in order and the images are RGB, ImageNet's for other RGB data, and the mean of ImageNet's
+three channels for greyscale data; for digits the statistics of its train split (see :data:`DIGITS_MEAN`).
 """
 import logging
 import os
