@@ -14,15 +14,7 @@ from timm_dd.distill.matching import match_recompute, match_unrolled
 from timm_dd.distilled import DistilledSet
 from timm_dd.seeding import Stream, generator_for
 
-from test_distill import _fake_experts
-
-
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from test_distill import _fake_experts, _one_thread  # noqa: F401 - the same one-thread fixture: tiny convolutions
 
 
 def test_the_meta_gradient_with_soft_labels_is_exact():

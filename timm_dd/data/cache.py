@@ -24,8 +24,8 @@ import torch
 
 from ..io import atomic_write, walk_files
 
-__all__ = ['CACHE_VERSION', 'default_cache_dir', 'tree_fingerprint', 'cache_key', 'load_cached',
-           'save_cached']
+__all__ = ['CACHE_VERSION', 'default_cache_dir', 'tree_fingerprint', 'cache_key', 'cache_path', 'load_cached',
+           'save_cached', 'save_cached_or_warn']
 
 _logger = logging.getLogger(__name__)
 
@@ -59,6 +59,13 @@ def cache_key(**fields: Any) -> str:
     """Hex sha256 of the JSON of ``fields`` plus :data:`CACHE_VERSION`."""
     blob = json.dumps({'cache_version': CACHE_VERSION, **fields}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode('utf-8')).hexdigest()
+
+
+def cache_path(cache_dir: Optional[PathLike], name: str, split: str, key: str) -> Path:
+    """The cache file of ``name``'s ``split`` under ``key`` in ``cache_dir`` (default :func:`default_cache_dir`)."""
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    safe = ''.join(ch if ch.isalnum() or ch in '-_.' else '_' for ch in f'{name}-{split}')
+    return folder / f'{safe}-{key[:24]}.safetensors'
 
 
 def _crc32(*tensors: torch.Tensor) -> str:
@@ -129,6 +136,15 @@ def save_cached(
     }
     with atomic_write(path) as f:
         _write_safetensors(f, {'images': images, 'labels': labels}, meta)
+
+
+def save_cached_or_warn(path: PathLike, images: torch.Tensor, labels: torch.Tensor, class_names: List[str],
+                        source: str) -> None:
+    """:func:`save_cached`, logging a failure to write (a read-only cache must not stop loading)."""
+    try:
+        save_cached(path, images, labels, class_names, {'source': source})
+    except OSError as e:
+        _logger.warning('could not write cache file %s: %s', path, e)
 
 
 def load_cached(path: PathLike) -> Optional[Tuple[torch.Tensor, torch.Tensor, List[str], Dict[str, str]]]:

@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..constants import BUILTIN_DATASETS, CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD
 from ..io import available_memory, file_sha256, walk_files
-from .cache import cache_key, default_cache_dir, load_cached, save_cached, tree_fingerprint
+from .cache import cache_key, cache_path, load_cached, save_cached_or_warn, tree_fingerprint
 from .sets import ImageSet
 from .space import ImageSpace
 
@@ -232,9 +232,7 @@ def load_image_tree(
         checksum = file_sha256(src) if kind == 'zip' else _folder_fingerprint(src, classes)
         key = cache_key(kind=kind, checksum=checksum, image_size=size,
                         **({'classes': list(classes)} if classes is not None else {}))
-        safe = ''.join(ch if ch.isalnum() or ch in '-_.' else '_' for ch in f'{name}-{split}')
-        cache_file = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-        cache_file = cache_file / f'{safe}-{key[:24]}.safetensors'
+        cache_file = cache_path(cache_dir, name, split, key)
         cached = load_cached(cache_file)
         if cached is not None:
             images_u8, labels, class_names, _ = cached
@@ -255,10 +253,7 @@ def load_image_tree(
     labels = torch.tensor([label for _, label in entries], dtype=torch.int64)
     _logger.info('decoded %d images from %s in %.1f s', len(entries), src, time.perf_counter() - t0)
     if cache_file is not None:
-        try:
-            save_cached(cache_file, images_u8, labels, class_names, {'source': str(src)})
-        except OSError as e:  # a read-only cache must not stop loading
-            _logger.warning('could not write cache file %s: %s', cache_file, e)
+        save_cached_or_warn(cache_file, images_u8, labels, class_names, str(src))
     return _tree_dataset(images_u8, labels, class_names, name, split)
 
 

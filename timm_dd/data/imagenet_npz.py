@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
-from .cache import cache_key, default_cache_dir, load_cached, save_cached, tree_fingerprint
+from .cache import cache_key, cache_path, load_cached, save_cached_or_warn, tree_fingerprint
 from .folders import check_fits_in_memory
 from .sets import ImageSet
 from .space import ImageSpace
@@ -62,8 +62,7 @@ def load_imagenet_npz(name: str, split: str, root: Union[str, os.PathLike],
     cache_file = None
     if use_cache:
         key = cache_key(kind='imagenet_npz', checksum=tree_fingerprint(root), split=split)
-        folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-        cache_file = folder / f'{name}-{split}-{key[:24]}.safetensors'
+        cache_file = cache_path(cache_dir, name, split, key)
         cached = load_cached(cache_file)
         if cached is not None:
             return _as_set(cached[0], cached[1], name, split)
@@ -72,10 +71,7 @@ def load_imagenet_npz(name: str, split: str, root: Union[str, os.PathLike],
     _logger.info('read %d images from %d npz files under %s in %.1f s', len(labels), len(files), root,
                  time.perf_counter() - t0)
     if cache_file is not None:
-        try:
-            save_cached(cache_file, images, labels, [str(k) for k in range(1000)], {'source': str(root)})
-        except OSError as e:  # a read-only cache must not stop loading
-            _logger.warning('could not write cache file %s: %s', cache_file, e)
+        save_cached_or_warn(cache_file, images, labels, [str(k) for k in range(1000)], str(root))
     return _as_set(images, labels, name, split)
 
 

@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 
 from .._optional import require
-from .cache import cache_key, default_cache_dir, load_cached, save_cached
+from .cache import cache_key, cache_path, load_cached, save_cached_or_warn
 from .folders import decode_images, tree_stats
 from .sets import ImageSet
 from .space import ImageSpace
@@ -174,9 +174,7 @@ def load_parquet_images(
         listing = [(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
         key = cache_key(kind='parquet', files=listing, columns=[image_col, label_col], image_size=size,
                         classes=list(classes) if classes is not None else None)
-        safe = ''.join(ch if ch.isalnum() or ch in '-_.' else '_' for ch in f'{name}-{split}')
-        cache_file = (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) / \
-            f'{safe}-{key[:24]}.safetensors'
+        cache_file = cache_path(cache_dir, name, split, key)
         cached = load_cached(cache_file)
         if cached is not None:
             return _as_set(cached[0], cached[1], cached[2], name, split)
@@ -199,10 +197,7 @@ def load_parquet_images(
     _logger.info('decoded %d images from %d parquet files in %s in %.1f s', len(labels), len(files), folder,
                  time.perf_counter() - t0)
     if cache_file is not None:
-        try:
-            save_cached(cache_file, images, labels, class_names, {'source': str(folder)})
-        except OSError as e:  # a read-only cache must not stop loading
-            _logger.warning('could not write cache file %s: %s', cache_file, e)
+        save_cached_or_warn(cache_file, images, labels, class_names, str(folder))
     return _as_set(images, labels, class_names, name, split)
 
 
