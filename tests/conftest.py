@@ -17,7 +17,8 @@ too slow. ``hub_env`` therefore does both, per test:
    and timm 1.0.31: ``hf_hub_download``/``snapshot_download``/``HfApi()`` read ``constants.ENDPOINT``,
    ``HUGGINGFACE_CO_URL_TEMPLATE``, ``HF_HUB_CACHE``, ``is_offline_mode()`` -> ``HF_HUB_OFFLINE`` and
    ``HF_HUB_DISABLE_XET``; timm's ``_hub.py`` only calls ``HfApi(...)`` and ``hf_hub_download``), plus the frozen
-   module-level ``HfApi`` instance.
+   module-level ``HfApi`` instance and, when a test module has imported ``datasets`` already, its ``config``'s
+   endpoint.
 
 Two guards keep this honest if a future ``huggingface_hub`` caches a value elsewhere: the fixture asserts that a
 fresh ``HfApi`` and ``hf_hub_url`` point at the fake hub, and it makes ``socket.getaddrinfo`` refuse every host but
@@ -26,6 +27,7 @@ with plain environment variables (the way users set ``HF_HUB_OFFLINE=1``) agains
 """
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Callable, Iterator, List
 
@@ -117,6 +119,11 @@ def _patch_hub(monkeypatch: pytest.MonkeyPatch, endpoint: str, home: Path) -> No
         if hasattr(hc, key):
             monkeypatch.setattr(hc, key, value)
     monkeypatch.setattr(hf_api.api, 'endpoint', endpoint)
+    datasets_config = sys.modules.get('datasets.config')  # frozen too when a test module imported datasets early
+    if datasets_config is not None:
+        monkeypatch.setattr(datasets_config, 'HF_ENDPOINT', endpoint)
+        monkeypatch.setattr(datasets_config, 'HUB_DATASETS_URL',
+                            endpoint + '/datasets/{repo_id}/resolve/{revision}/{path}')
     try:
         import huggingface_hub.utils._cache_manager as cm
         monkeypatch.setattr(cm, 'HF_HUB_CACHE', str(home / 'hub'))
