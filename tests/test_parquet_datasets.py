@@ -53,6 +53,10 @@ def test_a_parquet_folder_reads_as_uint8_with_its_class_names(tmp_path):
     assert torch.equal(again.images, train.images) and len(list((tmp_path / 'cache').glob('pets-train-*'))) == 1
     resized = load_dataset(str(tmp_path / 'pets'), 'train', image_size=4, use_cache=False)
     assert tuple(resized.images.shape) == (7, 3, 4, 4)
+    # the Hub's converted layout: <config>/<split>/<shard>.parquet
+    _write(tmp_path / 'converted' / 'default' / 'train' / '0000.parquet', pixels['test'], [2, 1, 0], ['a', 'b', 'c'])
+    converted = load_dataset(str(tmp_path / 'converted'), 'train', use_cache=False)
+    assert converted.labels.tolist() == [2, 1, 0] and converted.class_names == ['a', 'b', 'c']
 
 
 def test_a_hub_repo_reads_like_the_folder(hub_env, tmp_path):

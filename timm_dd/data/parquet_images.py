@@ -62,11 +62,14 @@ def fetch_hub_dataset(source: str) -> Path:
     return _hub_fetcher(repo, revision or None)
 
 
+#: where a dataset repo keeps its parquet files: at the top, one folder down (``data/``, ``train/``), or in a split
+#: folder of a config (``default/train/``); an image folder is never walked through its class folders to find out
+_PARQUET_GLOBS = ('*.parquet', '*/*.parquet', *(f'*/{split}/*.parquet' for split in ('train', 'test', 'validation')))
+
+
 def is_parquet_folder(path: Path) -> bool:
-    """Whether ``path`` is a folder of parquet files: some at most three levels down (``data/train/x.parquet``);
-    image folders hold none (and are not walked in full to find out)."""
-    return path.is_dir() and any(next(path.glob('/'.join(['*'] * depth) + '.parquet'), None) is not None
-                                 for depth in (1, 2, 3))
+    """Whether ``path`` is a folder of parquet files (see :data:`_PARQUET_GLOBS`)."""
+    return path.is_dir() and any(next(path.glob(pattern), None) is not None for pattern in _PARQUET_GLOBS)
 
 
 def _split_of(rel: Path, split: str) -> bool:
