@@ -106,9 +106,12 @@ def _find_root(root: Path, subset: str) -> Path:
         f'class folders named by wnid: ImageNet-1K\'s, or fast.ai\'s {subset}2 release extracted')
 
 
-def _split_dir(root: Path, split: str, subset: str) -> Path:
+def _check_split(split: str, subset: str) -> None:
     if split not in _SPLIT_FOLDERS:
         raise ValueError(f"{subset} has the splits 'train' and 'test' (ImageNet's validation images), got {split!r}")
+
+
+def _split_dir(root: Path, split: str, subset: str) -> Path:
     for folder in _SPLIT_FOLDERS[split]:
         if (root / folder).is_dir():
             return root / folder
@@ -129,10 +132,8 @@ def load_imagenet_subset(
     if subset not in IMAGENET_SUBSETS:
         raise ValueError(f'unknown ImageNet subset {subset!r}; known: {", ".join(IMAGENET_SUBSETS)}')
     size = image_size or (SUBSET_IMAGE_SIZE, SUBSET_IMAGE_SIZE)
+    _check_split(split, subset)
     if is_parquet_folder(Path(root).expanduser()):
-        if split not in _SPLIT_FOLDERS:
-            raise ValueError(f"{subset} has the splits 'train' and 'test' (ImageNet's validation images), got "
-                             f"{split!r}")
         files = ('train',) if split == 'train' else IMAGENET_TEST_FILES
         return load_parquet_images(root, split, cache_dir, size, use_cache, name=subset, file_splits=files,
                                    classes=_parquet_classes(Path(root), split, files, subset))

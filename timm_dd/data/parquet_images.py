@@ -164,13 +164,9 @@ def load_parquet_images(
     ``classes``: keep only the rows of these labels, relabelled by position (``classes[i]`` becomes label ``i``; the
     other rows are never decoded); ``name``: the set's name (default: the folder's); ``file_splits``: see
     :func:`parquet_split_files`."""
-    pq = require('pyarrow.parquet', 'hub', 'parquet datasets')
     folder = Path(folder).expanduser()
     files = parquet_split_files(folder, split, file_splits)
-    schema = pq.read_schema(files[0])
-    features = _features(schema)
-    image_col, label_col = _columns(schema, features, files[0])
-    class_names = list((features.get(label_col) or {}).get('names') or [])
+    image_col, label_col, class_names = _layout(files)
     name = name or folder.name
     cache_file = None
     if use_cache:
@@ -204,15 +200,19 @@ def load_parquet_images(
     return _as_set(images, labels, class_names, name, split)
 
 
+def _layout(files: List[Path]) -> Tuple[str, str, List[str]]:
+    """The image column, the label column and the ``ClassLabel`` names (empty when not recorded) of a split."""
+    pq = require('pyarrow.parquet', 'hub', 'parquet datasets')
+    schema = pq.read_schema(files[0])
+    features = _features(schema)
+    image_col, label_col = _columns(schema, features, files[0])
+    return image_col, label_col, list((features.get(label_col) or {}).get('names') or [])
+
+
 def parquet_class_names(folder: Union[str, os.PathLike], split: str,
                         file_splits: Optional[Sequence[str]] = None) -> List[str]:
     """The ``ClassLabel`` names of the parquet dataset's ``split`` (empty when the files do not record them)."""
-    pq = require('pyarrow.parquet', 'hub', 'parquet datasets')
-    files = parquet_split_files(Path(folder).expanduser(), split, file_splits)
-    schema = pq.read_schema(files[0])
-    features = _features(schema)
-    _, label_col = _columns(schema, features, files[0])
-    return list((features.get(label_col) or {}).get('names') or [])
+    return _layout(parquet_split_files(Path(folder).expanduser(), split, file_splits))[2]
 
 
 def _as_set(images: torch.Tensor, labels: torch.Tensor, class_names: List[str], name: str, split: str) -> ImageSet:
